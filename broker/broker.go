@@ -1,0 +1,128 @@
+// Package broker owns the embedded NATS server with JetStream: `jetci up` and
+// `jetci server` run it in-process, and tests start one per test on a random port.
+// It is the only package that imports nats-server; every other package talks to
+// NATS as a client, so the same code runs against a real nats-server or cluster.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
+)
+
+// Config says how to run the embedded server.
+type Config struct {
+	// ConfigFile is a nats-server configuration file (the same syntax the real
+	// nats-server reads). When set, Listen and StoreDir override it only if non-empty.
+	ConfigFile string
+	// Listen is the client address, host:port; port 0 picks a free one.
+	Listen string
+	// StoreDir is where JetStream keeps its files.
+	StoreDir string
+	// HTTP is an optional monitoring address, host:port.
+	HTTP string
+}
+
+// DefaultConfig listens on the loopback NATS port and stores under ./.jetci/nats.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:4222", StoreDir: ".jetci/nats"}
+}
+
+// Validate reports the first bad field.
+func (c Config) Validate() error {
+	if c.ConfigFile == "" && c.StoreDir == "" {
+		return errors.New("broker: StoreDir is empty: JetStream needs a directory")
+	}
+	if c.Listen != "" {
+		if _, _, err := splitHostPort(c.Listen); err != nil {
+			return fmt.Errorf("broker: Listen %q: %w", c.Listen, err)
+		}
+	}
+	return nil
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	ns *server.Server
+}
+
+// Start runs the server and waits until it accepts clients.
+func Start(cfg Config, log zerolog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts := &server.Options{}
+	if cfg.ConfigFile != "" {
+		o, err := server.ProcessConfigFile(cfg.ConfigFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker: config %s: %w", cfg.ConfigFile, err)
+		}
+		opts = o
+	}
+	opts.JetStream = true
+	opts.NoSigs = true
+	if cfg.StoreDir != "" {
+		opts.StoreDir = cfg.StoreDir
+	}
+	if cfg.Listen != "" {
+		host, port, _ := splitHostPort(cfg.Listen)
+		opts.Host, opts.Port = host, port
+		if port == 0 {
+			opts.Port = server.RANDOM_PORT
+		}
+	}
+	if cfg.HTTP != "" {
+		host, port, err := splitHostPort(cfg.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("broker: HTTP %q: %w", cfg.HTTP, err)
+		}
+		opts.HTTPHost, opts.HTTPPort = host, port
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns.SetLoggerV2(&logger{log: log.With().Str("component", "nats").Logger()}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: server not ready on %s within 30s (port in use?)", cfg.Listen)
+	}
+	return &Server{ns: ns}, nil
+}
+
+// ClientURL is the URL clients connect to.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Shutdown stops the server and waits until it is down.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	return host, port, nil
+}
+
+// logger sends the server's log to zerolog.
+type logger struct{ log zerolog.Logger }
+
+func (l *logger) Noticef(f string, v ...any) { l.log.Debug().Msgf(f, v...) }
+func (l *logger) Warnf(f string, v ...any)   { l.log.Warn().Msgf(f, v...) }
+func (l *logger) Fatalf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
+func (l *logger) Errorf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
+func (l *logger) Debugf(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
+func (l *logger) Tracef(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }

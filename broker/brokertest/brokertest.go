@@ -1,0 +1,89 @@
+// Package brokertest starts a real embedded JetStream server for tests: random
+// loopback port, storage in t.TempDir(), jetci's streams and buckets created.
+package brokertest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker"
+	"github.com/jetci/jetci/events"
+)
+
+// Server is a test server with a client connection.
+type Server struct {
+	*broker.Server
+	URL string
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	dir string
+}
+
+// Run starts a server with jetci's streams; it stops when the test ends.
+func Run(tb testing.TB) *Server {
+	tb.Helper()
+	return RunDir(tb, tb.TempDir())
+}
+
+// RunDir starts a server storing in dir, so a test can stop it and start it again
+// on the same data.
+func RunDir(tb testing.TB, dir string) *Server {
+	tb.Helper()
+	srv, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", StoreDir: dir}, zerolog.Nop())
+	if err != nil {
+		tb.Fatalf("start nats: %v", err)
+	}
+	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		srv.Shutdown()
+		tb.Fatalf("connect: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
+		tb.Fatalf("setup: %v", err)
+	}
+	s := &Server{Server: srv, URL: srv.ClientURL(), NC: nc, JS: js, dir: dir}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Stop closes the client and shuts the server down; it is safe to call twice.
+func (s *Server) Stop() {
+	if s.NC != nil {
+		s.NC.Close()
+		s.NC = nil
+		s.Server.Shutdown()
+	}
+}
+
+// Logger returns a zerolog logger that writes to the test log.
+func Logger(tb testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.ConsoleWriter{Out: testWriter{tb}, NoColor: true}).With().Timestamp().Logger()
+}
+
+type testWriter struct{ tb testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.tb.Log(string(p))
+	return len(p), nil
+}
+
+// CheckFor polls f every 'every' until it returns nil or total passes.
+func CheckFor(tb testing.TB, total, every time.Duration, f func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(every)
+	}
+	tb.Fatalf("condition not met after %v: %v", total, err)
+}

@@ -1,0 +1,87 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// DefaultURL is the NATS server `jetci up` listens on by default.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// ConnectOptions tune Connect.
+type ConnectOptions struct {
+	Name string // client name shown by the server, e.g. "jetci-runner"
+	// Wait makes a service wait for a server that is not up yet, and reconnect
+	// forever. Commands for people (results, trigger) fail fast instead.
+	Wait bool
+	Log  zerolog.Logger
+	// Extra options, e.g. credentials or nats.InProcessServer.
+	Extra []nats.Option
+}
+
+// Connect dials NATS and opens JetStream.
+func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
+	log := o.Log
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("disconnected from nats")
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("reconnected to nats")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if s != nil {
+				ev = ev.Str("subject", s.Subject)
+			}
+			ev.Msg("nats error")
+		}),
+	}
+	if o.Wait {
+		opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	} else {
+		opts = append(opts, nats.Timeout(5*time.Second))
+	}
+	opts = append(opts, o.Extra...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Retry calls f until it succeeds or ctx ends, waiting between tries with backoff
+// up to max. It is for start-up steps that need the server (stream set-up) when the
+// server may still be coming up.
+func Retry(ctx context.Context, log zerolog.Logger, what string, max time.Duration, f func(context.Context) error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil {
+			return nil
+		}
+		log.Warn().Err(err).Dur("retry_in", wait).Msgf("%s failed", what)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, err)
+		case <-time.After(wait):
+		}
+		if wait *= 2; wait > max {
+			wait = max
+		}
+	}
+}

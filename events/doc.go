@@ -1,0 +1,51 @@
+// Package events is the vocabulary every jetci service shares: subject names,
+// stream, consumer and bucket definitions, and the versioned JSON messages that
+// travel between the observer, the dispatcher, the runners and the reporter.
+// Services import events and never each other.
+//
+// # Subject tree
+//
+//	jetci.commit.<repo>.<branch>                      CommitDetected     stream JETCI_COMMITS (limits)
+//	jetci.job.<pool>.<arch>.<class>.<repo>.<branch>   JobQueued          stream JETCI_JOBS (work queue)
+//	jetci.result.<repo>.<branch>.queued               JobQueued          stream JETCI_RESULTS (limits, kept)
+//	jetci.result.<repo>.<branch>.started              JobStarted         stream JETCI_RESULTS
+//	jetci.result.<repo>.<branch>.finished             JobFinished        stream JETCI_RESULTS
+//	jetci.log.<job-id>                                LogChunk           core NATS only (live log lines)
+//	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
+//
+// <repo> and <branch> are tokens made by [Token]: base64url without padding of
+// the name as git spells it, so any branch git accepts (feature/x.y, a>b, ünï, *)
+// is exactly one safe token; names whose token would exceed [MaxTokenLen] become
+// "=" followed by a hex SHA-256 prefix. The readable name always travels in the
+// message body; tokens are for routing and filtering only. <pool>, <arch> and
+// <class> are plain names checked by [ValidName].
+//
+// # Streams and consumers
+//
+// JETCI_COMMITS keeps every CommitDetected (limits retention); the dispatcher reads it
+// through the durable consumer "dispatcher". JETCI_JOBS is a work queue: each job is
+// routed to exactly one partition subject, and the runners of one (pool, arch) share
+// one durable pull consumer per priority class, "run-<pool>-<arch>-<class>", whose
+// filter jetci.job.<pool>.<arch>.<class>.> cannot overlap any other (the server
+// refuses overlapping filters on a work queue, error 10100). The dispatcher creates
+// the consumers of every partition it routes to, so a job waiting for a runner that
+// has not joined yet is held by a durable consumer, never dropped. JETCI_RESULTS keeps
+// every queued, started and finished event; the reporter reads it through the
+// durable consumer "reporter" and folds it into one record per job in the
+// jetci-results bucket.
+//
+// # Buckets
+//
+//	jetci-heads    KV     last published head per repo and branch (observer)
+//	jetci-results  KV     one record per job: <repo>.<branch>.<job-id> (reporter)
+//	jetci-runners  KV     live runners, each refreshing its entry; entries expire
+//	jetci-logs     object full job logs, "<job-id>/<attempt>.log"
+//
+// # Messages
+//
+// Every message is a JSON object with a "type" naming it and its version, for example
+// "jetci.commit.detected.v1". [Decode] rejects unknown types and malformed bodies with
+// an error wrapping [ErrBadMessage]: consumers terminate such messages instead of
+// retrying them forever. Publishes that must not duplicate carry a Nats-Msg-Id
+// ([CommitMsgID], [JobMsgID], [ResultMsgID]).
+package events

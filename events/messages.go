@@ -1,0 +1,300 @@
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Message types, each with its version.
+const (
+	TypeCommitDetected = "jetci.commit.detected.v1"
+	TypeJobQueued      = "jetci.job.queued.v1"
+	TypeJobStarted     = "jetci.job.started.v1"
+	TypeJobFinished    = "jetci.job.finished.v1"
+	TypeLogChunk       = "jetci.log.chunk.v1"
+	TypeTriggerRequest = "jetci.trigger.request.v1"
+	TypeTriggerReply   = "jetci.trigger.reply.v1"
+)
+
+// ErrBadMessage marks a message that can never be processed: malformed JSON, an
+// unknown type, or missing fields. Consumers terminate such messages.
+var ErrBadMessage = errors.New("bad message")
+
+// Class is a job's priority class, highest first in Classes.
+type Class string
+
+// Priority classes.
+const (
+	ClassUser     Class = "user"     // triggered by a person (CLI, UI, API)
+	ClassFirst    Class = "first"    // first check of a new commit
+	ClassSecond   Class = "second"   // second check of a broken branch
+	ClassPeriodic Class = "periodic" // periodic full check
+)
+
+// Classes lists the priority classes, highest first. Runners pull in this order.
+var Classes = []Class{ClassUser, ClassFirst, ClassSecond, ClassPeriodic}
+
+// Status of a job.
+type Status string
+
+// Job statuses. Passed, Failed, Error and Cancelled are final.
+const (
+	StatusQueued    Status = "queued"
+	StatusRunning   Status = "running"
+	StatusPassed    Status = "passed"
+	StatusFailed    Status = "failed"
+	StatusError     Status = "error"
+	StatusCancelled Status = "cancelled"
+)
+
+// Final reports whether s ends a job.
+func (s Status) Final() bool {
+	switch s {
+	case StatusPassed, StatusFailed, StatusError, StatusCancelled:
+		return true
+	}
+	return false
+}
+
+// Person is a commit author.
+type Person struct {
+	Name  string `json:"name"`
+	Email string `json:"email"`
+}
+
+// Probe is what the observer saw of a commit's tree, enough for the dispatcher to
+// detect a test command when the commit has no pipeline file.
+type Probe struct {
+	Root     []string `json:"root,omitempty"`     // entries at the root; folders end in "/"
+	Tests    []string `json:"tests,omitempty"`    // entries of tests/, if it is a folder
+	Makefile string   `json:"makefile,omitempty"` // the root Makefile, if any (capped)
+}
+
+// CommitDetected announces one new commit on one branch.
+type CommitDetected struct {
+	Type         string    `json:"type"`
+	Repo         string    `json:"repo"`
+	RepoURL      string    `json:"repo_url"`
+	Branch       string    `json:"branch"`
+	Commit       string    `json:"commit"`
+	Parents      []string  `json:"parents"`
+	Author       Person    `json:"author"`
+	Subject      string    `json:"subject"`
+	Time         time.Time `json:"time"`
+	PipelinePath string    `json:"pipeline_path,omitempty"` // "" when the commit has none
+	Pipeline     string    `json:"pipeline,omitempty"`
+	PipelineErr  string    `json:"pipeline_error,omitempty"` // e.g. too large to carry
+	Probe        Probe     `json:"probe"`
+	Changed      []string  `json:"changed_paths"`
+	ChangedCut   bool      `json:"changed_paths_truncated,omitempty"`
+	Class        Class     `json:"class"`                // first for pushes, user for triggers
+	TriggerID    string    `json:"trigger_id,omitempty"` // set for user triggers
+	DetectedAt   time.Time `json:"detected_at"`
+}
+
+// JobRef names one job everywhere it appears.
+type JobRef struct {
+	JobID  string `json:"job_id"`
+	Repo   string `json:"repo"`
+	Branch string `json:"branch"`
+	Commit string `json:"commit"`
+	Job    string `json:"job"`
+	Arch   string `json:"arch"`
+}
+
+// JobQueued is one job to run: the payload of the work queue, and the queued event
+// on the results stream (with QueueSeq set to its work-queue sequence).
+type JobQueued struct {
+	Type string `json:"type"`
+	JobRef
+	RepoURL   string            `json:"repo_url"`
+	Pool      string            `json:"pool"`
+	Class     Class             `json:"class"`
+	Steps     []string          `json:"steps"`
+	Env       map[string]string `json:"env,omitempty"`
+	TimeoutMs int64             `json:"timeout_ms"`
+	Artifacts []string          `json:"artifacts,omitempty"`
+	Author    Person            `json:"author"`
+	Subject   string            `json:"subject"`
+	TriggerID string            `json:"trigger_id,omitempty"`
+	QueuedAt  time.Time         `json:"queued_at"`
+	QueueSeq  uint64            `json:"queue_seq,omitempty"`
+}
+
+// JobStarted says a runner began an attempt of a job.
+type JobStarted struct {
+	Type string `json:"type"`
+	JobRef
+	QueueSeq  uint64    `json:"queue_seq"`
+	Attempt   uint64    `json:"attempt"`
+	Runner    string    `json:"runner"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// JobFinished is the result of one attempt of a job.
+type JobFinished struct {
+	Type string `json:"type"`
+	JobRef
+	QueueSeq     uint64    `json:"queue_seq"`
+	Attempt      uint64    `json:"attempt"`
+	Runner       string    `json:"runner"`
+	Status       Status    `json:"status"`
+	ExitCode     int       `json:"exit_code"`
+	Error        string    `json:"error,omitempty"`
+	DurationMs   int64     `json:"duration_ms"`
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	FinishedAt   time.Time `json:"finished_at"`
+	Log          string    `json:"log,omitempty"` // object name in the logs bucket
+	LogBytes     int64     `json:"log_bytes,omitempty"`
+	LogTruncated bool      `json:"log_truncated,omitempty"`
+	// Set when the dispatcher reports an error before any job was queued.
+	Author  Person `json:"author,omitzero"`
+	Subject string `json:"subject,omitempty"`
+}
+
+// LogChunk is a piece of a running job's output, published live.
+type LogChunk struct {
+	Type    string `json:"type"`
+	JobID   string `json:"job_id"`
+	Attempt uint64 `json:"attempt"`
+	Seq     uint64 `json:"seq"`
+	Data    string `json:"data"`
+}
+
+// TriggerRequest asks an observer to run a branch head, or one commit on it, now.
+type TriggerRequest struct {
+	Type   string `json:"type"`
+	Repo   string `json:"repo"`
+	Branch string `json:"branch"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// TriggerReply answers a TriggerRequest.
+type TriggerReply struct {
+	Type      string `json:"type"`
+	Commit    string `json:"commit,omitempty"`
+	TriggerID string `json:"trigger_id,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Encode marshals a message, setting its type.
+func Encode(m any) ([]byte, error) {
+	switch v := m.(type) {
+	case *CommitDetected:
+		v.Type = TypeCommitDetected
+	case *JobQueued:
+		v.Type = TypeJobQueued
+	case *JobStarted:
+		v.Type = TypeJobStarted
+	case *JobFinished:
+		v.Type = TypeJobFinished
+	case *LogChunk:
+		v.Type = TypeLogChunk
+	case *TriggerRequest:
+		v.Type = TypeTriggerRequest
+	case *TriggerReply:
+		v.Type = TypeTriggerReply
+	default:
+		return nil, fmt.Errorf("encode: unknown message %T", m)
+	}
+	return json.Marshal(m)
+}
+
+// Decode parses a message of any known type and checks the fields every consumer
+// relies on. It returns a pointer to the message struct.
+func Decode(data []byte) (any, error) {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
+	}
+	var m interface{ check() error }
+	switch head.Type {
+	case TypeCommitDetected:
+		m = &CommitDetected{}
+	case TypeJobQueued:
+		m = &JobQueued{}
+	case TypeJobStarted:
+		m = &JobStarted{}
+	case TypeJobFinished:
+		m = &JobFinished{}
+	case TypeLogChunk:
+		m = &LogChunk{}
+	case TypeTriggerRequest:
+		m = &TriggerRequest{}
+	case TypeTriggerReply:
+		m = &TriggerReply{}
+	case "":
+		return nil, fmt.Errorf("%w: no type", ErrBadMessage)
+	default:
+		return nil, fmt.Errorf("%w: unknown type %q", ErrBadMessage, head.Type)
+	}
+	if err := json.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadMessage, head.Type, err)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadMessage, head.Type, err)
+	}
+	return m, nil
+}
+
+// DecodeAs decodes a message that must be of type T.
+func DecodeAs[T any](data []byte) (*T, error) {
+	m, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	v, ok := m.(*T)
+	if !ok {
+		var zero T
+		return nil, fmt.Errorf("%w: got %T, want %T", ErrBadMessage, m, &zero)
+	}
+	return v, nil
+}
+
+func required(fields ...string) error {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i+1] == "" {
+			return fmt.Errorf("missing %s", fields[i])
+		}
+	}
+	return nil
+}
+
+func (m *CommitDetected) check() error {
+	return required("repo", m.Repo, "branch", m.Branch, "commit", m.Commit, "class", string(m.Class))
+}
+
+func (r *JobRef) check() error {
+	return required("job_id", r.JobID, "repo", r.Repo, "branch", r.Branch, "commit", r.Commit, "job", r.Job, "arch", r.Arch)
+}
+
+func (m *JobQueued) check() error {
+	if err := m.JobRef.check(); err != nil {
+		return err
+	}
+	return required("pool", m.Pool, "class", string(m.Class))
+}
+
+func (m *JobStarted) check() error { return m.JobRef.check() }
+
+func (m *JobFinished) check() error {
+	if err := m.JobRef.check(); err != nil {
+		return err
+	}
+	if !m.Status.Final() {
+		return fmt.Errorf("status %q is not final", m.Status)
+	}
+	return nil
+}
+
+func (m *LogChunk) check() error { return required("job_id", m.JobID) }
+
+func (m *TriggerRequest) check() error {
+	return required("repo", m.Repo, "branch", m.Branch)
+}
+
+func (m *TriggerReply) check() error { return nil }

@@ -1,0 +1,151 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream, consumer and bucket names.
+const (
+	StreamCommits = "JETCI_COMMITS"
+	StreamJobs    = "JETCI_JOBS"
+	StreamResults = "JETCI_RESULTS"
+
+	ConsumerDispatcher = "dispatcher"
+	ConsumerReporter   = "reporter"
+
+	BucketHeads   = "jetci-heads"
+	BucketResults = "jetci-results"
+	BucketRunners = "jetci-runners"
+	BucketLogs    = "jetci-logs"
+)
+
+// Defaults shared by every process, so that whichever process creates a stream or
+// consumer first creates the same thing.
+const (
+	DedupWindow   = time.Hour
+	JobAckWait    = 30 * time.Second // backstop; runners send in-progress acks every AckWait/3
+	JobMaxDeliver = 10
+	RunnerTTL     = 10 * time.Second // a runner entry expires this long after its last refresh
+	LogRetention  = 30 * 24 * time.Hour
+)
+
+// Setup describes how streams and buckets are created.
+type Setup struct {
+	Replicas int                 // 1 for a single server, 3 for a cluster
+	Storage  jetstream.StorageType // file by default
+}
+
+// DefaultSetup is one replica on file storage.
+func DefaultSetup() Setup { return Setup{Replicas: 1, Storage: jetstream.FileStorage} }
+
+// StreamConfigs returns the configuration of every jetci stream.
+func (s Setup) StreamConfigs() []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name: StreamCommits, Subjects: []string{SubjectCommits + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			Duplicates: DedupWindow, MaxAge: 90 * 24 * time.Hour,
+			Description: "every new commit seen by an observer",
+		},
+		{
+			Name: StreamJobs, Subjects: []string{SubjectJobs + ".>"},
+			Retention: jetstream.WorkQueuePolicy, Storage: s.Storage, Replicas: s.Replicas,
+			Duplicates: DedupWindow,
+			Description: "jobs waiting for a runner, one partition per pool, arch, class, repo and branch",
+		},
+		{
+			Name: StreamResults, Subjects: []string{SubjectResults + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			Duplicates:  DedupWindow,
+			Description: "queued, started and finished events of every job",
+		},
+	}
+}
+
+// Ensure creates every stream and bucket that does not exist yet. Existing ones
+// are left as they are, so an operator's changes survive restarts.
+func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
+	for _, cfg := range s.StreamConfigs() {
+		if _, err := js.Stream(ctx, cfg.Name); err == nil {
+			continue
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+	}
+	kvs := []jetstream.KeyValueConfig{
+		{Bucket: BucketHeads, Description: "last published head per repo and branch", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketRunners, Description: "live runners", Storage: s.Storage, Replicas: s.Replicas, TTL: RunnerTTL},
+	}
+	for _, cfg := range kvs {
+		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+			continue
+		} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+		}
+		if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+			return fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	if _, err := js.ObjectStore(ctx, BucketLogs); errors.Is(err, jetstream.ErrBucketNotFound) {
+		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: BucketLogs, Description: "full job logs", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: LogRetention, Compression: true,
+		})
+		if err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+			return fmt.Errorf("create object store %s: %w", BucketLogs, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("object store %s: %w", BucketLogs, err)
+	}
+	return nil
+}
+
+// JobConsumerName is the durable consumer shared by the runners of one pool, arch
+// and class.
+func JobConsumerName(pool, arch string, class Class) string {
+	return fmt.Sprintf("run-%s-%s-%s", pool, arch, class)
+}
+
+// JobConsumerConfig is the one definition of a job consumer; the dispatcher and the
+// runners both create it with this configuration.
+func JobConsumerConfig(pool, arch string, class Class) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       JobConsumerName(pool, arch, class),
+		Description:   fmt.Sprintf("runners of pool %s, arch %s, class %s", pool, arch, class),
+		FilterSubject: JobFilter(pool, arch, class),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       JobAckWait,
+		MaxDeliver:    JobMaxDeliver,
+		MaxAckPending: -1,
+	}
+}
+
+// EnsureJobConsumers creates the consumers of every class for one pool and arch.
+func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, pool, arch string) ([]jetstream.Consumer, error) {
+	out := make([]jetstream.Consumer, 0, len(Classes))
+	for _, c := range Classes {
+		cfg := JobConsumerConfig(pool, arch, c)
+		cons, err := js.Consumer(ctx, StreamJobs, cfg.Durable)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cons, err = js.CreateConsumer(ctx, StreamJobs, cfg)
+			if errors.Is(err, jetstream.ErrConsumerExists) {
+				cons, err = js.Consumer(ctx, StreamJobs, cfg.Durable)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+		}
+		out = append(out, cons)
+	}
+	return out, nil
+}

@@ -1,0 +1,134 @@
+package events
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Subject roots. Each is the first tokens of a family in the subject tree.
+const (
+	SubjectCommits = "jetci.commit"
+	SubjectJobs    = "jetci.job"
+	SubjectResults = "jetci.result"
+	SubjectLogs    = "jetci.log"
+	SubjectTrigger = "jetci.trigger"
+)
+
+// Result kinds: the last token of a result subject.
+const (
+	KindQueued   = "queued"
+	KindStarted  = "started"
+	KindFinished = "finished"
+)
+
+// MaxTokenLen bounds a name token. Longer names are hashed (see Token).
+const MaxTokenLen = 160
+
+// Token turns any name (a branch or repo as git spells it) into one subject token
+// that is also a valid KV key: base64url without padding. Names whose encoding is
+// longer than MaxTokenLen become "=" and the first 40 hex digits of their SHA-256,
+// which cannot collide with an encoded name because base64url never contains "=".
+func Token(name string) string {
+	t := base64.RawURLEncoding.EncodeToString([]byte(name))
+	if len(t) <= MaxTokenLen {
+		return t
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "=" + hex.EncodeToString(sum[:20])
+}
+
+// ParseToken reverses Token. Hashed tokens cannot be reversed and return an error;
+// the readable name is in the message body.
+func ParseToken(tok string) (string, error) {
+	if strings.HasPrefix(tok, "=") {
+		return "", fmt.Errorf("token %q is a hash of a long name", tok)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", fmt.Errorf("token %q: %w", tok, err)
+	}
+	return string(b), nil
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,39}$`)
+
+// ValidName checks a pool, arch or class name: lowercase letters, digits, '_' and
+// '-', starting with a letter or digit, at most 40 characters. Such names are used
+// as subject tokens and consumer names as they are.
+func ValidName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("invalid %s %q: use lowercase letters, digits, '_' and '-' (at most 40)", kind, name)
+	}
+	return nil
+}
+
+// CommitSubject is where the observer publishes a CommitDetected.
+func CommitSubject(repo, branch string) string {
+	return SubjectCommits + "." + Token(repo) + "." + Token(branch)
+}
+
+// JobSubject is the work-queue partition of one job.
+func JobSubject(pool, arch string, class Class, repo, branch string) string {
+	return fmt.Sprintf("%s.%s.%s.%s.%s.%s", SubjectJobs, pool, arch, class, Token(repo), Token(branch))
+}
+
+// JobFilter is the filter of the consumer that serves one (pool, arch, class).
+func JobFilter(pool, arch string, class Class) string {
+	return fmt.Sprintf("%s.%s.%s.%s.>", SubjectJobs, pool, arch, class)
+}
+
+// ResultSubject is where a job's queued, started and finished events go.
+func ResultSubject(repo, branch, kind string) string {
+	return SubjectResults + "." + Token(repo) + "." + Token(branch) + "." + kind
+}
+
+// LogSubject carries the live log of one job.
+func LogSubject(jobID string) string { return SubjectLogs + "." + jobID }
+
+// TriggerSubject is where `jetci trigger` asks the observers of repo to run a commit.
+func TriggerSubject(repo string) string { return SubjectTrigger + "." + Token(repo) }
+
+// JobID names one job: a repo, branch, commit, job name and arch. It is stable, so a
+// re-run of the same job updates the same record.
+func JobID(repo, branch, commit, job, arch string) string {
+	h := sha256.New()
+	for _, s := range []string{repo, branch, commit, job, arch} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:10])
+}
+
+// RecordKey is the key of a job's record in the results bucket.
+func RecordKey(repo, branch, jobID string) string {
+	return Token(repo) + "." + Token(branch) + "." + jobID
+}
+
+// HeadKey is the key of a branch's last published head in the heads bucket.
+func HeadKey(repo, branch string) string { return Token(repo) + "." + Token(branch) }
+
+// CommitMsgID deduplicates CommitDetected: one per repo, branch, commit and trigger.
+func CommitMsgID(repo, branch, commit, triggerID string) string {
+	id := "c:" + Token(repo) + ":" + Token(branch) + ":" + commit
+	if triggerID != "" {
+		id += ":" + triggerID
+	}
+	return id
+}
+
+// JobMsgID deduplicates JobQueued: one per repo, commit, branch, job, arch and trigger.
+func JobMsgID(jobID, triggerID string) string {
+	if triggerID != "" {
+		return "j:" + jobID + ":" + triggerID
+	}
+	return "j:" + jobID
+}
+
+// ResultMsgID deduplicates a result event of one attempt of one queued job.
+func ResultMsgID(jobID string, queueSeq, attempt uint64, kind string) string {
+	return fmt.Sprintf("r:%s:%d:%d:%s", jobID, queueSeq, attempt, kind)
+}
