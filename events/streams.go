@@ -36,7 +36,7 @@ const (
 
 // Setup describes how streams and buckets are created.
 type Setup struct {
-	Replicas int                 // 1 for a single server, 3 for a cluster
+	Replicas int                   // 1 for a single server, 3 for a cluster
 	Storage  jetstream.StorageType // file by default
 }
 
@@ -55,7 +55,7 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 		{
 			Name: StreamJobs, Subjects: []string{SubjectJobs + ".>"},
 			Retention: jetstream.WorkQueuePolicy, Storage: s.Storage, Replicas: s.Replicas,
-			Duplicates: DedupWindow,
+			Duplicates:  DedupWindow,
 			Description: "jobs waiting for a runner, one partition per pool, arch, class, repo and branch",
 		},
 		{
