@@ -24,7 +24,7 @@ type Config struct {
 	Listen string
 	// StoreDir is where JetStream keeps its files.
 	StoreDir string
-	// HTTP is an optional monitoring address, host:port.
+	// HTTP is an optional monitoring address, host:port; port 0 picks a free one.
 	HTTP string
 }
 
@@ -82,6 +82,9 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("broker: HTTP %q: %w", cfg.HTTP, err)
 		}
 		opts.HTTPHost, opts.HTTPPort = host, port
+		if port == 0 {
+			opts.HTTPPort = server.RANDOM_PORT
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -1,0 +1,48 @@
+package broker_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker"
+)
+
+// TestStartWithTheRepoConfig starts the embedded server from the repository's
+// nats.conf (the file users run with nats-server -c), on free ports.
+func TestStartWithTheRepoConfig(t *testing.T) {
+	srv, err := broker.Start(broker.Config{ConfigFile: "../nats.conf", Listen: "127.0.0.1:0", StoreDir: t.TempDir(), HTTP: "127.0.0.1:0"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(context.Background()); err != nil {
+		t.Fatalf("jetstream not enabled by nats.conf: %v", err)
+	}
+	if nc.MaxPayload() != 1<<20 {
+		t.Errorf("max payload %d, want 1 MiB from nats.conf", nc.MaxPayload())
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []broker.Config{{Listen: "nope", StoreDir: "x"}, {Listen: "127.0.0.1:99999", StoreDir: "x"}, {Listen: "127.0.0.1:0"}} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want an error", c)
+		}
+	}
+	if _, err := broker.Start(broker.Config{ConfigFile: "does-not-exist.conf"}, zerolog.Nop()); err == nil {
+		t.Error("Start with a missing config file: want an error")
+	}
+}

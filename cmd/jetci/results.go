@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
+)
+
+const resultsUsage = `
+Usage: jetci results --nats URL [--repo R] [--branch B] [--commit SHA] [--json] [--all]
+
+Prints one line per job result, oldest first. With --json, prints JSON Lines: one
+object per job with at least repo, branch, commit (full sha), arch, job, status
+(passed, failed, error, cancelled), attempt, exit_code, duration_ms, runner,
+error and finished_at. Jobs still queued or running are left out unless --all.
+`
+
+func (m *Main) results(ctx context.Context, args []string) error {
+	fs := m.flagSet("results", resultsUsage)
+	url := natsFlag(fs)
+	repo := fs.String("repo", "", "only this repository (its name)")
+	branch := fs.String("branch", "", "only this branch (needs no --repo)")
+	commit := fs.String("commit", "", "only this commit (full sha or a prefix)")
+	asJSON := fs.Bool("json", false, "print JSON Lines instead of a table")
+	all := fs.Bool("all", false, "include queued and running jobs")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	nc, js, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-results", Log: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	store, err := reporter.OpenStore(ctx, js)
+	if err != nil {
+		return err
+	}
+	recs, err := store.List(ctx, reporter.Filter{Repo: *repo, Branch: *branch, Commit: *commit, All: *all})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(m.Stdout)
+		for i := range recs {
+			if err := enc.Encode(&recs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(m.Stderr, "no results yet")
+		return nil
+	}
+	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATUS\tREPO\tBRANCH\tCOMMIT\tJOB\tARCH\tATTEMPT\tDURATION\tFINISHED\tERROR")
+	for _, r := range recs {
+		fin := ""
+		if !r.FinishedAt.IsZero() {
+			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, shortSHA(r.Commit),
+			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error, 60))
+	}
+	return tw.Flush()
+}
+
+func shortSHA(s string) string {
+	if len(s) > 10 {
+		return s[:10]
+	}
+	return s
+}
+
+func oneLine(s string, max int) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i] + " …"
+	}
+	if r := []rune(s); len(r) > max {
+		s = string(r[:max]) + "…"
+	}
+	return s
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jetci/jetci/broker"
+	"github.com/jetci/jetci/dispatcher"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/observer"
+	"github.com/jetci/jetci/reporter"
+	"github.com/jetci/jetci/runner"
+)
+
+const serverUsage = `
+Usage: jetci server [--config nats.conf] [--listen ADDR] [--store DIR]
+
+Runs the NATS JetStream server alone (embedded in jetci), for deployments where
+the observer, dispatcher, reporter and runners run as separate processes. The
+config file has the syntax of the real nats-server, which accepts the same file:
+'nats-server -c nats.conf'. jetci's streams and buckets are created at start.
+`
+
+func (m *Main) server(ctx context.Context, args []string) error {
+	fs := m.flagSet("server", serverUsage)
+	config := fs.String("config", "", "nats-server configuration file (e.g. nats.conf)")
+	listen := fs.String("listen", "", "client address host:port (default: the config's, else 127.0.0.1:4222)")
+	store := fs.String("store", "", "JetStream storage directory (default: the config's, else ./.jetci/nats)")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg := broker.Config{ConfigFile: *config, Listen: *listen, StoreDir: *store}
+	if *config == "" {
+		def := broker.DefaultConfig()
+		if cfg.Listen == "" {
+			cfg.Listen = def.Listen
+		}
+		if cfg.StoreDir == "" {
+			cfg.StoreDir = def.StoreDir
+		}
+	}
+	srv, err := broker.Start(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-server", Log: log})
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = events.DefaultSetup().Ensure(sctx, js)
+	cancel()
+	nc.Close()
+	if err != nil {
+		return fmt.Errorf("set up streams: %w", err)
+	}
+	log.Info().Str("url", srv.ClientURL()).Msg("nats server ready")
+	<-ctx.Done()
+	log.Info().Msg("nats server stopping")
+	return nil
+}
+
+const observerUsage = `
+Usage: jetci observer --nats URL --repo PATH_OR_URL [--repo ...] [flags]
+
+Watches git repositories and publishes one event per new commit on every branch
+to JetStream. The last published head of each branch is kept in JetStream, so a
+restarted observer neither misses nor repeats a commit. It also serves
+'jetci trigger' for its repositories.
+`
+
+func (m *Main) observer(ctx context.Context, args []string) error {
+	fs := m.flagSet("observer", observerUsage)
+	url := natsFlag(fs)
+	var repos listFlag
+	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
+	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
+	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg := observer.DefaultConfig()
+	for _, r := range repos {
+		repo, err := observer.ParseRepo(r)
+		if err != nil {
+			return err
+		}
+		cfg.Repos = append(cfg.Repos, repo)
+	}
+	if len(cfg.Repos) == 0 {
+		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
+	}
+	cfg.Poll, cfg.CacheDir = *poll, *cache
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	nc, js, err := connectService(ctx, *url, "jetci-observer", log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, log)
+	o, err := observer.New(cfg, nc, js, log)
+	if err != nil {
+		return err
+	}
+	return o.Run(ctx)
+}
+
+const dispatcherUsage = `
+Usage: jetci dispatcher --nats URL [--arch LIST]
+
+Turns each new commit into jobs: one per job in the commit's .jetci.yml (or the
+detected test command) and per CPU architecture in its matrix, queued for the
+runners of that architecture and pool.
+`
+
+func (m *Main) dispatcher(ctx context.Context, args []string) error {
+	fs := m.flagSet("dispatcher", dispatcherUsage)
+	url := natsFlag(fs)
+	var arch listFlag
+	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
+	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg := dispatcher.DefaultConfig()
+	if a := splitList(arch); len(a) > 0 {
+		cfg.Arch = a
+	}
+	cfg.Pool = *pool
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	nc, js, err := connectService(ctx, *url, "jetci-dispatcher", log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, log)
+	d, err := dispatcher.New(cfg, js, log)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+const runnerUsage = `
+Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work DIR]
+
+Pulls jobs for one CPU architecture and pool, checks each commit out from a local
+git cache, runs its steps, and publishes the log and the result. Start as many
+as you like, on any machine that reaches the NATS server; if one dies mid-job,
+the job is handed to another.
+`
+
+func (m *Main) runner(ctx context.Context, args []string) error {
+	def := runner.DefaultConfig()
+	fs := m.flagSet("runner", runnerUsage)
+	url := natsFlag(fs)
+	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
+	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
+	slots := fs.Int("slots", def.Slots, "jobs run in parallel")
+	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
+	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	cfg := def
+	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID = *arch, *pool, *slots, *work, *id
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log = log.With().Str("runner", cfg.ID).Logger()
+	nc, js, err := connectService(ctx, *url, "jetci-runner", log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, log)
+	r, err := runner.New(cfg, nc, js, log)
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+const reporterUsage = `
+Usage: jetci reporter --nats URL [--http ADDR]
+
+Consumes every job event into one record per job (kept in JetStream), and serves
+the web UI and the JSON API (GET /api/v1/results).
+`
+
+func (m *Main) reporter(ctx context.Context, args []string) error {
+	fs := m.flagSet("reporter", reporterUsage)
+	url := natsFlag(fs)
+	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI and API (empty: none)")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	nc, js, err := connectService(ctx, *url, "jetci-reporter", log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, log)
+	r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr}, js, log)
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}

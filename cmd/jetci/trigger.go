@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+const triggerUsage = `
+Usage: jetci trigger --nats URL --repo R --branch B [--commit SHA]
+
+Runs the head of a branch (or one commit of it) now, at the highest priority,
+whether or not it was tested before. An observer watching the repository
+resolves the commit; the command prints it.
+`
+
+func (m *Main) trigger(ctx context.Context, args []string) error {
+	fs := m.flagSet("trigger", triggerUsage)
+	url := natsFlag(fs)
+	repo := fs.String("repo", "", "repository name (as in results)")
+	branch := fs.String("branch", "", "branch name")
+	commit := fs.String("commit", "", "commit to run (full sha or a prefix); default: the branch head")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *repo == "" || *branch == "" {
+		fs.Usage()
+		return errors.New("--repo and --branch are required")
+	}
+	nc, _, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-trigger", Log: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	data, err := events.Encode(&events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	msg, err := nc.RequestWithContext(ctx, events.TriggerSubject(*repo), data)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("no observer watches a repo named %q", *repo)
+	}
+	if err != nil {
+		return fmt.Errorf("trigger: %w", err)
+	}
+	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
+	if err != nil {
+		return fmt.Errorf("trigger: bad reply: %w", err)
+	}
+	if reply.Error != "" {
+		return errors.New(reply.Error)
+	}
+	fmt.Fprintf(m.Stdout, "triggered %s %s at %s\n", *repo, *branch, reply.Commit)
+	return nil
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/jetci/jetci/broker"
+	"github.com/jetci/jetci/dispatcher"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/observer"
+	"github.com/jetci/jetci/reporter"
+	"github.com/jetci/jetci/runner"
+)
+
+const upUsage = `
+Usage: jetci up --repo PATH_OR_URL [--repo ...] [flags]
+
+Runs all of jetci in one process: an embedded NATS JetStream server, an observer
+for the given repositories, a dispatcher, a reporter with the web UI and API, and
+--runners local runners for this machine's CPU architecture. Every new commit on
+every branch is tested; results survive restarts in --data.
+
+Other machines can join: 'jetci runner --nats nats://HOST:PORT --arch arm64' serves
+jobs for another architecture (listen on a reachable address with --nats-listen).
+
+A repo is a local path or a git URL; it is named after its base name without
+".git", or give the name: --repo name=PATH_OR_URL.
+`
+
+func (m *Main) up(ctx context.Context, args []string) error {
+	fs := m.flagSet("up", upUsage)
+	var repos, arch listFlag
+	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
+	data := fs.String("data", "./.jetci", "directory for all state: NATS storage, git caches, runner workspaces")
+	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
+	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
+	slots := fs.Int("slots", 1, "parallel jobs per local runner")
+	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
+	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(m.Stderr)
+	if err != nil {
+		return err
+	}
+	if len(repos) == 0 {
+		fs.Usage()
+		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
+	}
+	if *runners < 0 {
+		return fmt.Errorf("--runners %d: want 0 or more", *runners)
+	}
+	ocfg := observer.DefaultConfig()
+	for _, r := range repos {
+		repo, err := observer.ParseRepo(r)
+		if err != nil {
+			return err
+		}
+		ocfg.Repos = append(ocfg.Repos, repo)
+	}
+	ocfg.Poll = *poll
+	ocfg.CacheDir = filepath.Join(*data, "observer")
+	if err := ocfg.Validate(); err != nil {
+		return err
+	}
+	dcfg := dispatcher.DefaultConfig()
+	if a := splitList(arch); len(a) > 0 {
+		dcfg.Arch = a
+	}
+	if err := dcfg.Validate(); err != nil {
+		return err
+	}
+	rcfgs := make([]runner.Config, *runners)
+	host, _ := os.Hostname()
+	for i := range rcfgs {
+		c := runner.DefaultConfig()
+		c.ID = fmt.Sprintf("%s-%d-up%d", host, os.Getpid(), i+1)
+		c.Slots = *slots
+		c.WorkDir = filepath.Join(*data, "runners", strconv.Itoa(i+1))
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		rcfgs[i] = c
+	}
+
+	if err := os.MkdirAll(*data, 0o755); err != nil {
+		return fmt.Errorf("--data %s: %w", *data, err)
+	}
+	srv, err := broker.Start(broker.Config{Listen: *listen, StoreDir: filepath.Join(*data, "nats")}, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-up", Wait: true, Log: log})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
+		return err
+	}
+
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr}, js, log.With().Str("component", "reporter").Logger())
+	if err != nil {
+		return err
+	}
+	obs, err := observer.New(ocfg, nc, js, log.With().Str("component", "observer").Logger())
+	if err != nil {
+		return err
+	}
+	disp, err := dispatcher.New(dcfg, js, log.With().Str("component", "dispatcher").Logger())
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return rep.Run(gctx) })
+	g.Go(func() error { return disp.Run(gctx) })
+	g.Go(func() error { return obs.Run(gctx) })
+	for _, c := range rcfgs {
+		r, err := runner.New(c, nc, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return r.Run(gctx) })
+	}
+	log.Info().Str("nats", srv.ClientURL()).Str("http", rep.Addr()).Int("repos", len(ocfg.Repos)).
+		Int("runners", *runners).Strs("arch", dcfg.Arch).Str("data", *data).Msg("jetci is up")
+	if *runners > 0 && !slices.Contains(dcfg.Arch, runtime.GOARCH) {
+		log.Warn().Strs("arch", dcfg.Arch).Msg("the local runners serve " + runtime.GOARCH + " only: other architectures need 'jetci runner --arch'")
+	}
+	err = g.Wait()
+	log.Info().Msg("jetci is shutting down")
+	drain(nc, log)
+	return err
+}
+
+// drain flushes what the services published before the server stops.
+func drain(nc *nats.Conn, log zerolog.Logger) {
+	done := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		log.Warn().Msg("nats drain timed out")
+		nc.Close()
+	}
+}
+
+// connectService connects a long-running service and makes sure jetci's streams
+// exist, waiting for the server if it is not up yet.
+func connectService(ctx context.Context, url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: name, Wait: true, Log: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = events.Retry(ctx, log, "set up jetci streams on "+url, 5*time.Second, func(ctx context.Context) error {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return events.DefaultSetup().Ensure(c, js)
+	})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}

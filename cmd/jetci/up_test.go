@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jetci/jetci/reporter"
+)
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startUp runs `jetci up` in this process and returns its NATS URL and a stop func.
+func startUp(t *testing.T, data string, repos ...string) (string, func()) {
+	t.Helper()
+	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	args := []string{"up", "--data", data, "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "100ms", "--runners", "2", "--log-format", "json"}
+	for _, r := range repos {
+		args = append(args, "--repo", r)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("jetci up exited %d; log:\n%s", code, logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("jetci up did not stop within 30s")
+		}
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("jetci up log:\n%s", logs.String())
+		}
+	})
+	return "nats://" + natsAddr, stop
+}
+
+// TestUpFiveHundredLinesScenario is the 500-lines chapter's scenario on the whole
+// pipeline in one process: a passing unittest suite, a failing test, a fix.
+func TestUpFiveHundredLinesScenario(t *testing.T) {
+	repo := newGitRepo(t)
+	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUp(t, t.TempDir(), repo.dir)
+	read := func() ([]reporter.Record, error) { return resultsJSON(t, url) }
+
+	recs := waitStatus(t, read, first, "passed")
+	if r := recs[0]; r.Repo != "proj" || r.Branch != "main" || r.Job != "test" || r.Attempt != 1 || r.Runner == "" || r.FinishedAt.IsZero() {
+		t.Fatalf("record %+v: want repo proj, branch main, job test, attempt 1, a runner and a finish time", r)
+	}
+	bad := repo.commit("add failing test", map[string]string{"tests/test_bad.py": failingTest})
+	recs = waitStatus(t, read, bad, "failed")
+	if recs[0].ExitCode == 0 {
+		t.Fatalf("failed job has exit code 0")
+	}
+	fixed := repo.commit("fix it", map[string]string{"tests/test_bad.py": strings.Replace(failingTest, "self.fail('I will fail')", "pass", 1)})
+	waitStatus(t, read, fixed, "passed")
+
+	all, err := read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 3 {
+		t.Fatalf("%d records, want exactly 3 (one per commit): %+v", len(all), all)
+	}
+}
+
+// TestUpBadInputGetsErrorResults: a repo with no pipeline and a broken pipeline
+// file each get an error result saying why, and jetci goes on testing.
+func TestUpBadInputGetsErrorResults(t *testing.T) {
+	none := newGitRepo(t)
+	c1 := none.commit("readme only", map[string]string{"README": "hi\n"})
+	broken := newGitRepo(t)
+	c2 := broken.commit("bad pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    stesp: [true]\n"})
+	url, _ := startUp(t, t.TempDir(), "none="+none.dir, "broken="+broken.dir)
+	read := func() ([]reporter.Record, error) { return resultsJSON(t, url) }
+	r1 := waitStatus(t, read, c1, "error")
+	if !strings.Contains(r1[0].Error, "no pipeline") {
+		t.Errorf("no-pipeline error %q does not say 'no pipeline'", r1[0].Error)
+	}
+	r2 := waitStatus(t, read, c2, "error")
+	if !strings.Contains(r2[0].Error, ":3") || !strings.Contains(r2[0].Error, "stesp") {
+		t.Errorf("pipeline error %q does not quote line 3 and the bad key", r2[0].Error)
+	}
+	// Fixing the file makes the next commit run.
+	c3 := broken.commit("fix pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    steps: [\"test -f .jetci.yml\"]\n"})
+	waitStatus(t, read, c3, "passed")
+}

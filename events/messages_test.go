@@ -1,0 +1,60 @@
+package events
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	ref := JobRef{JobID: JobID("r", "a>b", "c0ffee", "test", "amd64"), Repo: "r", Branch: "a>b", Commit: "c0ffee", Job: "test", Arch: "amd64"}
+	msgs := []any{
+		&CommitDetected{Repo: "r", Branch: "fix/ünï", Commit: "c0ffee", Class: ClassFirst, Time: time.Unix(1, 0).UTC()},
+		&JobQueued{JobRef: ref, Pool: "default", Class: ClassUser, Steps: []string{"true"}},
+		&JobStarted{JobRef: ref, Attempt: 2, Runner: "r1"},
+		&JobFinished{JobRef: ref, Status: StatusFailed, ExitCode: 3},
+		&TriggerRequest{Repo: "r", Branch: "main"},
+	}
+	for _, m := range msgs {
+		data, err := Encode(m)
+		if err != nil {
+			t.Fatalf("Encode(%T): %v", m, err)
+		}
+		got, err := Decode(data)
+		if err != nil {
+			t.Fatalf("Decode(%s): %v", data, err)
+		}
+		if _, ok := got.(interface{ check() error }); !ok {
+			t.Fatalf("Decode gave %T", got)
+		}
+	}
+}
+
+func TestDecodeRejectsBadMessages(t *testing.T) {
+	for _, in := range []string{
+		``, `{`, `[]`, `{}`, `{"type":"jetci.nope.v1"}`, `{"type":"jetci.commit.detected.v1"}`,
+		`{"type":"jetci.job.finished.v1","job_id":"x","repo":"r","branch":"b","commit":"c","job":"j","arch":"a","status":"running"}`,
+		`{"type":"jetci.job.queued.v1","job_id":1}`,
+	} {
+		if _, err := Decode([]byte(in)); !errors.Is(err, ErrBadMessage) {
+			t.Errorf("Decode(%q) = %v, want ErrBadMessage", in, err)
+		}
+	}
+	if _, err := DecodeAs[JobQueued]([]byte(`{"type":"jetci.trigger.request.v1","repo":"r","branch":"b"}`)); !errors.Is(err, ErrBadMessage) {
+		t.Errorf("DecodeAs with the wrong type = %v, want ErrBadMessage", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"type":"jetci.commit.detected.v1","repo":"r","branch":"b","commit":"c","class":"first"}`))
+	f.Add([]byte(`{"type":"jetci.job.finished.v1"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Decode(data)
+		if err != nil && !errors.Is(err, ErrBadMessage) {
+			t.Fatalf("Decode error %v does not wrap ErrBadMessage", err)
+		}
+		if err == nil && m == nil {
+			t.Fatal("nil message without error")
+		}
+	})
+}

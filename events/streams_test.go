@@ -1,0 +1,69 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+)
+
+func TestSetupIsIdempotentAndPartitionsDoNotOverlap(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatalf("second Ensure: %v", err)
+	}
+	info, err := s.JS.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.CachedInfo().Config.Retention; got != jetstream.WorkQueuePolicy {
+		t.Fatalf("jobs retention %v, want work queue", got)
+	}
+	// Consumers for two arches and all classes must coexist on the work queue
+	// (overlapping filters are refused with error 10100), and creating them twice
+	// (dispatcher and runner both do) must work.
+	for i := 0; i < 2; i++ {
+		for _, arch := range []string{"amd64", "arm64"} {
+			if _, err := events.EnsureJobConsumers(ctx, s.JS, "default", arch); err != nil {
+				t.Fatalf("EnsureJobConsumers(%s) #%d: %v", arch, i, err)
+			}
+		}
+	}
+	// A job published to a partition is seen by that partition's consumer only.
+	subj := events.JobSubject("default", "arm64", events.ClassFirst, "repo", "a>b")
+	if _, err := s.JS.Publish(ctx, subj, []byte(`{}`), jetstream.WithMsgID("x")); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := s.JS.Publish(ctx, subj, []byte(`{}`), jetstream.WithMsgID("x"))
+	if err != nil || !ack.Duplicate {
+		t.Fatalf("second publish with the same Msg-Id: dup=%v err=%v, want a duplicate", ack != nil && ack.Duplicate, err)
+	}
+	for _, c := range []struct {
+		arch string
+		cls  events.Class
+		want uint64
+	}{{"arm64", events.ClassFirst, 1}, {"amd64", events.ClassFirst, 0}, {"arm64", events.ClassUser, 0}} {
+		cons, err := s.JS.Consumer(ctx, events.StreamJobs, events.JobConsumerName("default", c.arch, c.cls))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci.NumPending != c.want {
+			t.Errorf("%s/%s pending %d, want %d", c.arch, c.cls, ci.NumPending, c.want)
+		}
+	}
+	if _, err := s.JS.KeyValue(ctx, events.BucketResults); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.JS.ObjectStore(ctx, events.BucketLogs); errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatal("no logs object store")
+	}
+}

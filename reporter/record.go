@@ -1,0 +1,136 @@
+package reporter
+
+import (
+	"time"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Record is what jetci knows of one job: the latest attempt of the latest run.
+// There is exactly one record per job (repo, branch, commit, job, arch); it lives
+// in the jetci-results bucket under events.RecordKey.
+type Record struct {
+	JobID        string        `json:"job_id"`
+	Repo         string        `json:"repo"`
+	Branch       string        `json:"branch"`
+	Commit       string        `json:"commit"`
+	Arch         string        `json:"arch"`
+	Job          string        `json:"job"`
+	Status       events.Status `json:"status"`
+	Attempt      uint64        `json:"attempt"`
+	ExitCode     int           `json:"exit_code"`
+	DurationMs   int64         `json:"duration_ms"`
+	Runner       string        `json:"runner"`
+	Error        string        `json:"error"`
+	FinishedAt   time.Time     `json:"finished_at,omitzero"`
+	QueuedAt     time.Time     `json:"queued_at,omitzero"`
+	StartedAt    time.Time     `json:"started_at,omitzero"`
+	Pool         string        `json:"pool,omitempty"`
+	Class        events.Class  `json:"class,omitempty"`
+	Author       events.Person `json:"author,omitzero"`
+	Subject      string        `json:"subject,omitempty"`
+	TriggerID    string        `json:"trigger_id,omitempty"`
+	Log          string        `json:"log,omitempty"`
+	LogBytes     int64         `json:"log_bytes,omitempty"`
+	LogTruncated bool          `json:"log_truncated,omitempty"`
+	QueueSeq     uint64        `json:"queue_seq"`
+	// Phase orders events of one attempt: 0 queued, 1 started, 2 finished.
+	Phase int `json:"phase"`
+}
+
+// position orders the events of one job: a later run (higher queue sequence) wins,
+// then a later attempt, then a later phase. Anything at or below the record's
+// position is stale (a late report from a runner whose job was redelivered) or a
+// duplicate, and does not change the state.
+type position struct {
+	seq, attempt uint64
+	phase        int
+}
+
+func (p position) after(q position) bool {
+	if p.seq != q.seq {
+		return p.seq > q.seq
+	}
+	if p.attempt != q.attempt {
+		return p.attempt > q.attempt
+	}
+	return p.phase > q.phase
+}
+
+func (r *Record) position() position { return position{r.QueueSeq, r.Attempt, r.Phase} }
+
+// Apply folds one event into the record and reports whether it changed.
+func (r *Record) Apply(ev any) bool {
+	switch e := ev.(type) {
+	case *events.JobQueued:
+		changed := r.fill(e.JobRef, e.Author, e.Subject)
+		if r.Pool == "" || r.QueuedAt.IsZero() {
+			r.Pool, r.Class, r.QueuedAt, r.TriggerID = e.Pool, e.Class, e.QueuedAt, e.TriggerID
+			changed = true
+		}
+		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
+			return changed
+		}
+		*r = Record{
+			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job,
+			Author: r.Author, Subject: r.Subject,
+			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
+			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
+		}
+		return true
+	case *events.JobStarted:
+		changed := r.fill(e.JobRef, events.Person{}, "")
+		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
+			return changed
+		}
+		r.QueueSeq, r.Attempt, r.Phase = e.QueueSeq, e.Attempt, 1
+		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
+		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
+		r.Log, r.LogBytes, r.LogTruncated = "", 0, false
+		return true
+	case *events.JobFinished:
+		changed := r.fill(e.JobRef, e.Author, e.Subject)
+		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
+			return changed
+		}
+		r.QueueSeq, r.Attempt, r.Phase = e.QueueSeq, e.Attempt, 2
+		r.Status, r.Runner, r.ExitCode, r.Error = e.Status, e.Runner, e.ExitCode, e.Error
+		r.DurationMs, r.FinishedAt = e.DurationMs, e.FinishedAt
+		if !e.StartedAt.IsZero() {
+			r.StartedAt = e.StartedAt
+		}
+		r.Log, r.LogBytes, r.LogTruncated = e.Log, e.LogBytes, e.LogTruncated
+		return true
+	}
+	return false
+}
+
+// fill sets the identity fields a record may not have yet (events can arrive in any
+// order across producers: a fast runner's started event can beat the dispatcher's
+// queued event).
+func (r *Record) fill(ref events.JobRef, author events.Person, subject string) bool {
+	changed := false
+	if r.JobID == "" {
+		r.JobID, r.Repo, r.Branch, r.Commit, r.Job, r.Arch = ref.JobID, ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch
+		changed = true
+	}
+	if r.Author == (events.Person{}) && author != (events.Person{}) {
+		r.Author, changed = author, true
+	}
+	if r.Subject == "" && subject != "" {
+		r.Subject, changed = subject, true
+	}
+	return changed
+}
+
+func refOf(ev any) (events.JobRef, bool) {
+	switch e := ev.(type) {
+	case *events.JobQueued:
+		return e.JobRef, true
+	case *events.JobStarted:
+		return e.JobRef, true
+	case *events.JobFinished:
+		return e.JobRef, true
+	}
+	return events.JobRef{}, false
+}

@@ -1,0 +1,68 @@
+package reporter
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jetci/jetci/events"
+)
+
+var ref = events.JobRef{JobID: events.JobID("r", "main", "c1", "test", "amd64"), Repo: "r", Branch: "main", Commit: "c1", Job: "test", Arch: "amd64"}
+
+func queued(seq uint64) *events.JobQueued {
+	return &events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: seq, QueuedAt: time.Unix(100, 0),
+		Author: events.Person{Name: "Dev", Email: "dev@example.com"}, Subject: "add tests"}
+}
+func started(seq, attempt uint64, runner string) *events.JobStarted {
+	return &events.JobStarted{JobRef: ref, QueueSeq: seq, Attempt: attempt, Runner: runner, StartedAt: time.Unix(101, 0)}
+}
+func finished(seq, attempt uint64, runner string, st events.Status) *events.JobFinished {
+	return &events.JobFinished{JobRef: ref, QueueSeq: seq, Attempt: attempt, Runner: runner, Status: st, FinishedAt: time.Unix(102, 0), DurationMs: 7}
+}
+
+func TestRecordApply(t *testing.T) {
+	tests := []struct {
+		name       string
+		evs        []any
+		status     events.Status
+		attempt    uint64
+		runner     string
+		wantAuthor bool
+	}{
+		{"in order", []any{queued(5), started(5, 1, "a"), finished(5, 1, "a", events.StatusPassed)}, events.StatusPassed, 1, "a", true},
+		{"queued event arrives last", []any{started(5, 1, "a"), finished(5, 1, "a", events.StatusFailed), queued(5)}, events.StatusFailed, 1, "a", true},
+		{"redelivered: attempt 2 wins", []any{queued(5), started(5, 1, "a"), started(5, 2, "b"), finished(5, 2, "b", events.StatusPassed)}, events.StatusPassed, 2, "b", true},
+		{"stale runner reports late", []any{queued(5), started(5, 1, "a"), started(5, 2, "b"), finished(5, 2, "b", events.StatusPassed), finished(5, 1, "a", events.StatusFailed)}, events.StatusPassed, 2, "b", true},
+		{"late start after finish", []any{finished(5, 1, "a", events.StatusPassed), started(5, 1, "a")}, events.StatusPassed, 1, "a", false},
+		{"duplicate finish", []any{finished(5, 1, "a", events.StatusPassed), finished(5, 1, "a", events.StatusFailed)}, events.StatusPassed, 1, "a", false},
+		{"re-run resets", []any{queued(5), finished(5, 1, "a", events.StatusFailed), queued(9)}, events.StatusQueued, 0, "", true},
+		{"re-run finishes", []any{queued(5), finished(5, 1, "a", events.StatusFailed), queued(9), started(9, 1, "b"), finished(9, 1, "b", events.StatusPassed)}, events.StatusPassed, 1, "b", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r Record
+			for _, ev := range tt.evs {
+				r.Apply(ev)
+			}
+			if r.Status != tt.status || r.Attempt != tt.attempt || r.Runner != tt.runner {
+				t.Fatalf("got status %s attempt %d runner %q, want %s %d %q", r.Status, r.Attempt, r.Runner, tt.status, tt.attempt, tt.runner)
+			}
+			if r.Commit != "c1" || r.Job != "test" || r.Arch != "amd64" || r.Branch != "main" {
+				t.Fatalf("identity lost: %+v", r)
+			}
+			if got := r.Author.Name == "Dev"; got != tt.wantAuthor {
+				t.Fatalf("author set %v, want %v", got, tt.wantAuthor)
+			}
+		})
+	}
+}
+
+func TestRecordApplyReportsNoChangeForDuplicates(t *testing.T) {
+	var r Record
+	if !r.Apply(finished(5, 1, "a", events.StatusPassed)) {
+		t.Fatal("first finish: want a change")
+	}
+	if r.Apply(finished(5, 1, "a", events.StatusPassed)) {
+		t.Fatal("duplicate finish: want no change")
+	}
+}

@@ -1,0 +1,194 @@
+// Package reporter is the end of the pipeline: it consumes the queued, started and
+// finished events of every job from JETCI_RESULTS, folds them into exactly one
+// record per job in the jetci-results KV bucket, and serves those records to
+// people: `jetci results`, a JSON API under /api/v1/ and a web page.
+//
+// The record lives in JetStream, not in the reporter's memory, so a reporter can be
+// restarted, or run several times, without losing or doubling a result: each event
+// is folded in with a compare-and-swap on the record, and events older than what
+// the record holds (a late report from a runner whose job was redelivered) are
+// ignored.
+package reporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Config configures a reporter.
+type Config struct {
+	// HTTP is the address of the web UI and API, host:port; empty serves nothing.
+	HTTP string
+}
+
+// DefaultConfig serves HTTP on loopback port 8080.
+func DefaultConfig() Config { return Config{HTTP: "127.0.0.1:8080"} }
+
+// Validate reports a bad field.
+func (c Config) Validate() error {
+	if c.HTTP != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+			return fmt.Errorf("reporter: HTTP %q: %w", c.HTTP, err)
+		}
+	}
+	return nil
+}
+
+// Reporter consumes results and serves them.
+type Reporter struct {
+	cfg   Config
+	js    jetstream.JetStream
+	log   zerolog.Logger
+	store *Store
+	logs  jetstream.ObjectStore
+	ln    net.Listener
+}
+
+// New opens the results bucket and, if configured, binds the HTTP address, so a
+// port in use is reported before Run.
+func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Logger) (*Reporter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	store, err := OpenStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	logs, err := js.ObjectStore(ctx, events.BucketLogs)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketLogs, err)
+	}
+	r := &Reporter{cfg: cfg, js: js, log: log, store: store, logs: logs}
+	if cfg.HTTP != "" {
+		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)
+		}
+	}
+	return r, nil
+}
+
+// Addr is the bound HTTP address, or "" when HTTP is off.
+func (r *Reporter) Addr() string {
+	if r.ln == nil {
+		return ""
+	}
+	return r.ln.Addr().String()
+}
+
+// Store gives access to the records.
+func (r *Reporter) Store() *Store { return r.store }
+
+// Run consumes results and serves HTTP until ctx ends.
+func (r *Reporter) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	var srv *http.Server
+	if r.ln != nil {
+		srv = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		r.log.Info().Str("addr", "http://"+r.Addr()).Msg("web UI and API listening")
+		go func() {
+			if err := srv.Serve(r.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("reporter: http: %w", err)
+			}
+		}()
+	}
+	go func() { errc <- r.consume(ctx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}
+	return err
+}
+
+// consume folds every result event into the records; it acks an event only after
+// its record is written.
+func (r *Reporter) consume(ctx context.Context) error {
+	var cons jetstream.Consumer
+	err := events.Retry(ctx, r.log, "create reporter consumer", 5*time.Second, func(ctx context.Context) error {
+		var err error
+		cons, err = r.js.CreateOrUpdateConsumer(ctx, events.StreamResults, jetstream.ConsumerConfig{
+			Durable:       events.ConsumerReporter,
+			Description:   "folds job events into records",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait:       30 * time.Second,
+			MaxAckPending: 1000,
+		})
+		return err
+	})
+	if err != nil {
+		return ctxErr(ctx, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("reporter: consume: %w", err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			r.log.Warn().Err(err).Msg("reading results")
+			continue
+		}
+		r.handle(ctx, m)
+	}
+}
+
+func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
+	ev, err := events.Decode(m.Data())
+	if err == nil {
+		if _, ok := refOf(ev); !ok {
+			err = fmt.Errorf("%w: %T on a result subject", events.ErrBadMessage, ev)
+		}
+	}
+	if err != nil {
+		r.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad result message")
+		_ = m.Term()
+		return
+	}
+	rec, changed, err := r.store.Apply(ctx, ev)
+	if err != nil {
+		r.log.Warn().Err(err).Msg("storing a result; will retry")
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if changed && rec.Status.Final() {
+		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", short(rec.Commit)).
+			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
+			Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
+	}
+	if err := m.Ack(); err != nil {
+		r.log.Debug().Err(err).Msg("ack result")
+	}
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func short(sha string) string {
+	if len(sha) > 10 {
+		return sha[:10]
+	}
+	return sha
+}

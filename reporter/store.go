@@ -1,0 +1,169 @@
+package reporter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Store reads and writes job records in the jetci-results bucket. Writes are
+// compare-and-swap on the entry's revision, so any number of reporters can fold
+// events into the same records without losing one.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// OpenStore opens the results bucket; it must exist (events.Setup creates it).
+func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.KeyValue(ctx, events.BucketResults)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("no %s bucket on this server: is jetci running there?", events.BucketResults)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketResults, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// Apply folds an event into its job's record. It returns the record and whether
+// it changed.
+func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
+	ref, ok := refOf(ev)
+	if !ok {
+		return nil, false, fmt.Errorf("apply: %T is not a job event", ev)
+	}
+	key := events.RecordKey(ref.Repo, ref.Branch, ref.JobID)
+	for {
+		rec := &Record{}
+		var rev uint64
+		e, err := s.kv.Get(ctx, key)
+		switch {
+		case err == nil:
+			if err := json.Unmarshal(e.Value(), rec); err != nil {
+				return nil, false, fmt.Errorf("record %s: %w", key, err)
+			}
+			rev = e.Revision()
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		default:
+			return nil, false, fmt.Errorf("get record %s: %w", key, err)
+		}
+		if !rec.Apply(ev) {
+			return rec, false, nil
+		}
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return nil, false, err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, data)
+		} else {
+			_, err = s.kv.Update(ctx, key, data, rev)
+		}
+		if err == nil {
+			return rec, true, nil
+		}
+		if !isConflict(err) {
+			return nil, false, fmt.Errorf("write record %s: %w", key, err)
+		}
+		// Another reporter wrote first: read again and re-apply.
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// Filter selects records. Empty fields match everything; Commit matches a prefix
+// of the full sha.
+type Filter struct {
+	Repo, Branch, Commit string
+	// All includes queued and running jobs; by default only finished ones.
+	All bool
+}
+
+// List returns the records that match f, oldest first.
+func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
+	pattern := ">"
+	if f.Repo != "" {
+		pattern = events.Token(f.Repo) + ".>"
+		if f.Branch != "" {
+			pattern = events.Token(f.Repo) + "." + events.Token(f.Branch) + ".*"
+		}
+	}
+	w, err := s.kv.Watch(ctx, pattern, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	defer w.Stop()
+	var out []Record
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("list records: watcher closed")
+			}
+			if e == nil {
+				sortRecords(out)
+				return out, nil
+			}
+			var r Record
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				continue // not ours; never stop a listing for one bad entry
+			}
+			if f.match(&r) {
+				out = append(out, r)
+			}
+		}
+	}
+}
+
+func (f Filter) match(r *Record) bool {
+	if f.Repo != "" && r.Repo != f.Repo || f.Branch != "" && r.Branch != f.Branch {
+		return false
+	}
+	if f.Commit != "" && !strings.HasPrefix(r.Commit, strings.ToLower(f.Commit)) {
+		return false
+	}
+	return f.All || r.Status.Final()
+}
+
+func sortRecords(rs []Record) {
+	first := func(r *Record) int64 {
+		for _, t := range []time.Time{r.QueuedAt, r.StartedAt, r.FinishedAt} {
+			if !t.IsZero() {
+				return t.UnixNano()
+			}
+		}
+		return 0
+	}
+	sort.SliceStable(rs, func(i, j int) bool {
+		a, b := &rs[i], &rs[j]
+		if ta, tb := first(a), first(b); ta != tb {
+			return ta < tb
+		}
+		if a.Repo != b.Repo {
+			return a.Repo < b.Repo
+		}
+		if a.Branch != b.Branch {
+			return a.Branch < b.Branch
+		}
+		if a.Job != b.Job {
+			return a.Job < b.Job
+		}
+		return a.Arch < b.Arch
+	})
+}
