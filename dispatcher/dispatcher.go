@@ -1,0 +1,293 @@
+// Package dispatcher turns commits into jobs. It consumes CommitDetected events
+// from JETCI_COMMITS through one durable consumer, reads the pipeline file the
+// event carries (or detects a test command from the event's probe of the tree),
+// and queues one JobQueued per job and CPU architecture on the JETCI_JOBS work
+// queue, routed to exactly one partition: jetci.job.<pool>.<arch>.<class>.…
+//
+// A commit whose pipeline cannot be read gets one `error` result that quotes the
+// file and line, never a crash or silence. A commit is acknowledged only after
+// every job is stored; a redelivered commit is deduplicated by the jobs' Msg-Ids.
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Config configures a dispatcher.
+type Config struct {
+	Arch           []string      // default arch matrix
+	Pool           string        // default pool
+	DefaultTimeout time.Duration // timeout of jobs that set none
+}
+
+// DefaultConfig tests on this machine's architecture in the default pool.
+func DefaultConfig() Config {
+	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute}
+}
+
+// Validate reports the first bad field.
+func (c Config) Validate() error {
+	if len(c.Arch) == 0 {
+		return errors.New("dispatcher: Arch is empty: name at least one architecture")
+	}
+	for _, a := range c.Arch {
+		if err := events.ValidName("arch", a); err != nil {
+			return fmt.Errorf("dispatcher: Arch: %w", err)
+		}
+	}
+	if err := events.ValidName("pool", c.Pool); err != nil {
+		return fmt.Errorf("dispatcher: Pool: %w", err)
+	}
+	if c.DefaultTimeout <= 0 || c.DefaultTimeout > MaxTimeout {
+		return fmt.Errorf("dispatcher: DefaultTimeout %s: want more than 0 and at most %s", c.DefaultTimeout, MaxTimeout)
+	}
+	return nil
+}
+
+// Dispatcher is the commit-to-jobs service.
+type Dispatcher struct {
+	cfg Config
+	js  jetstream.JetStream
+	log zerolog.Logger
+	now func() time.Time
+
+	mu        sync.Mutex
+	consumers map[string]bool      // pool/arch whose job consumers exist
+	checked   map[string]time.Time // pool/arch -> last look for a runner serving it
+}
+
+// New returns a dispatcher; Run starts it.
+func New(cfg Config, js jetstream.JetStream, log zerolog.Logger) (*Dispatcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Dispatcher{cfg: cfg, js: js, log: log, now: time.Now, consumers: map[string]bool{}, checked: map[string]time.Time{}}, nil
+}
+
+// Expand returns the jobs of a commit, or the error result to publish instead.
+func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *events.JobFinished) {
+	var pl *Pipeline
+	var err error
+	switch {
+	case ev.PipelineErr != "":
+		err = errors.New(ev.PipelineErr)
+	case ev.PipelinePath != "":
+		pl, err = ParsePipeline(ev.PipelinePath, []byte(ev.Pipeline))
+	default:
+		pl, err = Detect(ev.Probe)
+	}
+	now := d.now().UTC()
+	if err != nil {
+		ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: "pipeline", Arch: "any"}
+		ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
+		return nil, &events.JobFinished{
+			JobRef: ref, Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1,
+			Error: err.Error(), FinishedAt: now, Author: ev.Author, Subject: ev.Subject,
+		}
+	}
+	var jobs []*events.JobQueued
+	for _, j := range pl.Jobs {
+		arch, pool, timeout := j.Arch, j.Pool, j.Timeout
+		if len(arch) == 0 {
+			arch = d.cfg.Arch
+		}
+		if pool == "" {
+			pool = d.cfg.Pool
+		}
+		if timeout == 0 {
+			timeout = d.cfg.DefaultTimeout
+		}
+		for _, a := range arch {
+			ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: j.Name, Arch: a}
+			ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
+			jobs = append(jobs, &events.JobQueued{
+				JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
+				Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
+				Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
+			})
+		}
+	}
+	return jobs, nil
+}
+
+// Run consumes commits until ctx ends.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	var cons jetstream.Consumer
+	err := events.Retry(ctx, d.log, "create dispatcher consumer", 5*time.Second, func(ctx context.Context) error {
+		var err error
+		cons, err = d.js.CreateOrUpdateConsumer(ctx, events.StreamCommits, jetstream.ConsumerConfig{
+			Durable:       events.ConsumerDispatcher,
+			Description:   "turns commits into jobs",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait:       30 * time.Second,
+		})
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(16))
+	if err != nil {
+		return fmt.Errorf("dispatcher: consume: %w", err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			d.log.Warn().Err(err).Msg("reading commits")
+			continue
+		}
+		d.handle(ctx, m)
+	}
+}
+
+func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
+	ev, err := events.DecodeAs[events.CommitDetected](m.Data())
+	if err != nil {
+		d.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad commit message")
+		_ = m.Term()
+		return
+	}
+	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", short(ev.Commit)).Logger()
+	if err := d.dispatch(ctx, ev, log); err != nil {
+		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		log.Warn().Err(err).Msg("ack commit")
+	}
+}
+
+func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, log zerolog.Logger) error {
+	jobs, fail := d.Expand(ev)
+	if fail != nil {
+		if err := publish(ctx, d.js, events.ResultSubject(ev.Repo, ev.Branch, events.KindFinished), fail,
+			events.ResultMsgID(fail.JobID, 0, 1, events.KindFinished)); err != nil {
+			return err
+		}
+		log.Warn().Str("error", fail.Error).Msg("commit has no runnable pipeline")
+		return nil
+	}
+	for _, j := range jobs {
+		if err := d.ensureConsumers(ctx, j.Pool, j.Arch); err != nil {
+			return err
+		}
+		ack, err := publishAck(ctx, d.js, events.JobSubject(j.Pool, j.Arch, j.Class, j.Repo, j.Branch), j, events.JobMsgID(j.JobID, j.TriggerID))
+		if err != nil {
+			return err
+		}
+		j.QueueSeq = ack.Sequence
+		if err := publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindQueued), j,
+			events.ResultMsgID(j.JobID, j.QueueSeq, 0, events.KindQueued)); err != nil {
+			return err
+		}
+	}
+	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
+	return nil
+}
+
+// ensureConsumers makes the job consumers of a partition exist before its first
+// job is queued, so that the job is held by a durable consumer even while no
+// runner serves it, and warns when none does.
+func (d *Dispatcher) ensureConsumers(ctx context.Context, pool, arch string) error {
+	key := pool + "/" + arch
+	d.mu.Lock()
+	done := d.consumers[key]
+	d.mu.Unlock()
+	if !done {
+		if _, err := events.EnsureJobConsumers(ctx, d.js, pool, arch); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.consumers[key] = true
+		d.mu.Unlock()
+	}
+	d.warnIfUnserved(ctx, pool, arch)
+	return nil
+}
+
+// warnIfUnserved looks at most once a minute per partition.
+func (d *Dispatcher) warnIfUnserved(ctx context.Context, pool, arch string) {
+	key := pool + "/" + arch
+	d.mu.Lock()
+	recent := d.now().Sub(d.checked[key]) < time.Minute
+	if !recent {
+		d.checked[key] = d.now()
+	}
+	d.mu.Unlock()
+	if recent {
+		return
+	}
+	served, err := runnerServes(ctx, d.js, pool, arch)
+	if err != nil || served {
+		return
+	}
+	d.log.Warn().Str("pool", pool).Str("arch", arch).
+		Msgf("no runner serves pool %s arch %s: its jobs wait in the queue until one joins ('jetci runner --arch %s --pool %s')", pool, arch, arch, pool)
+}
+
+// runnerServes reports whether a live runner has announced itself for pool and arch.
+func runnerServes(ctx context.Context, js jetstream.JetStream, pool, arch string) (bool, error) {
+	kv, err := js.KeyValue(ctx, events.BucketRunners)
+	if err != nil {
+		return false, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return false, err
+	}
+	defer w.Stop()
+	for e := range w.Updates() {
+		if e == nil {
+			return false, nil
+		}
+		var r struct{ Arch, Pool string }
+		if json.Unmarshal(e.Value(), &r) == nil && r.Arch == arch && r.Pool == pool {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func publishAck(ctx context.Context, js jetstream.JetStream, subject string, msg any, id string) (*jetstream.PubAck, error) {
+	data, err := events.Encode(msg)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return ack, nil
+}
+
+func publish(ctx context.Context, js jetstream.JetStream, subject string, msg any, id string) error {
+	_, err := publishAck(ctx, js, subject, msg, id)
+	return err
+}
+
+func short(sha string) string {
+	if len(sha) > 10 {
+		return sha[:10]
+	}
+	return sha
+}
