@@ -1,0 +1,152 @@
+package observer
+
+import (
+	"container/heap"
+	"errors"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/storer"
+)
+
+// errTooMany says a walk found more new commits than it may publish.
+var errTooMany = errors.New("too many new commits")
+
+const (
+	fromNew = 1 << iota // reachable from the new head
+	fromOld             // reachable from the old head
+)
+
+// newCommits returns the commits reachable from head and not from old — what
+// `git rev-list old..head` gives — parents before children. old may be zero.
+//
+// Both sides are walked together, newest commit time first; everything reachable
+// from old is painted, and the walk ends when no commit reachable only from head
+// is left in the queue, plus a few steps against clock skew (git's "slop"). A Log
+// from head that stops at old would miss commits that came in through merges.
+// When more than limit new commits are found, the newest limit are returned
+// with errTooMany.
+func newCommits(s storer.EncodedObjectStorer, head, old plumbing.Hash, limit int) ([]*object.Commit, error) {
+	const slop = 8
+	flags := map[plumbing.Hash]int{}
+	commits := map[plumbing.Hash]*object.Commit{}
+	popped := map[plumbing.Hash]bool{}
+	q := &commitQueue{}
+	mark := func(h plumbing.Hash, f int) error {
+		if flags[h]&f == f {
+			return nil
+		}
+		flags[h] |= f
+		c, ok := commits[h]
+		if !ok {
+			var err error
+			if c, err = object.GetCommit(s, h); err != nil {
+				return err
+			}
+			commits[h] = c
+		} else if !popped[h] {
+			return nil // still queued; it will pass its new flag on when popped
+		}
+		popped[h] = false
+		heap.Push(q, c)
+		return nil
+	}
+	if err := mark(head, fromNew); err != nil {
+		return nil, err
+	}
+	if !old.IsZero() {
+		if err := mark(old, fromOld); err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) {
+			return nil, err
+		}
+	}
+	var found []plumbing.Hash
+	tooMany := false
+	for extra := 0; q.Len() > 0 && extra <= slop; {
+		if !q.anyOnly(flags, fromNew) {
+			extra++
+		}
+		c := heap.Pop(q).(*object.Commit)
+		popped[c.Hash] = true
+		f := flags[c.Hash]
+		if f == fromNew {
+			if len(found) == limit {
+				tooMany = true
+				break
+			}
+			found = append(found, c.Hash)
+		}
+		for _, p := range c.ParentHashes {
+			if err := mark(p, f); err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) {
+				return nil, err // a missing parent ends a shallow history; anything else is real
+			}
+		}
+	}
+	keep := map[plumbing.Hash]bool{}
+	for _, h := range found {
+		if flags[h] == fromNew { // painted old after it was taken: not new after all
+			keep[h] = true
+		}
+	}
+	out := topoOrder(head, commits, keep)
+	if tooMany {
+		return out, errTooMany
+	}
+	return out, nil
+}
+
+// topoOrder lists the kept commits parents first: a depth-first post-order from
+// head, first parent first.
+func topoOrder(head plumbing.Hash, commits map[plumbing.Hash]*object.Commit, keep map[plumbing.Hash]bool) []*object.Commit {
+	type frame struct {
+		h    plumbing.Hash
+		next int
+	}
+	var out []*object.Commit
+	done := map[plumbing.Hash]bool{}
+	stack := []frame{{h: head}}
+	done[head] = true
+	for len(stack) > 0 {
+		top := &stack[len(stack)-1]
+		c := commits[top.h]
+		if c != nil && top.next < len(c.ParentHashes) {
+			p := c.ParentHashes[top.next]
+			top.next++
+			if keep[p] && !done[p] {
+				done[p] = true
+				stack = append(stack, frame{h: p})
+			}
+			continue
+		}
+		stack = stack[:len(stack)-1]
+		if keep[top.h] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// commitQueue is a max-heap of commits by committer time.
+type commitQueue []*object.Commit
+
+func (q commitQueue) Len() int { return len(q) }
+func (q commitQueue) Less(i, j int) bool {
+	return q[i].Committer.When.After(q[j].Committer.When)
+}
+func (q commitQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *commitQueue) Push(x any)   { *q = append(*q, x.(*object.Commit)) }
+func (q *commitQueue) Pop() any {
+	old := *q
+	c := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return c
+}
+
+// anyOnly reports whether some queued commit has exactly flag f.
+func (q commitQueue) anyOnly(flags map[plumbing.Hash]int, f int) bool {
+	for _, c := range q {
+		if flags[c.Hash] == f {
+			return true
+		}
+	}
+	return false
+}
