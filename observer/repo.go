@@ -56,7 +56,7 @@ func ParseRepo(arg string) (Repo, error) {
 		if i := strings.LastIndexAny(base, "/:"); i >= 0 {
 			base = base[i+1:]
 		}
-		base = strings.TrimSuffix(path.Clean("/"+base)[1:], ".git")
+		base = strings.TrimSuffix(path.Clean("/" + base)[1:], ".git")
 		if base == "" || base == "." {
 			return Repo{}, fmt.Errorf("--repo %q: cannot name it from its path; use --repo name=%s", arg, r.URL)
 		}

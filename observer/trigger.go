@@ -80,4 +80,3 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	w.log.Info().Str("branch", req.Branch).Str("commit", h.String()[:10]).Str("trigger_id", ev.TriggerID).Msg("triggered")
 	return h.String(), ev.TriggerID, nil
 }
-
