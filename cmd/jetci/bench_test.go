@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
+)
+
+// finishedWatch reports, for each commit, when its first final record appeared in
+// the results bucket: what `jetci results` would show from that moment on.
+type finishedWatch struct {
+	w    jetstream.KeyWatcher
+	seen map[string]time.Time
+}
+
+func watchFinished(tb testing.TB, url string) *finishedWatch {
+	tb.Helper()
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "bench", Log: zerolog.Nop()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	kv, err := js.KeyValue(context.Background(), events.BucketResults)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w, err := kv.WatchAll(context.Background(), jetstream.UpdatesOnly())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { w.Stop() })
+	return &finishedWatch{w: w, seen: map[string]time.Time{}}
+}
+
+// wait blocks until every commit has a final record and returns when each appeared.
+func (f *finishedWatch) wait(tb testing.TB, commits ...string) map[string]time.Time {
+	tb.Helper()
+	deadline := time.After(2 * time.Minute)
+	for {
+		all := true
+		for _, c := range commits {
+			if _, ok := f.seen[c]; !ok {
+				all = false
+			}
+		}
+		if all {
+			return f.seen
+		}
+		select {
+		case e := <-f.w.Updates():
+			if e == nil {
+				continue
+			}
+			var r reporter.Record
+			if json.Unmarshal(e.Value(), &r) == nil && r.Status.Final() {
+				if _, ok := f.seen[r.Commit]; !ok {
+					f.seen[r.Commit] = time.Now()
+				}
+			}
+		case <-deadline:
+			tb.Fatalf("no result for some of %d commits after 2 minutes", len(commits))
+		}
+	}
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+// bareRun is the baseline: check the commit out with git and run its test, as one
+// person would by hand, in a clone.
+func bareRun(tb testing.TB, clone, commit string) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	for _, args := range [][]string{{"git", "-C", clone, "checkout", "-q", commit}, {"python3", "-m", "unittest", "discover", "-s", "tests"}} {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Dir = clone
+		if out, err := cmd.CombinedOutput(); err != nil {
+			tb.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	return time.Since(start)
+}
+
+// BenchmarkCommitToResult measures commit -> result latency with --poll 200ms, one
+// commit at a time, next to the bare work (git checkout + the test) for each.
+//
+//	go test -run '^$' -bench CommitToResult -benchtime 1x ./cmd/jetci
+func BenchmarkCommitToResult(b *testing.B) {
+	const n = 15
+	repo := newGitRepo(b)
+	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url := startUpBench(b, repo.dir, "200ms")
+	fw := watchFinished(b, url)
+	fw.wait(b, repo.git("rev-parse", "HEAD"))
+	clone := filepath.Join(b.TempDir(), "clone")
+	if out, err := exec.Command("git", "clone", "-q", repo.dir, clone).CombinedOutput(); err != nil {
+		b.Fatalf("clone: %v %s", err, out)
+	}
+	b.ResetTimer()
+	for range b.N {
+		var lat, bare []time.Duration
+		for i := range n {
+			start := time.Now()
+			c := repo.commit("change "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)})
+			at := fw.wait(b, c)[c]
+			lat = append(lat, at.Sub(start))
+			exec.Command("git", "-C", clone, "fetch", "-q").Run()
+			bare = append(bare, bareRun(b, clone, c))
+		}
+		b.ReportMetric(float64(percentile(lat, 0.5).Milliseconds()), "p50_ms")
+		b.ReportMetric(float64(percentile(lat, 0.9).Milliseconds()), "p90_ms")
+		b.ReportMetric(float64(percentile(bare, 0.5).Milliseconds()), "bare_p50_ms")
+	}
+}
+
+// BenchmarkBurst20 commits 20 times in a row and measures the time until all 20
+// have results, next to the bare sequential work (checkout + test for each).
+//
+//	go test -run '^$' -bench Burst20 -benchtime 1x ./cmd/jetci
+func BenchmarkBurst20(b *testing.B) {
+	repo := newGitRepo(b)
+	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url := startUpBench(b, repo.dir, "200ms")
+	fw := watchFinished(b, url)
+	fw.wait(b, repo.git("rev-parse", "HEAD"))
+	clone := filepath.Join(b.TempDir(), "clone")
+	if out, err := exec.Command("git", "clone", "-q", repo.dir, clone).CombinedOutput(); err != nil {
+		b.Fatalf("clone: %v %s", err, out)
+	}
+	b.ResetTimer()
+	for it := range b.N {
+		start := time.Now()
+		var commits []string
+		for i := range 20 {
+			commits = append(commits, repo.commit(fmt.Sprintf("burst %d.%d", it, i), map[string]string{"burst.txt": strconv.Itoa(i)}))
+		}
+		seen := fw.wait(b, commits...)
+		var last time.Time
+		for _, c := range commits {
+			if seen[c].After(last) {
+				last = seen[c]
+			}
+		}
+		b.ReportMetric(float64(last.Sub(start).Milliseconds()), "all20_ms")
+		exec.Command("git", "-C", clone, "fetch", "-q").Run()
+		var bare time.Duration
+		for _, c := range commits {
+			bare += bareRun(b, clone, c)
+		}
+		b.ReportMetric(float64(bare.Milliseconds()), "bare_seq_ms")
+	}
+}
+
+func startUpBench(b *testing.B, repo, poll string) string {
+	b.Helper()
+	natsAddr := freeAddr(b)
+	args := []string{"up", "--data", b.TempDir(), "--nats-listen", natsAddr, "--http", "", "--poll", poll, "--runners", "2", "--log-level", "warn", "--log-format", "json", "--repo", repo}
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args) }()
+	b.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			b.Errorf("jetci up exited %d:\n%s", code, logs.String())
+		}
+	})
+	return "nats://" + natsAddr
+}

@@ -1,0 +1,80 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// errTimeout is a step that ran out of time.
+var errTimeout = errors.New("timeout")
+
+// runStep runs one step with `sh -c` in its own process group and returns its
+// exit code. On timeout or cancellation the whole group is killed; after the step
+// exits, whatever it left running in its group is killed too.
+func runStep(ctx context.Context, dir string, env []string, step string, out io.Writer, deadline time.Time) (int, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return -1, err
+	}
+	cmd := exec.Command("sh", "-c", step)
+	cmd.Dir, cmd.Env = dir, env
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return -1, fmt.Errorf("start step: %w", err)
+	}
+	pw.Close() // the children hold the write end now
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(out, pr)
+		close(copied)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var waitErr, why error
+	select {
+	case waitErr = <-exited:
+	case <-timer.C:
+		why = errTimeout
+		kill()
+		waitErr = <-exited
+	case <-ctx.Done():
+		why = ctx.Err()
+		kill()
+		waitErr = <-exited
+	}
+	kill() // background children of the step
+	select {
+	case <-copied:
+	case <-time.After(2 * time.Second):
+		// Something outside the group (setsid) still holds the output open.
+	}
+	pr.Close()
+	if why != nil {
+		return -1, why
+	}
+	var ee *exec.ExitError
+	if errors.As(waitErr, &ee) {
+		if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+			return 128 + int(st.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	if waitErr != nil {
+		return -1, waitErr
+	}
+	return 0, nil
+}

@@ -1,0 +1,205 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+const defaultTimeout = 30 * time.Minute
+
+// runJob runs one delivered job to its acknowledged result.
+func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
+	job, err := events.DecodeAs[events.JobQueued](m.Data())
+	if err != nil {
+		r.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad job message")
+		_ = m.Term()
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		r.log.Error().Err(err).Msg("job without metadata")
+		_ = m.Term()
+		return
+	}
+	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
+	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
+		Str("commit", short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
+	r.setBusy(slot, job.JobID)
+	defer r.setBusy(slot, "")
+
+	stopBeat := r.heartbeat(m)
+	started := time.Now().UTC()
+	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started}
+	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
+		events.ResultMsgID(job.JobID, seq, attempt, events.KindStarted)); err != nil {
+		log.Warn().Err(err).Msg("could not announce the job start")
+	}
+	log.Info().Int("slot", slot).Msg("job started")
+
+	res := r.execute(ctx, slot, job, attempt, log)
+	stopBeat()
+	if ctx.Err() != nil {
+		// The runner is stopping: hand the job back for another runner.
+		_ = m.Nak()
+		log.Info().Msg("runner stopping: job handed back")
+		return
+	}
+	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
+	res.FinishedAt = time.Now().UTC()
+	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
+	if err := r.deliver(ctx, res, m.Reply()); err != nil {
+		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
+		return
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		log.Warn().Err(err).Msg("ack job")
+	}
+	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).Int64("duration_ms", res.DurationMs).
+		Str("error", res.Error).Msg("job finished")
+}
+
+// heartbeat keeps the job from being redelivered while it runs.
+func (r *Runner) heartbeat(m jetstream.Msg) func() {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(events.JobAckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = m.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// execute checks the commit out and runs the steps. The result carries status,
+// exit code, error and log fields.
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, attempt uint64, log zerolog.Logger) *events.JobFinished {
+	res := &events.JobFinished{}
+	logPath := filepath.Join(r.cfg.WorkDir, "logs", fmt.Sprintf("%s-%d.log", job.JobID, attempt))
+	var chunkSeq uint64
+	out, err := newOutput(logPath, r.cfg.LogLimit, func(b []byte) {
+		chunkSeq++
+		data, err := events.Encode(&events.LogChunk{JobID: job.JobID, Attempt: attempt, Seq: chunkSeq, Data: string(b)})
+		if err == nil {
+			_ = r.nc.Publish(events.LogSubject(job.JobID), data)
+		}
+	})
+	if err != nil {
+		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+err.Error()
+		return res
+	}
+	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
+	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
+	t0 := time.Now()
+	err = r.caches.ensure(ctx, job.Repo, job.RepoURL, job.Commit)
+	if err == nil {
+		err = r.caches.checkout(job.Repo, job.Commit, ws)
+	}
+	switch {
+	case errors.Is(err, errNoCommit):
+		res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()
+	case err != nil:
+		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
+	default:
+		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
+		r.steps(ctx, job, attempt, ws, out, res)
+	}
+	if res.Error != "" {
+		out.Note("[jetci] %s", res.Error)
+	}
+	size, cut, cerr := out.Close()
+	res.LogBytes, res.LogTruncated = size, cut
+	if cerr != nil || ctx.Err() != nil {
+		return res
+	}
+	name := fmt.Sprintf("%s/%d.log", job.JobID, attempt)
+	if err := r.storeLog(ctx, name, logPath); err != nil {
+		log.Warn().Err(err).Msg("could not store the log; the result goes without it")
+	} else {
+		res.Log = name
+		_ = os.Remove(logPath)
+	}
+	return res
+}
+
+// steps runs the job's steps in order, stopping at the first failure.
+func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, out *output, res *events.JobFinished) {
+	timeout := time.Duration(job.TimeoutMs) * time.Millisecond
+	if timeout <= 0 {
+		timeout = defaultTimeout
+	}
+	deadline := time.Now().Add(timeout)
+	env := os.Environ()
+	for k, v := range job.Env {
+		env = append(env, k+"="+v)
+	}
+	env = append(env, "CI=true", "JETCI_REPO="+job.Repo, "JETCI_BRANCH="+job.Branch, "JETCI_COMMIT="+job.Commit,
+		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10))
+	res.Status = events.StatusPassed
+	for _, step := range job.Steps {
+		out.Note("$ %s", step)
+		code, err := runStep(ctx, ws, env, step, out, deadline)
+		switch {
+		case errors.Is(err, errTimeout):
+			res.Status, res.ExitCode, res.Error = events.StatusError, -1, "timeout after "+timeout.String()
+			return
+		case err != nil:
+			res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()
+			return
+		case code != 0:
+			res.Status, res.ExitCode = events.StatusFailed, code
+			out.Note("[jetci] step exited with code %d", code)
+			return
+		}
+	}
+}
+
+func (r *Runner) storeLog(ctx context.Context, name, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	store, err := r.js.ObjectStore(ctx, events.BucketLogs)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	_, err = store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
+	return err
+}
+
+// publishOnce publishes a result event, giving up after a short while.
+func (r *Runner) publishOnce(ctx context.Context, subject string, msg any, id string) error {
+	data, err := events.Encode(msg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = r.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
+	return err
+}
+
+func short(sha string) string {
+	if len(sha) > 10 {
+		return sha[:10]
+	}
+	return sha
+}
