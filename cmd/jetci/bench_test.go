@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
 )
@@ -181,5 +182,10 @@ func startUpBench(b *testing.B, repo, poll string) string {
 			b.Errorf("jetci up exited %d:\n%s", code, logs.String())
 		}
 	})
-	return "nats://" + natsAddr
+	url := "nats://" + natsAddr
+	brokertest.CheckFor(b, 30*time.Second, 20*time.Millisecond, func() error {
+		_, err := resultsJSON(b, url)
+		return err
+	})
+	return url
 }
