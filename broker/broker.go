@@ -74,6 +74,10 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 		opts.Host, opts.Port = host, port
 		if port == 0 {
 			opts.Port = server.RANDOM_PORT
+		} else if l, err := net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("broker: cannot listen on %s: %w (is another jetci or nats-server running? choose another address)", cfg.Listen, err)
+		} else {
+			l.Close()
 		}
 	}
 	if cfg.HTTP != "" {

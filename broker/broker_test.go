@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"context"
+	"net"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -44,5 +46,17 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := broker.Start(broker.Config{ConfigFile: "does-not-exist.conf"}, zerolog.Nop()); err == nil {
 		t.Error("Start with a missing config file: want an error")
+	}
+}
+
+func TestPortInUseFailsFast(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = broker.Start(broker.Config{Listen: l.Addr().String(), StoreDir: t.TempDir()}, zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), "cannot listen") {
+		t.Fatalf("Start on a used port: %v, want a clear error", err)
 	}
 }
