@@ -251,7 +251,7 @@ func runnerServes(ctx context.Context, js jetstream.JetStream, pool, arch string
 	if err != nil {
 		return false, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	w, err := kv.Watch(ctx, events.LeaseKey("*"), jetstream.IgnoreDeletes())
 	if err != nil {
 		return false, err
 	}
@@ -260,7 +260,7 @@ func runnerServes(ctx context.Context, js jetstream.JetStream, pool, arch string
 		if e == nil {
 			return false, nil
 		}
-		var r struct{ Arch, Pool string }
+		var r events.Lease
 		if json.Unmarshal(e.Value(), &r) == nil && r.Arch == arch && r.Pool == pool {
 			return true, nil
 		}

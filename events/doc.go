@@ -12,6 +12,7 @@
 //	jetci.result.<repo>.<branch>.finished             JobFinished        stream JETCI_RESULTS
 //	jetci.log.<job-id>                                LogChunk           core NATS only (live log lines)
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
+//	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
 //
 // <repo> and <branch> are tokens made by [Token]: base64url without padding of
 // the name as git spells it, so any branch git accepts (feature/x.y, a>b, ünï, *)
@@ -38,7 +39,8 @@
 //
 //	jetci-heads    KV     last published head per repo and branch (observer)
 //	jetci-results  KV     one record per job: <repo>.<branch>.<job-id> (reporter)
-//	jetci-runners  KV     live runners, each refreshing its entry; entries expire
+//	jetci-runners  KV     leases: runner.<id> is a live runner and the jobs it holds (see Lease);
+//	                      entries expire LeaseTTL after the last refresh
 //	jetci-logs     object full job logs, "<job-id>/<attempt>.log"
 //
 // # Messages

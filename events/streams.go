@@ -30,8 +30,12 @@ const (
 	DedupWindow   = time.Hour
 	JobAckWait    = 30 * time.Second // backstop; runners send in-progress acks every AckWait/3
 	JobMaxDeliver = 10
-	RunnerTTL     = 10 * time.Second // a runner entry expires this long after its last refresh
-	LogRetention  = 30 * 24 * time.Hour
+	// A runner refreshes its lease (its entry in jetci-runners) every LeaseRenew;
+	// an entry not refreshed for LeaseTTL expires, and the dispatcher hands the
+	// jobs it names back to the queue at once.
+	LeaseRenew   = time.Second
+	LeaseTTL     = 3 * time.Second
+	LogRetention = 30 * 24 * time.Hour
 )
 
 // Setup describes how streams and buckets are created.
@@ -83,7 +87,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	kvs := []jetstream.KeyValueConfig{
 		{Bucket: BucketHeads, Description: "last published head per repo and branch", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas},
-		{Bucket: BucketRunners, Description: "live runners", Storage: s.Storage, Replicas: s.Replicas, TTL: RunnerTTL},
+		{Bucket: BucketRunners, Description: "live runners and the jobs they hold (leases)", Storage: s.Storage, Replicas: s.Replicas,
+			TTL: LeaseTTL, LimitMarkerTTL: 10 * time.Second},
 	}
 	for _, cfg := range kvs {
 		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {

@@ -34,8 +34,8 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
 	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
 		Str("commit", short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
-	r.setBusy(slot, job.JobID)
-	defer r.setBusy(slot, "")
+	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
+	defer r.setBusy(slot, events.LeasedJob{})
 
 	stopBeat := r.heartbeat(m)
 	started := time.Now().UTC()
@@ -59,6 +59,10 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
 	if err := r.deliver(ctx, res, m.Reply()); err != nil {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
+		return
+	}
+	if r.lostJob(job.JobID) {
+		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
 		return
 	}
 	if err := m.DoubleAck(ctx); err != nil {

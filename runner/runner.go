@@ -43,6 +43,7 @@ type Config struct {
 	WorkDir  string        // caches, workspaces, logs and the result outbox
 	LogLimit int64         // bytes of output kept per job
 	IdlePoll time.Duration // how often an idle slot looks for redelivered jobs
+	Grace    time.Duration // on stop, how long running jobs may go on before they are killed and handed back
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
@@ -56,7 +57,7 @@ func DefaultConfig() Config {
 	return Config{
 		ID:   fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b)),
 		Arch: runtime.GOARCH, Pool: "default", Slots: 1, WorkDir: ".jetci-runner",
-		LogLimit: 8 << 20, IdlePoll: time.Second,
+		LogLimit: 8 << 20, IdlePoll: time.Second, Grace: 30 * time.Second,
 	}
 }
 
@@ -80,6 +81,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("runner: LogLimit %d: want at least 1024 bytes", c.LogLimit)
 	case c.IdlePoll <= 0:
 		return fmt.Errorf("runner: IdlePoll %s: want more than 0", c.IdlePoll)
+	case c.Grace < 0:
+		return fmt.Errorf("runner: Grace %s: want 0 or more", c.Grace)
 	}
 	return nil
 }
@@ -95,7 +98,9 @@ type Runner struct {
 	wake   *notifier
 
 	mu   sync.Mutex
-	busy map[int]string // slot -> job id
+	busy map[int]events.LeasedJob // slot -> the job it runs
+	lost map[string]bool          // jobs whose lease lapsed: handed to another runner
+	kick chan struct{}            // asks for the lease to be written now
 	born time.Time
 }
 
@@ -112,12 +117,12 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	return &Runner{
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
-		wake:   newNotifier(), busy: map[int]string{}, born: time.Now().UTC(),
+		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
 	}, nil
 }
 
-// Run takes and runs jobs until ctx ends. Jobs still running then are killed and
-// handed back to the queue.
+// Run takes and runs jobs until ctx ends. Then it takes no more; jobs still
+// running get Grace to finish, and are then killed and handed back to the queue.
 func (r *Runner) Run(ctx context.Context) error {
 	var cons []jetstream.Consumer
 	err := events.Retry(ctx, r.log, "create job consumers", 5*time.Second, func(ctx context.Context) error {
@@ -128,32 +133,56 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // ctx ended
 	}
-	sub, err := r.nc.Subscribe(events.SubjectJobs+"."+r.cfg.Pool+"."+r.cfg.Arch+".>", func(*nats.Msg) { r.wake.notify() })
-	if err != nil {
-		return fmt.Errorf("runner: subscribe: %w", err)
+	wake := func(*nats.Msg) { r.wake.notify() }
+	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
+		sub, err := r.nc.Subscribe(subj, wake)
+		if err != nil {
+			return fmt.Errorf("runner: subscribe: %w", err)
+		}
+		defer sub.Unsubscribe()
 	}
-	defer sub.Unsubscribe()
-	r.flushOutbox(ctx)
 
+	// Jobs run under jobCtx, which outlives ctx by at most Grace.
+	jobCtx, killJobs := context.WithCancel(context.Background())
+	defer killJobs()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-jobCtx.Done():
+			return
+		}
+		if r.busyCount() > 0 {
+			r.log.Info().Dur("grace", r.cfg.Grace).Int("running", r.busyCount()).Msg("stopping: running jobs may finish")
+		}
+		select {
+		case <-time.After(r.cfg.Grace):
+			killJobs()
+		case <-jobCtx.Done():
+		}
+	}()
+	r.flushOutbox(jobCtx)
+
+	leaseDone := make(chan struct{})
+	stopLease := make(chan struct{})
+	go func() { defer close(leaseDone); r.holdLease(jobCtx, stopLease) }()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); r.register(ctx) }()
 	for slot := 1; slot <= r.cfg.Slots; slot++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); r.slot(ctx, slot, cons) }()
+		go func() { defer wg.Done(); r.slot(ctx, jobCtx, slot, cons) }()
 	}
 	r.log.Info().Str("arch", r.cfg.Arch).Str("pool", r.cfg.Pool).Int("slots", r.cfg.Slots).Msg("runner ready")
 	wg.Wait()
-	r.unregister()
+	close(stopLease)
+	<-leaseDone
 	return nil
 }
 
-// slot runs jobs one after another.
-func (r *Runner) slot(ctx context.Context, n int, cons []jetstream.Consumer) {
+// slot runs jobs one after another until ctx ends.
+func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consumer) {
 	for ctx.Err() == nil {
 		woken := r.wake.wait() // taken before looking, so no wake-up is missed
 		if m := r.next(cons); m != nil {
-			r.runJob(ctx, n, m)
+			r.runJob(jobCtx, n, m)
 			continue
 		}
 		select {
@@ -182,62 +211,105 @@ func (r *Runner) next(cons []jetstream.Consumer) jetstream.Msg {
 	return nil
 }
 
-func (r *Runner) setBusy(slot int, job string) {
+func (r *Runner) setBusy(slot int, job events.LeasedJob) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if job == "" {
+	if job.JobID == "" {
+		delete(r.lost, r.busy[slot].JobID)
 		delete(r.busy, slot)
 	} else {
 		r.busy[slot] = job
 	}
+	select { // the lease names the jobs held: write it now, not at the next tick
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
-// registration is what a runner announces in the jetci-runners bucket.
-type registration struct {
-	ID          string    `json:"id"`
-	Arch        string    `json:"arch"`
-	Pool        string    `json:"pool"`
-	Slots       int       `json:"slots"`
-	Busy        int       `json:"busy"`
-	Jobs        []string  `json:"jobs"`
-	Host        string    `json:"host"`
-	StartedAt   time.Time `json:"started_at"`
-	HeartbeatAt time.Time `json:"heartbeat_at"`
+func (r *Runner) busyCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.busy)
 }
 
-// register refreshes the runner's entry every 2 s; entries of dead runners expire.
-func (r *Runner) register(ctx context.Context) {
+// lostJob reports whether the job's lease lapsed while it ran: the dispatcher
+// may have handed it to another runner, so this runner must not ack it.
+func (r *Runner) lostJob(jobID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lost[jobID]
+}
+
+// holdLease writes the runner's lease every LeaseRenew until stop is closed, then
+// deletes it. Each write is a compare-and-swap on the previous one: if it fails,
+// the lease expired in between and every job it named counts as lost.
+func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
 	host, _ := os.Hostname()
-	t := time.NewTicker(2 * time.Second)
+	key := events.LeaseKey(r.id)
+	var kv jetstream.KeyValue
+	var rev uint64
+	var held []events.LeasedJob // the jobs named by the last lease written
+	t := time.NewTicker(events.LeaseRenew)
 	defer t.Stop()
 	for {
 		r.mu.Lock()
-		reg := registration{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-			Jobs: []string{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
+		l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
+			Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
 		for _, j := range r.busy {
-			reg.Jobs = append(reg.Jobs, j)
+			l.Jobs = append(l.Jobs, j)
 		}
 		r.mu.Unlock()
-		if kv, err := r.js.KeyValue(ctx, events.BucketRunners); err == nil {
-			data, _ := json.Marshal(reg)
-			if _, err := kv.Put(ctx, r.id, data); err != nil && ctx.Err() == nil {
-				r.log.Debug().Err(err).Msg("refresh registration")
+		data, _ := json.Marshal(l)
+		wctx, cancel := context.WithTimeout(ctx, events.LeaseRenew)
+		if kv == nil {
+			kv, _ = r.js.KeyValue(wctx, events.BucketRunners)
+		}
+		if kv != nil {
+			next, err := uint64(0), error(nil)
+			if rev == 0 {
+				next, err = kv.Put(wctx, key, data)
+			} else if next, err = kv.Update(wctx, key, data, rev); isWrongRevision(err) {
+				r.loseJobs(held)
+				next, err = kv.Put(wctx, key, data)
+			}
+			if err == nil {
+				rev, held = next, l.Jobs
+			} else if ctx.Err() == nil {
+				// Keep the old revision: if the lease expired while the broker was
+				// out of reach, the next renewal finds out.
+				r.log.Debug().Err(err).Msg("renew lease")
 			}
 		}
+		cancel()
 		select {
 		case <-t.C:
-		case <-ctx.Done():
+		case <-r.kick:
+		case <-stop:
+			if kv != nil {
+				dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = kv.Delete(dctx, key)
+				cancel()
+			}
 			return
 		}
 	}
 }
 
-func (r *Runner) unregister() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if kv, err := r.js.KeyValue(ctx, events.BucketRunners); err == nil {
-		_ = kv.Delete(ctx, r.id)
+func (r *Runner) loseJobs(jobs []events.LeasedJob) {
+	if len(jobs) == 0 {
+		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, j := range jobs {
+		r.lost[j.JobID] = true
+		r.log.Warn().Str("job_id", j.JobID).Msg("lease lapsed while the job ran; another runner may have it now")
+	}
+}
+
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // notifier wakes every waiting slot at once.

@@ -330,7 +330,7 @@ func TestStoppedRunnerHandsTheJobBack(t *testing.T) {
 	repo := newGitRepo(t)
 	c := repo.commit(map[string]string{"a": "a"})
 	marker := filepath.Join(t.TempDir(), "ran")
-	_, stopA := startRunner(t, s, nil)
+	_, stopA := startRunner(t, s, func(c *Config) { c.Grace = 0 })
 	j := enqueue(t, s, repo, c, events.ClassFirst, fmt.Sprintf("if [ -f %s ]; then exit 0; fi; touch %s; sleep 1000", marker, marker))
 	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if _, err := os.Stat(marker); err != nil {
@@ -343,6 +343,36 @@ func TestStoppedRunnerHandsTheJobBack(t *testing.T) {
 	r := res.wait(t, j.JobID)
 	if r.Status != events.StatusPassed || r.Attempt != 2 {
 		t.Fatalf("handed-back job: %+v, want passed on attempt 2", r)
+	}
+}
+
+func TestGracefulStopLetsTheJobFinish(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.commit(map[string]string{"a": "a"})
+	dir := t.TempDir()
+	_, stop := startRunner(t, s, func(c *Config) { c.Grace = 20 * time.Second })
+	// The job waits until the runner has been told to stop, then finishes.
+	j := enqueue(t, s, repo, c, events.ClassFirst, fmt.Sprintf("touch %s/started; while [ ! -f %s/stop ]; do sleep 0.05; done", dir, dir))
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := os.Stat(filepath.Join(dir, "started"))
+		return err
+	})
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	// While stopping, the runner takes no new job.
+	other := enqueue(t, s, repo, c, events.ClassUser, "true")
+	os.WriteFile(filepath.Join(dir, "stop"), nil, 0o644)
+	<-stopped
+	if r := res.wait(t, j.JobID); r.Status != events.StatusPassed || r.Attempt != 1 {
+		t.Fatalf("job during graceful stop: %+v, want passed on attempt 1", r)
+	}
+	res.mu.Lock()
+	_, ran := res.finished[other.JobID]
+	res.mu.Unlock()
+	if ran {
+		t.Fatal("a stopping runner took a new job")
 	}
 }
 

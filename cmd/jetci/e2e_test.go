@@ -21,7 +21,7 @@ var (
 )
 
 // jetciBinary builds the jetci binary once per test run.
-func jetciBinary(t *testing.T) string {
+func jetciBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "jetci-bin-")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
@@ -125,7 +127,8 @@ Usage: jetci dispatcher --nats URL [--arch LIST]
 
 Turns each new commit into jobs: one per job in the commit's .jetci.yml (or the
 detected test command) and per CPU architecture in its matrix, queued for the
-runners of that architecture and pool.
+runners of that architecture and pool. It also watches the runners' leases and
+hands the jobs of a runner that died back to the queue within seconds.
 `
 
 func (m *Main) dispatcher(ctx context.Context, args []string) error {
@@ -160,7 +163,12 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return d.Run(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.Run(gctx) })
+	g.Go(func() error {
+		return dispatcher.NewReaper(nc, js, log.With().Str("component", "reaper").Logger()).Run(gctx)
+	})
+	return g.Wait()
 }
 
 const runnerUsage = `
@@ -169,7 +177,9 @@ Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work D
 Pulls jobs for one CPU architecture and pool, checks each commit out from a local
 git cache, runs its steps, and publishes the log and the result. Start as many
 as you like, on any machine that reaches the NATS server; if one dies mid-job,
-the job is handed to another.
+the job is handed to another within seconds (its lease expires). On SIGTERM a
+runner takes no more jobs, lets running ones finish within --grace, hands back
+the rest, and exits 0.
 `
 
 func (m *Main) runner(ctx context.Context, args []string) error {
@@ -181,6 +191,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
+	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
 	var lf logFlags
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -191,7 +202,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg := def
-	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID = *arch, *pool, *slots, *work, *id
+	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID, cfg.Grace = *arch, *pool, *slots, *work, *id, *grace
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -47,6 +47,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
 	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
 	slots := fs.Int("slots", 1, "parallel jobs per local runner")
+	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
 	var lf logFlags
@@ -90,7 +91,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	for i := range rcfgs {
 		c := runner.DefaultConfig()
 		c.ID = fmt.Sprintf("%s-%d-up%d", host, os.Getpid(), i+1)
-		c.Slots = *slots
+		c.Slots, c.Grace = *slots, *grace
 		c.WorkDir = filepath.Join(*data, "runners", strconv.Itoa(i+1))
 		if err := c.Validate(); err != nil {
 			return err
@@ -130,6 +131,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rep.Run(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
+	reaper := dispatcher.NewReaper(nc, js, log.With().Str("component", "reaper").Logger())
+	g.Go(func() error { return reaper.Run(gctx) })
 	g.Go(func() error { return obs.Run(gctx) })
 	for _, c := range rcfgs {
 		r, err := runner.New(c, nc, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())

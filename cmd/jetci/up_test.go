@@ -30,10 +30,16 @@ func (s *syncBuffer) String() string {
 }
 
 // startUp runs `jetci up` in this process and returns its NATS URL and a stop func.
-func startUp(t *testing.T, data string, repos ...string) (string, func()) {
+func startUp(t testing.TB, data string, repos ...string) (string, func()) {
+	t.Helper()
+	return startUpWith(t, data, []string{"--runners", "2"}, repos...)
+}
+
+// startUpWith runs `jetci up` in this process with extra flags.
+func startUpWith(t testing.TB, data string, extra []string, repos ...string) (string, func()) {
 	t.Helper()
 	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
-	args := []string{"up", "--data", data, "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "100ms", "--runners", "2", "--log-format", "json"}
+	args := append([]string{"up", "--data", data, "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "100ms", "--log-format", "json"}, extra...)
 	for _, r := range repos {
 		args = append(args, "--repo", r)
 	}

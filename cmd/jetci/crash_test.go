@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/reporter"
+)
+
+// child is a jetci process started by a test.
+type child struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+// runnerProcess starts `jetci runner` as a child process and waits until it is ready.
+func runnerProcess(t testing.TB, bin, url, id, work string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(bin, "runner", "--nats", url, "--id", id, "--work", work, "--log-format", "json"), logs: &syncBuffer{}}
+	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.kill(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("runner %s log:\n%s", id, c.logs.String())
+		}
+	})
+	brokertest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(c.logs.String(), "runner ready") {
+			return fmt.Errorf("runner %s not ready", id)
+		}
+		return nil
+	})
+	return c
+}
+
+func (c *child) kill(sig syscall.Signal) {
+	if c.cmd.ProcessState == nil {
+		_ = c.cmd.Process.Signal(sig)
+		_ = c.cmd.Wait()
+	}
+}
+
+// recordOf returns the one record of commit (all states), or an error.
+func recordOf(t testing.TB, url, commit string) (reporter.Record, error) {
+	recs, err := resultsJSON(t, url, "--all", "--commit", commit)
+	if err != nil {
+		return reporter.Record{}, err
+	}
+	if len(recs) != 1 {
+		return reporter.Record{}, fmt.Errorf("%d records for %s, want 1", len(recs), commit[:8])
+	}
+	return recs[0], nil
+}
+
+const slowTest = "import time, unittest\nclass S(unittest.TestCase):\n    def test_slow(self):\n        time.sleep(2)\n"
+
+// killRunnerMidJob commits a slow test, waits until runner A runs it, starts an
+// idle runner B, kills A with SIGKILL, and returns how long until B runs the job.
+// It checks that the commit ends with one record: passed, attempt 2, on B.
+func killRunnerMidJob(t testing.TB, bin, url string, repo *gitRepo, round int) time.Duration {
+	t.Helper()
+	work := t.TempDir()
+	idA, idB := "A"+strconv.Itoa(round), "B"+strconv.Itoa(round)
+	a := runnerProcess(t, bin, url, idA, filepath.Join(work, "a"))
+	c := repo.commit(fmt.Sprintf("slow %d", round), map[string]string{"tests/test_slow.py": slowTest, "round.txt": strconv.Itoa(round)})
+	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
+		r, err := recordOf(t, url, c)
+		if err != nil {
+			return err
+		}
+		if r.Status != "running" || r.Runner != idA {
+			return fmt.Errorf("status %s on %q", r.Status, r.Runner)
+		}
+		return nil
+	})
+	b := runnerProcess(t, bin, url, idB, filepath.Join(work, "b"))
+	defer b.kill(syscall.SIGTERM)
+	a.kill(syscall.SIGKILL)
+	killed := time.Now()
+	var took time.Duration
+	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
+		r, err := recordOf(t, url, c)
+		if err != nil {
+			return err
+		}
+		if took == 0 && r.Attempt >= 2 {
+			took = time.Since(killed)
+		}
+		if r.Status != "passed" {
+			return fmt.Errorf("status %s attempt %d", r.Status, r.Attempt)
+		}
+		return nil
+	})
+	r, _ := recordOf(t, url, c)
+	if r.Attempt != 2 || r.Runner != idB {
+		t.Fatalf("record %+v: want passed, attempt 2, on %s", r, idB)
+	}
+	return took
+}
+
+// TestRunnerKilledMidJob: kill -9 of a runner in the middle of a job; the job
+// runs again on another runner within seconds (its lease expires and the
+// dispatcher hands it back), and the record holds one result, attempt 2.
+func TestRunnerKilledMidJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.dir)
+	took := killRunnerMidJob(t, bin, url, repo, 1)
+	t.Logf("kill -9 -> job running on another runner: %v", took)
+}
+
+// BenchmarkKillToRedelivery kills a runner mid-job 10 times and reports how long
+// until the job runs elsewhere; the ack wait (30 s) is the baseline it replaces.
+//
+//	go test -run '^$' -bench KillToRedelivery -benchtime 1x ./cmd/jetci
+func BenchmarkKillToRedelivery(b *testing.B) {
+	bin := jetciBinary(b)
+	repo := newGitRepo(b)
+	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(b, b.TempDir(), []string{"--runners", "0"}, repo.dir)
+	for range b.N {
+		var ds []time.Duration
+		for i := range 10 {
+			ds = append(ds, killRunnerMidJob(b, bin, url, repo, i))
+		}
+		b.ReportMetric(float64(percentile(ds, 0.5).Milliseconds()), "p50_ms")
+		b.ReportMetric(float64(percentile(ds, 1).Milliseconds()), "max_ms")
+	}
+}

@@ -1,0 +1,117 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Reaper hands back the jobs of runners that died. Every live runner rewrites its
+// lease in jetci-runners each second; when one stops, the bucket's TTL expires the
+// lease with a marker, and the reaper NAKs the ack subject of each job the last
+// lease named, so the job runs elsewhere within seconds instead of after the
+// 30 s ack wait (which stays as the backstop). Several reapers may run: the one
+// that creates the lease's reap key does the work.
+type Reaper struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log zerolog.Logger
+}
+
+// NewReaper returns a reaper; Run starts it.
+func NewReaper(nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) *Reaper {
+	return &Reaper{nc: nc, js: js, log: log}
+}
+
+// Run watches the leases until ctx ends.
+func (r *Reaper) Run(ctx context.Context) error {
+	var kv jetstream.KeyValue
+	if err := events.Retry(ctx, r.log, "open the runners bucket", 5*time.Second, func(ctx context.Context) (err error) {
+		kv, err = r.js.KeyValue(ctx, events.BucketRunners)
+		return err
+	}); err != nil {
+		return nil
+	}
+	for ctx.Err() == nil {
+		if err := r.watch(ctx, kv); err != nil && ctx.Err() == nil {
+			r.log.Warn().Err(err).Msg("watching runner leases; starting again")
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Reaper) watch(ctx context.Context, kv jetstream.KeyValue) error {
+	w, err := kv.Watch(ctx, events.LeaseKey("*"))
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	last := map[string]events.Lease{} // runner id -> its last lease
+	for {
+		var e jetstream.KeyValueEntry
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok = <-w.Updates():
+			if !ok {
+				return errors.New("watcher closed")
+			}
+		}
+		if e == nil {
+			continue // the initial values are in
+		}
+		id := events.RunnerIDFromKey(e.Key())
+		switch e.Operation() {
+		case jetstream.KeyValuePut:
+			var l events.Lease
+			if json.Unmarshal(e.Value(), &l) == nil {
+				last[id] = l
+			}
+		case jetstream.KeyValueDelete: // a clean stop: the runner handed its jobs back itself
+			delete(last, id)
+		case jetstream.KeyValuePurge: // expired
+			l, known := last[id]
+			delete(last, id)
+			if known {
+				r.reap(ctx, kv, id, e.Revision(), l)
+			}
+		}
+	}
+}
+
+func (r *Reaper) reap(ctx context.Context, kv jetstream.KeyValue, id string, rev uint64, l events.Lease) {
+	log := r.log.With().Str("runner", l.ID).Logger()
+	if len(l.Jobs) == 0 {
+		log.Info().Msg("runner gone (lease expired); it held no job")
+		return
+	}
+	if _, err := kv.Create(ctx, events.ReapKey(id, rev), []byte(`"reaped"`)); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			log.Warn().Err(err).Msg("claiming an expired lease")
+		}
+		return // another reaper has it, or the broker is away (the ack wait backs up)
+	}
+	for _, j := range l.Jobs {
+		if j.Reply == "" {
+			continue
+		}
+		if err := r.nc.Publish(j.Reply, []byte("-NAK")); err != nil {
+			log.Warn().Err(err).Str("job_id", j.JobID).Msg("handing back a job")
+			continue
+		}
+		log.Warn().Str("job_id", j.JobID).Uint64("attempt", j.Attempt).Msg("runner gone (lease expired): job handed back to the queue")
+	}
+	_ = r.nc.Publish(events.WakeSubject(l.Pool, l.Arch), nil)
+}

@@ -1,0 +1,55 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Lease is a runner's entry in the jetci-runners bucket, under LeaseKey(id). It
+// says the runner is alive and which jobs it holds. The runner rewrites it every
+// LeaseRenew; when it stops being rewritten (the runner died or lost the broker)
+// the bucket's TTL expires it with a marker, and the dispatcher answers the
+// marker by handing every job the lease names back to its queue (a NAK on the
+// job's ack subject), instead of waiting for the ack timeout.
+type Lease struct {
+	ID          string      `json:"id"`
+	Arch        string      `json:"arch"`
+	Pool        string      `json:"pool"`
+	Slots       int         `json:"slots"`
+	Busy        int         `json:"busy"`
+	Jobs        []LeasedJob `json:"jobs"`
+	Host        string      `json:"host"`
+	StartedAt   time.Time   `json:"started_at"`
+	HeartbeatAt time.Time   `json:"heartbeat_at"`
+}
+
+// LeasedJob is one job a runner holds.
+type LeasedJob struct {
+	JobID   string `json:"job_id"`
+	Attempt uint64 `json:"attempt"`
+	Reply   string `json:"reply"` // the job message's ack subject
+}
+
+// LeaseKey is the key of a runner's lease.
+func LeaseKey(runnerID string) string { return "runner." + runnerID }
+
+// ReapKey is claimed (created) by the one dispatcher that hands back the jobs of
+// an expired lease, so several dispatchers never hand back a job twice.
+func ReapKey(runnerID string, revision uint64) string {
+	return fmt.Sprintf("reaped.%s.%d", runnerID, revision)
+}
+
+// RunnerIDFromKey returns the runner id of a lease key, or "" for other keys.
+func RunnerIDFromKey(key string) string {
+	id, ok := strings.CutPrefix(key, "runner.")
+	if !ok {
+		return ""
+	}
+	return id
+}
+
+// WakeSubject is a core-NATS subject (not stored) on which runners of a pool
+// and arch are told that a job became available without a new publish, e.g. a
+// job handed back from a dead runner.
+func WakeSubject(pool, arch string) string { return "jetci.wake." + pool + "." + arch }
