@@ -42,28 +42,41 @@ func (o *Observer) event(w *watched, branch string, h plumbing.Hash) (*events.Co
 	for _, p := range c.ParentHashes {
 		ev.Parents = append(ev.Parents, p.String())
 	}
-	for _, name := range pipelineFiles {
-		f, err := tree.File(name)
-		if errors.Is(err, object.ErrFileNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", name, err)
-		}
-		ev.PipelinePath = name
-		if f.Size > int64(o.cfg.PipelineMax) {
-			ev.PipelineErr = fmt.Sprintf("%s is %d bytes; the limit is %d", name, f.Size, o.cfg.PipelineMax)
-		} else if ev.Pipeline, err = f.Contents(); err != nil {
-			return nil, fmt.Errorf("read %s: %w", name, err)
-		}
-		break
-	}
+	ev.PipelinePath, ev.Pipeline, ev.PipelineErr = o.pipeline(tree)
 	ev.Probe = probe(tree)
 	ev.Changed, ev.ChangedCut, err = changedPaths(c, tree, o.cfg.ChangedMax)
 	if err != nil {
 		return nil, fmt.Errorf("changed paths: %w", err)
 	}
 	return ev, nil
+}
+
+// pipeline reads the commit's pipeline file. A file that cannot be carried (too
+// large, a symlink, unreadable) is reported in errText for the dispatcher to show,
+// never as an error that would hold the branch back.
+func (o *Observer) pipeline(tree *object.Tree) (path, content, errText string) {
+	for _, name := range pipelineFiles {
+		e, err := tree.FindEntry(name)
+		if err != nil || e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
+			continue
+		}
+		if e.Mode == filemode.Symlink {
+			return name, "", fmt.Sprintf("%s is a symbolic link; jetci reads a regular file only", name)
+		}
+		f, err := tree.TreeEntryFile(e)
+		if err != nil {
+			return name, "", fmt.Sprintf("read %s: %v", name, err)
+		}
+		if f.Size > int64(o.cfg.PipelineMax) {
+			return name, "", fmt.Sprintf("%s is %d bytes; the limit is %d", name, f.Size, o.cfg.PipelineMax)
+		}
+		text, err := f.Contents()
+		if err != nil {
+			return name, "", fmt.Sprintf("read %s: %v", name, err)
+		}
+		return name, text, ""
+	}
+	return "", "", ""
 }
 
 // probe lists the root, the tests/ folder and the Makefile, for test detection.
@@ -84,7 +97,11 @@ func probe(tree *object.Tree) events.Probe {
 			if i == probeMax {
 				break
 			}
-			p.Tests = append(p.Tests, e.Name)
+			name := e.Name
+			if e.Mode == filemode.Dir {
+				name += "/"
+			}
+			p.Tests = append(p.Tests, name)
 		}
 	}
 	if f, err := tree.File("Makefile"); err == nil {

@@ -10,6 +10,14 @@
 // of each branch lives in the jetci-heads KV bucket and is written only after
 // JetStream acknowledged every event of the branch, so a restart neither misses
 // nor repeats a commit (a crash in between re-publishes, and the Msg-Id dedups).
+//
+// go-git repositories are not safe for concurrent use, so each repository's
+// polls and triggers run one at a time under its lock; different repositories
+// are polled concurrently, Concurrency at most. A repository that cannot be
+// reached is logged once and retried every poll without holding the others back.
+// `jetci trigger` requests (core request/reply, queue group "observers") fetch,
+// resolve a branch head or a commit, and publish it with Class user and a fresh
+// trigger id; they never move a recorded head.
 package observer
 
 import (
@@ -17,15 +25,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/nats-io/nats.go"
@@ -35,64 +40,28 @@ import (
 	"github.com/jetci/jetci/events"
 )
 
-// Config configures an observer.
-type Config struct {
-	Repos         []Repo
-	Poll          time.Duration // how often each repo is polled
-	CacheDir      string        // bare caches, one per repo
-	Concurrency   int           // repos polled at once
-	MaxNewCommits int           // per branch and poll; beyond it only the newest are published
-	PipelineMax   int           // bytes of pipeline file carried in an event
-	ChangedMax    int           // changed paths carried in an event
-}
-
-// DefaultConfig polls every second.
-func DefaultConfig() Config {
-	return Config{Poll: time.Second, CacheDir: ".jetci/observer", Concurrency: 8, MaxNewCommits: 1000, PipelineMax: 256 << 10, ChangedMax: 5000}
-}
-
-// Validate reports the first bad field.
-func (c Config) Validate() error {
-	if len(c.Repos) == 0 {
-		return errors.New("observer: Repos is empty: watch at least one repository")
-	}
-	seen := map[string]string{}
-	for _, r := range c.Repos {
-		if r.Name == "" || r.URL == "" {
-			return fmt.Errorf("observer: Repos: %+v needs a name and a URL", r)
-		}
-		if prev, ok := seen[r.Name]; ok {
-			return fmt.Errorf("observer: two repos are named %q (%s and %s): name them with --repo name=PATH_OR_URL", r.Name, prev, r.URL)
-		}
-		seen[r.Name] = r.URL
-	}
-	switch {
-	case c.Poll <= 0:
-		return fmt.Errorf("observer: Poll %s: want more than 0", c.Poll)
-	case c.CacheDir == "":
-		return errors.New("observer: CacheDir is empty")
-	case c.Concurrency < 1:
-		return fmt.Errorf("observer: Concurrency %d: want at least 1", c.Concurrency)
-	case c.MaxNewCommits < 1:
-		return fmt.Errorf("observer: MaxNewCommits %d: want at least 1", c.MaxNewCommits)
-	case c.PipelineMax < 1 || c.PipelineMax > 512<<10:
-		return fmt.Errorf("observer: PipelineMax %d: want 1 to %d bytes", c.PipelineMax, 512<<10)
-	case c.ChangedMax < 0:
-		return fmt.Errorf("observer: ChangedMax %d: want 0 or more", c.ChangedMax)
-	}
-	return nil
-}
-
 // Observer is the commit-watching service.
 type Observer struct {
 	cfg   Config
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	log   zerolog.Logger
-	heads jetstream.KeyValue
 	repos map[string]*watched
 	sem   chan struct{}
+
+	headsMu sync.Mutex
+	heads   jetstream.KeyValue // opened by openHeads
+
+	trigMu   sync.Mutex
+	stopped  bool           // Run has ended: triggers are refused
+	inflight sync.WaitGroup // triggers being served
+
+	repackAt int // repack a cache once it holds more packs than this
 }
+
+// repackAt is how many packs a cache may hold before it is repacked: every fetch
+// adds a pack, go-git has no gc, and each lookup searches every pack.
+const repackAt = 50
 
 // watched is the state of one repository; mu serialises its polls and triggers
 // (go-git repositories are not safe for concurrent use).
@@ -111,22 +80,32 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	o := &Observer{cfg: cfg, nc: nc, js: js, log: log, repos: map[string]*watched{}, sem: make(chan struct{}, cfg.Concurrency)}
+	o := &Observer{cfg: cfg, nc: nc, js: js, log: log, repos: map[string]*watched{}, sem: make(chan struct{}, cfg.Concurrency), repackAt: repackAt}
 	for _, r := range cfg.Repos {
 		o.repos[r.Name] = &watched{Repo: r, heads: map[string]string{}, log: log.With().Str("repo", r.Name).Logger()}
 	}
 	return o, nil
 }
 
-// Run polls every repository every Poll and serves triggers until ctx ends.
+// Run polls every repository every Poll and serves triggers until ctx ends. It
+// returns nil when ctx ends, after the triggers being served are answered.
 func (o *Observer) Run(ctx context.Context) error {
 	if err := o.openHeads(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
+	defer o.stopTriggers()
 	for name := range o.repos {
-		sub, err := o.nc.QueueSubscribe(events.TriggerSubject(name), "observers", func(m *nats.Msg) { o.serveTrigger(ctx, m) })
+		sub, err := o.nc.QueueSubscribe(events.TriggerSubject(name), "observers", func(m *nats.Msg) {
+			if o.startTrigger() {
+				defer o.inflight.Done()
+				o.serveTrigger(ctx, m)
+			}
+		})
 		if err != nil {
-			return fmt.Errorf("observer: subscribe to triggers: %w", err)
+			return fmt.Errorf("observer: subscribe to triggers of %s: %w", name, err)
 		}
 		defer sub.Unsubscribe()
 	}
@@ -143,15 +122,23 @@ func (o *Observer) Run(ctx context.Context) error {
 	return nil
 }
 
-func (o *Observer) openHeads(ctx context.Context) error {
-	if o.heads != nil {
-		return nil
+// startTrigger counts a trigger in, unless Run has ended.
+func (o *Observer) startTrigger() bool {
+	o.trigMu.Lock()
+	defer o.trigMu.Unlock()
+	if o.stopped {
+		return false
 	}
-	return events.Retry(ctx, o.log, "open heads bucket", 5*time.Second, func(ctx context.Context) error {
-		kv, err := o.js.KeyValue(ctx, events.BucketHeads)
-		o.heads = kv
-		return err
-	})
+	o.inflight.Add(1)
+	return true
+}
+
+// stopTriggers refuses new triggers and waits for those being served.
+func (o *Observer) stopTriggers() {
+	o.trigMu.Lock()
+	o.stopped = true
+	o.trigMu.Unlock()
+	o.inflight.Wait()
 }
 
 func (o *Observer) loop(ctx context.Context, name string) {
@@ -185,6 +172,9 @@ func (o *Observer) Poll(ctx context.Context, name string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	err := o.poll(ctx, w)
+	if err != nil {
+		w.cache = nil // reopened next time: a cache deleted or broken underneath is rebuilt
+	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return nil
@@ -229,7 +219,7 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	}
 	for b := range w.heads {
 		if _, ok := listed[b]; !ok {
-			if err := o.heads.Delete(ctx, events.HeadKey(w.Name, b)); err != nil {
+			if err := o.headsKV().Delete(ctx, events.HeadKey(w.Name, b)); err != nil {
 				return fmt.Errorf("forget branch %s: %w", b, err)
 			}
 			delete(w.heads, b)
@@ -242,86 +232,22 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	if err := fetch(ctx, remote); err != nil {
 		return fmt.Errorf("fetch %s: %w", w.URL, err)
 	}
+	// One broken branch does not hold the others back; it is retried next poll.
 	sort.Strings(moved)
+	var errs []error
 	for _, b := range moved {
 		if err := o.publishBranch(ctx, w, b); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func fetch(ctx context.Context, remote *git.Remote) error {
-	err := remote.FetchContext(ctx, &git.FetchOptions{
-		RefSpecs: []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*"},
-		Tags:     git.NoTags,
-		Force:    true,
-	})
-	if errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return nil
-	}
-	return err
-}
-
-// open opens (or creates) the repo's bare cache and loads its published heads.
-func (o *Observer) open(ctx context.Context, w *watched) error {
-	if w.cache == nil {
-		dir := filepath.Join(o.cfg.CacheDir, events.Token(w.Name)+".git")
-		repo, err := git.PlainOpen(dir)
-		if errors.Is(err, git.ErrRepositoryNotExists) {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			repo, err = git.PlainInit(dir, true)
-		}
-		if err != nil {
-			return fmt.Errorf("cache %s: %w", dir, err)
-		}
-		if rem, err := repo.Remote("origin"); err == nil && rem.Config().URLs[0] != w.URL {
-			_ = repo.DeleteRemote("origin")
-		}
-		if _, err := repo.Remote("origin"); errors.Is(err, git.ErrRemoteNotFound) {
-			if _, err := repo.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{w.URL}}); err != nil {
-				return fmt.Errorf("cache %s: %w", dir, err)
+			errs = append(errs, fmt.Errorf("branch %s: %w", b, err))
+			if ctx.Err() != nil {
+				break
 			}
 		}
-		w.cache = repo
 	}
-	if !w.loaded {
-		heads, err := o.loadHeads(ctx, w.Name)
-		if err != nil {
-			return err
-		}
-		w.heads, w.loaded = heads, true
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
+	o.maybeRepack(w)
 	return nil
-}
-
-// headEntry is the value of a jetci-heads entry.
-type headEntry struct {
-	Repo      string    `json:"repo"`
-	Branch    string    `json:"branch"`
-	Commit    string    `json:"commit"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-func (o *Observer) loadHeads(ctx context.Context, repo string) (map[string]string, error) {
-	w, err := o.heads.Watch(ctx, events.Token(repo)+".*", jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("load heads: %w", err)
-	}
-	defer w.Stop()
-	heads := map[string]string{}
-	for e := range w.Updates() {
-		if e == nil {
-			return heads, nil
-		}
-		var h headEntry
-		if err := json.Unmarshal(e.Value(), &h); err == nil && h.Repo == repo && h.Branch != "" {
-			heads[h.Branch] = h.Commit
-		}
-	}
-	return nil, errors.New("load heads: watcher closed")
 }
 
 // publishBranch publishes the new commits of one branch, then records its head.
@@ -366,7 +292,7 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 		log.Info().Str("commit", sha[:10]).Str("subject", ev.Subject).Msg("new commit")
 	}
 	val, _ := json.Marshal(headEntry{Repo: w.Name, Branch: branch, Commit: head.String(), UpdatedAt: time.Now().UTC()})
-	if _, err := o.heads.Put(ctx, events.HeadKey(w.Name, branch), val); err != nil {
+	if _, err := o.headsKV().Put(ctx, events.HeadKey(w.Name, branch), val); err != nil {
 		return fmt.Errorf("record head of %s: %w", branch, err)
 	}
 	w.heads[branch] = head.String()

@@ -2,202 +2,144 @@ package observer
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
 )
 
-type gitRepo struct {
-	t   *testing.T
-	dir string
-	n   int
-}
-
-func newGitRepo(t *testing.T) *gitRepo {
-	r := &gitRepo{t: t, dir: filepath.Join(t.TempDir(), "proj.git")}
-	os.MkdirAll(r.dir, 0o755)
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", append([]string{"-c", "user.name=Dev Eloper", "-c", "user.email=dev@example.com", "-c", "commit.gpgsign=false"}, args...)...)
-	cmd.Dir = r.dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %v: %v\n%s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func (r *gitRepo) commit(msg string, files map[string]string) string {
-	r.t.Helper()
-	for p, c := range files {
-		full := filepath.Join(r.dir, p)
-		os.MkdirAll(filepath.Dir(full), 0o755)
-		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-	}
-	r.n++
-	if files == nil {
-		os.WriteFile(filepath.Join(r.dir, "n.txt"), []byte(fmt.Sprint(r.n)), 0o644)
-	}
-	r.git("add", "-A")
-	r.git("commit", "-q", "-m", msg+"\n\nbody line")
-	return r.git("rev-parse", "HEAD")
-}
-
-// collector records every CommitDetected published.
-type collector struct {
-	mu  sync.Mutex
-	evs []*events.CommitDetected
-}
-
-func collect(t *testing.T, s *brokertest.Server) *collector {
-	c := &collector{}
-	sub, err := s.NC.Subscribe("jetci.commit.>", func(m *nats.Msg) {
-		ev, err := events.DecodeAs[events.CommitDetected](m.Data)
-		if err != nil {
-			t.Errorf("bad event: %v", err)
-			return
-		}
-		c.mu.Lock()
-		c.evs = append(c.evs, ev)
-		c.mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Unsubscribe() })
-	s.NC.Flush()
-	return c
-}
-
-func (c *collector) take() []*events.CommitDetected {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := c.evs
-	c.evs = nil
-	return out
-}
-
-func (c *collector) commits(evs []*events.CommitDetected) []string {
-	var out []string
-	for _, e := range evs {
-		out = append(out, e.Branch+"@"+e.Commit[:7])
-	}
-	return out
-}
-
-func newObserver(t *testing.T, s *brokertest.Server, cache string, repos ...Repo) *Observer {
-	cfg := DefaultConfig()
-	cfg.Repos, cfg.CacheDir, cfg.Poll = repos, cache, 50*time.Millisecond
-	o, err := New(cfg, s.NC, s.JS, brokertest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return o
-}
-
-// pollAndWait polls once; publishes are synchronous, so the events are stored
-// when Poll returns and need only reach the core subscription.
-func pollAndWait(t *testing.T, o *Observer, c *collector, name string, want int) []*events.CommitDetected {
-	t.Helper()
-	if err := o.Poll(context.Background(), name); err != nil {
-		t.Fatalf("poll: %v", err)
-	}
-	var got []*events.CommitDetected
-	brokertest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		got = append(got, c.take()...)
-		if len(got) < want {
-			return fmt.Errorf("%d events, want %d", len(got), want)
-		}
-		return nil
-	})
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(got) != want {
-		t.Fatalf("%d events, want %d: %v", len(got), want, c.commits(got))
-	}
-	return got
-}
-
-func shas(evs []*events.CommitDetected) string {
-	var s []string
-	for _, e := range evs {
-		s = append(s, e.Commit)
-	}
-	return strings.Join(s, " ")
-}
-
 func TestBurstEveryCommitOldestFirst(t *testing.T) {
 	s := brokertest.Run(t)
 	c := collect(t, s)
 	repo := newGitRepo(t)
-	first := repo.commit("first", map[string]string{"tests/test_x.py": "x", "Makefile": "test:\n\ttrue\n", ".jetci.yml": "jobs: {}\n"})
-	o := newObserver(t, s, t.TempDir(), Repo{Name: "proj", URL: repo.dir})
-	evs := pollAndWait(t, o, c, "proj", 1)
+	first := repo.commit("first", map[string]string{
+		"tests/test_x.py": "x", "tests/data/d.txt": "d", "Makefile": "test:\n\ttrue\n", ".jetci.yml": "jobs: {}\n",
+	})
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "proj", URL: repo.dir}))
+	evs := pollAndWait(t, s, o, c, "proj", 1)
 	e := evs[0]
-	if e.Commit != first || e.Branch != "main" || e.Repo != "proj" || e.RepoURL != repo.dir || e.Class != events.ClassFirst {
+	if e.Commit != first || e.Branch != "main" || e.Repo != "proj" || e.RepoURL != repo.dir || e.Class != events.ClassFirst || e.TriggerID != "" {
 		t.Fatalf("first event %+v", e)
 	}
-	if e.Author.Name != "Dev Eloper" || e.Author.Email != "dev@example.com" || e.Subject != "first" || len(e.Parents) != 0 || e.Time.IsZero() {
+	if e.Author.Name != "Dev Eloper" || e.Author.Email != "dev@example.com" || e.Subject != "first" || len(e.Parents) != 0 || e.Time.IsZero() || e.DetectedAt.IsZero() {
 		t.Fatalf("commit fields %+v", e)
 	}
-	if e.PipelinePath != ".jetci.yml" || e.Pipeline != "jobs: {}\n" {
-		t.Fatalf("pipeline %q %q", e.PipelinePath, e.Pipeline)
+	if e.PipelinePath != ".jetci.yml" || e.Pipeline != "jobs: {}\n" || e.PipelineErr != "" {
+		t.Fatalf("pipeline %q %q %q", e.PipelinePath, e.Pipeline, e.PipelineErr)
 	}
-	if strings.Join(e.Probe.Root, ",") != ".jetci.yml,Makefile,tests/" || strings.Join(e.Probe.Tests, ",") != "test_x.py" || !strings.HasPrefix(e.Probe.Makefile, "test:") {
+	if strings.Join(e.Probe.Root, ",") != ".jetci.yml,Makefile,tests/" || strings.Join(e.Probe.Tests, ",") != "data/,test_x.py" || e.Probe.Makefile != "test:\n\ttrue\n" {
 		t.Fatalf("probe %+v", e.Probe)
 	}
-	if len(e.Changed) != 3 {
-		t.Fatalf("root commit changed paths %v, want all 3 files", e.Changed)
+	if strings.Join(e.Changed, ",") != ".jetci.yml,Makefile,tests/data/d.txt,tests/test_x.py" || e.ChangedCut {
+		t.Fatalf("root commit changed paths %v, want all 4 files", e.Changed)
 	}
+
 	var want []string
 	for i := range 20 {
 		want = append(want, repo.commit(fmt.Sprintf("burst %d", i), nil))
 	}
-	evs = pollAndWait(t, o, c, "proj", 20)
+	evs = pollAndWait(t, s, o, c, "proj", 20)
 	if shas(evs) != strings.Join(want, " ") {
 		t.Fatalf("burst order:\n got %s\nwant %s", shas(evs), strings.Join(want, " "))
 	}
-	if evs[5].Parents[0] != want[4] || strings.Join(evs[5].Changed, ",") != "n.txt" || evs[5].PipelinePath != ".jetci.yml" {
-		t.Fatalf("event 5: parents %v changed %v", evs[5].Parents, evs[5].Changed)
+	for i, e := range evs {
+		parent := first
+		if i > 0 {
+			parent = want[i-1]
+		}
+		if e.Subject != fmt.Sprintf("burst %d", i) || strings.Join(e.Parents, ",") != parent || strings.Join(e.Changed, ",") != "n.txt" ||
+			e.Author.Email != "dev@example.com" || e.PipelinePath != ".jetci.yml" || e.Pipeline != "jobs: {}\n" ||
+			!slices.Contains(e.Probe.Root, "n.txt") || e.Class != events.ClassFirst {
+			t.Fatalf("burst event %d: %+v", i, e)
+		}
 	}
 	// Nothing new: nothing published.
-	pollAndWait(t, o, c, "proj", 0)
+	pollAndWait(t, s, o, c, "proj", 0)
+	checkHead(t, s, "proj", "main", want[19])
+}
+
+func TestEventLimitsAndPipelineVariants(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	cfg := testConfig(t.TempDir(), Repo{Name: "proj", URL: repo.dir})
+	cfg.PipelineMax, cfg.ChangedMax = 10, 3
+	o := newObserver(t, s, cfg)
+
+	repo.commit("yaml", map[string]string{".jetci.yaml": "jobs: {}\n"})
+	e := pollAndWait(t, s, o, c, "proj", 1)[0]
+	if e.PipelinePath != ".jetci.yaml" || e.Pipeline != "jobs: {}\n" {
+		t.Fatalf(".jetci.yaml: %q %q %q", e.PipelinePath, e.Pipeline, e.PipelineErr)
+	}
+	repo.commit("big", map[string]string{".jetci.yml": strings.Repeat("#", 11), "a": "", "b": "", "c": ""})
+	e = pollAndWait(t, s, o, c, "proj", 1)[0]
+	if e.PipelinePath != ".jetci.yml" || e.Pipeline != "" || !strings.Contains(e.PipelineErr, "11 bytes") || !strings.Contains(e.PipelineErr, "10") {
+		t.Fatalf("too large: %q %q %q", e.PipelinePath, e.Pipeline, e.PipelineErr)
+	}
+	if len(e.Changed) != 3 || !e.ChangedCut {
+		t.Fatalf("changed %v cut %v, want 3 and cut", e.Changed, e.ChangedCut)
+	}
+	// A folder named like the pipeline file is not one.
+	repo.git("rm", "-q", ".jetci.yml", ".jetci.yaml")
+	repo.commit("folder", map[string]string{".jetci.yml/x": "x"})
+	e = pollAndWait(t, s, o, c, "proj", 1)[0]
+	if e.PipelinePath != "" || e.PipelineErr != "" || strings.Join(e.Changed, ",") != ".jetci.yaml,.jetci.yml,.jetci.yml/x" {
+		t.Fatalf("folder: %q %q changed %v", e.PipelinePath, e.PipelineErr, e.Changed)
+	}
 }
 
 func TestRestartNeitherMissesNorRepeats(t *testing.T) {
 	s := brokertest.Run(t)
 	c := collect(t, s)
 	repo := newGitRepo(t)
-	repo.commit("one", nil)
+	one := repo.commit("one", nil)
 	cache := t.TempDir()
-	a := newObserver(t, s, cache, Repo{Name: "proj", URL: repo.dir})
-	pollAndWait(t, a, c, "proj", 1)
+	cfg := testConfig(cache, Repo{Name: "proj", URL: repo.dir})
+
+	// Observer A runs until it published the first commit, then stops.
+	stopA := run(t, newObserver(t, s, cfg))
+	brokertest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error { return headIs(s, "proj", "main", one) })
+	stopA()
+	if got := c.take(); len(got) != 1 || got[0].Commit != one {
+		t.Fatalf("observer A published %v", names(got))
+	}
+
 	want := []string{repo.commit("two", nil), repo.commit("three", nil), repo.commit("four", nil)}
-	// A new observer (a restart), with a fresh cache too: the heads come from KV.
+	// A new observer on the same server: the heads come from KV. Then one more,
+	// with a fresh cache: nothing is repeated.
 	for _, dir := range []string{cache, t.TempDir()} {
-		b := newObserver(t, s, dir, Repo{Name: "proj", URL: repo.dir})
-		evs := pollAndWait(t, b, c, "proj", len(want))
-		if len(want) > 0 && shas(evs) != strings.Join(want, " ") {
-			t.Fatalf("after restart got %s, want %s", shas(evs), strings.Join(want, " "))
+		b := newObserver(t, s, testConfig(dir, Repo{Name: "proj", URL: repo.dir}))
+		evs := pollAndWait(t, s, b, c, "proj", len(want))
+		if shas(evs) != strings.Join(want, " ") {
+			t.Fatalf("after restart got %v, want %s", names(evs), strings.Join(want, " "))
 		}
 		want = nil
 	}
+
+	// A recorded head that is in no cache (history rewritten elsewhere, say): the
+	// branch counts as new and only its head is published.
+	kv, err := s.JS.KeyValue(context.Background(), events.BucketHeads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, _ := json.Marshal(headEntry{Repo: "proj", Branch: "main", Commit: strings.Repeat("ab", 20), UpdatedAt: time.Now()})
+	if _, err := kv.Put(context.Background(), events.HeadKey("proj", "main"), val); err != nil {
+		t.Fatal(err)
+	}
+	head := repo.commit("five", nil)
+	b := newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir}))
+	if evs := pollAndWait(t, s, b, c, "proj", 1); evs[0].Commit != head {
+		t.Fatalf("unknown old head: published %v, want the head only", names(evs))
+	}
+	checkHead(t, s, "proj", "main", head)
 }
 
 func TestForcePushMergeAndBranches(t *testing.T) {
@@ -205,62 +147,103 @@ func TestForcePushMergeAndBranches(t *testing.T) {
 	c := collect(t, s)
 	repo := newGitRepo(t)
 	base := repo.commit("base", nil)
-	o := newObserver(t, s, t.TempDir(), Repo{Name: "proj", URL: repo.dir})
-	pollAndWait(t, o, c, "proj", 1)
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "proj", URL: repo.dir}))
+	pollAndWait(t, s, o, c, "proj", 1)
 
 	// Force-push: drop the last 2 commits, add 1.
 	repo.commit("a", nil)
 	repo.commit("b", nil)
-	pollAndWait(t, o, c, "proj", 2)
+	pollAndWait(t, s, o, c, "proj", 2)
 	repo.git("reset", "-q", "--hard", base)
 	rewritten := repo.commit("rewritten", nil)
-	evs := pollAndWait(t, o, c, "proj", 1)
+	evs := pollAndWait(t, s, o, c, "proj", 1)
 	if evs[0].Commit != rewritten {
-		t.Fatalf("force-push published %s, want %s", evs[0].Commit, rewritten)
+		t.Fatalf("force-push published %v, want %s", names(evs), rewritten)
 	}
+	checkHead(t, s, "proj", "main", rewritten)
 
 	// A new branch publishes its head only; commits on it are then published.
 	repo.git("checkout", "-q", "-b", "side")
+	repo.commit("side 0", nil)
 	s1 := repo.commit("side 1", nil)
-	evs = pollAndWait(t, o, c, "proj", 1)
+	evs = pollAndWait(t, s, o, c, "proj", 1)
 	if evs[0].Branch != "side" || evs[0].Commit != s1 {
-		t.Fatalf("new branch: %v", c.commits(evs))
+		t.Fatalf("new branch: %v", names(evs))
 	}
 	s2, s3 := repo.commit("side 2", nil), repo.commit("side 3", nil)
-	pollAndWait(t, o, c, "proj", 2)
+	pollAndWait(t, s, o, c, "proj", 2)
 
-	// Merge side into main: main gets the 3 side commits and the merge, parents first.
+	// Merge side into main: main gets the 4 side commits and the merge, parents
+	// first (rev-list semantics: a Log stopping at the old head would miss them).
 	repo.git("checkout", "-q", "main")
-	m1 := repo.commit("main moves on", map[string]string{"other.txt": "x"})
-	repo.git("-c", "user.name=Dev Eloper", "merge", "-q", "--no-ff", "-m", "merge side", "side")
+	repo.git("merge", "-q", "--no-ff", "-m", "merge side", "side")
 	merge := repo.git("rev-parse", "HEAD")
-	evs = pollAndWait(t, o, c, "proj", 5)
-	pos := map[string]int{}
-	for i, e := range evs {
+	evs = pollAndWait(t, s, o, c, "proj", 5)
+	checkTopological(t, evs)
+	if evs[4].Commit != merge || evs[3].Commit != s3 || evs[2].Commit != s2 || evs[1].Commit != s1 {
+		t.Fatalf("merge: got %v", names(evs))
+	}
+	for _, e := range evs {
 		if e.Branch != "main" {
-			t.Fatalf("event on %s", e.Branch)
-		}
-		pos[e.Commit] = i
-	}
-	for _, sha := range []string{s1, s2, s3, m1, merge} {
-		if _, ok := pos[sha]; !ok {
-			t.Fatalf("merge: %s not published; got %v", sha[:7], c.commits(evs))
+			t.Fatalf("event on %s: %v", e.Branch, names(evs))
 		}
 	}
-	if !(pos[s1] < pos[s2] && pos[s2] < pos[s3] && pos[s3] < pos[merge] && pos[m1] < pos[merge]) {
-		t.Fatalf("merge order wrong: %v", c.commits(evs))
+
+	// Both sides moved before a merge: each side's own commits, then the merge.
+	repo.git("checkout", "-q", "side")
+	s4 := repo.commit("side 4", nil)
+	repo.git("checkout", "-q", "main")
+	m1 := repo.commit("main 1", map[string]string{"other.txt": "x"})
+	repo.git("merge", "-q", "--no-ff", "-m", "merge side again", "side")
+	merge2 := repo.git("rev-parse", "HEAD")
+	evs = pollAndWait(t, s, o, c, "proj", 4) // side: s4; main: m1, s4, merge2
+	checkTopological(t, evs)
+	var onMain []string
+	for _, e := range evs {
+		if e.Branch == "main" {
+			onMain = append(onMain, e.Commit)
+		}
+	}
+	if len(onMain) != 3 || !slices.Contains(onMain, m1) || !slices.Contains(onMain, s4) || onMain[2] != merge2 {
+		t.Fatalf("second merge: got %v", names(evs))
 	}
 
 	// Delete the branch: forgotten; recreated: head only.
 	repo.git("branch", "-q", "-D", "side")
-	pollAndWait(t, o, c, "proj", 0)
-	if _, err := o.heads.Get(context.Background(), events.HeadKey("proj", "side")); err == nil {
-		t.Fatal("deleted branch still in KV")
+	pollAndWait(t, s, o, c, "proj", 0)
+	if err := headIs(s, "proj", "side", ""); err != nil {
+		t.Fatal(err)
 	}
 	repo.git("branch", "-q", "side", s2)
-	evs = pollAndWait(t, o, c, "proj", 1)
+	evs = pollAndWait(t, s, o, c, "proj", 1)
 	if evs[0].Commit != s2 || evs[0].Branch != "side" {
-		t.Fatalf("recreated branch: %v", c.commits(evs))
+		t.Fatalf("recreated branch: %v", names(evs))
+	}
+	checkHead(t, s, "proj", "side", s2)
+}
+
+// TestForcePushSameSecond rewrites a branch far back when every commit shares
+// one timestamp (a script committing in a burst): the date-ordered walk must not
+// report old commits as new.
+func TestForcePushSameSecond(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	repo.date = "2026-03-01T12:00:00Z"
+	base := repo.commit("base", nil)
+	for i := range 3 {
+		repo.commit(fmt.Sprint("before ", i), nil)
+	}
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "proj", URL: repo.dir}))
+	pollAndWait(t, s, o, c, "proj", 1)
+	for i := range 15 {
+		repo.commit(fmt.Sprint("dropped ", i), nil)
+	}
+	pollAndWait(t, s, o, c, "proj", 15)
+	repo.git("reset", "-q", "--hard", base)
+	want := repo.commit("new", map[string]string{"new.txt": "x"})
+	if evs := pollAndWait(t, s, o, c, "proj", 1); evs[0].Commit != want {
+		t.Fatalf("got %v, want only %s", names(evs), want)
 	}
 }
 
@@ -269,130 +252,116 @@ func TestOddBranchNames(t *testing.T) {
 	c := collect(t, s)
 	repo := newGitRepo(t)
 	repo.commit("base", nil)
-	names := []string{"feature/x.y", "a>b", "fix/ünï", "$sys", "v2.0.0-rc.1", "*star"}
-	if out, err := exec.Command("git", "check-ref-format", "--branch", "*star").CombinedOutput(); err != nil {
-		t.Logf("git refuses *star (%s): leaving it out", out)
-		names = names[:len(names)-1]
-	}
-	for _, n := range names {
+	candidates := []string{"feature/x.y", "a>b", "fix/ünï", "$sys", "v2.0.0-rc.1", "x.y.z", "*", "*star", "with space"}
+	var branches []string
+	for _, n := range candidates {
+		if out, err := exec.Command("git", "check-ref-format", "--branch", n).CombinedOutput(); err != nil {
+			t.Logf("git refuses branch %q: %s", n, strings.TrimSpace(string(out)))
+			continue
+		}
+		branches = append(branches, n)
 		repo.git("branch", n)
 	}
-	o := newObserver(t, s, t.TempDir(), Repo{Name: "proj", URL: repo.dir})
-	evs := pollAndWait(t, o, c, "proj", len(names)+1)
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "my.proj", URL: repo.dir}))
+	evs := pollAndWait(t, s, o, c, "my.proj", len(branches)+1)
 	got := map[string]bool{}
 	for _, e := range evs {
 		got[e.Branch] = true
 	}
-	for _, n := range names {
+	for _, n := range branches {
 		if !got[n] {
 			t.Errorf("branch %q not published as named; got %v", n, got)
 		}
+		checkHead(t, s, "my.proj", n, evs[0].Commit)
+	}
+	// Moving one odd branch publishes on it only.
+	repo.git("checkout", "-q", "a>b")
+	sha := repo.commit("on a>b", nil)
+	if evs := pollAndWait(t, s, o, c, "my.proj", 1); evs[0].Branch != "a>b" || evs[0].Commit != sha {
+		t.Fatalf("got %v", names(evs))
 	}
 }
 
-func TestUnreachableRepoDoesNotStopOthers(t *testing.T) {
-	s := brokertest.Run(t)
-	c := collect(t, s)
-	good := newGitRepo(t)
-	gone := newGitRepo(t)
-	gone.commit("x", nil)
-	sha := good.commit("x", nil)
-	o := newObserver(t, s, t.TempDir(), Repo{Name: "good", URL: good.dir}, Repo{Name: "gone", URL: gone.dir})
-	os.RemoveAll(gone.dir)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		for _, e := range c.take() {
-			if e.Commit == sha {
-				return nil
-			}
-		}
-		return fmt.Errorf("good repo not published")
-	})
-	if err := o.Poll(context.Background(), "gone"); err == nil {
-		t.Fatal("polling a deleted repo: want an error")
+func TestConfigValidate(t *testing.T) {
+	good := DefaultConfig()
+	good.Repos = []Repo{{"a", "/x"}}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("default config with a repo: %v", err)
 	}
-}
-
-func TestTrigger(t *testing.T) {
-	s := brokertest.Run(t)
-	c := collect(t, s)
-	repo := newGitRepo(t)
-	first := repo.commit("one", nil)
-	head := repo.commit("two", nil)
-	o := newObserver(t, s, t.TempDir(), Repo{Name: "proj", URL: repo.dir})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	ask := func(req *events.TriggerRequest) *events.TriggerReply {
-		data, _ := events.Encode(req)
-		var m *nats.Msg
-		brokertest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() (err error) {
-			m, err = s.NC.Request(events.TriggerSubject("proj"), data, 10*time.Second)
-			return err
-		})
-		r, err := events.DecodeAs[events.TriggerReply](m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	r := ask(&events.TriggerRequest{Repo: "proj", Branch: "main"})
-	if r.Error != "" || r.Commit != head || r.TriggerID == "" {
-		t.Fatalf("trigger reply %+v", r)
-	}
-	r = ask(&events.TriggerRequest{Repo: "proj", Branch: "main", Commit: first[:8]})
-	if r.Error != "" || r.Commit != first {
-		t.Fatalf("trigger by prefix %+v", r)
-	}
-	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		for _, e := range c.take() {
-			if e.Class == events.ClassUser && e.Commit == first && e.TriggerID != "" {
-				return nil
-			}
-		}
-		return fmt.Errorf("no user-class event")
-	})
-	for _, bad := range []*events.TriggerRequest{{Repo: "proj", Branch: "nope"}, {Repo: "proj", Branch: "main", Commit: "ffffffff"}} {
-		if r := ask(bad); r.Error == "" {
-			t.Errorf("trigger %+v: want an error", bad)
-		}
-	}
-}
-
-func TestParseRepo(t *testing.T) {
-	dir := t.TempDir()
-	os.MkdirAll(filepath.Join(dir, "proj.git"), 0o755)
-	os.MkdirAll(filepath.Join(dir, "plain"), 0o755)
-	for _, tt := range []struct{ in, name, url, err string }{
-		{filepath.Join(dir, "proj.git"), "proj", filepath.Join(dir, "proj.git"), ""},
-		{filepath.Join(dir, "plain") + "/", "plain", filepath.Join(dir, "plain"), ""},
-		{"mine=" + filepath.Join(dir, "plain"), "mine", filepath.Join(dir, "plain"), ""},
-		{"https://git.example.com/team/repo.git", "repo", "https://git.example.com/team/repo.git", ""},
-		{"git@git.example.com:team/thing.git", "thing", "git@git.example.com:team/thing.git", ""},
-		{"ssh://git@host:22/x/y", "y", "ssh://git@host:22/x/y", ""},
-		{"n=https://h/o/r", "n", "https://h/o/r", ""},
-		{"", "", "", "empty"},
-		{filepath.Join(dir, "missing"), "", "", "does not exist"},
-		{"x=", "", "", "no path"},
+	for _, tt := range []struct {
+		change func(*Config)
+		want   string
+	}{
+		{func(c *Config) { c.Repos = append(c.Repos, Repo{"a", "/y"}) }, "two repos"},
+		{func(c *Config) { c.Repos = nil }, "Repos"},
+		{func(c *Config) { c.Poll = 0 }, "Poll 0s"},
+		{func(c *Config) { c.CacheDir = "" }, "CacheDir"},
+		{func(c *Config) { c.Concurrency = 0 }, "Concurrency 0"},
+		{func(c *Config) { c.MaxNewCommits = -1 }, "MaxNewCommits -1"},
+		{func(c *Config) { c.PipelineMax = 2 << 20 }, "PipelineMax 2097152"},
+		{func(c *Config) { c.ChangedMax = -1 }, "ChangedMax -1"},
 	} {
-		r, err := ParseRepo(tt.in)
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("ParseRepo(%q) = %+v, %v; want error %q", tt.in, r, err, tt.err)
-			}
-			continue
-		}
-		if err != nil || r.Name != tt.name || r.URL != tt.url {
-			t.Errorf("ParseRepo(%q) = %+v, %v; want %s %s", tt.in, r, err, tt.name, tt.url)
+		cfg := good
+		cfg.Repos = slices.Clone(good.Repos)
+		tt.change(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Validate() = %v, want an error naming %q", err, tt.want)
 		}
 	}
-	cfg := DefaultConfig()
-	cfg.Repos = []Repo{{"a", "/x"}, {"a", "/y"}}
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "two repos") {
-		t.Errorf("duplicate names: %v", err)
+}
+
+// checkTopological fails unless every commit comes after its parents among evs.
+func checkTopological(t *testing.T, evs []*events.CommitDetected) {
+	t.Helper()
+	for _, branch := range []string{"main", "side"} {
+		pos := map[string]int{}
+		for i, e := range evs {
+			if e.Branch == branch {
+				pos[e.Commit] = i
+			}
+		}
+		for _, e := range evs {
+			for _, p := range e.Parents {
+				if i, ok := pos[p]; ok && e.Branch == branch && i > pos[e.Commit] {
+					t.Fatalf("%s comes before its parent %s: %v", e.Commit[:7], p[:7], names(evs))
+				}
+			}
+		}
+	}
+}
+
+// headIs checks the KV head of a branch; want "" means no entry.
+func headIs(s *brokertest.Server, repo, branch, want string) error {
+	kv, err := s.JS.KeyValue(context.Background(), events.BucketHeads)
+	if err != nil {
+		return err
+	}
+	e, err := kv.Get(context.Background(), events.HeadKey(repo, branch))
+	if want == "" {
+		if err == nil {
+			return fmt.Errorf("head of %s/%s still recorded: %s", repo, branch, e.Value())
+		}
+		if err != jetstream.ErrKeyNotFound {
+			return err
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("head of %s/%s: %w", repo, branch, err)
+	}
+	var h headEntry
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		return err
+	}
+	if h.Repo != repo || h.Branch != branch || h.Commit != want || h.UpdatedAt.IsZero() {
+		return fmt.Errorf("head of %s/%s is %+v, want %s", repo, branch, h, want)
+	}
+	return nil
+}
+
+func checkHead(t *testing.T, s *brokertest.Server, repo, branch, want string) {
+	t.Helper()
+	if err := headIs(s, repo, branch, want); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,8 +2,12 @@ package observer
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
+	"regexp"
+	"strings"
 
+	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
@@ -16,13 +20,15 @@ import (
 // recorded head does not move.
 func (o *Observer) serveTrigger(ctx context.Context, m *nats.Msg) {
 	reply := &events.TriggerReply{}
+	log := o.log
 	req, err := events.DecodeAs[events.TriggerRequest](m.Data)
 	if err == nil {
+		log = log.With().Str("repo", req.Repo).Str("branch", req.Branch).Str("commit", req.Commit).Logger()
 		reply.Commit, reply.TriggerID, err = o.trigger(ctx, req)
 	}
 	if err != nil {
 		reply.Error = err.Error()
-		o.log.Warn().Err(err).Msg("trigger refused")
+		log.Warn().Err(err).Msg("trigger refused")
 	}
 	data, _ := events.Encode(reply)
 	if m.Reply != "" {
@@ -56,17 +62,9 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	}
 	h := ref.Hash()
 	if req.Commit != "" {
-		if len(req.Commit) < 4 {
-			return "", "", fmt.Errorf("commit %q: give at least 4 hex digits", req.Commit)
+		if h, err = resolveCommit(w.cache, req.Repo, req.Commit); err != nil {
+			return "", "", err
 		}
-		ph, err := w.cache.ResolveRevision(plumbing.Revision(req.Commit))
-		if err != nil {
-			return "", "", fmt.Errorf("no commit %s in repo %s", req.Commit, req.Repo)
-		}
-		if _, err := w.cache.CommitObject(*ph); err != nil {
-			return "", "", fmt.Errorf("%s in repo %s is not a commit", req.Commit, req.Repo)
-		}
-		h = *ph
 	}
 	ev, err := o.event(w, req.Branch, h)
 	if err != nil {
@@ -79,4 +77,54 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	}
 	w.log.Info().Str("branch", req.Branch).Str("commit", h.String()[:10]).Str("trigger_id", ev.TriggerID).Msg("triggered")
 	return h.String(), ev.TriggerID, nil
+}
+
+var hexRE = regexp.MustCompile(`^[0-9a-fA-F]{4,40}$`)
+
+// resolveCommit finds the commit a full sha or an unambiguous prefix of at least
+// 4 hex digits names. go-git's ResolveRevision takes prefixes too, but also
+// branch names and revision expressions, and returns the first of several
+// commits sharing a prefix; a trigger wants exactly one commit or an error.
+func resolveCommit(repo *git.Repository, name, s string) (plumbing.Hash, error) {
+	if !hexRE.MatchString(s) {
+		return plumbing.ZeroHash, fmt.Errorf("no commit %q in repo %s: give a sha or at least 4 of its hex digits", s, name)
+	}
+	s = strings.ToLower(s)
+	var candidates []plumbing.Hash
+	if len(s) == 40 {
+		candidates = []plumbing.Hash{plumbing.NewHash(s)}
+	} else {
+		prefixer, ok := repo.Storer.(interface {
+			HashesWithPrefix(prefix []byte) ([]plumbing.Hash, error)
+		})
+		if !ok {
+			return plumbing.ZeroHash, fmt.Errorf("no commit %s in repo %s: the cache cannot look up short hashes; give the full sha", s, name)
+		}
+		b, err := hex.DecodeString(s[:len(s)&^1])
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("no commit %s in repo %s: %w", s, name, err)
+		}
+		hs, err := prefixer.HashesWithPrefix(b)
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("look up commit %s in repo %s: %w", s, name, err)
+		}
+		for _, h := range hs {
+			if strings.HasPrefix(h.String(), s) {
+				candidates = append(candidates, h)
+			}
+		}
+	}
+	var commits []plumbing.Hash
+	for _, h := range candidates {
+		if _, err := repo.CommitObject(h); err == nil {
+			commits = append(commits, h)
+		}
+	}
+	switch len(commits) {
+	case 0:
+		return plumbing.ZeroHash, fmt.Errorf("no commit %s in repo %s", s, name)
+	case 1:
+		return commits[0], nil
+	}
+	return plumbing.ZeroHash, fmt.Errorf("commit %s is ambiguous in repo %s (%d commits start with it): give more digits", s, name, len(commits))
 }

@@ -3,6 +3,7 @@ package observer
 import (
 	"container/heap"
 	"errors"
+	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
@@ -20,10 +21,14 @@ const (
 // newCommits returns the commits reachable from head and not from old — what
 // `git rev-list old..head` gives — parents before children. old may be zero.
 //
-// Both sides are walked together, newest commit time first; everything reachable
-// from old is painted, and the walk ends when no commit reachable only from head
-// is left in the queue, plus a few steps against clock skew (git's "slop"). A Log
-// from head that stops at old would miss commits that came in through merges.
+// Both sides are walked together, newest committer time first, painting every
+// commit with the side(s) it is reachable from. A Log from head that stops at old
+// would miss commits that came in through merges. The walk goes on while a commit
+// reachable only from head is queued, or while a queued commit is at least as new
+// as the oldest one found so far (it may still turn out to reach it: commits in a
+// burst often share one timestamp), and then a few more steps against clock skew
+// (git's "slop"). With committer times that never go back from parent to child
+// the result is exact; with skew it is as good as git's own rev-list walk.
 // When more than limit new commits are found, the newest limit are returned
 // with errTooMany.
 func newCommits(s storer.EncodedObjectStorer, head, old plumbing.Hash, limit int) ([]*object.Commit, error) {
@@ -41,6 +46,7 @@ func newCommits(s storer.EncodedObjectStorer, head, old plumbing.Hash, limit int
 		if !ok {
 			var err error
 			if c, err = object.GetCommit(s, h); err != nil {
+				delete(flags, h)
 				return err
 			}
 			commits[h] = c
@@ -59,11 +65,17 @@ func newCommits(s storer.EncodedObjectStorer, head, old plumbing.Hash, limit int
 			return nil, err
 		}
 	}
-	var found []plumbing.Hash
-	tooMany := false
-	for extra := 0; q.Len() > 0 && extra <= slop; {
-		if !q.anyOnly(flags, fromNew) {
-			extra++
+	var (
+		found   []plumbing.Hash
+		oldest  time.Time // committer time of the oldest commit found
+		tooMany bool
+	)
+	for left := slop; q.Len() > 0; {
+		top := (*q)[0]
+		if q.anyOnly(flags, fromNew) || (len(found) > 0 && !top.Committer.When.Before(oldest)) {
+			left = slop
+		} else if left--; left < 0 {
+			break
 		}
 		c := heap.Pop(q).(*object.Commit)
 		popped[c.Hash] = true
@@ -74,6 +86,9 @@ func newCommits(s storer.EncodedObjectStorer, head, old plumbing.Hash, limit int
 				break
 			}
 			found = append(found, c.Hash)
+			if len(found) == 1 || c.Committer.When.Before(oldest) {
+				oldest = c.Committer.When
+			}
 		}
 		for _, p := range c.ParentHashes {
 			if err := mark(p, f); err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) {
