@@ -18,7 +18,8 @@ import (
 // lease with a marker, and the reaper NAKs the ack subject of each job the last
 // lease named, so the job runs elsewhere within seconds instead of after the
 // 30 s ack wait (which stays as the backstop). Several reapers may run: the one
-// that creates the lease's reap key does the work.
+// that creates the lease's reap key does the work. It also records jobs that
+// reached their delivery limit (see deadLetters).
 type Reaper struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -39,6 +40,15 @@ func (r *Reaper) Run(ctx context.Context) error {
 	}); err != nil {
 		return nil
 	}
+	dead := make(chan error, 1)
+	go func() {
+		err := r.deadLetters(ctx)
+		if err != nil {
+			r.log.Error().Err(err).Msg("dead letters stopped")
+		}
+		dead <- err
+	}()
+	defer func() { <-dead }()
 	for ctx.Err() == nil {
 		if err := r.watch(ctx, kv); err != nil && ctx.Err() == nil {
 			r.log.Warn().Err(err).Msg("watching runner leases; starting again")

@@ -14,9 +14,16 @@ const (
 	StreamCommits = "JETCI_COMMITS"
 	StreamJobs    = "JETCI_JOBS"
 	StreamResults = "JETCI_RESULTS"
+	StreamDead    = "JETCI_DEAD"
+
+	// SubjectMaxDeliveries is the server's advisory for a job that reached
+	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
+	// dispatcher runs.
+	SubjectMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamJobs + ".*"
 
 	ConsumerDispatcher = "dispatcher"
 	ConsumerReporter   = "reporter"
+	ConsumerDead       = "dead-letters"
 
 	BucketHeads   = "jetci-heads"
 	BucketResults = "jetci-results"
@@ -67,6 +74,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
 			Duplicates:  DedupWindow,
 			Description: "queued, started and finished events of every job",
+		},
+		{
+			Name: StreamDead, Subjects: []string{SubjectMaxDeliveries},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			MaxAge:      30 * 24 * time.Hour,
+			Description: "jobs that reached their delivery limit, to be recorded as errors and taken out of the queue",
 		},
 	}
 }

@@ -1,0 +1,95 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/events"
+)
+
+// maxDeliveries is the part of the server's max-deliveries advisory we use.
+type maxDeliveries struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// deadLetters records jobs that reached their delivery limit — each runner that
+// took them died or lost them — as `error` results, and takes them out of the
+// work queue, where JetStream would otherwise leave them for ever.
+func (r *Reaper) deadLetters(ctx context.Context) error {
+	var cons jetstream.Consumer
+	err := events.Retry(ctx, r.log, "create dead-letter consumer", 5*time.Second, func(ctx context.Context) (err error) {
+		cons, err = r.js.CreateOrUpdateConsumer(ctx, events.StreamDead, jetstream.ConsumerConfig{
+			Durable: events.ConsumerDead, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait: 30 * time.Second, Description: "records jobs that reached their delivery limit",
+		})
+		return err
+	})
+	if err != nil {
+		return nil
+	}
+	jobs, err := r.js.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(8))
+	if err != nil {
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			continue
+		}
+		if err := r.bury(ctx, jobs, m.Data()); err != nil {
+			r.log.Warn().Err(err).Msg("recording a job that reached its delivery limit; will retry")
+			_ = m.NakWithDelay(time.Second)
+			continue
+		}
+		_ = m.Ack()
+	}
+}
+
+func (r *Reaper) bury(ctx context.Context, jobs jetstream.Stream, data []byte) error {
+	var adv maxDeliveries
+	if err := json.Unmarshal(data, &adv); err != nil || adv.StreamSeq == 0 {
+		r.log.Error().Str("advisory", string(data)).Msg("unreadable max-deliveries advisory; dropped")
+		return nil
+	}
+	raw, err := jobs.GetMsg(ctx, adv.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // acked or removed meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	job, err := events.DecodeAs[events.JobQueued](raw.Data)
+	if err == nil {
+		res := &events.JobFinished{
+			JobRef: job.JobRef, QueueSeq: adv.StreamSeq, Attempt: adv.Deliveries, Runner: "dispatcher",
+			Status: events.StatusError, ExitCode: -1, FinishedAt: time.Now().UTC(),
+			Error: fmt.Sprintf("gave up after %d attempts: every runner that took this job died or lost it before finishing", adv.Deliveries),
+		}
+		if err := publish(ctx, r.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), res,
+			events.ResultMsgID(job.JobID, adv.StreamSeq, adv.Deliveries, "gave-up")); err != nil {
+			return err
+		}
+		r.log.Error().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).Str("commit", short(job.Commit)).
+			Str("job", job.Job).Str("arch", job.Arch).Uint64("attempts", adv.Deliveries).Msg("job gave up: recorded as an error and removed from the queue")
+	}
+	if err := jobs.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	return nil
+}
