@@ -36,6 +36,9 @@ type Record struct {
 	QueueSeq     uint64        `json:"queue_seq"`
 	// Phase orders events of one attempt: 0 queued, 1 started, 2 finished.
 	Phase int `json:"phase"`
+	// Reason says why a queued job waits. It is worked out when records are
+	// read (from the live runners), not stored.
+	Reason string `json:"reason,omitempty"`
 }
 
 // position orders the events of one job: a later run (higher queue sequence) wins,

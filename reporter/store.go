@@ -18,7 +18,8 @@ import (
 // compare-and-swap on the entry's revision, so any number of reporters can fold
 // events into the same records without losing one.
 type Store struct {
-	kv jetstream.KeyValue
+	kv      jetstream.KeyValue
+	runners jetstream.KeyValue // leases of live runners, to say why a job waits
 }
 
 // OpenStore opens the results bucket; it must exist (events.Setup creates it).
@@ -30,7 +31,11 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.BucketResults, err)
 	}
-	return &Store{kv: kv}, nil
+	runners, err := js.KeyValue(ctx, events.BucketRunners)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketRunners, err)
+	}
+	return &Store{kv: kv, runners: runners}, nil
 }
 
 // Apply folds an event into its job's record. It returns the record and whether
@@ -118,6 +123,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
 			}
 			if e == nil {
 				sortRecords(out)
+				s.explainWaits(ctx, out)
 				return out, nil
 			}
 			var r Record
@@ -166,4 +172,53 @@ func sortRecords(rs []Record) {
 		}
 		return a.Arch < b.Arch
 	})
+}
+
+// explainWaits sets the Reason of queued records: no live runner serves the job's
+// pool and arch, or all runners that do are busy.
+func (s *Store) explainWaits(ctx context.Context, rs []Record) {
+	type part struct{ pool, arch string }
+	var served map[part][2]int // slots, busy
+	for i := range rs {
+		r := &rs[i]
+		if r.Status != events.StatusQueued {
+			continue
+		}
+		if served == nil {
+			served = map[part][2]int{}
+			if leases, err := s.leases(ctx); err == nil {
+				for _, l := range leases {
+					v := served[part{l.Pool, l.Arch}]
+					served[part{l.Pool, l.Arch}] = [2]int{v[0] + l.Slots, v[1] + l.Busy}
+				}
+			}
+		}
+		switch v, ok := served[part{r.Pool, r.Arch}]; {
+		case !ok:
+			r.Reason = fmt.Sprintf("no runner for arch %s (pool %s)", r.Arch, r.Pool)
+		case v[1] >= v[0]:
+			r.Reason = fmt.Sprintf("all %d runner slots for arch %s (pool %s) are busy", v[0], r.Arch, r.Pool)
+		default:
+			r.Reason = "waiting for a free runner to take it"
+		}
+	}
+}
+
+func (s *Store) leases(ctx context.Context) ([]events.Lease, error) {
+	w, err := s.runners.Watch(ctx, events.LeaseKey("*"), jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var out []events.Lease
+	for e := range w.Updates() {
+		if e == nil {
+			return out, nil
+		}
+		var l events.Lease
+		if json.Unmarshal(e.Value(), &l) == nil {
+			out = append(out, l)
+		}
+	}
+	return out, errors.New("watcher closed")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -142,5 +143,33 @@ func TestReporterFoldsResultsAndServesThem(t *testing.T) {
 		if rr.Code != code {
 			t.Errorf("GET %s = %d, want %d", path, rr.Code, code)
 		}
+	}
+}
+
+func TestQueuedJobsSayWhyTheyWait(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	st, err := OpenStore(ctx, s.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arch := range []string{"amd64", "riscv64"} {
+		r := events.JobRef{Repo: "r", Branch: "main", Commit: "c1", Job: "test", Arch: arch}
+		r.JobID = events.JobID(r.Repo, r.Branch, r.Commit, r.Job, r.Arch)
+		st.Apply(ctx, &events.JobQueued{JobRef: r, Pool: "default", Class: events.ClassFirst, QueueSeq: 1})
+	}
+	kv, _ := s.JS.KeyValue(ctx, events.BucketRunners)
+	lease, _ := json.Marshal(events.Lease{ID: "r1", Arch: "amd64", Pool: "default", Slots: 1, Busy: 1})
+	kv.Put(ctx, events.LeaseKey("r1"), lease)
+	recs, err := st.List(ctx, Filter{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range recs {
+		got[r.Arch] = r.Reason
+	}
+	if !strings.Contains(got["riscv64"], "no runner for arch riscv64") || !strings.Contains(got["amd64"], "busy") {
+		t.Fatalf("reasons %q", got)
 	}
 }

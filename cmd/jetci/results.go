@@ -20,7 +20,8 @@ Usage: jetci results --nats URL [--repo R] [--branch B] [--commit SHA] [--json] 
 Prints one line per job result, oldest first. With --json, prints JSON Lines: one
 object per job with at least repo, branch, commit (full sha), arch, job, status
 (passed, failed, error, cancelled), attempt, exit_code, duration_ms, runner,
-error and finished_at. Jobs still queued or running are left out unless --all.
+error and finished_at. Jobs still queued or running are left out unless --all;
+a queued job has a "reason" saying why it waits (e.g. no runner for its arch).
 `
 
 func (m *Main) results(ctx context.Context, args []string) error {
@@ -70,7 +71,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, shortSHA(r.Commit),
-			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error, 60))
+			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
 	}
 	return tw.Flush()
 }
