@@ -18,7 +18,7 @@ import (
 // lease with a marker, and the reaper NAKs the ack subject of each job the last
 // lease named, so the job runs elsewhere within seconds instead of after the
 // 30 s ack wait (which stays as the backstop). Several reapers may run: the one
-// that creates the lease's reap key does the work. It also records jobs that
+// that claims a job's reap key hands it back. It also records jobs that
 // reached their delivery limit (see deadLetters).
 type Reaper struct {
 	nc  *nats.Conn
@@ -95,33 +95,42 @@ func (r *Reaper) watch(ctx context.Context, kv jetstream.KeyValue) error {
 			l, known := last[id]
 			delete(last, id)
 			if known {
-				r.reap(ctx, kv, id, e.Revision(), l)
+				r.reap(ctx, id, l)
 			}
 		}
 	}
 }
 
-func (r *Reaper) reap(ctx context.Context, kv jetstream.KeyValue, id string, rev uint64, l events.Lease) {
+func (r *Reaper) reap(ctx context.Context, id string, l events.Lease) {
 	log := r.log.With().Str("runner", l.ID).Logger()
 	if len(l.Jobs) == 0 {
 		log.Info().Msg("runner gone (lease expired); it held no job")
 		return
 	}
-	if _, err := kv.Create(ctx, events.ReapKey(id, rev), []byte(`"reaped"`)); err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			log.Warn().Err(err).Msg("claiming an expired lease")
-		}
-		return // another reaper has it, or the broker is away (the ack wait backs up)
+	claims, err := r.js.KeyValue(ctx, events.BucketReaped)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot hand back the jobs of an expired lease; the ack wait will")
+		return
 	}
+	handed := 0
 	for _, j := range l.Jobs {
 		if j.Reply == "" {
 			continue
+		}
+		if _, err := claims.Create(ctx, events.ReapKey(id, j.JobID, j.Attempt), []byte(`"dispatcher"`)); err != nil {
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				log.Warn().Err(err).Str("job_id", j.JobID).Msg("claiming a job of an expired lease")
+			}
+			continue // the runner came back and kept it, or another dispatcher has it
 		}
 		if err := r.nc.Publish(j.Reply, []byte("-NAK")); err != nil {
 			log.Warn().Err(err).Str("job_id", j.JobID).Msg("handing back a job")
 			continue
 		}
+		handed++
 		log.Warn().Str("job_id", j.JobID).Uint64("attempt", j.Attempt).Msg("runner gone (lease expired): job handed back to the queue")
 	}
-	_ = r.nc.Publish(events.WakeSubject(l.Pool, l.Arch), nil)
+	if handed > 0 {
+		_ = r.nc.Publish(events.WakeSubject(l.Pool, l.Arch), nil)
+	}
 }

@@ -41,6 +41,7 @@
 //	jetci-results  KV     one record per job: <repo>.<branch>.<job-id> (reporter)
 //	jetci-runners  KV     leases: runner.<id> is a live runner and the jobs it holds (see Lease);
 //	                      entries expire LeaseTTL after the last refresh
+//	jetci-reaped   KV     one key per job attempt held under an expired lease (see ReapKey)
 //	jetci-logs     object full job logs, "<job-id>/<attempt>.log"
 //
 // # Messages

@@ -34,10 +34,13 @@ type LeasedJob struct {
 // LeaseKey is the key of a runner's lease.
 func LeaseKey(runnerID string) string { return "runner." + runnerID }
 
-// ReapKey is claimed (created) by the one dispatcher that hands back the jobs of
-// an expired lease, so several dispatchers never hand back a job twice.
-func ReapKey(runnerID string, revision uint64) string {
-	return fmt.Sprintf("reaped.%s.%d", runnerID, revision)
+// ReapKey names one attempt of a job held under an expired lease, in the
+// jetci-reaped bucket. Whoever creates it decides the job's fate: a dispatcher
+// that creates it hands the job back (NAK); a runner that finds its lease lapsed
+// and creates it first keeps the job and acks it as usual. A stale NAK would
+// redeliver a job already running elsewhere, so exactly one side may act.
+func ReapKey(runnerID, jobID string, attempt uint64) string {
+	return fmt.Sprintf("%s.%s.%d", runnerID, jobID, attempt)
 }
 
 // RunnerIDFromKey returns the runner id of a lease key, or "" for other keys.

@@ -28,6 +28,7 @@ const (
 	BucketHeads   = "jetci-heads"
 	BucketResults = "jetci-results"
 	BucketRunners = "jetci-runners"
+	BucketReaped  = "jetci-reaped"
 	BucketLogs    = "jetci-logs"
 )
 
@@ -102,6 +103,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketRunners, Description: "live runners and the jobs they hold (leases)", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: LeaseTTL, LimitMarkerTTL: 10 * time.Second},
+		{Bucket: BucketReaped, Description: "who decided the fate of jobs under expired leases", Storage: s.Storage, Replicas: s.Replicas,
+			TTL: 24 * time.Hour},
 	}
 	for _, cfg := range kvs {
 		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {

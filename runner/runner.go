@@ -269,7 +269,7 @@ func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
 			if rev == 0 {
 				next, err = kv.Put(wctx, key, data)
 			} else if next, err = kv.Update(wctx, key, data, rev); isWrongRevision(err) {
-				r.loseJobs(held)
+				r.loseJobs(wctx, held)
 				next, err = kv.Put(wctx, key, data)
 			}
 			if err == nil {
@@ -295,15 +295,25 @@ func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
 	}
 }
 
-func (r *Runner) loseJobs(jobs []events.LeasedJob) {
+// loseJobs settles, for each job the lapsed lease named, whether a dispatcher
+// handed it back (then it is lost to this runner) or this runner keeps it.
+func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 	if len(jobs) == 0 {
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	claims, err := r.js.KeyValue(ctx, events.BucketReaped)
 	for _, j := range jobs {
+		if err == nil {
+			_, err2 := claims.Create(ctx, events.ReapKey(r.id, j.JobID, j.Attempt), []byte(`"runner"`))
+			if err2 == nil {
+				r.log.Info().Str("job_id", j.JobID).Msg("lease lapsed while the job ran, but no dispatcher took it: keeping it")
+				continue
+			}
+		}
+		r.mu.Lock()
 		r.lost[j.JobID] = true
-		r.log.Warn().Str("job_id", j.JobID).Msg("lease lapsed while the job ran; another runner may have it now")
+		r.mu.Unlock()
+		r.log.Warn().Str("job_id", j.JobID).Msg("lease lapsed while the job ran and the job was handed to another runner")
 	}
 }
 

@@ -34,7 +34,14 @@ func Run(tb testing.TB) *Server {
 // on the same data.
 func RunDir(tb testing.TB, dir string) *Server {
 	tb.Helper()
-	srv, err := broker.Start(broker.Config{Listen: "127.0.0.1:0", StoreDir: dir}, zerolog.Nop())
+	return RunAt(tb, dir, "127.0.0.1:0")
+}
+
+// RunAt starts a server storing in dir and listening on addr, so a test can stop
+// it and bring it back where its clients reconnect.
+func RunAt(tb testing.TB, dir, addr string) *Server {
+	tb.Helper()
+	srv, err := broker.Start(broker.Config{Listen: addr, StoreDir: dir}, zerolog.Nop())
 	if err != nil {
 		tb.Fatalf("start nats: %v", err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -10,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
 )
 
@@ -139,5 +143,77 @@ func BenchmarkKillToRedelivery(b *testing.B) {
 		}
 		b.ReportMetric(float64(percentile(ds, 0.5).Milliseconds()), "p50_ms")
 		b.ReportMetric(float64(percentile(ds, 1).Milliseconds()), "max_ms")
+	}
+}
+
+// TestStaleRunnerReportsLate: a runner frozen mid-job (SIGSTOP) loses its lease;
+// the job runs again elsewhere. When the frozen runner wakes and finishes, its
+// late result neither adds a record nor overwrites the newer attempt.
+func TestStaleRunnerReportsLate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.dir)
+	work := t.TempDir()
+	a := runnerProcess(t, bin, url, "A", filepath.Join(work, "a"))
+	c := repo.commit("slow", map[string]string{"tests/test_slow.py": slowTest})
+	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
+		r, err := recordOf(t, url, c)
+		if err == nil && (r.Status != "running" || r.Runner != "A") {
+			err = fmt.Errorf("status %s on %q", r.Status, r.Runner)
+		}
+		return err
+	})
+	_ = a.cmd.Process.Signal(syscall.SIGSTOP)
+	runnerProcess(t, bin, url, "B", filepath.Join(work, "b"))
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		r, err := recordOf(t, url, c)
+		if err == nil && (r.Status != "passed" || r.Runner != "B" || r.Attempt != 2) {
+			err = fmt.Errorf("record %s attempt %d on %q", r.Status, r.Attempt, r.Runner)
+		}
+		return err
+	})
+	_ = a.cmd.Process.Signal(syscall.SIGCONT)
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(a.logs.String(), "job finished") {
+			return fmt.Errorf("runner A has not finished its stale attempt")
+		}
+		return nil
+	})
+	brokertest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(a.logs.String(), "result published but the job not acked") {
+			return fmt.Errorf("runner A did not publish its late result (or acked it)")
+		}
+		return nil
+	})
+	// Once the reporter has folded every result event in, nothing has changed.
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		cons, err := js.Consumer(context.Background(), events.StreamResults, events.ConsumerReporter)
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.NumPending+uint64(info.NumAckPending) != 0 {
+			return fmt.Errorf("reporter has %d events to go", info.NumPending+uint64(info.NumAckPending))
+		}
+		return nil
+	})
+	r, err := recordOf(t, url, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Runner != "B" || r.Attempt != 2 || r.Status != "passed" {
+		t.Fatalf("after the late report: %+v, want attempt 2 on B", r)
 	}
 }
