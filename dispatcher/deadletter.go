@@ -85,6 +85,7 @@ func (r *Reaper) bury(ctx context.Context, jobs jetstream.Stream, data []byte) e
 			events.ResultMsgID(job.JobID, adv.StreamSeq, adv.Deliveries, "gave-up")); err != nil {
 			return err
 		}
+		r.m.GaveUp()
 		r.log.Error().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).Str("commit", short(job.Commit)).
 			Str("job", job.Job).Str("arch", job.Arch).Uint64("attempts", adv.Deliveries).Msg("job gave up: recorded as an error and removed from the queue")
 	}

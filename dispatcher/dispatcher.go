@@ -22,13 +22,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/metrics"
 )
 
 // Config configures a dispatcher.
 type Config struct {
-	Arch           []string      // default arch matrix
-	Pool           string        // default pool
-	DefaultTimeout time.Duration // timeout of jobs that set none
+	Arch           []string         // default arch matrix
+	Pool           string           // default pool
+	DefaultTimeout time.Duration    // timeout of jobs that set none
+	Metrics        *metrics.Metrics // nil: none
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
@@ -196,6 +198,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 			return err
 		}
 		j.QueueSeq = ack.Sequence
+		d.cfg.Metrics.JobQueued(j.Pool, j.Arch, j.Class)
 		if err := publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindQueued), j,
 			events.ResultMsgID(j.JobID, j.QueueSeq, 0, events.KindQueued)); err != nil {
 			return err

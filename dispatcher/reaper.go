@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/metrics"
 )
 
 // Reaper hands back the jobs of runners that died. Every live runner rewrites its
@@ -23,12 +24,13 @@ import (
 type Reaper struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
+	m   *metrics.Metrics
 	log zerolog.Logger
 }
 
-// NewReaper returns a reaper; Run starts it.
-func NewReaper(nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) *Reaper {
-	return &Reaper{nc: nc, js: js, log: log}
+// NewReaper returns a reaper; Run starts it. m may be nil.
+func NewReaper(nc *nats.Conn, js jetstream.JetStream, m *metrics.Metrics, log zerolog.Logger) *Reaper {
+	return &Reaper{nc: nc, js: js, m: m, log: log}
 }
 
 // Run watches the leases until ctx ends.
@@ -128,6 +130,7 @@ func (r *Reaper) reap(ctx context.Context, id string, l events.Lease) {
 			continue
 		}
 		handed++
+		r.m.HandedBack()
 		log.Warn().Str("job_id", j.JobID).Uint64("attempt", j.Attempt).Msg("runner gone (lease expired): job handed back to the queue")
 	}
 	if handed > 0 {

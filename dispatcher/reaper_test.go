@@ -18,7 +18,7 @@ import (
 func runReaper(t *testing.T, s *brokertest.Server) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- NewReaper(s.NC, s.JS, brokertest.Logger(t)).Run(ctx) }()
+	go func() { done <- NewReaper(s.NC, s.JS, nil, brokertest.Logger(t)).Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 }
 

@@ -1,6 +1,8 @@
 package observer
 
 import (
+	"github.com/jetci/jetci/metrics"
+
 	"errors"
 	"fmt"
 	"time"
@@ -9,12 +11,13 @@ import (
 // Config configures an observer.
 type Config struct {
 	Repos         []Repo
-	Poll          time.Duration // how often each repo is polled
-	CacheDir      string        // bare caches, one per repo
-	Concurrency   int           // repos polled at once
-	MaxNewCommits int           // per branch and poll; beyond it only the newest are published
-	PipelineMax   int           // bytes of pipeline file carried in an event
-	ChangedMax    int           // changed paths carried in an event
+	Poll          time.Duration    // how often each repo is polled
+	CacheDir      string           // bare caches, one per repo
+	Concurrency   int              // repos polled at once
+	MaxNewCommits int              // per branch and poll; beyond it only the newest are published
+	PipelineMax   int              // bytes of pipeline file carried in an event
+	ChangedMax    int              // changed paths carried in an event
+	Metrics       *metrics.Metrics // nil: none
 }
 
 // DefaultConfig polls every second.

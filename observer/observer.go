@@ -171,7 +171,9 @@ func (o *Observer) Poll(ctx context.Context, name string) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	start := time.Now()
 	err := o.poll(ctx, w)
+	o.cfg.Metrics.Poll(w.Name, time.Since(start), err)
 	if err != nil {
 		w.cache = nil // reopened next time: a cache deleted or broken underneath is rebuilt
 	}
@@ -290,6 +292,7 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 			return err
 		}
 		log.Info().Str("commit", sha[:10]).Str("subject", ev.Subject).Msg("new commit")
+		o.cfg.Metrics.CommitDetected(w.Name)
 	}
 	val, _ := json.Marshal(headEntry{Repo: w.Name, Branch: branch, Commit: head.String(), UpdatedAt: time.Now().UTC()})
 	if _, err := o.headsKV().Put(ctx, events.HeadKey(w.Name, branch), val); err != nil {

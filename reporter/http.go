@@ -17,12 +17,16 @@ import (
 //	GET /                                  the latest results as a page
 //	GET /api/v1/results?repo=&branch=&commit=&all=1
 //	GET /api/v1/logs/{job_id}/{attempt}    a job attempt's full log, text/plain
+//	GET /metrics                           Prometheus metrics, when configured
 //	GET /healthz
 func (r *Reporter) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", r.page)
 	mux.HandleFunc("GET /api/v1/results", r.apiResults)
 	mux.HandleFunc("GET /api/v1/logs/{job}/{attempt}", r.apiLog)
+	if r.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, "no such page: "+req.URL.Path)

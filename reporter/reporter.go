@@ -22,12 +22,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/metrics"
 )
 
 // Config configures a reporter.
 type Config struct {
 	// HTTP is the address of the web UI and API, host:port; empty serves nothing.
 	HTTP string
+	// Metrics, when set, is also served at /metrics on HTTP.
+	Metrics *metrics.Metrics
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.

@@ -46,7 +46,13 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	}
 	log.Info().Int("slot", slot).Msg("job started")
 
+	done := r.cfg.Metrics.JobStarted(r.cfg.Pool, r.cfg.Arch, attempt)
 	res := r.execute(ctx, slot, job, attempt, log)
+	if ctx.Err() != nil {
+		done("")
+	} else {
+		done(res.Status)
+	}
 	stopBeat()
 	if ctx.Err() != nil {
 		// The runner is stopping: hand the job back for another runner.

@@ -86,6 +86,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches")
+	maddr := metricsFlag(fs)
 	var lf logFlags
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -115,6 +116,9 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 		return err
 	}
 	defer drain(nc, log)
+	if cfg.Metrics, err = startMetrics(ctx, *maddr, nil, log); err != nil {
+		return err
+	}
 	o, err := observer.New(cfg, nc, js, log)
 	if err != nil {
 		return err
@@ -137,6 +141,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	var arch listFlag
 	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
 	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
+	maddr := metricsFlag(fs)
 	var lf logFlags
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -159,6 +164,9 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 		return err
 	}
 	defer drain(nc, log)
+	if cfg.Metrics, err = startMetrics(ctx, *maddr, js, log); err != nil {
+		return err
+	}
 	d, err := dispatcher.New(cfg, js, log)
 	if err != nil {
 		return err
@@ -166,7 +174,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.Run(gctx) })
 	g.Go(func() error {
-		return dispatcher.NewReaper(nc, js, log.With().Str("component", "reaper").Logger()).Run(gctx)
+		return dispatcher.NewReaper(nc, js, cfg.Metrics, log.With().Str("component", "reaper").Logger()).Run(gctx)
 	})
 	return g.Wait()
 }
@@ -191,6 +199,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
+	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
 	var lf logFlags
 	lf.register(fs)
@@ -212,6 +221,9 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	defer drain(nc, log)
+	if cfg.Metrics, err = startMetrics(ctx, *maddr, nil, log); err != nil {
+		return err
+	}
 	r, err := runner.New(cfg, nc, js, log)
 	if err != nil {
 		return err
@@ -229,7 +241,8 @@ the web UI and the JSON API (GET /api/v1/results).
 func (m *Main) reporter(ctx context.Context, args []string) error {
 	fs := m.flagSet("reporter", reporterUsage)
 	url := natsFlag(fs)
-	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI and API (empty: none)")
+	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
+	maddr := metricsFlag(fs)
 	var lf logFlags
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -244,7 +257,11 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 		return err
 	}
 	defer drain(nc, log)
-	r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr}, js, log)
+	mets, err := startMetrics(ctx, *maddr, js, log)
+	if err != nil {
+		return err
+	}
+	r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log)
 	if err != nil {
 		return err
 	}

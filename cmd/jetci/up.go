@@ -18,6 +18,7 @@ import (
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/metrics"
 	"github.com/jetci/jetci/observer"
 	"github.com/jetci/jetci/reporter"
 	"github.com/jetci/jetci/runner"
@@ -116,10 +117,12 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr}, js, log.With().Str("component", "reporter").Logger())
+	mets := metrics.New(js)
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}
+	ocfg.Metrics, dcfg.Metrics = mets, mets
 	obs, err := observer.New(ocfg, nc, js, log.With().Str("component", "observer").Logger())
 	if err != nil {
 		return err
@@ -131,10 +134,11 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rep.Run(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
-	reaper := dispatcher.NewReaper(nc, js, log.With().Str("component", "reaper").Logger())
+	reaper := dispatcher.NewReaper(nc, js, mets, log.With().Str("component", "reaper").Logger())
 	g.Go(func() error { return reaper.Run(gctx) })
 	g.Go(func() error { return obs.Run(gctx) })
 	for _, c := range rcfgs {
+		c.Metrics = mets
 		r, err := runner.New(c, nc, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
 		if err != nil {
 			return err

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -121,4 +124,24 @@ func TestUpBadInputGetsErrorResults(t *testing.T) {
 	// Fixing the file makes the next commit run.
 	c3 := broken.commit("fix pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    steps: [\"test -f .jetci.yml\"]\n"})
 	waitStatus(t, read, c3, "passed")
+}
+
+// TestUpServesMetrics: jetci up serves /metrics and /healthz on its HTTP address.
+func TestUpServesMetrics(t *testing.T) {
+	repo := newGitRepo(t)
+	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	httpAddr := freeAddr(t)
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--http", httpAddr}, repo.dir)
+	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url) }, first, "passed")
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`jetci_jobs_finished_total{arch="` + runtime.GOARCH + `",pool="default",status="passed"} 1`, "jetci_commits_detected_total", "jetci_queue_depth"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
