@@ -18,6 +18,8 @@ import (
 	"github.com/go-git/go-git/v5/storage"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 
+	"github.com/rs/zerolog"
+
 	"github.com/jetci/jetci/events"
 )
 
@@ -112,6 +114,41 @@ func fetchCache(ctx context.Context, dir, url string) error {
 		return fmt.Errorf("fetch %s: %w", url, err)
 	}
 	return nil
+}
+
+// prepare makes ws a clean checkout of commit. A workspace or cache left broken
+// (a runner killed mid-write: a truncated index, a partial pack) is not fatal:
+// the workspace is rebuilt, and if that is not enough the cache is fetched anew.
+func (c *caches) prepare(ctx context.Context, repo, url, commit, ws string, log zerolog.Logger) error {
+	err := c.ensure(ctx, repo, url, commit)
+	if err == nil {
+		if err = c.checkout(repo, commit, ws); err == nil {
+			return nil
+		}
+		log.Warn().Err(err).Str("workspace", ws).Msg("checkout failed; rebuilding the workspace")
+		if rerr := os.RemoveAll(ws); rerr != nil {
+			return err
+		}
+		if err = c.checkout(repo, commit, ws); err == nil {
+			return nil
+		}
+	}
+	if errors.Is(err, errNoCommit) || ctx.Err() != nil {
+		return err
+	}
+	log.Warn().Err(err).Str("cache", c.path(repo)).Msg("checkout still failing; fetching the repository anew")
+	l := c.lock(repo)
+	l.Lock()
+	rerr := os.RemoveAll(c.path(repo))
+	l.Unlock()
+	if rerr != nil {
+		return err
+	}
+	_ = os.RemoveAll(ws)
+	if err := c.ensure(ctx, repo, url, commit); err != nil {
+		return err
+	}
+	return c.checkout(repo, commit, ws)
 }
 
 // slotStorer keeps a slot's HEAD, refs, index and config in the slot's own .git

@@ -116,10 +116,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, a
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
 	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
 	t0 := time.Now()
-	err = r.caches.ensure(ctx, job.Repo, job.RepoURL, job.Commit)
-	if err == nil {
-		err = r.caches.checkout(job.Repo, job.Commit, ws)
-	}
+	err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
 	switch {
 	case errors.Is(err, errNoCommit):
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()

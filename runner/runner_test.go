@@ -407,3 +407,33 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// TestBrokenWorkspaceAndCacheAreRebuilt: a runner killed mid-write can leave a
+// truncated index or a damaged cache; the next job rebuilds them instead of failing.
+func TestBrokenWorkspaceAndCacheAreRebuilt(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c1 := repo.commit(map[string]string{"a": "1"})
+	work := t.TempDir()
+	startRunner(t, s, func(c *Config) { c.WorkDir = work })
+	if r := res.wait(t, enqueue(t, s, repo, c1, events.ClassFirst, "true").JobID); r.Status != events.StatusPassed {
+		t.Fatalf("first job: %+v", r)
+	}
+	ws := filepath.Join(work, "slots", "1", events.Token("proj"))
+	os.WriteFile(filepath.Join(ws, ".git", "index"), []byte("DIRC\x00"), 0o644) // truncated index
+	c2 := repo.commit(map[string]string{"a": "2"})
+	if r := res.wait(t, enqueue(t, s, repo, c2, events.ClassFirst, "grep -q 2 a").JobID); r.Status != events.StatusPassed {
+		t.Fatalf("after a broken index: %+v", r)
+	}
+	// Damage every pack of the cache.
+	packs, _ := filepath.Glob(filepath.Join(work, "cache", events.Token("proj")+".git", "objects", "pack", "*.pack"))
+	for _, p := range packs {
+		os.WriteFile(p, []byte("PACK"), 0o644)
+	}
+	os.RemoveAll(ws)
+	c3 := repo.commit(map[string]string{"a": "3"})
+	if r := res.wait(t, enqueue(t, s, repo, c3, events.ClassFirst, "grep -q 3 a").JobID); r.Status != events.StatusPassed {
+		t.Fatalf("after a damaged cache: %+v", r)
+	}
+}
