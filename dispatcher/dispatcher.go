@@ -133,7 +133,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			Description:   "turns commits into jobs",
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       30 * time.Second,
+			AckWait:       10 * time.Second, // a commit is dispatched in milliseconds
 		})
 		return err
 	})

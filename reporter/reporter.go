@@ -128,7 +128,7 @@ func (r *Reporter) consume(ctx context.Context) error {
 			Description:   "folds job events into records",
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       30 * time.Second,
+			AckWait:       10 * time.Second, // an event is folded in in milliseconds
 			MaxAckPending: 1000,
 		})
 		return err

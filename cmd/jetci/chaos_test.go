@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jetci/jetci/broker/brokertest"
+)
+
+// service is a jetci service process the chaos run kills and restarts.
+type service struct {
+	name string
+	args []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+func (s *service) start(t testing.TB, bin string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cmd = exec.Command(bin, s.args...)
+	s.logs = &syncBuffer{}
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Errorf("start %s: %v", s.name, err)
+	}
+}
+
+func (s *service) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil && s.cmd.ProcessState == nil {
+		_ = s.cmd.Process.Signal(syscall.SIGKILL)
+		_ = s.cmd.Wait()
+	}
+}
+
+// TestChaos drives 200 commits through separate jetci processes while killing
+// (SIGKILL) and restarting runners, the dispatcher, the observer and the reporter
+// at random, then checks every commit has exactly one result, passed.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long: a chaos run")
+	}
+	const commits = 200
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	repo.commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f n.txt || test ! -f n.txt\"]\n"})
+	dir := t.TempDir()
+	natsAddr := freeAddr(t)
+	url := "nats://" + natsAddr
+	server := &service{name: "server", args: []string{"server", "--listen", natsAddr, "--store", filepath.Join(dir, "nats")}}
+	server.start(t, bin)
+	t.Cleanup(server.kill)
+	brokertest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		_, err := resultsJSON(t, url)
+		return err
+	})
+	services := []*service{
+		{name: "observer", args: []string{"observer", "--nats", url, "--repo", repo.dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs")}},
+		{name: "dispatcher", args: []string{"dispatcher", "--nats", url}},
+		{name: "reporter", args: []string{"reporter", "--nats", url, "--http", ""}},
+	}
+	for i := range 3 {
+		services = append(services, &service{name: "runner" + strconv.Itoa(i), args: []string{"runner", "--nats", url, "--id", "chaos" + strconv.Itoa(i), "--work", filepath.Join(dir, "r"+strconv.Itoa(i)), "--slots", "2"}})
+	}
+	for _, s := range services {
+		s.start(t, bin)
+		t.Cleanup(s.kill)
+	}
+
+	// Chaos: every 300-700 ms kill a random service, restart it 200 ms later.
+	stop := make(chan struct{})
+	chaosDone := make(chan int)
+	go func() {
+		kills := 0
+		for {
+			select {
+			case <-stop:
+				chaosDone <- kills
+				return
+			case <-time.After(time.Duration(300+rand.IntN(400)) * time.Millisecond):
+			}
+			s := services[rand.IntN(len(services))]
+			s.kill()
+			kills++
+			time.Sleep(200 * time.Millisecond)
+			s.start(t, bin)
+		}
+	}()
+	var shas []string
+	for i := range commits {
+		shas = append(shas, repo.commit("c"+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
+		if i%10 == 9 {
+			time.Sleep(400 * time.Millisecond) // pushes arrive over ~10 s, under fire
+		}
+	}
+	time.Sleep(3 * time.Second) // and the chaos goes on a little after the last push
+	close(stop)
+	kills := <-chaosDone
+
+	start := time.Now()
+	var records, passed int
+	brokertest.CheckFor(t, 3*time.Minute, 250*time.Millisecond, func() error {
+		recs, err := resultsJSON(t, url)
+		if err != nil {
+			return err
+		}
+		per := map[string]int{}
+		records, passed = len(recs), 0
+		for _, r := range recs {
+			per[r.Commit]++
+			if r.Status == "passed" {
+				passed++
+			} else {
+				return fmt.Errorf("commit %s: %s %s", r.Commit[:8], r.Status, r.Error)
+			}
+		}
+		missing := 0
+		for _, c := range shas {
+			if per[c] == 0 {
+				missing++
+			}
+			if per[c] > 1 {
+				return fmt.Errorf("commit %s has %d records", c[:8], per[c])
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d of %d commits have no result yet", missing, commits)
+		}
+		return nil
+	})
+	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), settled %v after the chaos stopped",
+		commits, kills, records, passed, time.Since(start).Round(time.Millisecond))
+}
