@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -54,6 +55,16 @@ type Setup struct {
 
 // DefaultSetup is one replica on file storage.
 func DefaultSetup() Setup { return Setup{Replicas: 1, Storage: jetstream.FileStorage} }
+
+// SetupFor fits the server nc is connected to: three replicas of everything
+// on a JetStream cluster, so losing a node loses nothing; one otherwise.
+func SetupFor(nc *nats.Conn) Setup {
+	s := DefaultSetup()
+	if nc.ConnectedClusterName() != "" {
+		s.Replicas = 3
+	}
+	return s
+}
 
 // StreamConfigs returns the configuration of every jetci stream.
 func (s Setup) StreamConfigs() []jetstream.StreamConfig {

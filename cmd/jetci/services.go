@@ -22,6 +22,11 @@ Runs the NATS JetStream server alone (embedded in jetci), for deployments where
 the observer, dispatcher, reporter and runners run as separate processes. The
 config file has the syntax of the real nats-server, which accepts the same file:
 'nats-server -c nats.conf'. jetci's streams and buckets are created at start.
+
+For a 3-node JetStream cluster, run one 'jetci server --config nodeN.conf' per
+node, each file with its own server_name, listen, store_dir and a cluster block
+listing all three routes (see nats.conf). On a cluster, streams and buckets get
+3 replicas; give clients every node: --nats nats://a:4222,nats://b:4222,nats://c:4222
 `
 
 func (m *Main) server(ctx context.Context, args []string) error {
@@ -53,18 +58,25 @@ func (m *Main) server(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
-	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-server", Log: log})
+	log.Info().Str("url", srv.ClientURL()).Msg("nats server ready")
+	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-server", Wait: true, Log: log})
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = events.DefaultSetup().Ensure(sctx, js)
-	cancel()
+	// In a cluster JetStream is usable once the nodes have elected a leader.
+	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return events.SetupFor(nc).Ensure(sctx, js)
+	})
 	nc.Close()
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("set up streams: %w", err)
 	}
-	log.Info().Str("url", srv.ClientURL()).Msg("nats server ready")
+	log.Info().Msg("jetci streams ready")
 	<-ctx.Done()
 	log.Info().Msg("nats server stopping")
 	return nil

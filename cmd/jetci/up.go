@@ -182,7 +182,7 @@ func connectService(ctx context.Context, url, name string, log zerolog.Logger) (
 	err = events.Retry(ctx, log, "set up jetci streams on "+url, 5*time.Second, func(ctx context.Context) error {
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.DefaultSetup().Ensure(c, js)
+		return events.SetupFor(nc).Ensure(c, js)
 	})
 	if err != nil {
 		nc.Close()
