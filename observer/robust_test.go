@@ -214,3 +214,18 @@ func TestCacheIsRepacked(t *testing.T) {
 		t.Fatalf("after repack: %v", names(evs))
 	}
 }
+
+// TestEmptyRepo: a repository with no commits yet is polled without error and
+// without events; its first commit is published once it exists.
+func TestEmptyRepo(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "empty", URL: repo.dir}))
+	pollAndWait(t, s, o, c, "empty", 0)
+	first := repo.commit("first", nil)
+	evs := pollAndWait(t, s, o, c, "empty", 1)
+	if evs[0].Commit != first {
+		t.Fatalf("published %s, want %s", evs[0].Commit, first)
+	}
+}

@@ -57,12 +57,17 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 		}
 		return nil
 	})
+	// JETCI_OUTAGE lengthens the outage, for BENCHMARKS.md (e.g. 10s).
+	if d, err := time.ParseDuration(os.Getenv("JETCI_OUTAGE")); err == nil {
+		time.Sleep(d)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("runner exited while the broker was away: %v", err)
 	default:
 	}
 	s2 := brokertest.RunAt(t, dir, addr)
+	back := time.Now()
 	stream, err := s2.JS.Stream(context.Background(), events.StreamResults)
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +86,7 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("result recorded %v after the broker came back", time.Since(back).Round(time.Millisecond))
 	// The job was acked: the work queue is empty, and the outbox too.
 	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		st, err := s2.JS.Stream(context.Background(), events.StreamJobs)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
 )
 
 // service is a jetci service process the chaos run kills and restarts.
@@ -138,6 +143,56 @@ func TestChaos(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), settled %v after the chaos stopped",
-		commits, kills, records, passed, time.Since(start).Round(time.Millisecond))
+	settled := time.Since(start).Round(time.Millisecond)
+	queued := checkDispatchedOnce(t, url)
+	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), %d jobs each queued once, settled %v after the chaos stopped",
+		commits, kills, records, passed, queued, settled)
+}
+
+// checkDispatchedOnce reads every queued event from the results stream and fails
+// if any job was put on the work queue more than once (two queue sequences).
+func checkDispatchedOnce(t testing.TB, url string) int {
+	t.Helper()
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SubjectResults + ".*.*." + events.KindQueued}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := map[string]map[uint64]bool{}
+	for n := info.NumPending; n > 0; {
+		batch, err := cons.Fetch(int(min(n, 500)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			n--
+			q, err := events.DecodeAs[events.JobQueued](m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seqs[q.JobID] == nil {
+				seqs[q.JobID] = map[uint64]bool{}
+			}
+			seqs[q.JobID][q.QueueSeq] = true
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, s := range seqs {
+		if len(s) != 1 {
+			t.Errorf("job %s was queued %d times", id, len(s))
+		}
+	}
+	return len(seqs)
 }

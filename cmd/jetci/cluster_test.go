@@ -147,6 +147,7 @@ func TestClusterNodeLoss(t *testing.T) {
 		}
 		return nil
 	})
+	checkDispatchedOnce(t, url)
 	t.Logf("cluster: node n1 SIGKILLed mid-burst; all %d jobs recorded once, %v after the burst", len(commits), time.Since(start).Round(time.Millisecond))
 }
 
@@ -157,4 +158,3 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
