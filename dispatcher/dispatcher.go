@@ -143,7 +143,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(16))
+	it, err := cons.Messages(jetstream.PullMaxMessages(4))
 	if err != nil {
 		return fmt.Errorf("dispatcher: consume: %w", err)
 	}
@@ -169,6 +169,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", short(ev.Commit)).Logger()
+	_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
 	if err := d.dispatch(ctx, ev, log); err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
 		_ = m.NakWithDelay(time.Second)
