@@ -24,41 +24,25 @@ type maxDeliveries struct {
 // took them died or lost them — as `error` results, and takes them out of the
 // work queue, where JetStream would otherwise leave them for ever.
 func (r *Reaper) deadLetters(ctx context.Context) error {
-	var cons jetstream.Consumer
-	err := events.Retry(ctx, r.log, "create dead-letter consumer", 5*time.Second, func(ctx context.Context) (err error) {
-		cons, err = r.js.CreateOrUpdateConsumer(ctx, events.StreamDead, jetstream.ConsumerConfig{
-			Durable: events.ConsumerDead, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait: 30 * time.Second, Description: "records jobs that reached their delivery limit",
-		})
-		return err
-	})
-	if err != nil {
-		return nil
-	}
 	jobs, err := r.js.Stream(ctx, events.StreamJobs)
 	if err != nil {
-		return fmt.Errorf("dead letters: %w", err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(8))
-	if err != nil {
-		return fmt.Errorf("dead letters: %w", err)
-	}
-	go func() { <-ctx.Done(); it.Stop() }()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			continue
+		if ctx.Err() != nil {
+			return nil
 		}
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable: events.ConsumerDead, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait: 30 * time.Second, Description: "records jobs that reached their delivery limit",
+	}
+	return events.Consume(ctx, r.js, events.StreamDead, cfg, 8, r.log, func(m jetstream.Msg) {
 		if err := r.bury(ctx, jobs, m.Data()); err != nil {
 			r.log.Warn().Err(err).Msg("recording a job that reached its delivery limit; will retry")
 			_ = m.NakWithDelay(time.Second)
-			continue
+			return
 		}
 		_ = m.Ack()
-	}
+	})
 }
 
 func (r *Reaper) bury(ctx context.Context, jobs jetstream.Stream, data []byte) error {

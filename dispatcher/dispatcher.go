@@ -125,40 +125,14 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 
 // Run consumes commits until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	err := events.Retry(ctx, d.log, "create dispatcher consumer", 5*time.Second, func(ctx context.Context) error {
-		var err error
-		cons, err = d.js.CreateOrUpdateConsumer(ctx, events.StreamCommits, jetstream.ConsumerConfig{
-			Durable:       events.ConsumerDispatcher,
-			Description:   "turns commits into jobs",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       10 * time.Second, // a commit is dispatched in milliseconds
-		})
-		return err
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
+	cfg := jetstream.ConsumerConfig{
+		Durable:       events.ConsumerDispatcher,
+		Description:   "turns commits into jobs",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       10 * time.Second, // a commit is dispatched in milliseconds
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4))
-	if err != nil {
-		return fmt.Errorf("dispatcher: consume: %w", err)
-	}
-	go func() { <-ctx.Done(); it.Stop() }()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			d.log.Warn().Err(err).Msg("reading commits")
-			continue
-		}
-		d.handle(ctx, m)
-	}
+	return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
 }
 
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {

@@ -120,38 +120,15 @@ func (r *Reporter) Run(ctx context.Context) error {
 // consume folds every result event into the records; it acks an event only after
 // its record is written.
 func (r *Reporter) consume(ctx context.Context) error {
-	var cons jetstream.Consumer
-	err := events.Retry(ctx, r.log, "create reporter consumer", 5*time.Second, func(ctx context.Context) error {
-		var err error
-		cons, err = r.js.CreateOrUpdateConsumer(ctx, events.StreamResults, jetstream.ConsumerConfig{
-			Durable:       events.ConsumerReporter,
-			Description:   "folds job events into records",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       10 * time.Second, // an event is folded in in milliseconds
-			MaxAckPending: 1000,
-		})
-		return err
-	})
-	if err != nil {
-		return ctxErr(ctx, err)
+	cfg := jetstream.ConsumerConfig{
+		Durable:       events.ConsumerReporter,
+		Description:   "folds job events into records",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       10 * time.Second, // an event is folded in in milliseconds
+		MaxAckPending: 1000,
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(64))
-	if err != nil {
-		return fmt.Errorf("reporter: consume: %w", err)
-	}
-	go func() { <-ctx.Done(); it.Stop() }()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			r.log.Warn().Err(err).Msg("reading results")
-			continue
-		}
-		r.handle(ctx, m)
-	}
+	return events.Consume(ctx, r.js, events.StreamResults, cfg, 64, r.log, func(m jetstream.Msg) { r.handle(ctx, m) })
 }
 
 func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
@@ -180,13 +157,6 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 	if err := m.Ack(); err != nil {
 		r.log.Debug().Err(err).Msg("ack result")
 	}
-}
-
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
 }
 
 func short(sha string) string {

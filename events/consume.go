@@ -1,0 +1,46 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Consume creates (or updates) the durable consumer cfg on stream, retrying while
+// the server is away, then hands its messages to handle one at a time until ctx
+// ends, with at most buffer messages pulled ahead. It returns nil on a clean stop.
+// handle acks, naks or terminates each message itself.
+func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, buffer int,
+	log zerolog.Logger, handle func(jetstream.Msg)) error {
+	var cons jetstream.Consumer
+	err := Retry(ctx, log, "create consumer "+cfg.Durable, 5*time.Second, func(ctx context.Context) (err error) {
+		cons, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", cfg.Durable, err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			log.Warn().Err(err).Str("consumer", cfg.Durable).Msg("reading messages")
+			continue
+		}
+		handle(m)
+	}
+}
