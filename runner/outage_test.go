@@ -23,7 +23,7 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 	dir := t.TempDir()
 	s := brokertest.RunAt(t, dir, addr)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 
 	nc, js, err := events.Connect(s.URL, events.ConnectOptions{Name: "runner", Wait: true, Log: brokertest.Logger(t)})
 	if err != nil {

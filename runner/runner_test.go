@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,46 +17,12 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/gittest"
 )
 
-type gitRepo struct {
-	t   *testing.T
-	dir string
-}
+type gitRepo = gittest.Repo
 
-func newGitRepo(t *testing.T) *gitRepo {
-	r := &gitRepo{t: t, dir: filepath.Join(t.TempDir(), "proj")}
-	os.MkdirAll(r.dir, 0o755)
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", append([]string{"-c", "user.name=Dev", "-c", "user.email=dev@example.com", "-c", "commit.gpgsign=false"}, args...)...)
-	cmd.Dir = r.dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %v: %v\n%s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func (r *gitRepo) commit(files map[string]string) string {
-	r.t.Helper()
-	for p, c := range files {
-		full := filepath.Join(r.dir, p)
-		if c == "" {
-			os.Remove(full)
-			continue
-		}
-		os.MkdirAll(filepath.Dir(full), 0o755)
-		os.WriteFile(full, []byte(c), 0o644)
-	}
-	r.git("add", "-A")
-	r.git("commit", "-q", "--allow-empty", "-m", "change")
-	return r.git("rev-parse", "HEAD")
-}
+func newGitRepo(t *testing.T) *gitRepo { return gittest.New(t, "proj") }
 
 // results collects job events from the results subjects.
 type results struct {
@@ -111,7 +76,7 @@ func enqueue(t *testing.T, s *brokertest.Server, repo *gitRepo, commit string, c
 	jobN++
 	j := &events.JobQueued{
 		JobRef:  events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"},
-		RepoURL: repo.dir, Pool: "default", Class: class, Steps: steps, TimeoutMs: 20000,
+		RepoURL: repo.Dir, Pool: "default", Class: class, Steps: steps, TimeoutMs: 20000,
 	}
 	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
 	data, err := events.Encode(j)
@@ -170,7 +135,7 @@ func TestJobOutcomes(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"hello.txt": "hi\n"})
+	c := repo.Commit("change", map[string]string{"hello.txt": "hi\n"})
 	startRunner(t, s, nil)
 
 	pass := enqueue(t, s, repo, c, events.ClassFirst, "cat hello.txt", `echo "$JETCI_REPO|$JETCI_BRANCH|$JETCI_COMMIT|$JETCI_ARCH|$JETCI_JOB|$JETCI_ATTEMPT|$CI"`)
@@ -214,12 +179,12 @@ func TestTimeoutKillsTheProcessGroup(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	startRunner(t, s, nil)
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	j := &events.JobQueued{
 		JobRef:  events.JobRef{Repo: "proj", Branch: "main", Commit: c, Job: "hang", Arch: "amd64"},
-		RepoURL: repo.dir, Pool: "default", Class: events.ClassFirst, TimeoutMs: 500,
+		RepoURL: repo.Dir, Pool: "default", Class: events.ClassFirst, TimeoutMs: 500,
 		Steps: []string{fmt.Sprintf("sleep 1000 & echo $! > %s; sh -c 'sleep 1000'", pidFile)},
 	}
 	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
@@ -251,7 +216,7 @@ func TestOutputFloodIsCapped(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	startRunner(t, s, func(c *Config) { c.LogLimit = 64 << 10 })
 	j := enqueue(t, s, repo, c, events.ClassFirst, "head -c 50000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\001 bad utf8\\n'; echo done")
 	r := res.wait(t, j.JobID)
@@ -268,8 +233,8 @@ func TestWorkspaceMovesAndIsCleaned(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c1 := repo.commit(map[string]string{"keep.txt": "1", "gone.txt": "x", ".gitignore": "build/\n"})
-	c2 := repo.commit(map[string]string{"keep.txt": "2", "gone.txt": ""})
+	c1 := repo.Commit("change", map[string]string{"keep.txt": "1", "gone.txt": "x", ".gitignore": "build/\n"})
+	c2 := repo.Commit("change", map[string]string{"keep.txt": "2", "gone.txt": ""})
 	startRunner(t, s, nil)
 	j1 := enqueue(t, s, repo, c1, events.ClassFirst, "test -f gone.txt", "mkdir -p build && touch build/out untracked.txt")
 	if r := res.wait(t, j1.JobID); r.Status != events.StatusPassed {
@@ -285,7 +250,7 @@ func TestSlotsRunInParallel(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	startRunner(t, s, func(c *Config) { c.Slots = 2 })
 	dir := t.TempDir()
 	// Each job waits until the other one has started: only parallel slots finish both.
@@ -302,7 +267,7 @@ func TestHigherClassRunsFirstAndBadMessagesAreDropped(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	if _, err := events.EnsureJobConsumers(context.Background(), s.JS, "default", "amd64"); err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +293,7 @@ func TestStoppedRunnerHandsTheJobBack(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	marker := filepath.Join(t.TempDir(), "ran")
 	_, stopA := startRunner(t, s, func(c *Config) { c.Grace = 0 })
 	j := enqueue(t, s, repo, c, events.ClassFirst, fmt.Sprintf("if [ -f %s ]; then exit 0; fi; touch %s; sleep 1000", marker, marker))
@@ -350,7 +315,7 @@ func TestGracefulStopLetsTheJobFinish(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c := repo.commit(map[string]string{"a": "a"})
+	c := repo.Commit("change", map[string]string{"a": "a"})
 	dir := t.TempDir()
 	_, stop := startRunner(t, s, func(c *Config) { c.Grace = 20 * time.Second })
 	// The job waits until the runner has been told to stop, then finishes.
@@ -414,7 +379,7 @@ func TestBrokenWorkspaceAndCacheAreRebuilt(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
-	c1 := repo.commit(map[string]string{"a": "1"})
+	c1 := repo.Commit("change", map[string]string{"a": "1"})
 	work := t.TempDir()
 	startRunner(t, s, func(c *Config) { c.WorkDir = work })
 	if r := res.wait(t, enqueue(t, s, repo, c1, events.ClassFirst, "true").JobID); r.Status != events.StatusPassed {
@@ -422,7 +387,7 @@ func TestBrokenWorkspaceAndCacheAreRebuilt(t *testing.T) {
 	}
 	ws := filepath.Join(work, "slots", "1", events.Token("proj"))
 	os.WriteFile(filepath.Join(ws, ".git", "index"), []byte("DIRC\x00"), 0o644) // truncated index
-	c2 := repo.commit(map[string]string{"a": "2"})
+	c2 := repo.Commit("change", map[string]string{"a": "2"})
 	if r := res.wait(t, enqueue(t, s, repo, c2, events.ClassFirst, "grep -q 2 a").JobID); r.Status != events.StatusPassed {
 		t.Fatalf("after a broken index: %+v", r)
 	}
@@ -432,7 +397,7 @@ func TestBrokenWorkspaceAndCacheAreRebuilt(t *testing.T) {
 		os.WriteFile(p, []byte("PACK"), 0o644)
 	}
 	os.RemoveAll(ws)
-	c3 := repo.commit(map[string]string{"a": "3"})
+	c3 := repo.Commit("change", map[string]string{"a": "3"})
 	if r := res.wait(t, enqueue(t, s, repo, c3, events.ClassFirst, "grep -q 3 a").JobID); r.Status != events.StatusPassed {
 		t.Fatalf("after a damaged cache: %+v", r)
 	}

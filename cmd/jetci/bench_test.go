@@ -105,12 +105,12 @@ func bareRun(tb testing.TB, clone, commit string) time.Duration {
 func BenchmarkCommitToResult(b *testing.B) {
 	const n = 15
 	repo := newGitRepo(b)
-	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url := startUpBench(b, repo.dir, "200ms")
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url := startUpBench(b, repo.Dir, "200ms")
 	fw := watchFinished(b, url)
-	fw.wait(b, repo.git("rev-parse", "HEAD"))
+	fw.wait(b, repo.Git("rev-parse", "HEAD"))
 	clone := filepath.Join(b.TempDir(), "clone")
-	if out, err := exec.Command("git", "clone", "-q", repo.dir, clone).CombinedOutput(); err != nil {
+	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
 		b.Fatalf("clone: %v %s", err, out)
 	}
 	b.ResetTimer()
@@ -118,7 +118,7 @@ func BenchmarkCommitToResult(b *testing.B) {
 		var lat, bare []time.Duration
 		for i := range n {
 			start := time.Now()
-			c := repo.commit("change "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)})
+			c := repo.Commit("change "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)})
 			at := fw.wait(b, c)[c]
 			lat = append(lat, at.Sub(start))
 			exec.Command("git", "-C", clone, "fetch", "-q").Run()
@@ -136,12 +136,12 @@ func BenchmarkCommitToResult(b *testing.B) {
 //	go test -run '^$' -bench Burst20 -benchtime 1x ./cmd/jetci
 func BenchmarkBurst20(b *testing.B) {
 	repo := newGitRepo(b)
-	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url := startUpBench(b, repo.dir, "200ms")
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url := startUpBench(b, repo.Dir, "200ms")
 	fw := watchFinished(b, url)
-	fw.wait(b, repo.git("rev-parse", "HEAD"))
+	fw.wait(b, repo.Git("rev-parse", "HEAD"))
 	clone := filepath.Join(b.TempDir(), "clone")
-	if out, err := exec.Command("git", "clone", "-q", repo.dir, clone).CombinedOutput(); err != nil {
+	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
 		b.Fatalf("clone: %v %s", err, out)
 	}
 	b.ResetTimer()
@@ -149,7 +149,7 @@ func BenchmarkBurst20(b *testing.B) {
 		start := time.Now()
 		var commits []string
 		for i := range 20 {
-			commits = append(commits, repo.commit(fmt.Sprintf("burst %d.%d", it, i), map[string]string{"burst.txt": strconv.Itoa(i)}))
+			commits = append(commits, repo.Commit(fmt.Sprintf("burst %d.%d", it, i), map[string]string{"burst.txt": strconv.Itoa(i)}))
 		}
 		seen := fw.wait(b, commits...)
 		var last time.Time

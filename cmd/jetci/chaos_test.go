@@ -58,7 +58,7 @@ func TestChaos(t *testing.T) {
 	const commits = 200
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
-	repo.commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f n.txt || test ! -f n.txt\"]\n"})
+	repo.Commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f n.txt || test ! -f n.txt\"]\n"})
 	dir := t.TempDir()
 	natsAddr := freeAddr(t)
 	url := "nats://" + natsAddr
@@ -70,7 +70,7 @@ func TestChaos(t *testing.T) {
 		return err
 	})
 	services := []*service{
-		{name: "observer", args: []string{"observer", "--nats", url, "--repo", repo.dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs")}},
+		{name: "observer", args: []string{"observer", "--nats", url, "--repo", repo.Dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs")}},
 		{name: "dispatcher", args: []string{"dispatcher", "--nats", url}},
 		{name: "reporter", args: []string{"reporter", "--nats", url, "--http", ""}},
 	}
@@ -103,7 +103,7 @@ func TestChaos(t *testing.T) {
 	}()
 	var shas []string
 	for i := range commits {
-		shas = append(shas, repo.commit("c"+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
+		shas = append(shas, repo.Commit("c"+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
 		if i%10 == 9 {
 			time.Sleep(400 * time.Millisecond) // pushes arrive over ~10 s, under fire
 		}

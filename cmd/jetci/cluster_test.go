@@ -86,9 +86,9 @@ func TestClusterNodeLoss(t *testing.T) {
 	}
 
 	repo := newGitRepo(t)
-	commits := []string{repo.commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f .jetci.yml\"]\n"})}
+	commits := []string{repo.Commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f .jetci.yml\"]\n"})}
 	services := []*service{
-		{name: "observer", args: []string{"observer", "--nats", url, "--repo", repo.dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs")}},
+		{name: "observer", args: []string{"observer", "--nats", url, "--repo", repo.Dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs")}},
 		{name: "dispatcher", args: []string{"dispatcher", "--nats", url}},
 		{name: "reporter", args: []string{"reporter", "--nats", url, "--http", ""}},
 		{name: "runner1", args: []string{"runner", "--nats", url, "--work", filepath.Join(dir, "r1"), "--slots", "2"}},
@@ -103,7 +103,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	const burst = 200
 	killed := false
 	for i := range burst {
-		commits = append(commits, repo.commit("c"+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
+		commits = append(commits, repo.Commit("c"+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
 		if i == burst/3 {
 			// Once jobs are flowing, kill a node.
 			brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {

@@ -76,7 +76,7 @@ func killRunnerMidJob(t testing.TB, bin, url string, repo *gitRepo, round int) t
 	work := t.TempDir()
 	idA, idB := "A"+strconv.Itoa(round), "B"+strconv.Itoa(round)
 	a := runnerProcess(t, bin, url, idA, filepath.Join(work, "a"))
-	c := repo.commit(fmt.Sprintf("slow %d", round), map[string]string{"tests/test_slow.py": slowTest, "round.txt": strconv.Itoa(round)})
+	c := repo.Commit(fmt.Sprintf("slow %d", round), map[string]string{"tests/test_slow.py": slowTest, "round.txt": strconv.Itoa(round)})
 	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
 		r, err := recordOf(t, url, c)
 		if err != nil {
@@ -121,8 +121,8 @@ func TestRunnerKilledMidJob(t *testing.T) {
 	}
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
-	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.dir)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.Dir)
 	took := killRunnerMidJob(t, bin, url, repo, 1)
 	t.Logf("kill -9 -> job running on another runner: %v", took)
 }
@@ -134,8 +134,8 @@ func TestRunnerKilledMidJob(t *testing.T) {
 func BenchmarkKillToRedelivery(b *testing.B) {
 	bin := jetciBinary(b)
 	repo := newGitRepo(b)
-	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url, _ := startUpWith(b, b.TempDir(), []string{"--runners", "0"}, repo.dir)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(b, b.TempDir(), []string{"--runners", "0"}, repo.Dir)
 	for range b.N {
 		var ds []time.Duration
 		for i := range 10 {
@@ -155,11 +155,11 @@ func TestStaleRunnerReportsLate(t *testing.T) {
 	}
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
-	repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.dir)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.Dir)
 	work := t.TempDir()
 	a := runnerProcess(t, bin, url, "A", filepath.Join(work, "a"))
-	c := repo.commit("slow", map[string]string{"tests/test_slow.py": slowTest})
+	c := repo.Commit("slow", map[string]string{"tests/test_slow.py": slowTest})
 	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
 		r, err := recordOf(t, url, c)
 		if err == nil && (r.Status != "running" || r.Runner != "A") {

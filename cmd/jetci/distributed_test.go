@@ -16,7 +16,7 @@ import (
 // repository's nats.conf, and each service as its own command against it.
 func TestSeparateServices(t *testing.T) {
 	repo := newGitRepo(t)
-	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
 	natsAddr := freeAddr(t)
 	url := "nats://" + natsAddr
 	data := t.TempDir()
@@ -44,7 +44,7 @@ func TestSeparateServices(t *testing.T) {
 		_, err := resultsJSON(t, url)
 		return err
 	})
-	start("observer", "--nats", url, "--repo", repo.dir, "--poll", "100ms", "--cache", data+"/obs", "--log-format", "json")
+	start("observer", "--nats", url, "--repo", repo.Dir, "--poll", "100ms", "--cache", data+"/obs", "--log-format", "json")
 	start("dispatcher", "--nats", url, "--log-format", "json")
 	start("reporter", "--nats", url, "--http", "", "--log-format", "json")
 	start("runner", "--nats", url, "--work", data+"/r1", "--log-format", "json")

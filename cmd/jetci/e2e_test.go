@@ -117,20 +117,20 @@ func TestBinaryEndToEnd(t *testing.T) {
 	}
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
-	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
 	data, natsAddr := t.TempDir(), freeAddr(t)
-	up := startUpProcess(t, bin, data, natsAddr, repo.dir)
+	up := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read := binResults(bin, up.url)
 	waitStatus(t, read, first, "passed")
 
 	branches := []string{"feature/x.y", "a>b", "fix/ünï", "release-1.2", "$sys"}
 	want := map[string]string{} // commit -> branch
 	for _, b := range branches {
-		repo.git("checkout", "-q", "-b", b, "main")
-		c := repo.commit("on "+b, map[string]string{"branch.txt": b + "\n"})
+		repo.Git("checkout", "-q", "-b", b, "main")
+		c := repo.Commit("on "+b, map[string]string{"branch.txt": b + "\n"})
 		want[c] = b
 	}
-	repo.git("checkout", "-q", "main")
+	repo.Git("checkout", "-q", "main")
 	for c, b := range want {
 		recs := waitStatus(t, read, c, "passed")
 		if recs[0].Branch != b {
@@ -144,8 +144,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 
 	// Stop, commit while jetci is down, start again on the same data.
 	up.stop(t)
-	during := repo.commit("while down", map[string]string{"down.txt": "1\n"})
-	up2 := startUpProcess(t, bin, data, natsAddr, repo.dir)
+	during := repo.Commit("while down", map[string]string{"down.txt": "1\n"})
+	up2 := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read2 := binResults(bin, up2.url)
 	waitStatus(t, read2, during, "passed")
 	after, err := read2()

@@ -7,64 +7,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/internal/gittest"
 	"github.com/jetci/jetci/reporter"
 )
 
-// gitRepo is a real git repository in a temp dir.
-type gitRepo struct {
-	t   testing.TB
-	dir string
-}
+// gitRepo is a real git repository in a temp dir, named proj.
+type gitRepo = gittest.Repo
 
-func newGitRepo(t testing.TB) *gitRepo {
-	t.Helper()
-	r := &gitRepo{t: t, dir: filepath.Join(t.TempDir(), "proj")}
-	if err := os.MkdirAll(r.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", append([]string{"-c", "user.name=Dev Eloper", "-c", "user.email=dev@example.com", "-c", "commit.gpgsign=false"}, args...)...)
-	cmd.Dir = r.dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// commit writes files (path -> content; "" deletes) and commits them.
-func (r *gitRepo) commit(msg string, files map[string]string) string {
-	r.t.Helper()
-	for p, c := range files {
-		full := filepath.Join(r.dir, p)
-		if c == "" {
-			os.Remove(full)
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-	}
-	r.git("add", "-A")
-	r.git("commit", "-q", "--allow-empty", "-m", msg)
-	return r.git("rev-parse", "HEAD")
-}
+func newGitRepo(t testing.TB) *gitRepo { return gittest.New(t, "proj") }
 
 const passingTest = "import unittest\nclass TestOk(unittest.TestCase):\n    def test_ok(self):\n        self.assertEqual(1 + 1, 2)\n"
 const failingTest = "import unittest\nclass TestBad(unittest.TestCase):\n    def test_bad(self):\n        self.fail('I will fail')\n"

@@ -18,14 +18,14 @@ func TestPowerCut(t *testing.T) {
 	}
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
-	commits := []string{repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})}
+	commits := []string{repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})}
 	data, natsAddr := t.TempDir(), freeAddr(t)
-	up := startUpProcess(t, bin, data, natsAddr, repo.dir)
+	up := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read := binResults(bin, up.url)
 	waitStatus(t, read, commits[0], "passed")
 	const n = 30
 	for i := range n {
-		commits = append(commits, repo.commit("burst "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
+		commits = append(commits, repo.Commit("burst "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)}))
 		if i == n/2 {
 			// Cut the power while commits are still coming in and jobs run.
 			brokertest.CheckFor(t, 30*time.Second, 5*time.Millisecond, func() error {
@@ -39,7 +39,7 @@ func TestPowerCut(t *testing.T) {
 			up.cmd.Wait()
 		}
 	}
-	up2 := startUpProcess(t, bin, data, natsAddr, repo.dir)
+	up2 := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read = binResults(bin, up2.url)
 	start := time.Now()
 	brokertest.CheckFor(t, 90*time.Second, 100*time.Millisecond, func() error {

@@ -79,20 +79,20 @@ func startUpWith(t testing.TB, data string, extra []string, repos ...string) (st
 // pipeline in one process: a passing unittest suite, a failing test, a fix.
 func TestUpFiveHundredLinesScenario(t *testing.T) {
 	repo := newGitRepo(t)
-	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url, _ := startUp(t, t.TempDir(), repo.dir)
+	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUp(t, t.TempDir(), repo.Dir)
 	read := func() ([]reporter.Record, error) { return resultsJSON(t, url) }
 
 	recs := waitStatus(t, read, first, "passed")
 	if r := recs[0]; r.Repo != "proj" || r.Branch != "main" || r.Job != "test" || r.Attempt != 1 || r.Runner == "" || r.FinishedAt.IsZero() {
 		t.Fatalf("record %+v: want repo proj, branch main, job test, attempt 1, a runner and a finish time", r)
 	}
-	bad := repo.commit("add failing test", map[string]string{"tests/test_bad.py": failingTest})
+	bad := repo.Commit("add failing test", map[string]string{"tests/test_bad.py": failingTest})
 	recs = waitStatus(t, read, bad, "failed")
 	if recs[0].ExitCode == 0 {
 		t.Fatalf("failed job has exit code 0")
 	}
-	fixed := repo.commit("fix it", map[string]string{"tests/test_bad.py": strings.Replace(failingTest, "self.fail('I will fail')", "pass", 1)})
+	fixed := repo.Commit("fix it", map[string]string{"tests/test_bad.py": strings.Replace(failingTest, "self.fail('I will fail')", "pass", 1)})
 	waitStatus(t, read, fixed, "passed")
 
 	all, err := read()
@@ -108,10 +108,10 @@ func TestUpFiveHundredLinesScenario(t *testing.T) {
 // file each get an error result saying why, and jetci goes on testing.
 func TestUpBadInputGetsErrorResults(t *testing.T) {
 	none := newGitRepo(t)
-	c1 := none.commit("readme only", map[string]string{"README": "hi\n"})
+	c1 := none.Commit("readme only", map[string]string{"README": "hi\n"})
 	broken := newGitRepo(t)
-	c2 := broken.commit("bad pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    stesp: [true]\n"})
-	url, _ := startUp(t, t.TempDir(), "none="+none.dir, "broken="+broken.dir)
+	c2 := broken.Commit("bad pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    stesp: [true]\n"})
+	url, _ := startUp(t, t.TempDir(), "none="+none.Dir, "broken="+broken.Dir)
 	read := func() ([]reporter.Record, error) { return resultsJSON(t, url) }
 	r1 := waitStatus(t, read, c1, "error")
 	if !strings.Contains(r1[0].Error, "no pipeline") {
@@ -122,16 +122,16 @@ func TestUpBadInputGetsErrorResults(t *testing.T) {
 		t.Errorf("pipeline error %q does not quote line 3 and the bad key", r2[0].Error)
 	}
 	// Fixing the file makes the next commit run.
-	c3 := broken.commit("fix pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    steps: [\"test -f .jetci.yml\"]\n"})
+	c3 := broken.Commit("fix pipeline", map[string]string{".jetci.yml": "jobs:\n  test:\n    steps: [\"test -f .jetci.yml\"]\n"})
 	waitStatus(t, read, c3, "passed")
 }
 
 // TestUpServesMetrics: jetci up serves /metrics and /healthz on its HTTP address.
 func TestUpServesMetrics(t *testing.T) {
 	repo := newGitRepo(t)
-	first := repo.commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
 	httpAddr := freeAddr(t)
-	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--http", httpAddr}, repo.dir)
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--http", httpAddr}, repo.Dir)
 	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url) }, first, "passed")
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	if err != nil {
