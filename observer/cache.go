@@ -50,10 +50,14 @@ func fetch(ctx context.Context, remote *git.Remote) error {
 	return err
 }
 
+func (o *Observer) cacheDir(w *watched) string {
+	return filepath.Join(o.cfg.CacheDir, events.Token(w.Name)+".git")
+}
+
 // open opens (or creates) the repo's bare cache and loads its published heads.
 func (o *Observer) open(ctx context.Context, w *watched) error {
 	if w.cache == nil {
-		dir := filepath.Join(o.cfg.CacheDir, events.Token(w.Name)+".git")
+		dir := o.cacheDir(w)
 		repo, err := git.PlainOpen(dir)
 		if errors.Is(err, git.ErrRepositoryNotExists) {
 			if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +73,9 @@ type watched struct {
 	heads   map[string]string // branch -> last published head
 	loaded  bool
 	failing bool
+	missing map[string]int    // branch -> consecutive listings without it
+	broken  int               // consecutive polls that failed reading the cache
+	refetch map[string]string // branch -> old head already looked for in a fresh cache
 	log     zerolog.Logger
 }
 
@@ -220,7 +224,17 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 		}
 	}
 	for b := range w.heads {
-		if _, ok := listed[b]; !ok {
+		if _, ok := listed[b]; ok {
+			delete(w.missing, b)
+			continue
+		}
+		// A branch is forgotten only when two listings in a row lack it: a
+		// listing caught mid-update must not make jetci skip its commits.
+		if w.missing == nil {
+			w.missing = map[string]int{}
+		}
+		if w.missing[b]++; w.missing[b] >= 2 {
+			delete(w.missing, b)
 			if err := o.headsKV().Delete(ctx, events.HeadKey(w.Name, b)); err != nil {
 				return fmt.Errorf("forget branch %s: %w", b, err)
 			}
@@ -246,13 +260,32 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 		}
 	}
 	if len(errs) > 0 {
+		// Errors reading objects after a successful fetch mean a damaged cache
+		// (an observer killed mid-fetch or mid-repack): rebuild it from the
+		// remote after the second such poll. The heads are in KV, not here.
+		stale := false
+		for _, err := range errs {
+			stale = stale || errors.Is(err, errStaleCache)
+		}
+		if w.broken++; (stale || w.broken >= 2) && ctx.Err() == nil {
+			dir := o.cacheDir(w)
+			w.log.Warn().Err(errors.Join(errs...)).Str("cache", dir).Msg("cache looks damaged; fetching it anew")
+			w.cache, w.broken = nil, 0
+			if err := os.RemoveAll(dir); err != nil {
+				w.log.Error().Err(err).Msg("removing the damaged cache")
+			}
+		}
 		return errors.Join(errs...)
 	}
+	w.broken = 0
 	o.maybeRepack(w)
 	return nil
 }
 
 // publishBranch publishes the new commits of one branch, then records its head.
+// errStaleCache asks for the cache to be fetched anew.
+var errStaleCache = errors.New("the last published head is not in the cache")
+
 func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string) error {
 	log := w.log.With().Str("branch", branch).Logger()
 	ref, err := w.cache.Reference(plumbing.NewRemoteReferenceName("origin", branch), true)
@@ -263,9 +296,21 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 	old := plumbing.ZeroHash
 	if prev, ok := w.heads[branch]; ok {
 		old = plumbing.NewHash(prev)
-		if _, err := w.cache.CommitObject(old); err != nil {
-			log.Warn().Str("old_head", prev).Msg("last published head is not in the cache; publishing the new head only")
+		if _, err := w.cache.CommitObject(old); errors.Is(err, plumbing.ErrObjectNotFound) {
+			// A published head should be in the cache. If it is not, the cache
+			// may be damaged or new: look again in a freshly fetched one before
+			// concluding that the history was rewritten past it.
+			if w.refetch == nil {
+				w.refetch = map[string]string{}
+			}
+			if w.refetch[branch] != prev {
+				w.refetch[branch] = prev
+				return errStaleCache
+			}
+			log.Warn().Str("old_head", prev).Msg("last published head is gone from the repository; publishing the new head only")
 			old = plumbing.ZeroHash
+		} else if err != nil {
+			return fmt.Errorf("read last published head %s: %w", prev, err)
 		}
 	}
 	var list []string

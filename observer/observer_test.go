@@ -3,6 +3,7 @@ package observer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -125,7 +126,8 @@ func TestRestartNeitherMissesNorRepeats(t *testing.T) {
 	}
 
 	// A recorded head that is in no cache (history rewritten elsewhere, say): the
-	// branch counts as new and only its head is published.
+	// observer first fetches its cache anew (a damaged cache may hide it); when
+	// it is still missing, the branch counts as new and only its head is published.
 	kv, err := s.JS.KeyValue(context.Background(), events.BucketHeads)
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +138,9 @@ func TestRestartNeitherMissesNorRepeats(t *testing.T) {
 	}
 	head := repo.commit("five", nil)
 	b := newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir}))
+	if err := b.Poll(context.Background(), "proj"); !errors.Is(err, errStaleCache) {
+		t.Fatalf("first poll: %v, want the cache refetched first", err)
+	}
 	if evs := pollAndWait(t, s, b, c, "proj", 1); evs[0].Commit != head {
 		t.Fatalf("unknown old head: published %v, want the head only", names(evs))
 	}
@@ -208,8 +213,14 @@ func TestForcePushMergeAndBranches(t *testing.T) {
 		t.Fatalf("second merge: got %v", names(evs))
 	}
 
-	// Delete the branch: forgotten; recreated: head only.
+	// Delete the branch: after one listing without it, it is still remembered
+	// (a listing may catch a ref mid-update); after two, forgotten; recreated:
+	// head only.
 	repo.git("branch", "-q", "-D", "side")
+	pollAndWait(t, s, o, c, "proj", 0)
+	if err := headIs(s, "proj", "side", ""); err == nil {
+		t.Fatal("branch forgotten after a single listing without it")
+	}
 	pollAndWait(t, s, o, c, "proj", 0)
 	if err := headIs(s, "proj", "side", ""); err != nil {
 		t.Fatal(err)

@@ -229,3 +229,46 @@ func TestEmptyRepo(t *testing.T) {
 		t.Fatalf("published %s, want %s", evs[0].Commit, first)
 	}
 }
+
+// TestDamagedCacheIsRebuilt: an observer killed mid-fetch can leave a damaged
+// pack; the observer rebuilds its cache from the remote instead of skipping
+// commits or failing for ever.
+func TestDamagedCacheIsRebuilt(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	repo.commit("one", nil)
+	cache := t.TempDir()
+	o := newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir}))
+	pollAndWait(t, s, o, c, "proj", 1)
+	packs, _ := filepath.Glob(filepath.Join(cache, "*.git", "objects", "pack", "*.pack"))
+	if len(packs) == 0 {
+		t.Fatal("no pack in the cache")
+	}
+	for _, p := range packs {
+		os.WriteFile(p, []byte("PACK garbage"), 0o644)
+	}
+	two := repo.commit("two", nil)
+	three := repo.commit("three", nil)
+	o = newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir})) // restarted on the damaged cache
+	var errs int
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if err := o.Poll(context.Background(), "proj"); err != nil {
+			errs++
+			return err
+		}
+		return nil
+	})
+	evs := c.take()
+	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		evs = append(evs, c.take()...)
+		if len(evs) < 2 {
+			return fmt.Errorf("%d events", len(evs))
+		}
+		return nil
+	})
+	if len(evs) != 2 || evs[0].Commit != two || evs[1].Commit != three {
+		t.Fatalf("after the rebuild got %v, want two and three", names(evs))
+	}
+	t.Logf("%d failing polls before the rebuild", errs)
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/go-git/go-billy/v5/osfs"
@@ -23,8 +25,13 @@ import (
 	"github.com/jetci/jetci/events"
 )
 
-// errNoCommit marks a commit the repository does not have (anymore).
-var errNoCommit = errors.New("no such commit")
+var (
+	// errNoCommit marks a commit the repository does not have (anymore).
+	errNoCommit = errors.New("no such commit")
+	// errRemote marks a fetch that failed: the remote may be away, or the
+	// cache damaged (see caches.verify).
+	errRemote = errors.New("fetch")
+)
 
 // caches holds one bare git cache per repository. Fetches into a cache are
 // serialised and exclude checkouts from it (go-git storages are not safe for
@@ -95,7 +102,7 @@ func fetchCache(ctx context.Context, dir, url string) error {
 	if err != nil {
 		return fmt.Errorf("cache %s: %w", dir, err)
 	}
-	if rem, err := repo.Remote("origin"); err == nil && rem.Config().URLs[0] != url {
+	if rem, err := repo.Remote("origin"); err == nil && !slices.Equal(rem.Config().URLs, []string{url}) {
 		_ = repo.DeleteRemote("origin")
 	}
 	rem, err := repo.Remote("origin")
@@ -111,7 +118,7 @@ func fetchCache(ctx context.Context, dir, url string) error {
 		Force:    true,
 	})
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return fmt.Errorf("fetch %s: %w", url, err)
+		return fmt.Errorf("%w %s: %w", errRemote, url, err)
 	}
 	return nil
 }
@@ -119,6 +126,8 @@ func fetchCache(ctx context.Context, dir, url string) error {
 // prepare makes ws a clean checkout of commit. A workspace or cache left broken
 // (a runner killed mid-write: a truncated index, a partial pack) is not fatal:
 // the workspace is rebuilt, and if that is not enough the cache is fetched anew.
+// A remote that cannot be reached is no reason to drop a sound cache: commits it
+// holds still check out.
 func (c *caches) prepare(ctx context.Context, repo, url, commit, ws string, log zerolog.Logger) error {
 	err := c.ensure(ctx, repo, url, commit)
 	if err == nil {
@@ -126,29 +135,70 @@ func (c *caches) prepare(ctx context.Context, repo, url, commit, ws string, log 
 			return nil
 		}
 		log.Warn().Err(err).Str("workspace", ws).Msg("checkout failed; rebuilding the workspace")
-		if rerr := os.RemoveAll(ws); rerr != nil {
-			return err
+		if rerr := removeAll(ws); rerr != nil {
+			return fmt.Errorf("%w (removing the workspace: %v)", err, rerr)
 		}
 		if err = c.checkout(repo, commit, ws); err == nil {
 			return nil
 		}
+	} else if errors.Is(err, errNoCommit) || errors.Is(err, errRemote) {
+		if ctx.Err() != nil {
+			return err
+		}
+		verr := c.verify(repo)
+		if verr == nil {
+			return err // the cache is sound: the remote is away, or lacks the commit
+		}
+		log.Warn().Err(verr).Str("cache", c.path(repo)).Msg("the cache is damaged")
 	}
-	if errors.Is(err, errNoCommit) || ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return err
 	}
-	log.Warn().Err(err).Str("cache", c.path(repo)).Msg("checkout still failing; fetching the repository anew")
+	log.Warn().Err(err).Str("cache", c.path(repo)).Msg("fetching the repository anew")
 	l := c.lock(repo)
 	l.Lock()
-	rerr := os.RemoveAll(c.path(repo))
+	rerr := removeAll(c.path(repo))
 	l.Unlock()
 	if rerr != nil {
-		return err
+		return fmt.Errorf("%w (removing the cache: %v)", err, rerr)
 	}
-	_ = os.RemoveAll(ws)
+	_ = removeAll(ws)
 	if err := c.ensure(ctx, repo, url, commit); err != nil {
 		return err
 	}
 	return c.checkout(repo, commit, ws)
+}
+
+// verify checks that every branch the cache holds points to a commit whose
+// object and tree can be read: a cache damaged by a crash or a bad disk fails.
+// A cache not made yet passes.
+func (c *caches) verify(repo string) error {
+	l := c.lock(repo)
+	l.RLock()
+	defer l.RUnlock()
+	dir := c.path(repo)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	st := openStorage(dir)
+	refs, err := st.IterReferences()
+	if err != nil {
+		return err
+	}
+	defer refs.Close()
+	return refs.ForEach(func(ref *plumbing.Reference) error {
+		if ref.Type() != plumbing.HashReference {
+			return nil
+		}
+		cm, err := object.GetCommit(st, ref.Hash())
+		if err == nil {
+			_, err = cm.Tree()
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", ref.Name(), err)
+		}
+		return nil
+	})
 }
 
 // slotStorer keeps a slot's HEAD, refs, index and config in the slot's own .git
@@ -169,8 +219,8 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	l := c.lock(repo)
 	l.RLock()
 	defer l.RUnlock()
-	if err := os.MkdirAll(filepath.Join(ws, ".git"), 0o755); err != nil {
-		return err
+	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
+		return fmt.Errorf("workspace %s: %w", ws, err)
 	}
 	local := openStorage(filepath.Join(ws, ".git"))
 	st := &slotStorer{openStorage(c.path(repo)), local, local, local, local, local}
@@ -194,4 +244,24 @@ func (c *caches) checkout(repo, commit, ws string) error {
 		return err
 	}
 	return clean(ws, idx.Entries)
+}
+
+// linkObjects makes the slot's .git a repository the git CLI can read too (steps
+// run `git describe`, `git log`): its objects come from the cache through
+// objects/info/alternates. go-git reads them from the cache directly.
+func linkObjects(dotGit, cache string) error {
+	abs, err := filepath.Abs(filepath.Join(cache, "objects"))
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"objects/info", "refs/heads", "refs/tags"} {
+		if err := os.MkdirAll(filepath.Join(dotGit, d), 0o755); err != nil {
+			return err
+		}
+	}
+	alt := filepath.Join(dotGit, "objects", "info", "alternates")
+	if b, err := os.ReadFile(alt); err == nil && string(b) == abs+"\n" {
+		return nil
+	}
+	return os.WriteFile(alt, []byte(abs+"\n"), 0o644)
 }

@@ -38,7 +38,7 @@ func clean(ws string, entries []*index.Entry) error {
 		case d.IsDir() && dirs[rel], !d.IsDir() && files[rel]:
 			return nil
 		}
-		if err := os.RemoveAll(p); err != nil {
+		if err := removeAll(p); err != nil {
 			return err
 		}
 		if d.IsDir() {
@@ -46,4 +46,20 @@ func clean(ws string, entries []*index.Entry) error {
 		}
 		return nil
 	})
+}
+
+// removeAll is os.RemoveAll that also removes folders a step left without write
+// or search permission (Go's module cache is read-only, for one).
+func removeAll(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil {
+		return nil
+	}
+	_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(q, 0o700) // before WalkDir reads it
+		}
+		return nil
+	})
+	return os.RemoveAll(p)
 }

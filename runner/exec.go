@@ -14,6 +14,10 @@ import (
 // errTimeout is a step that ran out of time.
 var errTimeout = errors.New("timeout")
 
+// drainWait bounds how long the output of a finished step is read after its
+// process group was killed.
+var drainWait = 2 * time.Second
+
 // runStep runs one step with `sh -c` in its own process group and returns its
 // exit code. On timeout or cancellation the whole group is killed; after the step
 // exits, whatever it left running in its group is killed too.
@@ -35,7 +39,7 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 	pw.Close() // the children hold the write end now
 	copied := make(chan struct{})
 	go func() {
-		io.Copy(out, pr)
+		_, _ = io.Copy(out, pr)
 		close(copied)
 	}()
 	exited := make(chan error, 1)
@@ -59,10 +63,13 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 	kill() // background children of the step
 	select {
 	case <-copied:
-	case <-time.After(2 * time.Second):
-		// Something outside the group (setsid) still holds the output open.
+	case <-time.After(drainWait):
+		// Something that left the group (setsid) still holds the output open:
+		// stop reading, so it cannot hang the job (what cmd.WaitDelay does for
+		// exec's own pipes; here the child writes straight into our pipe).
 	}
 	pr.Close()
+	<-copied // the read fails at once on a closed pipe; no late write into the log
 	if why != nil {
 		return -1, why
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +38,10 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
 	defer r.setBusy(slot, events.LeasedJob{})
 
+	// In-progress acks go on until the job is acked: publishing the result may
+	// wait for the broker, and the job must not be redelivered meanwhile.
 	stopBeat := r.heartbeat(m)
+	defer stopBeat()
 	started := time.Now().UTC()
 	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started}
 	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
@@ -53,9 +57,9 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	} else {
 		done(res.Status)
 	}
-	stopBeat()
 	if ctx.Err() != nil {
 		// The runner is stopping: hand the job back for another runner.
+		stopBeat()
 		_ = m.Nak()
 		log.Info().Msg("runner stopping: job handed back")
 		return
@@ -63,6 +67,8 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
 	res.FinishedAt = time.Now().UTC()
 	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
+	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).
+		Dur("duration", time.Duration(res.DurationMs)*time.Millisecond).Str("error", res.Error).Msg("job finished")
 	if err := r.deliver(ctx, res, m.Reply()); err != nil {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
 		return
@@ -71,17 +77,41 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
 		return
 	}
-	if err := m.DoubleAck(ctx); err != nil {
-		log.Warn().Err(err).Msg("ack job")
-	}
-	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).Int64("duration_ms", res.DurationMs).
-		Str("error", res.Error).Msg("job finished")
+	r.ack(ctx, m, log)
 }
 
-// heartbeat keeps the job from being redelivered while it runs.
+// ack acknowledges a job whose result is stored, retrying for a while if the
+// broker is away (the result's Msg-Id makes a rerun's result a duplicate only if
+// it is the same attempt, so an ack lost here costs a second run).
+func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
+	wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := m.DoubleAck(actx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			log.Warn().Err(err).Msg("could not ack the job; it may run again")
+			return
+		}
+		log.Debug().Err(err).Dur("retry_in", wait).Msg("ack job")
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// heartbeat keeps the job from being redelivered while it runs. The returned
+// stop may be called more than once; no in-progress ack is sent after it returns.
 func (r *Runner) heartbeat(m jetstream.Msg) func() {
 	done := make(chan struct{})
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		t := time.NewTicker(events.JobAckWait / 3)
 		defer t.Stop()
 		for {
@@ -93,7 +123,11 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 			}
 		}
 	}()
-	return func() { close(done) }
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done) })
+		<-exited
+	}
 }
 
 // execute checks the commit out and runs the steps. The result carries status,

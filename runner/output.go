@@ -5,96 +5,172 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unicode/utf8"
+)
+
+// Live output is sent in batches: at most liveBatch bytes, at least every
+// liveEvery while a job prints.
+const (
+	liveBatch = 16 << 10
+	liveEvery = 100 * time.Millisecond
 )
 
 // output collects a job's combined stdout and stderr: the first limit bytes go to
-// a log file, and everything is offered to a live sink in batches. Memory stays
-// bounded however much a step prints.
+// a log file, and the same bytes are offered to a live sink in batches. Past the
+// limit, output is drained and dropped, so memory and disk stay bounded however
+// much a step prints.
 type output struct {
-	mu        sync.Mutex
-	f         *os.File
-	limit     int64
-	written   int64
-	dropped   int64
-	live      func([]byte)
-	pending   []byte
-	lastFlush time.Time
+	mu      sync.Mutex
+	f       *os.File
+	limit   int64
+	written int64 // bytes in the log file, notes included
+	dropped int64 // bytes of step output dropped
+	live    func([]byte)
+	pending []byte
+	closed  bool
+	stop    chan struct{}
+	ticker  sync.WaitGroup
 }
-
-const liveBatch = 16 << 10
 
 func newOutput(path string, limit int64, live func([]byte)) (*output, error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	return &output{f: f, limit: limit, live: live, lastFlush: time.Now()}, nil
+	o := &output{f: f, limit: limit, live: live, stop: make(chan struct{})}
+	if live != nil {
+		o.ticker.Add(1)
+		go o.flusher()
+	}
+	return o, nil
+}
+
+// flusher sends pending output every liveEvery, so a line printed before a long
+// silence shows up at once.
+func (o *output) flusher() {
+	defer o.ticker.Done()
+	t := time.NewTicker(liveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			o.mu.Lock()
+			o.flushLocked(false)
+			o.mu.Unlock()
+		case <-o.stop:
+			return
+		}
+	}
 }
 
 func (o *output) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	n := len(p)
-	if room := o.limit - o.written; room > 0 {
-		keep := p
-		if int64(len(keep)) > room {
-			keep = keep[:room]
-		}
-		if _, err := o.f.Write(keep); err != nil {
-			return 0, err
-		}
-		o.written += int64(len(keep))
-		o.dropped += int64(n - len(keep))
-		if o.live != nil {
-			o.pending = append(o.pending, keep...)
-			if len(o.pending) >= liveBatch || time.Since(o.lastFlush) > 100*time.Millisecond {
-				o.flushLocked()
-			}
-		}
-	} else {
-		o.dropped += int64(n)
+	if o.closed {
+		return 0, os.ErrClosed
 	}
+	room := o.limit - o.written
+	if room <= 0 {
+		o.dropped += int64(n)
+		return n, nil
+	}
+	keep := p
+	if int64(len(keep)) > room {
+		keep = keep[:room]
+	}
+	if _, err := o.f.Write(keep); err != nil {
+		return 0, err
+	}
+	o.written += int64(len(keep))
+	o.dropped += int64(n - len(keep))
+	o.queueLocked(keep)
 	return n, nil
 }
 
-// Note writes a line of jetci's own (a step header, a timeout) into the log.
+// Note writes a line of jetci's own (a step header, a timeout) into the log, even
+// past the limit (it counts towards it).
 func (o *output) Note(format string, args ...any) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
 	line := fmt.Sprintf(format, args...) + "\n"
-	o.f.WriteString(line)
-	o.written += int64(len(line))
-	if o.live != nil {
-		o.pending = append(o.pending, line...)
+	if _, err := o.f.WriteString(line); err == nil {
+		o.written += int64(len(line))
+	}
+	o.queueLocked([]byte(line))
+}
+
+func (o *output) queueLocked(b []byte) {
+	if o.live == nil {
+		return
+	}
+	o.pending = append(o.pending, b...)
+	if len(o.pending) >= liveBatch {
+		o.flushLocked(false)
 	}
 }
 
-// Flush sends what is pending to the live sink.
-func (o *output) Flush() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.flushLocked()
-}
-
-func (o *output) flushLocked() {
-	if len(o.pending) > 0 && o.live != nil {
-		o.live(o.pending)
-		o.pending = nil
+// flushLocked sends what is pending to the live sink. Unless final, an incomplete
+// UTF-8 sequence at the end waits for the rest of its bytes, so chunks do not
+// split characters.
+func (o *output) flushLocked(final bool) {
+	if len(o.pending) == 0 || o.live == nil {
+		return
 	}
-	o.lastFlush = time.Now()
+	send := o.pending
+	if !final {
+		send = send[:completeUTF8(send)]
+		if len(send) == 0 {
+			return
+		}
+	}
+	o.live(send)
+	o.pending = append([]byte(nil), o.pending[len(send):]...)
 }
 
-// Close ends the log, noting how much was cut, and returns its size and whether
-// it was truncated.
+// completeUTF8 returns the length of b without a trailing incomplete UTF-8
+// sequence (invalid bytes count as complete).
+func completeUTF8(b []byte) int {
+	for i := 1; i <= utf8.UTFMax-1 && i <= len(b); i++ {
+		c := b[len(b)-i]
+		if c < utf8.RuneSelf { // ASCII: everything before is complete
+			return len(b)
+		}
+		if utf8.RuneStart(c) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return len(b) - i
+			}
+			return len(b)
+		}
+	}
+	return len(b)
+}
+
+// Close ends the log, noting how much was cut, flushes the live sink, and
+// returns the log's size and whether output was dropped.
 func (o *output) Close() (int64, bool, error) {
 	o.mu.Lock()
-	dropped := o.dropped
-	o.mu.Unlock()
-	if dropped > 0 {
-		o.Note("[jetci: output truncated after %d bytes; %d more bytes were dropped]", o.limit, dropped)
+	if o.closed {
+		o.mu.Unlock()
+		return o.written, o.dropped > 0, nil
 	}
-	o.Flush()
+	o.mu.Unlock()
+	close(o.stop)
+	o.ticker.Wait()
+
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.written, dropped > 0, o.f.Close()
+	if o.dropped > 0 {
+		line := fmt.Sprintf("\n[jetci: output truncated after %d bytes]\n[jetci] %d more bytes of output were dropped\n", o.limit, o.dropped)
+		if _, err := o.f.WriteString(line); err == nil {
+			o.written += int64(len(line))
+		}
+		o.queueLocked([]byte(line))
+	}
+	o.flushLocked(true)
+	o.closed = true
+	return o.written, o.dropped > 0, o.f.Close()
 }

@@ -179,17 +179,30 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
+// wakeRetry spaces the looks after a wake-up that found nothing: the core
+// message can overtake the stored one (on a cluster the stream commits through
+// Raft first), and a miss would otherwise cost a whole IdlePoll.
+var wakeRetry = []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond}
+
 // slot runs jobs one after another until ctx ends.
 func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consumer) {
+	retries := 0 // quick looks left after a wake-up
 	for ctx.Err() == nil {
 		woken := r.wake.wait() // taken before looking, so no wake-up is missed
 		if m := r.next(cons); m != nil {
 			r.runJob(jobCtx, n, m)
+			retries = 0
 			continue
+		}
+		wait := r.cfg.IdlePoll
+		if retries > 0 {
+			wait = min(wait, wakeRetry[len(wakeRetry)-retries])
+			retries--
 		}
 		select {
 		case <-woken:
-		case <-time.After(r.cfg.IdlePoll):
+			retries = len(wakeRetry)
+		case <-time.After(wait):
 		case <-ctx.Done():
 		}
 	}

@@ -138,7 +138,7 @@ func TestJobOutcomes(t *testing.T) {
 	c := repo.Commit("change", map[string]string{"hello.txt": "hi\n"})
 	startRunner(t, s, nil)
 
-	pass := enqueue(t, s, repo, c, events.ClassFirst, "cat hello.txt", `echo "$JETCI_REPO|$JETCI_BRANCH|$JETCI_COMMIT|$JETCI_ARCH|$JETCI_JOB|$JETCI_ATTEMPT|$CI"`)
+	pass := enqueue(t, s, repo, c, events.ClassFirst, "cat hello.txt", `echo "$JETCI_REPO|$JETCI_BRANCH|$JETCI_COMMIT|$JETCI_ARCH|$JETCI_JOB|$JETCI_JOB_ID|$JETCI_ATTEMPT|$CI"`)
 	fail := enqueue(t, s, repo, c, events.ClassFirst, "echo one", "exit 3", "echo never-runs")
 	missing := enqueue(t, s, repo, strings.Repeat("ab", 20), events.ClassFirst, "true")
 
@@ -147,7 +147,7 @@ func TestJobOutcomes(t *testing.T) {
 		t.Fatalf("passing job: %+v", r)
 	}
 	log := readLog(t, s, r.Log)
-	want := fmt.Sprintf("proj|main|%s|amd64|%s|1|true", c, pass.Job)
+	want := fmt.Sprintf("proj|main|%s|amd64|%s|%s|1|true", c, pass.Job, pass.JobID)
 	if !strings.Contains(log, "hi\n") || !strings.Contains(log, want) || !strings.Contains(log, "$ cat hello.txt") {
 		t.Fatalf("log:\n%s\nwant the file, the env line %q and step headers", log, want)
 	}
@@ -200,7 +200,7 @@ func TestTimeoutKillsTheProcessGroup(t *testing.T) {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if err := syscall.Kill(pid, 0); err == nil {
+		if alive(pid) {
 			return fmt.Errorf("background child %d still alive", pid)
 		}
 		return nil
@@ -287,6 +287,17 @@ func TestHigherClassRunsFirstAndBadMessagesAreDropped(t *testing.T) {
 	if first != user.JobID {
 		t.Fatalf("first job started was %s, want the user-triggered %s", first, user.JobID)
 	}
+	// The bad message was terminated, not left to be redelivered: the queue is empty.
+	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		info, err := s.JS.Stream(context.Background(), events.StreamJobs)
+		if err != nil {
+			return err
+		}
+		if n := info.CachedInfo().State.Msgs; n != 0 {
+			return fmt.Errorf("%d messages left in the queue", n)
+		}
+		return nil
+	})
 }
 
 func TestStoppedRunnerHandsTheJobBack(t *testing.T) {
@@ -401,4 +412,21 @@ func TestBrokenWorkspaceAndCacheAreRebuilt(t *testing.T) {
 	if r := res.wait(t, enqueue(t, s, repo, c3, events.ClassFirst, "grep -q 3 a").JobID); r.Status != events.StatusPassed {
 		t.Fatalf("after a damaged cache: %+v", r)
 	}
+}
+
+// alive reports whether a process exists and is not a zombie waiting for init.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // no /proc: trust kill
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	st := string(b)
+	if i := strings.LastIndexByte(st, ')'); i >= 0 && i+2 < len(st) {
+		return st[i+2] != 'Z'
+	}
+	return true
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -32,7 +33,9 @@ func (s *service) start(t testing.TB, bin string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cmd = exec.Command(bin, s.args...)
-	s.logs = &syncBuffer{}
+	if s.logs == nil {
+		s.logs = &syncBuffer{} // kept across restarts, for the post-mortem
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		t.Errorf("start %s: %v", s.name, err)
@@ -114,6 +117,11 @@ func TestChaos(t *testing.T) {
 
 	start := time.Now()
 	var records, passed int
+	t.Cleanup(func() {
+		if t.Failed() {
+			postMortem(t, url, shas, services)
+		}
+	})
 	brokertest.CheckFor(t, 3*time.Minute, 250*time.Millisecond, func() error {
 		recs, err := resultsJSON(t, url)
 		if err != nil {
@@ -143,6 +151,7 @@ func TestChaos(t *testing.T) {
 		}
 		return nil
 	})
+
 	settled := time.Since(start).Round(time.Millisecond)
 	queued := checkDispatchedOnce(t, url)
 	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), %d jobs each queued once, settled %v after the chaos stopped",
@@ -195,4 +204,34 @@ func checkDispatchedOnce(t testing.TB, url string) int {
 		}
 	}
 	return len(seqs)
+}
+
+// postMortem logs what every service said about the commits that have no result.
+func postMortem(t testing.TB, url string, shas []string, services []*service) {
+	recs, _ := resultsJSON(t, url, "--all")
+	done := map[string]string{}
+	for _, r := range recs {
+		done[r.Commit] = string(r.Status) + " " + r.Reason
+	}
+	for _, c := range shas {
+		if st, ok := done[c]; ok && strings.HasPrefix(st, "passed") {
+			continue
+		}
+		t.Logf("commit %s: record %q", c, done[c])
+		for _, s := range services {
+			for _, line := range strings.Split(s.logs.String(), "\n") {
+				if strings.Contains(line, c[:10]) {
+					t.Logf("  %s: %s", s.name, line)
+				}
+			}
+		}
+	}
+	for _, s := range services {
+		t.Logf("%s errors:", s.name)
+		for _, line := range strings.Split(s.logs.String(), "\n") {
+			if strings.Contains(line, `"level":"error"`) || strings.Contains(line, `"level":"warn"`) {
+				t.Logf("  %s", line)
+			}
+		}
+	}
 }
