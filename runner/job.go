@@ -165,7 +165,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, a
 	}
 	size, cut, cerr := out.Close()
 	res.LogBytes, res.LogTruncated = size, cut
-	if cerr != nil || ctx.Err() != nil {
+	if ctx.Err() != nil {
+		_ = os.Remove(logPath) // the job is handed back and runs again
+		return res
+	}
+	if cerr != nil {
 		return res
 	}
 	name := fmt.Sprintf("%s/%d.log", job.JobID, attempt)

@@ -104,6 +104,8 @@ type Runner struct {
 	lost map[string]bool          // jobs whose lease lapsed: handed to another runner
 	kick chan struct{}            // asks for the lease to be written now
 	born time.Time
+
+	ensured time.Time // when the job consumers were last created again
 }
 
 // New returns a runner; Run starts it.
@@ -189,7 +191,7 @@ func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consu
 	retries := 0 // quick looks left after a wake-up
 	for ctx.Err() == nil {
 		woken := r.wake.wait() // taken before looking, so no wake-up is missed
-		if m := r.next(cons); m != nil {
+		if m := r.next(ctx, cons); m != nil {
 			r.runJob(jobCtx, n, m)
 			retries = 0
 			continue
@@ -209,10 +211,12 @@ func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consu
 }
 
 // next returns the first waiting job, highest class first, or nil.
-func (r *Runner) next(cons []jetstream.Consumer) jetstream.Msg {
+func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.Msg {
+	missing := false
 	for _, c := range cons {
 		batch, err := c.FetchNoWait(1)
 		if err != nil {
+			missing = missing || errors.Is(err, jetstream.ErrConsumerNotFound)
 			r.log.Debug().Err(err).Msg("fetch")
 			continue
 		}
@@ -220,10 +224,35 @@ func (r *Runner) next(cons []jetstream.Consumer) jetstream.Msg {
 			return m
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			// A pull that no one answers: the consumer was deleted (or the
+			// stream set up again).
+			missing = missing || errors.Is(err, nats.ErrNoResponders)
 			r.log.Debug().Err(err).Msg("fetch")
 		}
 	}
+	if missing {
+		r.recreateConsumers(ctx)
+	}
 	return nil
+}
+
+// recreateConsumers creates the job consumers again, at most every few seconds.
+// The Consumer handles only name them, so the slots' handles work again.
+func (r *Runner) recreateConsumers(ctx context.Context) {
+	r.mu.Lock()
+	if time.Since(r.ensured) < 5*time.Second {
+		r.mu.Unlock()
+		return
+	}
+	r.ensured = time.Now()
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := events.EnsureJobConsumers(ctx, r.js, r.cfg.Pool, r.cfg.Arch); err != nil {
+		r.log.Warn().Err(err).Msg("job consumers are missing and could not be created again")
+		return
+	}
+	r.log.Warn().Msg("job consumers did not answer: made sure they exist")
 }
 
 func (r *Runner) setBusy(slot int, job events.LeasedJob) {

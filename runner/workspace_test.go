@@ -176,3 +176,23 @@ func TestEscapedChildCannotHangTheJob(t *testing.T) {
 		t.Fatalf("job: %+v", r)
 	}
 }
+
+// TestDeletedConsumerIsCreatedAgain: an operator (or a broker set up anew) drops a
+// job consumer while the runner runs; the runner creates it again and goes on.
+func TestDeletedConsumerIsCreatedAgain(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.Commit("one", map[string]string{"a": "1"})
+	startRunner(t, s, nil)
+	if r := res.wait(t, enqueue(t, s, repo, c, events.ClassUser, "true").JobID); r.Status != events.StatusPassed {
+		t.Fatalf("job 1: %+v", r)
+	}
+	name := events.JobConsumerName("default", "amd64", events.ClassUser)
+	if err := s.JS.DeleteConsumer(context.Background(), events.StreamJobs, name); err != nil {
+		t.Fatal(err)
+	}
+	if r := res.wait(t, enqueue(t, s, repo, c, events.ClassUser, "true").JobID); r.Status != events.StatusPassed {
+		t.Fatalf("job after the consumer was deleted: %+v", r)
+	}
+}

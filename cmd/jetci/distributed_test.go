@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -74,4 +76,33 @@ func TestSeparateServices(t *testing.T) {
 	if !strings.Contains(errb.String(), `no observer watches a repo named "nope"`) {
 		t.Fatalf("trigger error: %q", errb.String())
 	}
+}
+
+// TestServiceMetricsFlag: a service started with --metrics serves /metrics and
+// /healthz there.
+func TestServiceMetricsFlag(t *testing.T) {
+	natsAddr, maddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	args := []string{"server", "--listen", natsAddr, "--store", t.TempDir(), "--metrics", maddr, "--log-format", "json"}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		(&Main{Stdout: io.Discard, Stderr: io.Discard}).Run(ctx, args)
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		for path, want := range map[string]string{"/healthz": "ok", "/metrics": "process_resident_memory_bytes"} {
+			resp, err := http.Get("http://" + maddr + path)
+			if err != nil {
+				return err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(b), want) {
+				return fmt.Errorf("%s lacks %s", path, want)
+			}
+		}
+		return nil
+	})
 }

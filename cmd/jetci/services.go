@@ -34,6 +34,7 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	config := fs.String("config", "", "nats-server configuration file (e.g. nats.conf)")
 	listen := fs.String("listen", "", "client address host:port (default: the config's, else 127.0.0.1:4222)")
 	store := fs.String("store", "", "JetStream storage directory (default: the config's, else ./.jetci/nats)")
+	maddr := metricsFlag(fs)
 	var lf logFlags
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -69,7 +70,7 @@ func (m *Main) server(ctx context.Context, args []string) error {
 		defer cancel()
 		return events.SetupFor(nc).Ensure(sctx, js)
 	})
-	nc.Close()
+	defer nc.Close()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -77,6 +78,11 @@ func (m *Main) server(ctx context.Context, args []string) error {
 		return fmt.Errorf("set up streams: %w", err)
 	}
 	log.Info().Msg("jetci streams ready")
+	if *maddr != "" {
+		if _, err := startMetrics(ctx, *maddr, js, log); err != nil {
+			return err
+		}
+	}
 	<-ctx.Done()
 	log.Info().Msg("nats server stopping")
 	return nil
