@@ -1,16 +1,21 @@
 // Package runner runs jobs. A runner serves one CPU architecture and one pool: it
 // pulls jobs from the JETCI_JOBS work queue through the durable consumers shared
 // by every runner of that (pool, arch), one per priority class, always trying the
-// highest class first and taking one job per free slot with Fetch (never a
-// prefetching consumer, whose buffered messages would time out).
+// highest class first and taking one job per free slot with FetchNoWait (never a
+// prefetching consumer, whose buffered messages would time out). Job publishes
+// also reach a core-NATS subscription that wakes idle slots at once; a slow poll
+// catches redeliveries.
 //
-// For each job it checks the commit out with go-git from a per-repo cache into a
-// workspace owned by the slot, runs the steps with `sh -c` under a timeout that
-// kills the whole process group, streams the output live and keeps up to LogLimit
-// bytes, stores the full log in the jetci-logs object store, and publishes the
-// result. It acknowledges the job only after JetStream stored the result; until
-// then in-progress acks keep the job from being redelivered, and if the runner
-// dies the job goes to another runner.
+// For each job it checks the commit out with go-git from a per-repo bare cache
+// into a workspace owned by the slot and moved from commit to commit (the
+// workspace's .git holds HEAD and index, objects come from the cache, and the git
+// CLI finds them through objects/info/alternates). It runs the steps with
+// `sh -c` in their own process group, under a timeout that kills the whole
+// group, streams the output live, keeps up to LogLimit bytes, stores the log in
+// the jetci-logs object store, and publishes the result. It acknowledges the job
+// only after JetStream stored the result (kept in an on-disk outbox until then);
+// until the ack, in-progress acks and the runner's lease keep the job from going
+// elsewhere, and if the runner dies the job goes to another runner.
 package runner
 
 import (

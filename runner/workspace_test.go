@@ -196,3 +196,23 @@ func TestDeletedConsumerIsCreatedAgain(t *testing.T) {
 		t.Fatalf("job after the consumer was deleted: %+v", r)
 	}
 }
+
+// TestConcurrentFetchesAndCheckouts: slots check out and fetch one repository at
+// the same time (new commits keep arriving); every job sees its own commit.
+func TestConcurrentFetchesAndCheckouts(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	startRunner(t, s, func(c *Config) { c.Slots = 3 })
+	var jobs []*events.JobQueued
+	for i := range 12 {
+		c := repo.Commit("c", map[string]string{"a": strconv.Itoa(i) + "\n", fmt.Sprintf("d%d/f", i): "x"})
+		jobs = append(jobs, enqueue(t, s, repo, c, events.ClassFirst,
+			fmt.Sprintf("grep -qx %d a", i), fmt.Sprintf("test $(ls -d d* | wc -l) -eq %d", i+1), "touch junk"))
+	}
+	for _, j := range jobs {
+		if r := res.wait(t, j.JobID); r.Status != events.StatusPassed {
+			t.Fatalf("job %s: %+v\n%s", j.Job, r, readLog(t, s, r.Log))
+		}
+	}
+}
