@@ -36,6 +36,8 @@ func Detect(p events.Probe) (*Pipeline, error) {
 var ruleRE = regexp.MustCompile(`^([^\t#:=][^:=#]*?)\s*::?(?:[^=:]|$)`)
 
 func makeHasTest(makefile string) bool {
+	makefile = strings.ReplaceAll(makefile, "\r\n", "\n")
+	makefile = strings.ReplaceAll(makefile, "\\\n", " ") // a continued line is one line
 	for _, line := range strings.Split(makefile, "\n") {
 		m := ruleRE.FindStringSubmatch(line)
 		if m == nil {

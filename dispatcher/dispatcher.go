@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,9 +44,12 @@ func (c Config) Validate() error {
 	if len(c.Arch) == 0 {
 		return errors.New("dispatcher: Arch is empty: name at least one architecture")
 	}
-	for _, a := range c.Arch {
+	for i, a := range c.Arch {
 		if err := events.ValidName("arch", a); err != nil {
 			return fmt.Errorf("dispatcher: Arch: %w", err)
+		}
+		if slices.Contains(c.Arch[:i], a) {
+			return fmt.Errorf("dispatcher: Arch: %q is listed twice", a)
 		}
 	}
 	if err := events.ValidName("pool", c.Pool); err != nil {
@@ -91,12 +95,11 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 	}
 	now := d.now().UTC()
 	if err != nil {
-		ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: "pipeline", Arch: "any"}
-		ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
-		return nil, &events.JobFinished{
-			JobRef: ref, Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1,
-			Error: err.Error(), FinishedAt: now, Author: ev.Author, Subject: ev.Subject,
-		}
+		return nil, d.failure(ev, err, now)
+	}
+	if n := d.count(pl); n > MaxJobs {
+		err = fmt.Errorf("%s: %d jobs (each job times each arch); the limit is %d", pl.Path, n, MaxJobs)
+		return nil, d.failure(ev, err, now)
 	}
 	var jobs []*events.JobQueued
 	for _, j := range pl.Jobs {
@@ -121,6 +124,33 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 		}
 	}
 	return jobs, nil
+}
+
+// MaxJobs bounds the jobs one commit makes, so that a pipeline file cannot
+// flood the queue (or the dispatcher's memory) with its matrix.
+const MaxJobs = 1000
+
+// count is the number of jobs pl makes.
+func (d *Dispatcher) count(pl *Pipeline) int {
+	n := 0
+	for _, j := range pl.Jobs {
+		if len(j.Arch) == 0 {
+			n += len(d.cfg.Arch)
+		} else {
+			n += len(j.Arch)
+		}
+	}
+	return n
+}
+
+// failure is the error result of a commit whose pipeline cannot run.
+func (d *Dispatcher) failure(ev *events.CommitDetected, err error, now time.Time) *events.JobFinished {
+	ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: "pipeline", Arch: "any"}
+	ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
+	return &events.JobFinished{
+		JobRef: ref, Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1,
+		Error: err.Error(), FinishedAt: now, Author: ev.Author, Subject: ev.Subject,
+	}
 }
 
 // Run consumes commits until ctx ends.

@@ -2,8 +2,12 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,6 +49,8 @@ func TestExpand(t *testing.T) {
 		{"bad file", commit("jobs:\n  t:\n    stesp: x\n"), nil, ".jetci.yml:3: unknown field"},
 		{"too big", &events.CommitDetected{Repo: "p", Branch: "main", Commit: "c1", Class: events.ClassFirst, PipelinePath: ".jetci.yml", PipelineErr: ".jetci.yml is 9 MB; the limit is 256 KiB"}, nil, "9 MB"},
 		{"nothing", &events.CommitDetected{Repo: "p", Branch: "main", Commit: "c1", Class: events.ClassFirst}, nil, "no pipeline: add .jetci.yml"},
+		{"too many jobs", commit("jobs:\n" + manyJobs(MaxJobs/2+1)), nil, fmt.Sprintf("%d jobs (each job times each arch); the limit is %d", MaxJobs+2, MaxJobs)},
+		{"just enough jobs", commit("jobs:\n" + manyJobs(MaxJobs/2)), nil, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,11 +76,107 @@ func TestExpand(t *testing.T) {
 					t.Errorf("job %+v: wrong identity", j)
 				}
 			}
+			if tt.want == nil {
+				if len(jobs) != MaxJobs {
+					t.Fatalf("%d jobs, want %d", len(jobs), MaxJobs)
+				}
+				return
+			}
 			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}
 			if len(ids) != len(jobs) {
 				t.Fatal("two jobs share a job id")
+			}
+		})
+	}
+}
+
+func manyJobs(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "  j%d:\n    steps: x\n", i)
+	}
+	return b.String()
+}
+
+func TestExpandCarriesTheCommit(t *testing.T) {
+	d, err := New(DefaultConfig(), nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	d.now = func() time.Time { return now }
+	ev := commit("jobs:\n  build:\n    steps: [make, make check]\n    arch: [arm64]\n    env: {A: 1}\n    artifacts: [out/*]\n    timeout: 90s\n")
+	ev.Class, ev.TriggerID = events.ClassUser, "trig1"
+	jobs, fail := d.Expand(ev)
+	if fail != nil || len(jobs) != 1 {
+		t.Fatalf("got %v, %+v", jobs, fail)
+	}
+	want := &events.JobQueued{
+		JobRef: events.JobRef{JobID: events.JobID("proj", "a>b", "c0ffee00", "build", "arm64"), Repo: "proj", Branch: "a>b",
+			Commit: "c0ffee00", Job: "build", Arch: "arm64"},
+		RepoURL: "/src/proj", Pool: "default", Class: events.ClassUser, Steps: []string{"make", "make check"},
+		Env: map[string]string{"A": "1"}, TimeoutMs: 90_000, Artifacts: []string{"out/*"}, Author: ev.Author,
+		Subject: "change", TriggerID: "trig1", QueuedAt: now,
+	}
+	if !reflect.DeepEqual(jobs[0], want) {
+		t.Fatalf("got  %+v\nwant %+v", jobs[0], want)
+	}
+	if _, err := events.DecodeAs[events.JobQueued](mustEncode(t, jobs[0])); err != nil {
+		t.Fatalf("the job does not decode: %v", err)
+	}
+
+	jobs, fail = d.Expand(commit("jobs:\n  build:\n    stesp: x\n"))
+	wantFail := &events.JobFinished{
+		JobRef: events.JobRef{JobID: events.JobID("proj", "a>b", "c0ffee00", "pipeline", "any"), Repo: "proj", Branch: "a>b",
+			Commit: "c0ffee00", Job: "pipeline", Arch: "any"},
+		Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1, FinishedAt: now, Author: ev.Author, Subject: "change",
+		Error: ".jetci.yml:3: unknown field \"stesp\" in job \"build\" (want steps, arch, pool, timeout, env, artifacts)\n    3 |     stesp: x",
+	}
+	if jobs != nil || !reflect.DeepEqual(fail, wantFail) {
+		t.Fatalf("got %v,\n %+v\nwant %+v", jobs, fail, wantFail)
+	}
+	if _, err := events.DecodeAs[events.JobFinished](mustEncode(t, fail)); err != nil {
+		t.Fatalf("the error result does not decode: %v", err)
+	}
+}
+
+func mustEncode(t *testing.T, m any) []byte {
+	t.Helper()
+	data, err := events.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"no arch", func(c *Config) { c.Arch = nil }, "Arch is empty"},
+		{"bad arch", func(c *Config) { c.Arch = []string{"amd64", "X86"} }, `Arch: invalid arch "X86"`},
+		{"arch twice", func(c *Config) { c.Arch = []string{"amd64", "amd64"} }, `Arch: "amd64" is listed twice`},
+		{"bad pool", func(c *Config) { c.Pool = "" }, `Pool: invalid pool ""`},
+		{"no timeout", func(c *Config) { c.DefaultTimeout = 0 }, "DefaultTimeout 0s"},
+		{"long timeout", func(c *Config) { c.DefaultTimeout = 25 * time.Hour }, "DefaultTimeout 25h0m0s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			tt.edit(&cfg)
+			err := cfg.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want %q", err, tt.want)
+			}
+			if _, err := New(cfg, nil, zerolog.Nop()); err == nil {
+				t.Fatal("New accepted a bad config")
 			}
 		})
 	}
@@ -163,6 +265,40 @@ func TestDispatcherQueuesJobsOnTheirPartitions(t *testing.T) {
 		}
 		return nil
 	})
+	// Each queued event names the work-queue sequence of its job.
+	jobs, err := s.JS.Stream(context.Background(), events.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := s.JS.OrderedConsumer(context.Background(), events.StreamResults,
+		jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.ResultSubject("proj", "a>b", events.KindQueued)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := results.FetchNoWait(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arches := map[string]bool{}
+	for m := range batch.Messages() {
+		q, err := events.DecodeAs[events.JobQueued](m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := jobs.GetMsg(context.Background(), q.QueueSeq)
+		if err != nil {
+			t.Fatalf("queued event %s/%s: job at sequence %d: %v", q.Job, q.Arch, q.QueueSeq, err)
+		}
+		j, err := events.DecodeAs[events.JobQueued](raw.Data)
+		if err != nil || j.JobID != q.JobID || raw.Subject != events.JobSubject("default", q.Arch, events.ClassFirst, "proj", "a>b") {
+			t.Fatalf("job at sequence %d on %s is %+v (%v), want %s", q.QueueSeq, raw.Subject, j, err, q.JobID)
+		}
+		arches[q.Arch] = true
+	}
+	if len(arches) != 2 {
+		t.Fatalf("queued events for arches %v, want amd64 and arm64", arches)
+	}
+
 	// The error result quotes the line.
 	m, err := s.JS.Stream(context.Background(), events.StreamResults)
 	if err != nil {
@@ -209,4 +345,111 @@ func TestDispatcherQueuesJobsOnTheirPartitions(t *testing.T) {
 	if n := streamCount(t, s.JS, events.StreamJobs, amd); n != 1 {
 		t.Fatalf("%d amd64 jobs after a restart and a duplicate commit, want 1", n)
 	}
+}
+
+// syncBuffer is a log sink the test reads while the dispatcher writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) count(sub string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Count(s.b.String(), sub)
+}
+
+func TestDispatcherWarnsOncePerMinuteWhenNoRunnerServesAPartition(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// A live runner serves default/amd64: its lease is refreshed until the test ends.
+	kv, err := s.JS.KeyValue(ctx, events.BucketRunners)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, _ := json.Marshal(events.Lease{ID: "r1", Arch: "amd64", Pool: "default", Slots: 1})
+	if _, err := kv.Put(ctx, events.LeaseKey("r1"), lease); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		tick := time.NewTicker(events.LeaseRenew / 2)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_, _ = kv.Put(ctx, events.LeaseKey("r1"), lease)
+			}
+		}
+	}()
+
+	var logs syncBuffer
+	cfg := DefaultConfig()
+	cfg.Arch = []string{"amd64", "arm64"}
+	d, err := New(cfg, s.JS, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64
+	clock.Store(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC).UnixNano())
+	d.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	arm := "no runner serves pool default arch arm64: its jobs wait in the queue until one joins"
+	dispatch := func(sha string, jobs uint64) {
+		t.Helper()
+		ev := commit("jobs:\n  test:\n    steps: x\n")
+		ev.Commit = sha
+		publishCommit(t, s.JS, ev)
+		brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if n := streamCount(t, s.JS, events.StreamJobs, events.SubjectJobs+".>"); n != jobs {
+				return fmt.Errorf("%d jobs queued, want %d", n, jobs)
+			}
+			return nil
+		})
+	}
+	dispatch("c1", 2)
+	if n := logs.count(arm); n != 1 {
+		t.Fatalf("%d warnings for arm64, want 1; logs:\n%s", n, logs.String())
+	}
+	if n := logs.count("arch amd64:"); n != 0 {
+		t.Fatalf("a warning for amd64, which a runner serves; logs:\n%s", logs.String())
+	}
+	dispatch("c2", 4) // within the minute: no second warning
+	if n := logs.count(arm); n != 1 {
+		t.Fatalf("%d warnings for arm64 within a minute, want 1", n)
+	}
+	clock.Add(int64(2 * time.Minute))
+	dispatch("c3", 6)
+	if n := logs.count(arm); n != 2 {
+		t.Fatalf("%d warnings for arm64 two minutes later, want 2", n)
+	}
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := logs.count(`"jobs":2,"class":"first"`); n != 3 {
+			return fmt.Errorf("%d commits logged as dispatched, want 3", n)
+		}
+		return nil
+	})
 }

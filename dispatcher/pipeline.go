@@ -3,7 +3,6 @@ package dispatcher
 import (
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +32,7 @@ type Job struct {
 type PipelineError struct {
 	Path   string
 	Line   int    // 1-based; 0 when the problem is the file as a whole
-	Text   string // the line as written
+	Text   string // the line as written, made safe to print and cut at 160 bytes
 	Reason string
 }
 
@@ -51,10 +50,7 @@ func (e *PipelineError) Error() string {
 // MaxTimeout bounds a job's timeout.
 const MaxTimeout = 24 * time.Hour
 
-var (
-	jobNameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	yamlLineRE = regexp.MustCompile(`line (\d+)`)
-)
+var jobNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // parser carries the file for error messages.
 type parser struct {
@@ -65,7 +61,7 @@ type parser struct {
 func (p *parser) errAt(line int, format string, args ...any) *PipelineError {
 	e := &PipelineError{Path: p.path, Line: line, Reason: fmt.Sprintf(format, args...)}
 	if line >= 1 && line <= len(p.lines) {
-		e.Text = p.lines[line-1]
+		e.Text = quote(p.lines[line-1])
 	}
 	return e
 }
@@ -77,17 +73,10 @@ func (p *parser) errNode(n *yaml.Node, format string, args ...any) *PipelineErro
 // ParsePipeline parses a pipeline file. Every error is a *PipelineError that
 // quotes the offending line.
 func ParsePipeline(path string, data []byte) (*Pipeline, error) {
-	p := &parser{path: path, lines: strings.Split(string(data), "\n")}
+	p := &parser{path: path, lines: splitLines(data)}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		line := 0
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ = strconv.Atoi(m[1])
-		}
-		reason := strings.TrimPrefix(err.Error(), "yaml: ")
-		reason = yamlLineRE.ReplaceAllString(reason, "")
-		reason = strings.TrimLeft(reason, ": ")
-		return nil, p.errAt(line, "invalid YAML: %s", reason)
+		return nil, p.syntaxError(data, err)
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, p.errAt(0, "the file is empty: it needs a jobs: section")
@@ -235,14 +224,20 @@ func (p *parser) names(n *yaml.Node, kind string) ([]string, error) {
 	if len(vals) == 0 {
 		return nil, p.errNode(n, "%s: the list is empty", kind)
 	}
+	seen := make(map[string]bool, len(vals))
 	for i, v := range vals {
+		at := n
+		if n.Kind == yaml.SequenceNode {
+			at = n.Content[i]
+		}
 		if err := events.ValidName(kind, v); err != nil {
-			at := n
-			if n.Kind == yaml.SequenceNode {
-				at = n.Content[i]
-			}
 			return nil, p.errNode(at, "%v", err)
 		}
+		if seen[v] {
+			// Both entries would make the same job, with the same job id.
+			return nil, p.errNode(at, "%s: %q is listed twice", kind, v)
+		}
+		seen[v] = true
 	}
 	return vals, nil
 }

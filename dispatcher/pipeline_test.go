@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jetci/jetci/events"
 )
@@ -54,7 +56,7 @@ func TestParsePipelineBad(t *testing.T) {
 	}{
 		{"empty", "", 0, "empty"},
 		{"only a comment", "# nothing\n", 0, "empty"},
-		{"syntax", "jobs:\n  test:\n    steps: [a\n", 2, "invalid YAML"},
+		{"syntax", "jobs:\n  test:\n    steps: [a\n", 3, "invalid YAML"},
 		{"tab indentation", "jobs:\n\ttest:\n", 2, "invalid YAML"},
 		{"not a mapping", "- a\n- b\n", 1, "mapping"},
 		{"no jobs", "arch: [amd64]\n", 1, "no jobs"},
@@ -80,6 +82,20 @@ func TestParsePipelineBad(t *testing.T) {
 		{"env list", "jobs:\n  t:\n    steps: x\n    env: [a]\n", 4, "mapping"},
 		{"env nested", "jobs:\n  t:\n    steps: x\n    env:\n      A: {b: c}\n", 5, "want a string"},
 		{"alias step", "x: &a [1]\njobs:\n  t:\n    steps: *a\n", 1, "unknown field"},
+		{"alias steps", "jobs:\n  t:\n    steps: *a\n", 3, "unknown anchor 'a'"},
+		{"arch twice", "jobs:\n  t:\n    steps: x\n    arch:\n      - amd64\n      - amd64\n", 6, `"amd64" is listed twice`},
+		{"bad job arch type", "jobs:\n  t:\n    steps: x\n    arch: {a: b}\n", 4, "list of strings"},
+		{"invalid UTF-8", "jobs:\n  t:\n    steps: \xff\n", 3, "UTF-8"},
+		{"control character", "jobs:\n  t:\n    steps: a\x01b\n", 3, "control characters"},
+		{"CRLF lines", "jobs:\r\n  t:\r\n    stesp: x\r\n", 3, `unknown field "stesp"`},
+		{"CR lines", "jobs:\r  t:\r    steps: x\r    pool: Big\r", 4, "invalid pool"},
+		{"NEL counts as a line", "jobs:\n  t:\u0085    steps: x\n    pool: Big\n", 4, "invalid pool"},
+		{"job name too long", "jobs:\n  " + strings.Repeat("a", 65) + ":\n    steps: x\n", 2, "invalid job name"},
+		{"job name a list", "jobs:\n  [a]: {steps: x}\n", 2, "not a plain name"},
+		{"timeout a list", "jobs:\n  t:\n    steps: x\n    timeout: [1m]\n", 4, "want a duration"},
+		{"zero timeout", "jobs:\n  t:\n    steps: x\n    timeout: 0s\n", 4, "out of range"},
+		{"artifacts a map", "jobs:\n  t:\n    steps: x\n    artifacts: {a: b}\n", 4, "artifacts"},
+		{"empty top arch", "arch: []\njobs:\n  t:\n    steps: x\n", 1, "the list is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,6 +114,36 @@ func TestParsePipelineBad(t *testing.T) {
 	}
 }
 
+// yaml.v3 numbers the lines of scanner and parser errors differently and leaves
+// out line 1; each error must still point at the line it is about.
+func TestParsePipelineSyntaxErrorLines(t *testing.T) {
+	tests := []struct {
+		src  string
+		line int
+	}{
+		{"jobs:\n  t:\n    steps: ]\n", 3},                             // parser error, counted from 0 by yaml.v3
+		{"jobs:\n  t:\n    steps: x\n  - y\n", 2},                      // parser error: the mapping that wanted a key
+		{"- a\n- b\nc: 1\n", 3},                                        // parser error
+		{"]\n", 1},                                                     // parser error on line 1: no line in the message
+		{"jobs: x: y\n", 1},                                            // scanner error on line 1: no line in the message
+		{"jobs:\n  t:\n    steps: x\n     y: z\n", 4},                  // scanner error
+		{"jobs:\n  t:\n    steps: @x\n", 3},                            // scanner error
+		{"jobs:\n  t:\n    steps: \"x\\q\"\n", 3},                      // scanner error
+		{"jobs:\n  t:\n    steps: x\n\tpool: big\n", 4},                // tab after a plain scalar
+		{"jobs:\n  t:\n    steps: x\n    env: {A: 1\n  u:\n", 4},       // unclosed flow mapping
+		{"jobs:\n  t:\n    steps: [x, *nope]\n", 3},                    // unknown anchor
+		{"jobs:\n  t:\n    steps: x\n    pool: a\x00\n", 4},            // control character
+		{"jobs:\r\n  t:\r\n    steps: x\r\n    pool: \xc3\x28\r\n", 4}, // invalid UTF-8
+	}
+	for _, tt := range tests {
+		_, err := ParsePipeline(".jetci.yml", []byte(tt.src))
+		var pe *PipelineError
+		if !errors.As(err, &pe) || pe.Line != tt.line || !strings.Contains(pe.Reason, "invalid YAML") {
+			t.Errorf("%q: got %v, want invalid YAML on line %d", tt.src, err, tt.line)
+		}
+	}
+}
+
 func TestPipelineErrorQuotesTheLine(t *testing.T) {
 	_, err := ParsePipeline(".jetci.yml", []byte("jobs:\n  test:\n    stesp: [true]\n"))
 	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts)\n    3 |     stesp: [true]"
@@ -106,11 +152,30 @@ func TestPipelineErrorQuotesTheLine(t *testing.T) {
 	}
 }
 
+func TestPipelineErrorQuotesSafely(t *testing.T) {
+	// The quoted line loses its CR, control characters become U+FFFD and a long
+	// line is cut, so the message is safe on a terminal and a web page.
+	_, err := ParsePipeline(".jetci.yml", []byte("jobs:\r\n  t:\r\n    stesp: x # \x1b[31m"+strings.Repeat("é", 200)+"\r\n"))
+	var pe *PipelineError
+	if !errors.As(err, &pe) || pe.Line != 3 {
+		t.Fatalf("got %v, want an error on line 3", err)
+	}
+	if strings.ContainsAny(pe.Text, "\r\x1b") || !utf8.ValidString(pe.Text) || len(pe.Text) > maxQuote+len(" …") ||
+		!strings.HasPrefix(pe.Text, "    stesp: x # \uFFFD[31m") || !strings.HasSuffix(pe.Text, "é …") {
+		t.Fatalf("quoted text %q", pe.Text)
+	}
+}
+
 func FuzzParsePipeline(f *testing.F) {
 	for _, s := range []string{
 		"jobs:\n  test:\n    steps: [a, b]\n    timeout: 1m\n",
 		"arch: [amd64]\njobs:\n  t:\n    steps: x\n    env: {A: 1}\n",
 		"jobs:\n  t: {steps: [x], arch: arm64}\n", "- a", "{", "jobs: &a\n  t: *a\n", "",
+		"arch: [amd64, arm64]\npool: big\njobs:\n  lint:\n    steps: go vet ./...\n  test:\n    steps:\n      - go test ./...\n" +
+			"    arch: [amd64]\n    timeout: 10m\n    env: {GOFLAGS: -mod=mod, N: 3}\n    artifacts: [\"bin/*\"]\n    pool: small\n",
+		"jobs:\r\n  t:\r    steps: x\u0085    pool: P\u2028", "jobs:\n  t:\n    steps: \xff\x01\n", "jobs:\n  t:\n    steps: *nope\n",
+		"jobs:\n  t:\n    steps: |\n      a\n      b\n    env:\n      <<: {A: 1}\n", "--- \njobs: {t: {steps: x}}\n...\n---\nx: 1\n",
+		"\ufeffjobs:\n  t:\n    steps: !!binary aGVsbG8=\n    timeout: !!int 5\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -120,6 +185,9 @@ func FuzzParsePipeline(f *testing.F) {
 			var pe *PipelineError
 			if !errors.As(err, &pe) || pe.Line < 0 {
 				t.Fatalf("error %v is not a *PipelineError with a line", err)
+			}
+			if !utf8.ValidString(pe.Text) || strings.ContainsFunc(pe.Text, func(r rune) bool { return r != '\t' && unicode.IsControl(r) }) {
+				t.Fatalf("unsafe quoted text %q", pe.Text)
 			}
 			return
 		}
@@ -155,6 +223,17 @@ func TestDetect(t *testing.T) {
 		{"makefile variable", events.Probe{Root: []string{"Makefile"}, Makefile: "test := 1\ntest = 2\ntest ::= 3\n"}, ""},
 		{"makefile phony only", events.Probe{Root: []string{"Makefile"}, Makefile: ".PHONY: test\nbuild:\n\techo test: x\n"}, ""},
 		{"makefile tests target", events.Probe{Root: []string{"Makefile"}, Makefile: "tests:\n\tx\n"}, ""},
+		{"makefile no space before colon", events.Probe{Root: []string{"Makefile"}, Makefile: "test:\n"}, "make test"},
+		{"makefile spaces around colon", events.Probe{Root: []string{"Makefile"}, Makefile: "test : build ; ./run\n"}, "make test"},
+		{"makefile CRLF", events.Probe{Root: []string{"Makefile"}, Makefile: "all:\r\n\ttrue\r\ntest: all\r\n"}, "make test"},
+		{"makefile continued targets", events.Probe{Root: []string{"Makefile"}, Makefile: "check \\\n  test: deps\n"}, "make test"},
+		{"makefile variable no spaces", events.Probe{Root: []string{"Makefile"}, Makefile: "test:=1\ntest?=2\ntest+=3\ntest:::=4\n"}, ""},
+		{"makefile comment", events.Probe{Root: []string{"Makefile"}, Makefile: "# test: run the tests\nall: # test:\n"}, ""},
+		{"makefile recipe line", events.Probe{Root: []string{"Makefile"}, Makefile: "all:\n\ttest: x\n"}, ""},
+		{"makefile test as a prerequisite", events.Probe{Root: []string{"Makefile"}, Makefile: "all: test\n"}, ""},
+		{"python first", events.Probe{Root: []string{"tests/", "go.mod", "Makefile"}, Tests: []string{"helpers/", "test_x.py"}, Makefile: "test:\n"}, "python3 -m unittest discover -s tests -v"},
+		{"go before make", events.Probe{Root: []string{"go.mod", "Makefile"}, Makefile: "test:\n"}, "go test ./..."},
+		{"makefile not at the root", events.Probe{Root: []string{"src/"}, Makefile: ""}, ""},
 		{"nothing", events.Probe{Root: []string{"README"}}, ""},
 	}
 	for _, tt := range tests {
