@@ -73,6 +73,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
 		return
 	}
+	r.renewLease(ctx) // finds out whether the lease lapsed while the job ran
 	if r.lostJob(job.JobID) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
 		return

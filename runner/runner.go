@@ -104,11 +104,12 @@ type Runner struct {
 	caches *caches
 	wake   *notifier
 
-	mu   sync.Mutex
-	busy map[int]events.LeasedJob // slot -> the job it runs
-	lost map[string]bool          // jobs whose lease lapsed: handed to another runner
-	kick chan struct{}            // asks for the lease to be written now
-	born time.Time
+	mu    sync.Mutex
+	busy  map[int]events.LeasedJob // slot -> the job it runs
+	lost  map[string]bool          // jobs whose lease lapsed: handed to another runner
+	kick  chan struct{}            // asks for the lease to be written now
+	lease leaseState
+	born  time.Time
 
 	ensured time.Time // when the job consumers were last created again
 }
@@ -293,54 +294,74 @@ func (r *Runner) lostJob(jobID string) bool {
 // deletes it. Each write is a compare-and-swap on the previous one: if it fails,
 // the lease expired in between and every job it named counts as lost.
 func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
-	host, _ := os.Hostname()
-	key := events.LeaseKey(r.id)
-	var kv jetstream.KeyValue
-	var rev uint64
-	var held []events.LeasedJob // the jobs named by the last lease written
 	t := time.NewTicker(events.LeaseRenew)
 	defer t.Stop()
 	for {
-		r.mu.Lock()
-		l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-			Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
-		for _, j := range r.busy {
-			l.Jobs = append(l.Jobs, j)
-		}
-		r.mu.Unlock()
-		data, _ := json.Marshal(l)
-		wctx, cancel := context.WithTimeout(ctx, events.LeaseRenew)
-		if kv == nil {
-			kv, _ = r.js.KeyValue(wctx, events.BucketRunners)
-		}
-		if kv != nil {
-			next, err := uint64(0), error(nil)
-			if rev == 0 {
-				next, err = kv.Put(wctx, key, data)
-			} else if next, err = kv.Update(wctx, key, data, rev); isWrongRevision(err) {
-				r.loseJobs(wctx, held)
-				next, err = kv.Put(wctx, key, data)
-			}
-			if err == nil {
-				rev, held = next, l.Jobs
-			} else if ctx.Err() == nil {
-				// Keep the old revision: if the lease expired while the broker was
-				// out of reach, the next renewal finds out.
-				r.log.Debug().Err(err).Msg("renew lease")
-			}
-		}
-		cancel()
+		r.renewLease(ctx)
 		select {
 		case <-t.C:
 		case <-r.kick:
 		case <-stop:
+			r.lease.Lock()
+			kv := r.lease.kv
+			r.lease.Unlock()
 			if kv != nil {
 				dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_ = kv.Delete(dctx, key)
+				_ = kv.Delete(dctx, events.LeaseKey(r.id))
 				cancel()
 			}
 			return
 		}
+	}
+}
+
+// leaseState is the runner's last written lease.
+type leaseState struct {
+	sync.Mutex
+	kv   jetstream.KeyValue
+	rev  uint64
+	held []events.LeasedJob // the jobs named by the last lease written
+}
+
+// renewLease writes the lease now, as a compare-and-swap on the last write. A
+// failed swap means the lease expired in between: the jobs it named are settled
+// with the dispatcher (loseJobs). runJob calls it right before acking, so a
+// runner that was frozen past its lease never acks a job handed to another.
+func (r *Runner) renewLease(ctx context.Context) {
+	r.lease.Lock()
+	defer r.lease.Unlock()
+	host, _ := os.Hostname()
+	r.mu.Lock()
+	l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
+		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
+	for _, j := range r.busy {
+		l.Jobs = append(l.Jobs, j)
+	}
+	r.mu.Unlock()
+	data, _ := json.Marshal(l)
+	wctx, cancel := context.WithTimeout(ctx, events.LeaseRenew)
+	defer cancel()
+	if r.lease.kv == nil {
+		r.lease.kv, _ = r.js.KeyValue(wctx, events.BucketRunners)
+		if r.lease.kv == nil {
+			return
+		}
+	}
+	key := events.LeaseKey(r.id)
+	kv := r.lease.kv
+	next, err := uint64(0), error(nil)
+	if r.lease.rev == 0 {
+		next, err = kv.Put(wctx, key, data)
+	} else if next, err = kv.Update(wctx, key, data, r.lease.rev); isWrongRevision(err) {
+		r.loseJobs(wctx, r.lease.held)
+		next, err = kv.Put(wctx, key, data)
+	}
+	if err == nil {
+		r.lease.rev, r.lease.held = next, l.Jobs
+	} else if ctx.Err() == nil {
+		// Keep the old revision: if the lease expired while the broker was out
+		// of reach, the next renewal finds out.
+		r.log.Debug().Err(err).Msg("renew lease")
 	}
 }
 
