@@ -232,7 +232,8 @@ func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			// A pull that no one answers: the consumer was deleted (or the
 			// stream set up again).
-			missing = missing || errors.Is(err, nats.ErrNoResponders)
+			missing = missing || errors.Is(err, nats.ErrNoResponders) ||
+				errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
 			r.log.Debug().Err(err).Msg("fetch")
 		}
 	}

@@ -9,11 +9,33 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/metrics"
 )
+
+// serve connects a long-running service to NATS (waiting for the server and
+// setting up jetci's streams), serves its metrics on maddr, runs it, and drains
+// the connection when it returns. queueMetrics adds the queue depth collectors.
+func serve(ctx context.Context, url, name, maddr string, queueMetrics bool, log zerolog.Logger,
+	run func(nc *nats.Conn, js jetstream.JetStream, m *metrics.Metrics) error) error {
+	nc, js, err := connectService(ctx, url, name, log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, log)
+	var qjs jetstream.JetStream
+	if queueMetrics {
+		qjs = js
+	}
+	m, err := startMetrics(ctx, maddr, qjs, log)
+	if err != nil {
+		return err
+	}
+	return run(nc, js, m)
+}
 
 func metricsFlag(fs *flag.FlagSet) *string {
 	return fs.String("metrics", "", "serve Prometheus /metrics and /healthz on this address, host:port (empty: none)")

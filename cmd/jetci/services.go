@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/metrics"
 	"github.com/jetci/jetci/observer"
 	"github.com/jetci/jetci/reporter"
 	"github.com/jetci/jetci/runner"
@@ -129,19 +132,14 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	nc, js, err := connectService(ctx, *url, "jetci-observer", log)
-	if err != nil {
-		return err
-	}
-	defer drain(nc, log)
-	if cfg.Metrics, err = startMetrics(ctx, *maddr, nil, log); err != nil {
-		return err
-	}
-	o, err := observer.New(cfg, nc, js, log)
-	if err != nil {
-		return err
-	}
-	return o.Run(ctx)
+	return serve(ctx, *url, "jetci-observer", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+		cfg.Metrics = mets
+		o, err := observer.New(cfg, nc, js, log)
+		if err != nil {
+			return err
+		}
+		return o.Run(ctx)
+	})
 }
 
 const dispatcherUsage = `
@@ -177,24 +175,19 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	nc, js, err := connectService(ctx, *url, "jetci-dispatcher", log)
-	if err != nil {
-		return err
-	}
-	defer drain(nc, log)
-	if cfg.Metrics, err = startMetrics(ctx, *maddr, js, log); err != nil {
-		return err
-	}
-	d, err := dispatcher.New(cfg, js, log)
-	if err != nil {
-		return err
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.Run(gctx) })
-	g.Go(func() error {
-		return dispatcher.NewReaper(nc, js, cfg.Metrics, log.With().Str("component", "reaper").Logger()).Run(gctx)
+	return serve(ctx, *url, "jetci-dispatcher", *maddr, true, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+		cfg.Metrics = mets
+		d, err := dispatcher.New(cfg, js, log)
+		if err != nil {
+			return err
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return d.Run(gctx) })
+		g.Go(func() error {
+			return dispatcher.NewReaper(nc, js, mets, log.With().Str("component", "reaper").Logger()).Run(gctx)
+		})
+		return g.Wait()
 	})
-	return g.Wait()
 }
 
 const runnerUsage = `
@@ -234,19 +227,14 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	log = log.With().Str("runner", cfg.ID).Logger()
-	nc, js, err := connectService(ctx, *url, "jetci-runner", log)
-	if err != nil {
-		return err
-	}
-	defer drain(nc, log)
-	if cfg.Metrics, err = startMetrics(ctx, *maddr, nil, log); err != nil {
-		return err
-	}
-	r, err := runner.New(cfg, nc, js, log)
-	if err != nil {
-		return err
-	}
-	return r.Run(ctx)
+	return serve(ctx, *url, "jetci-runner", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+		cfg.Metrics = mets
+		r, err := runner.New(cfg, nc, js, log)
+		if err != nil {
+			return err
+		}
+		return r.Run(ctx)
+	})
 }
 
 const reporterUsage = `
@@ -270,18 +258,11 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := connectService(ctx, *url, "jetci-reporter", log)
-	if err != nil {
-		return err
-	}
-	defer drain(nc, log)
-	mets, err := startMetrics(ctx, *maddr, js, log)
-	if err != nil {
-		return err
-	}
-	r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log)
-	if err != nil {
-		return err
-	}
-	return r.Run(ctx)
+	return serve(ctx, *url, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log)
+		if err != nil {
+			return err
+		}
+		return r.Run(ctx)
+	})
 }
