@@ -172,7 +172,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", short(ev.Commit)).Logger()
+	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Logger()
 	_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
 	if err := d.dispatch(ctx, ev, log); err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
@@ -291,11 +291,4 @@ func publishAck(ctx context.Context, js jetstream.JetStream, subject string, msg
 func publish(ctx context.Context, js jetstream.JetStream, subject string, msg any, id string) error {
 	_, err := publishAck(ctx, js, subject, msg, id)
 	return err
-}
-
-func short(sha string) string {
-	if len(sha) > 10 {
-		return sha[:10]
-	}
-	return sha
 }

@@ -132,3 +132,11 @@ func JobMsgID(jobID, triggerID string) string {
 func ResultMsgID(jobID string, queueSeq, attempt uint64, kind string) string {
 	return fmt.Sprintf("r:%s:%d:%d:%s", jobID, queueSeq, attempt, kind)
 }
+
+// Short is the first 10 hex digits of a commit sha, for logs and tables.
+func Short(sha string) string {
+	if len(sha) > 10 {
+		return sha[:10]
+	}
+	return sha
+}

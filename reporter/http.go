@@ -10,6 +10,8 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/events"
 )
 
 // Handler serves the web page and the JSON API:
@@ -88,7 +90,7 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
-var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{"short": short}).Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{"short": events.Short}).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="5"><title>jetci</title>
 <style>

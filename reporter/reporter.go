@@ -150,18 +150,11 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	if changed && rec.Status.Final() {
-		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", short(rec.Commit)).
+		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
 			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
 			Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
 	}
 	if err := m.Ack(); err != nil {
 		r.log.Debug().Err(err).Msg("ack result")
 	}
-}
-
-func short(sha string) string {
-	if len(sha) > 10 {
-		return sha[:10]
-	}
-	return sha
 }

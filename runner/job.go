@@ -34,7 +34,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
 	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
-		Str("commit", short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
+		Str("commit", events.Short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
 	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
 	defer r.setBusy(slot, events.LeasedJob{})
 
@@ -241,11 +241,4 @@ func (r *Runner) publishOnce(ctx context.Context, subject string, msg any, id st
 	defer cancel()
 	_, err = r.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
 	return err
-}
-
-func short(sha string) string {
-	if len(sha) > 10 {
-		return sha[:10]
-	}
-	return sha
 }

@@ -104,15 +104,7 @@ func bareRun(tb testing.TB, clone, commit string) time.Duration {
 //	go test -run '^$' -bench CommitToResult -benchtime 1x ./cmd/jetci
 func BenchmarkCommitToResult(b *testing.B) {
 	const n = 15
-	repo := newGitRepo(b)
-	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url := startUpBench(b, repo.Dir, "200ms")
-	fw := watchFinished(b, url)
-	fw.wait(b, repo.Git("rev-parse", "HEAD"))
-	clone := filepath.Join(b.TempDir(), "clone")
-	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
-		b.Fatalf("clone: %v %s", err, out)
-	}
+	repo, fw, clone := benchSetup(b)
 	b.ResetTimer()
 	for range b.N {
 		var lat, bare []time.Duration
@@ -135,15 +127,7 @@ func BenchmarkCommitToResult(b *testing.B) {
 //
 //	go test -run '^$' -bench Burst20 -benchtime 1x ./cmd/jetci
 func BenchmarkBurst20(b *testing.B) {
-	repo := newGitRepo(b)
-	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	url := startUpBench(b, repo.Dir, "200ms")
-	fw := watchFinished(b, url)
-	fw.wait(b, repo.Git("rev-parse", "HEAD"))
-	clone := filepath.Join(b.TempDir(), "clone")
-	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
-		b.Fatalf("clone: %v %s", err, out)
-	}
+	repo, fw, clone := benchSetup(b)
 	b.ResetTimer()
 	for it := range b.N {
 		start := time.Now()
@@ -166,6 +150,22 @@ func BenchmarkBurst20(b *testing.B) {
 		}
 		b.ReportMetric(float64(bare.Milliseconds()), "bare_seq_ms")
 	}
+}
+
+// benchSetup runs jetci up (--poll 200ms) on a repo whose first commit has
+// passed, and clones the repo for the bare-work baseline.
+func benchSetup(b *testing.B) (*gitRepo, *finishedWatch, string) {
+	b.Helper()
+	repo := newGitRepo(b)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url := startUpBench(b, repo.Dir, "200ms")
+	fw := watchFinished(b, url)
+	fw.wait(b, repo.Git("rev-parse", "HEAD"))
+	clone := filepath.Join(b.TempDir(), "clone")
+	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
+		b.Fatalf("clone: %v %s", err, out)
+	}
+	return repo, fw, clone
 }
 
 func startUpBench(b *testing.B, repo, poll string) string {

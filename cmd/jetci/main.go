@@ -146,6 +146,21 @@ func parse(fs *flag.FlagSet, args []string) error {
 // logFlags are the logging flags every long-running command has.
 type logFlags struct{ level, format string }
 
+// registerLogFlags adds --log-level and --log-format to a command's flags.
+func registerLogFlags(fs *flag.FlagSet) *logFlags {
+	l := &logFlags{}
+	l.register(fs)
+	return l
+}
+
+// parseLogged parses a long-running command's flags and makes its logger.
+func (m *Main) parseLogged(fs *flag.FlagSet, args []string, l *logFlags) (zerolog.Logger, error) {
+	if err := parse(fs, args); err != nil {
+		return zerolog.Nop(), err
+	}
+	return l.logger(m.Stderr)
+}
+
 func (l *logFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.level, "log-level", envOr("JETCI_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env JETCI_LOG_LEVEL)")
 	fs.StringVar(&l.format, "log-format", envOr("JETCI_LOG_FORMAT", "auto"), "log format: auto (human on a terminal, JSON otherwise), console, json")

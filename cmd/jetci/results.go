@@ -70,17 +70,10 @@ func (m *Main) results(ctx context.Context, args []string) error {
 		if !r.FinishedAt.IsZero() {
 			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, shortSHA(r.Commit),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, events.Short(r.Commit),
 			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
 	}
 	return tw.Flush()
-}
-
-func shortSHA(s string) string {
-	if len(s) > 10 {
-		return s[:10]
-	}
-	return s
 }
 
 func oneLine(s string, max int) string {

@@ -38,12 +38,8 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "", "client address host:port (default: the config's, else 127.0.0.1:4222)")
 	store := fs.String("store", "", "JetStream storage directory (default: the config's, else ./.jetci/nats)")
 	maddr := metricsFlag(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
@@ -108,12 +104,8 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches")
 	maddr := metricsFlag(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
@@ -158,12 +150,8 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
 	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
 	maddr := metricsFlag(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
@@ -212,12 +200,8 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
@@ -249,12 +233,8 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	url := natsFlag(fs)
 	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
 	maddr := metricsFlag(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}

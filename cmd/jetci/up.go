@@ -51,12 +51,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	log, err := lf.logger(m.Stderr)
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
