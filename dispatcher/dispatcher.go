@@ -113,7 +113,13 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 		if timeout == 0 {
 			timeout = d.cfg.DefaultTimeout
 		}
+		if ev.OnlyJob != "" && j.Name != ev.OnlyJob {
+			continue
+		}
 		for _, a := range arch {
+			if ev.OnlyArch != "" && a != ev.OnlyArch {
+				continue
+			}
 			ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: j.Name, Arch: a}
 			ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
 			jobs = append(jobs, &events.JobQueued{
@@ -122,6 +128,10 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 				Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
 			})
 		}
+	}
+	if len(jobs) == 0 && (ev.OnlyJob != "" || ev.OnlyArch != "") {
+		err = fmt.Errorf("%s has no job %q on arch %q to re-check", pl.Path, ev.OnlyJob, ev.OnlyArch)
+		return nil, d.failure(ev, err, now)
 	}
 	return jobs, nil
 }

@@ -10,7 +10,8 @@
 //	jetci.result.<repo>.<branch>.queued               JobQueued          stream JETCI_RESULTS (limits, kept)
 //	jetci.result.<repo>.<branch>.started              JobStarted         stream JETCI_RESULTS
 //	jetci.result.<repo>.<branch>.finished             JobFinished        stream JETCI_RESULTS
-//	jetci.log.<job-id>                                LogChunk           core NATS only (live log lines)
+//	jetci.log.<job-id>                                LogChunk           stream JETCI_LOGS (limits, 24 h): live output
+//	jetci.cancel.<job-id>                             CancelRequest      core NATS: the runner running the job kills it
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
 //	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
 //
@@ -42,7 +43,9 @@
 //	jetci-runners  KV     leases: runner.<id> is a live runner and the jobs it holds (see Lease);
 //	                      entries expire LeaseTTL after the last refresh
 //	jetci-reaped   KV     one key per job attempt held under an expired lease (see ReapKey)
-//	jetci-logs     object full job logs, "<job-id>/<attempt>.log"
+//	jetci-cancel   KV     cancel requests by job id (see CancelRequest)
+//	jetci-logs     object full job logs, "<job-id>/<queue-seq>-<attempt>.log" (see LogObject)
+//	jetci-artifacts object files jobs left, "<job-id>/<queue-seq>-<attempt>/<path>" (see ArtifactObject)
 //
 // # Messages
 //

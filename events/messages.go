@@ -16,6 +16,7 @@ const (
 	TypeLogChunk       = "jetci.log.chunk.v1"
 	TypeTriggerRequest = "jetci.trigger.request.v1"
 	TypeTriggerReply   = "jetci.trigger.reply.v1"
+	TypeCancel         = "jetci.job.cancel.v1"
 )
 
 // ErrBadMessage marks a message that can never be processed: malformed JSON, an
@@ -92,6 +93,10 @@ type CommitDetected struct {
 	Class        Class     `json:"class"`                // first for pushes, user for triggers
 	TriggerID    string    `json:"trigger_id,omitempty"` // set for user triggers
 	DetectedAt   time.Time `json:"detected_at"`
+	// OnlyJob and OnlyArch narrow a trigger to one job (and arch) of the
+	// commit: a re-check of a single job.
+	OnlyJob  string `json:"only_job,omitempty"`
+	OnlyArch string `json:"only_arch,omitempty"`
 }
 
 // JobRef names one job everywhere it appears.
@@ -149,18 +154,42 @@ type JobFinished struct {
 	Log          string    `json:"log,omitempty"` // object name in the logs bucket
 	LogBytes     int64     `json:"log_bytes,omitempty"`
 	LogTruncated bool      `json:"log_truncated,omitempty"`
+	// Artifacts are the files the job's artifacts globs matched, stored in the
+	// artifacts bucket.
+	Artifacts []Artifact `json:"artifacts,omitempty"`
 	// Set when the dispatcher reports an error before any job was queued.
 	Author  Person `json:"author,omitzero"`
 	Subject string `json:"subject,omitempty"`
 }
 
-// LogChunk is a piece of a running job's output, published live.
+// Artifact is one file a job left for download.
+type Artifact struct {
+	Path   string `json:"path"`   // relative to the workspace, with "/" separators
+	Object string `json:"object"` // object name in the artifacts bucket
+	Size   int64  `json:"size"`
+}
+
+// LogChunk is a piece of a running job's output, published live. QueueSeq and
+// Attempt name the run and delivery it belongs to, as in JobStarted.
 type LogChunk struct {
-	Type    string `json:"type"`
-	JobID   string `json:"job_id"`
-	Attempt uint64 `json:"attempt"`
-	Seq     uint64 `json:"seq"`
-	Data    string `json:"data"`
+	Type     string `json:"type"`
+	JobID    string `json:"job_id"`
+	QueueSeq uint64 `json:"queue_seq,omitempty"`
+	Attempt  uint64 `json:"attempt"`
+	Seq      uint64 `json:"seq"`
+	Data     string `json:"data"`
+}
+
+// CancelRequest asks that a job stop: a queued job is taken out of the queue, a
+// running one is killed, and either ends as cancelled. It is kept in the
+// jetci-cancel bucket under the job id (so a runner that takes the job later
+// still sees it) and announced on CancelSubject for the runner running it.
+type CancelRequest struct {
+	Type     string    `json:"type"`
+	JobID    string    `json:"job_id"`
+	QueueSeq uint64    `json:"queue_seq"` // the run to cancel; a later re-run is not affected
+	By       string    `json:"by,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // TriggerRequest asks an observer to run a branch head, or one commit on it, now.
@@ -169,6 +198,9 @@ type TriggerRequest struct {
 	Repo   string `json:"repo"`
 	Branch string `json:"branch"`
 	Commit string `json:"commit,omitempty"`
+	// Job and Arch, when set, run only that job (and arch) of the commit.
+	Job  string `json:"job,omitempty"`
+	Arch string `json:"arch,omitempty"`
 }
 
 // TriggerReply answers a TriggerRequest.
@@ -196,6 +228,8 @@ func Encode(m any) ([]byte, error) {
 		v.Type = TypeTriggerRequest
 	case *TriggerReply:
 		v.Type = TypeTriggerReply
+	case *CancelRequest:
+		v.Type = TypeCancel
 	default:
 		return nil, fmt.Errorf("encode: unknown message %T", m)
 	}
@@ -227,6 +261,8 @@ func Decode(data []byte) (any, error) {
 		m = &TriggerRequest{}
 	case TypeTriggerReply:
 		m = &TriggerReply{}
+	case TypeCancel:
+		m = &CancelRequest{}
 	case "":
 		return nil, fmt.Errorf("%w: no type", ErrBadMessage)
 	default:
@@ -298,3 +334,5 @@ func (m *TriggerRequest) check() error {
 }
 
 func (m *TriggerReply) check() error { return nil }
+
+func (m *CancelRequest) check() error { return required("job_id", m.JobID) }

@@ -16,6 +16,7 @@ const (
 	StreamJobs    = "JETCI_JOBS"
 	StreamResults = "JETCI_RESULTS"
 	StreamDead    = "JETCI_DEAD"
+	StreamLogs    = "JETCI_LOGS"
 
 	// SubjectMaxDeliveries is the server's advisory for a job that reached
 	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
@@ -26,11 +27,13 @@ const (
 	ConsumerReporter   = "reporter"
 	ConsumerDead       = "dead-letters"
 
-	BucketHeads   = "jetci-heads"
-	BucketResults = "jetci-results"
-	BucketRunners = "jetci-runners"
-	BucketReaped  = "jetci-reaped"
-	BucketLogs    = "jetci-logs"
+	BucketHeads     = "jetci-heads"
+	BucketResults   = "jetci-results"
+	BucketRunners   = "jetci-runners"
+	BucketReaped    = "jetci-reaped"
+	BucketLogs      = "jetci-logs"
+	BucketArtifacts = "jetci-artifacts"
+	BucketCancel    = "jetci-cancel"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -45,16 +48,33 @@ const (
 	LeaseRenew   = time.Second
 	LeaseTTL     = 3 * time.Second
 	LogRetention = 30 * 24 * time.Hour
+	// LiveLogAge is how long JETCI_LOGS keeps live log chunks, so a job page
+	// opened in the middle of a run shows the output from its start; the full
+	// log is in the logs bucket once the job is done.
+	LiveLogAge   = 24 * time.Hour
+	LiveLogBytes = 1 << 30
 )
 
 // Setup describes how streams and buckets are created.
 type Setup struct {
 	Replicas int                   // 1 for a single server, 3 for a cluster
 	Storage  jetstream.StorageType // file by default
+	// LogRetention and ArtifactRetention are how long full logs and artifacts
+	// are kept; 0 means LogRetention. Ensure applies a changed value to
+	// existing buckets.
+	LogRetention      time.Duration
+	ArtifactRetention time.Duration
 }
 
 // DefaultSetup is one replica on file storage.
 func DefaultSetup() Setup { return Setup{Replicas: 1, Storage: jetstream.FileStorage} }
+
+func (s Setup) retention(d time.Duration) time.Duration {
+	if d <= 0 {
+		return LogRetention
+	}
+	return d
+}
 
 // SetupFor fits the server nc is connected to: three replicas of everything
 // on a JetStream cluster, so losing a node loses nothing; one otherwise.
@@ -93,6 +113,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			MaxAge:      30 * 24 * time.Hour,
 			Description: "jobs that reached their delivery limit, to be recorded as errors and taken out of the queue",
 		},
+		{
+			Name: StreamLogs, Subjects: []string{SubjectLogs + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			MaxAge: LiveLogAge, MaxBytes: LiveLogBytes, Discard: jetstream.DiscardOld,
+			Description: "live output of running jobs, for job pages opened mid-run",
+		},
 	}
 }
 
@@ -116,6 +142,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			TTL: LeaseTTL, LimitMarkerTTL: 10 * time.Second},
 		{Bucket: BucketReaped, Description: "who decided the fate of jobs under expired leases", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 24 * time.Hour},
+		{Bucket: BucketCancel, Description: "cancel requests, by job id", Storage: s.Storage, Replicas: s.Replicas,
+			TTL: 24 * time.Hour},
 	}
 	for _, cfg := range kvs {
 		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
@@ -127,16 +155,44 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			return fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
 		}
 	}
-	if _, err := js.ObjectStore(ctx, BucketLogs); errors.Is(err, jetstream.ErrBucketNotFound) {
-		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket: BucketLogs, Description: "full job logs", Storage: s.Storage,
-			Replicas: s.Replicas, TTL: LogRetention, Compression: true,
-		})
-		if err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
-			return fmt.Errorf("create object store %s: %w", BucketLogs, err)
+	objs := []jetstream.ObjectStoreConfig{
+		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true},
+		{Bucket: BucketArtifacts, Description: "files jobs left for download", TTL: s.retention(s.ArtifactRetention)},
+	}
+	for _, cfg := range objs {
+		cfg.Storage, cfg.Replicas = s.Storage, s.Replicas
+		if err := ensureObjectStore(ctx, js, cfg); err != nil {
+			return err
 		}
-	} else if err != nil {
-		return fmt.Errorf("object store %s: %w", BucketLogs, err)
+	}
+	return nil
+}
+
+// ensureObjectStore creates an object store, or updates the retention of an
+// existing one when it differs (an operator changed --log-retention).
+func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) error {
+	obs, err := js.ObjectStore(ctx, cfg.Bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		if _, err := js.CreateObjectStore(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+			return fmt.Errorf("create object store %s: %w", cfg.Bucket, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("object store %s: %w", cfg.Bucket, err)
+	}
+	st, err := obs.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", cfg.Bucket, err)
+	}
+	if st.TTL() == cfg.TTL {
+		return nil
+	}
+	cfg.Compression = st.IsCompressed()
+	cfg.Replicas = st.Replicas()
+	cfg.Storage = st.Storage()
+	if _, err := js.UpdateObjectStore(ctx, cfg); err != nil {
+		return fmt.Errorf("set retention of %s to %s: %w", cfg.Bucket, cfg.TTL, err)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ const (
 	SubjectResults = "jetci.result"
 	SubjectLogs    = "jetci.log"
 	SubjectTrigger = "jetci.trigger"
+	SubjectCancel  = "jetci.cancel"
 )
 
 // Result kinds: the last token of a result subject.
@@ -88,6 +89,22 @@ func ResultSubject(repo, branch, kind string) string {
 
 // LogSubject carries the live log of one job.
 func LogSubject(jobID string) string { return SubjectLogs + "." + jobID }
+
+// CancelSubject is where a running job's runner hears that it is cancelled.
+func CancelSubject(jobID string) string { return SubjectCancel + "." + jobID }
+
+// LogObject names the full log of one attempt (delivery) of one run (queue
+// sequence) of a job in the logs bucket. A re-run is a new queue sequence, so
+// it never overwrites an earlier run's log.
+func LogObject(jobID string, queueSeq, attempt uint64) string {
+	return fmt.Sprintf("%s/%d-%d.log", jobID, queueSeq, attempt)
+}
+
+// ArtifactObject names one artifact file of one attempt in the artifacts bucket;
+// path is relative to the workspace with "/" separators.
+func ArtifactObject(jobID string, queueSeq, attempt uint64, path string) string {
+	return fmt.Sprintf("%s/%d-%d/%s", jobID, queueSeq, attempt, path)
+}
 
 // TriggerSubject is where `jetci trigger` asks the observers of repo to run a commit.
 func TriggerSubject(repo string) string { return SubjectTrigger + "." + Token(repo) }

@@ -72,6 +72,7 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	}
 	ev.Class = events.ClassUser
 	ev.TriggerID = nuid.Next()
+	ev.OnlyJob, ev.OnlyArch = req.Job, req.Arch
 	if err := o.publish(ctx, ev, ev.TriggerID); err != nil {
 		return "", "", err
 	}
