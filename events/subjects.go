@@ -109,6 +109,19 @@ func ArtifactObject(jobID string, queueSeq, attempt uint64, path string) string 
 // TriggerSubject is where `jetci trigger` asks the observers of repo to run a commit.
 func TriggerSubject(repo string) string { return SubjectTrigger + "." + Token(repo) }
 
+// ValidJobID reports whether s looks like a JobID: 20 lowercase hex digits.
+func ValidJobID(s string) bool {
+	if len(s) != 20 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // JobID names one job: a repo, branch, commit, job name and arch. It is stable, so a
 // re-run of the same job updates the same record.
 func JobID(repo, branch, commit, job, arch string) string {

@@ -1,6 +1,8 @@
 package reporter
 
 import (
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/jetci/jetci/events"
@@ -10,35 +12,102 @@ import (
 // There is exactly one record per job (repo, branch, commit, job, arch); it lives
 // in the jetci-results bucket under events.RecordKey.
 type Record struct {
-	JobID        string        `json:"job_id"`
-	Repo         string        `json:"repo"`
-	Branch       string        `json:"branch"`
-	Commit       string        `json:"commit"`
-	Arch         string        `json:"arch"`
-	Job          string        `json:"job"`
-	Status       events.Status `json:"status"`
-	Attempt      uint64        `json:"attempt"`
-	ExitCode     int           `json:"exit_code"`
-	DurationMs   int64         `json:"duration_ms"`
-	Runner       string        `json:"runner"`
-	Error        string        `json:"error"`
-	FinishedAt   time.Time     `json:"finished_at,omitzero"`
-	QueuedAt     time.Time     `json:"queued_at,omitzero"`
-	StartedAt    time.Time     `json:"started_at,omitzero"`
-	Pool         string        `json:"pool,omitempty"`
-	Class        events.Class  `json:"class,omitempty"`
-	Author       events.Person `json:"author,omitzero"`
-	Subject      string        `json:"subject,omitempty"`
-	TriggerID    string        `json:"trigger_id,omitempty"`
-	Log          string        `json:"log,omitempty"`
-	LogBytes     int64         `json:"log_bytes,omitempty"`
-	LogTruncated bool          `json:"log_truncated,omitempty"`
-	QueueSeq     uint64        `json:"queue_seq"`
+	JobID  string        `json:"job_id"`
+	Repo   string        `json:"repo"`
+	Branch string        `json:"branch"`
+	Commit string        `json:"commit"`
+	Arch   string        `json:"arch"`
+	Job    string        `json:"job"`
+	Status events.Status `json:"status"`
+	// Attempt numbers the attempt this record shows, counting every run
+	// (re-checks) and every delivery (a runner died) of the job: 1, 2, 3...
+	// It is 0 while the current run waits in the queue.
+	Attempt      uint64            `json:"attempt"`
+	ExitCode     int               `json:"exit_code"`
+	DurationMs   int64             `json:"duration_ms"`
+	Runner       string            `json:"runner"`
+	Error        string            `json:"error"`
+	FinishedAt   time.Time         `json:"finished_at,omitzero"`
+	QueuedAt     time.Time         `json:"queued_at,omitzero"`
+	StartedAt    time.Time         `json:"started_at,omitzero"`
+	Pool         string            `json:"pool,omitempty"`
+	Class        events.Class      `json:"class,omitempty"`
+	Author       events.Person     `json:"author,omitzero"`
+	Subject      string            `json:"subject,omitempty"`
+	TriggerID    string            `json:"trigger_id,omitempty"`
+	Log          string            `json:"log,omitempty"`
+	LogBytes     int64             `json:"log_bytes,omitempty"`
+	LogTruncated bool              `json:"log_truncated,omitempty"`
+	Artifacts    []events.Artifact `json:"artifacts,omitempty"`
+	QueueSeq     uint64            `json:"queue_seq"`
+	// Delivery is the current attempt's delivery count within its run.
+	Delivery uint64 `json:"delivery,omitempty"`
+	// Attempts is the history of every attempt, oldest first (at most
+	// MaxAttempts; Dropped counts the older ones left out).
+	Attempts []Attempt `json:"attempts,omitempty"`
+	Dropped  int       `json:"attempts_dropped,omitempty"`
 	// Phase orders events of one attempt: 0 queued, 1 started, 2 finished.
 	Phase int `json:"phase"`
 	// Reason says why a queued job waits. It is worked out when records are
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
+}
+
+// Attempt is one attempt of a job: one delivery of one run to a runner.
+type Attempt struct {
+	N            uint64            `json:"n"`
+	QueueSeq     uint64            `json:"queue_seq"`
+	Delivery     uint64            `json:"delivery"`
+	Class        events.Class      `json:"class,omitempty"`
+	TriggerID    string            `json:"trigger_id,omitempty"`
+	Runner       string            `json:"runner,omitempty"`
+	Status       events.Status     `json:"status"`
+	ExitCode     int               `json:"exit_code"`
+	Error        string            `json:"error,omitempty"`
+	StartedAt    time.Time         `json:"started_at,omitzero"`
+	FinishedAt   time.Time         `json:"finished_at,omitzero"`
+	DurationMs   int64             `json:"duration_ms,omitempty"`
+	Log          string            `json:"log,omitempty"`
+	LogBytes     int64             `json:"log_bytes,omitempty"`
+	LogTruncated bool              `json:"log_truncated,omitempty"`
+	Artifacts    []events.Artifact `json:"artifacts,omitempty"`
+}
+
+// MaxAttempts bounds the history a record keeps.
+const MaxAttempts = 50
+
+// attempt returns the history entry of (seq, delivery), adding it in order if
+// it is new, and renumbers the history.
+func (r *Record) attempt(seq, delivery uint64) *Attempt {
+	i := sort.Search(len(r.Attempts), func(i int) bool {
+		a := &r.Attempts[i]
+		return a.QueueSeq > seq || a.QueueSeq == seq && a.Delivery >= delivery
+	})
+	if i == len(r.Attempts) || r.Attempts[i].QueueSeq != seq || r.Attempts[i].Delivery != delivery {
+		r.Attempts = slices.Insert(r.Attempts, i, Attempt{QueueSeq: seq, Delivery: delivery})
+		if len(r.Attempts) > MaxAttempts {
+			r.Attempts = r.Attempts[1:]
+			r.Dropped++
+			i--
+		}
+		for j := range r.Attempts {
+			r.Attempts[j].N = uint64(r.Dropped + j + 1)
+		}
+	}
+	if i < 0 {
+		return &Attempt{} // older than everything kept
+	}
+	return &r.Attempts[i]
+}
+
+// Find returns the history entry numbered n, or nil.
+func (r *Record) Find(n uint64) *Attempt {
+	for i := range r.Attempts {
+		if r.Attempts[i].N == n {
+			return &r.Attempts[i]
+		}
+	}
+	return nil
 }
 
 // position orders the events of one job: a later run (higher queue sequence) wins,
@@ -60,9 +129,11 @@ func (p position) after(q position) bool {
 	return p.phase > q.phase
 }
 
-func (r *Record) position() position { return position{r.QueueSeq, r.Attempt, r.Phase} }
+func (r *Record) position() position { return position{r.QueueSeq, r.Delivery, r.Phase} }
 
-// Apply folds one event into the record and reports whether it changed.
+// Apply folds one event into the record and reports whether it changed. Every
+// started and finished event updates its attempt in the history; only events
+// newer than the record's position change the record's current state.
 func (r *Record) Apply(ev any) bool {
 	switch e := ev.(type) {
 	case *events.JobQueued:
@@ -71,38 +142,65 @@ func (r *Record) Apply(ev any) bool {
 			r.Pool, r.Class, r.QueuedAt, r.TriggerID = e.Pool, e.Class, e.QueuedAt, e.TriggerID
 			changed = true
 		}
+		for i := range r.Attempts {
+			if a := &r.Attempts[i]; a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID) {
+				a.Class, a.TriggerID, changed = e.Class, e.TriggerID, true
+			}
+		}
 		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
 			return changed
 		}
 		*r = Record{
 			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job,
-			Author: r.Author, Subject: r.Subject,
+			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped,
 			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
 			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
 		}
 		return true
 	case *events.JobStarted:
 		changed := r.fill(e.JobRef, events.Person{}, "")
+		a := r.attempt(e.QueueSeq, e.Attempt)
+		if a.Status == "" {
+			a.Status, a.Runner, a.StartedAt, changed = events.StatusRunning, e.Runner, e.StartedAt, true
+			if e.QueueSeq == r.QueueSeq {
+				a.Class, a.TriggerID = r.Class, r.TriggerID
+			}
+		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
 			return changed
 		}
-		r.QueueSeq, r.Attempt, r.Phase = e.QueueSeq, e.Attempt, 1
+		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 1
 		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
-		r.Log, r.LogBytes, r.LogTruncated = "", 0, false
+		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
+		r.Attempt = a.N
 		return true
 	case *events.JobFinished:
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
+		a := r.attempt(e.QueueSeq, e.Attempt)
+		if !a.Status.Final() {
+			a.Status, a.Runner, a.ExitCode, a.Error = e.Status, e.Runner, e.ExitCode, e.Error
+			a.DurationMs, a.FinishedAt = e.DurationMs, e.FinishedAt
+			if !e.StartedAt.IsZero() {
+				a.StartedAt = e.StartedAt
+			}
+			a.Log, a.LogBytes, a.LogTruncated, a.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
+			if e.QueueSeq == r.QueueSeq && a.Class == "" {
+				a.Class, a.TriggerID = r.Class, r.TriggerID
+			}
+			changed = true
+		}
 		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
 			return changed
 		}
-		r.QueueSeq, r.Attempt, r.Phase = e.QueueSeq, e.Attempt, 2
+		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 2
 		r.Status, r.Runner, r.ExitCode, r.Error = e.Status, e.Runner, e.ExitCode, e.Error
 		r.DurationMs, r.FinishedAt = e.DurationMs, e.FinishedAt
 		if !e.StartedAt.IsZero() {
 			r.StartedAt = e.StartedAt
 		}
-		r.Log, r.LogBytes, r.LogTruncated = e.Log, e.LogBytes, e.LogTruncated
+		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
+		r.Attempt = a.N
 		return true
 	}
 	return false

@@ -36,7 +36,7 @@ func TestRecordApply(t *testing.T) {
 		{"late start after finish", []any{finished(5, 1, "a", events.StatusPassed), started(5, 1, "a")}, events.StatusPassed, 1, "a", false},
 		{"duplicate finish", []any{finished(5, 1, "a", events.StatusPassed), finished(5, 1, "a", events.StatusFailed)}, events.StatusPassed, 1, "a", false},
 		{"re-run resets", []any{queued(5), finished(5, 1, "a", events.StatusFailed), queued(9)}, events.StatusQueued, 0, "", true},
-		{"re-run finishes", []any{queued(5), finished(5, 1, "a", events.StatusFailed), queued(9), started(9, 1, "b"), finished(9, 1, "b", events.StatusPassed)}, events.StatusPassed, 1, "b", true},
+		{"re-run finishes", []any{queued(5), finished(5, 1, "a", events.StatusFailed), queued(9), started(9, 1, "b"), finished(9, 1, "b", events.StatusPassed)}, events.StatusPassed, 2, "b", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,5 +64,44 @@ func TestRecordApplyReportsNoChangeForDuplicates(t *testing.T) {
 	}
 	if r.Apply(finished(5, 1, "a", events.StatusPassed)) {
 		t.Fatal("duplicate finish: want no change")
+	}
+}
+
+func TestRecordKeepsEveryAttempt(t *testing.T) {
+	var r Record
+	for _, ev := range []any{
+		queued(5), started(5, 1, "a"), started(5, 2, "b"), finished(5, 2, "b", events.StatusFailed),
+		finished(5, 1, "a", events.StatusPassed), // the presumed-dead runner reports late
+		queued(9), started(9, 1, "c"), finished(9, 1, "c", events.StatusPassed),
+	} {
+		r.Apply(ev)
+	}
+	if len(r.Attempts) != 3 || r.Attempt != 3 || r.Status != events.StatusPassed {
+		t.Fatalf("attempt %d status %s history %+v", r.Attempt, r.Status, r.Attempts)
+	}
+	want := []struct {
+		n, seq, delivery uint64
+		runner           string
+		status           events.Status
+	}{{1, 5, 1, "a", events.StatusPassed}, {2, 5, 2, "b", events.StatusFailed}, {3, 9, 1, "c", events.StatusPassed}}
+	for i, w := range want {
+		a := r.Attempts[i]
+		if a.N != w.n || a.QueueSeq != w.seq || a.Delivery != w.delivery || a.Runner != w.runner || a.Status != w.status || a.Class != events.ClassFirst {
+			t.Errorf("attempt %d = %+v, want %+v", i, a, w)
+		}
+	}
+	if r.Find(2) == nil || r.Find(4) != nil {
+		t.Fatal("Find")
+	}
+}
+
+func TestRecordHistoryIsBounded(t *testing.T) {
+	var r Record
+	for seq := uint64(1); seq <= MaxAttempts+10; seq++ {
+		r.Apply(queued(seq))
+		r.Apply(finished(seq, 1, "a", events.StatusPassed))
+	}
+	if len(r.Attempts) != MaxAttempts || r.Dropped != 10 || r.Attempt != MaxAttempts+10 || r.Attempts[0].N != 11 {
+		t.Fatalf("len %d dropped %d attempt %d first %d", len(r.Attempts), r.Dropped, r.Attempt, r.Attempts[0].N)
 	}
 }

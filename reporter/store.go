@@ -55,6 +55,9 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 			if err := json.Unmarshal(e.Value(), rec); err != nil {
 				return nil, false, fmt.Errorf("record %s: %w", key, err)
 			}
+			if rec.Delivery == 0 && rec.Attempt > 0 && len(rec.Attempts) == 0 {
+				rec.Delivery = rec.Attempt // written before attempts were counted across runs
+			}
 			rev = e.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		default:
@@ -221,4 +224,51 @@ func (s *Store) leases(ctx context.Context) ([]events.Lease, error) {
 		}
 	}
 	return out, errors.New("watcher closed")
+}
+
+// ErrNoJob is returned for a job id no record has.
+var ErrNoJob = errors.New("no such job")
+
+// Get returns the record of one job by its id.
+func (s *Store) Get(ctx context.Context, jobID string) (*Record, error) {
+	return getRecord(ctx, s.kv, jobID)
+}
+
+// FindRecord looks a job's record up by its id alone, for tools that have
+// no reporter (jetci artifacts).
+func FindRecord(ctx context.Context, js jetstream.JetStream, jobID string) (*Record, error) {
+	kv, err := js.KeyValue(ctx, events.BucketResults)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketResults, err)
+	}
+	return getRecord(ctx, kv, jobID)
+}
+
+func getRecord(ctx context.Context, kv jetstream.KeyValue, jobID string) (*Record, error) {
+	if !events.ValidJobID(jobID) {
+		return nil, fmt.Errorf("%w: %q is not a job id (20 hex digits)", ErrNoJob, jobID)
+	}
+	keys, err := kv.ListKeysFiltered(ctx, "*.*."+jobID)
+	if err != nil {
+		return nil, fmt.Errorf("look up job %s: %w", jobID, err)
+	}
+	var key string
+	for k := range keys.Keys() {
+		key = k
+	}
+	if key == "" {
+		return nil, fmt.Errorf("%w: %s", ErrNoJob, jobID)
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNoJob, jobID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get job %s: %w", jobID, err)
+	}
+	var r Record
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("record %s: %w", key, err)
+	}
+	return &r, nil
 }
