@@ -60,8 +60,8 @@ type Setup struct {
 	Replicas int                   // 1 for a single server, 3 for a cluster
 	Storage  jetstream.StorageType // file by default
 	// LogRetention and ArtifactRetention are how long full logs and artifacts
-	// are kept; 0 means LogRetention. Ensure applies a changed value to
-	// existing buckets.
+	// are kept. 0 creates missing buckets with LogRetention and leaves
+	// existing ones alone; a set value is applied to existing buckets too.
 	LogRetention      time.Duration
 	ArtifactRetention time.Duration
 }
@@ -159,9 +159,10 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true},
 		{Bucket: BucketArtifacts, Description: "files jobs left for download", TTL: s.retention(s.ArtifactRetention)},
 	}
-	for _, cfg := range objs {
+	for i, cfg := range objs {
 		cfg.Storage, cfg.Replicas = s.Storage, s.Replicas
-		if err := ensureObjectStore(ctx, js, cfg); err != nil {
+		set := []time.Duration{s.LogRetention, s.ArtifactRetention}[i] > 0
+		if err := ensureObjectStore(ctx, js, cfg, set); err != nil {
 			return err
 		}
 	}
@@ -170,7 +171,7 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 
 // ensureObjectStore creates an object store, or updates the retention of an
 // existing one when it differs (an operator changed --log-retention).
-func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) error {
+func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig, update bool) error {
 	obs, err := js.ObjectStore(ctx, cfg.Bucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
@@ -180,6 +181,8 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstrea
 		return nil
 	case err != nil:
 		return fmt.Errorf("object store %s: %w", cfg.Bucket, err)
+	case !update:
+		return nil
 	}
 	st, err := obs.Status(ctx)
 	if err != nil {

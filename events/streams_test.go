@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -65,5 +66,42 @@ func TestSetupIsIdempotentAndPartitionsDoNotOverlap(t *testing.T) {
 	}
 	if _, err := s.JS.ObjectStore(ctx, events.BucketLogs); errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatal("no logs object store")
+	}
+}
+
+func TestEnsureRetention(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	ttl := func(bucket string) time.Duration {
+		obs, err := s.JS.ObjectStore(ctx, bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := obs.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.TTL()
+	}
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if got := ttl(events.BucketLogs); got != events.LogRetention {
+		t.Fatalf("default log retention %s", got)
+	}
+	set := events.DefaultSetup()
+	set.LogRetention, set.ArtifactRetention = 48*time.Hour, 7*24*time.Hour
+	if err := set.Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := ttl(events.BucketLogs), ttl(events.BucketArtifacts); a != 48*time.Hour || b != 7*24*time.Hour {
+		t.Fatalf("after setting: logs %s artifacts %s", a, b)
+	}
+	// A process started without the setting (a runner) leaves it alone.
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if got := ttl(events.BucketLogs); got != 48*time.Hour {
+		t.Fatalf("a default Ensure reset log retention to %s", got)
 	}
 }
