@@ -31,6 +31,9 @@ type Config struct {
 	HTTP string
 	// Metrics, when set, is also served at /metrics on HTTP.
 	Metrics *metrics.Metrics
+	// AdminToken enables the actions (trigger, re-check, cancel) for whoever
+	// presents it; without it the pages and the API are read-only.
+	AdminToken string
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.
@@ -48,12 +51,18 @@ func (c Config) Validate() error {
 
 // Reporter consumes results and serves them.
 type Reporter struct {
-	cfg   Config
-	js    jetstream.JetStream
-	log   zerolog.Logger
-	store *Store
-	logs  jetstream.ObjectStore
-	ln    net.Listener
+	cfg       Config
+	js        jetstream.JetStream
+	log       zerolog.Logger
+	store     *Store
+	view      *View
+	auth      auth
+	logs      jetstream.ObjectStore
+	artifacts jetstream.ObjectStore
+	cancels   jetstream.KeyValue
+	jobs      jetstream.Stream
+	ln        net.Listener
+	closing   chan struct{} // closed when Run ends, to end event streams
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -66,11 +75,20 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if err != nil {
 		return nil, err
 	}
-	logs, err := js.ObjectStore(ctx, events.BucketLogs)
-	if err != nil {
+	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: auth{token: cfg.AdminToken}, closing: make(chan struct{})}
+	if r.logs, err = js.ObjectStore(ctx, events.BucketLogs); err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.BucketLogs, err)
 	}
-	r := &Reporter{cfg: cfg, js: js, log: log, store: store, logs: logs}
+	if r.artifacts, err = js.ObjectStore(ctx, events.BucketArtifacts); err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketArtifacts, err)
+	}
+	if r.cancels, err = js.KeyValue(ctx, events.BucketCancel); err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.BucketCancel, err)
+	}
+	if r.jobs, err = js.Stream(ctx, events.StreamJobs); err != nil {
+		return nil, fmt.Errorf("open %s: %w", events.StreamJobs, err)
+	}
+	r.view = NewView(store.kv, store.runners, log)
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)
@@ -90,13 +108,34 @@ func (r *Reporter) Addr() string {
 // Store gives access to the records.
 func (r *Reporter) Store() *Store { return r.store }
 
+// View is the reporter's live picture of records and runners.
+func (r *Reporter) View() *View { return r.view }
+
+func (r *Reporter) ready() bool {
+	select {
+	case <-r.view.Ready():
+		return true
+	default:
+		return false
+	}
+}
+
 // Run consumes results and serves HTTP until ctx ends.
 func (r *Reporter) Run(ctx context.Context) error {
+	defer close(r.closing)
 	errc := make(chan error, 2)
+	vctx, stopView := context.WithCancel(ctx)
+	defer stopView()
+	go r.view.Run(vctx)
 	var srv *http.Server
 	if r.ln != nil {
-		srv = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		r.log.Info().Str("addr", "http://"+r.Addr()).Msg("web UI and API listening")
+		srv = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return vctx }}
+		mode := "read-only: no --admin-token"
+		if r.auth.enabled() {
+			mode = "actions enabled with the admin token"
+		}
+		r.log.Info().Str("addr", "http://"+r.Addr()).Str("actions", mode).Msg("web UI and API listening")
 		go func() {
 			if err := srv.Serve(r.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("reporter: http: %w", err)
@@ -109,6 +148,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	stopView() // ends event streams, which would hold Shutdown up
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -152,10 +152,8 @@ func (f Filter) match(r *Record) bool {
 
 func sortRecords(rs []Record) {
 	first := func(r *Record) int64 {
-		for _, t := range []time.Time{r.QueuedAt, r.StartedAt, r.FinishedAt} {
-			if !t.IsZero() {
-				return t.UnixNano()
-			}
+		if t := firstTime(r); !t.IsZero() {
+			return t.UnixNano()
 		}
 		return 0
 	}
@@ -177,34 +175,13 @@ func sortRecords(rs []Record) {
 	})
 }
 
-// explainWaits sets the Reason of queued records: no live runner serves the job's
-// pool and arch, or all runners that do are busy.
+// explainWaits sets the Reason of queued records from the live runners.
 func (s *Store) explainWaits(ctx context.Context, rs []Record) {
-	type part struct{ pool, arch string }
-	var served map[part][2]int // slots, busy
-	for i := range rs {
-		r := &rs[i]
-		if r.Status != events.StatusQueued {
-			continue
-		}
-		if served == nil {
-			served = map[part][2]int{}
-			if leases, err := s.leases(ctx); err == nil {
-				for _, l := range leases {
-					v := served[part{l.Pool, l.Arch}]
-					served[part{l.Pool, l.Arch}] = [2]int{v[0] + l.Slots, v[1] + l.Busy}
-				}
-			}
-		}
-		switch v, ok := served[part{r.Pool, r.Arch}]; {
-		case !ok:
-			r.Reason = fmt.Sprintf("no runner for arch %s (pool %s)", r.Arch, r.Pool)
-		case v[1] >= v[0]:
-			r.Reason = fmt.Sprintf("all %d runner slots for arch %s (pool %s) are busy", v[0], r.Arch, r.Pool)
-		default:
-			r.Reason = "waiting for a free runner to take it"
-		}
+	if !slices.ContainsFunc(rs, func(r Record) bool { return r.Status == events.StatusQueued }) {
+		return
 	}
+	leases, _ := s.leases(ctx)
+	explainWaits(rs, leases)
 }
 
 func (s *Store) leases(ctx context.Context) ([]events.Lease, error) {

@@ -38,9 +38,14 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "", "client address host:port (default: the config's, else 127.0.0.1:4222)")
 	store := fs.String("store", "", "JetStream storage directory (default: the config's, else ./.jetci/nats)")
 	maddr := metricsFlag(fs)
+	retention := retentionFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
+		return err
+	}
+	withRetention := func(s events.Setup) events.Setup { s, _ = retention(s); return s }
+	if _, err := retention(events.DefaultSetup()); err != nil {
 		return err
 	}
 	cfg := broker.Config{ConfigFile: *config, Listen: *listen, StoreDir: *store}
@@ -67,7 +72,7 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.SetupFor(nc).Ensure(sctx, js)
+		return withRetention(events.SetupFor(nc)).Ensure(sctx, js)
 	})
 	defer nc.Close()
 	if err != nil {
@@ -222,24 +227,32 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 }
 
 const reporterUsage = `
-Usage: jetci reporter --nats URL [--http ADDR]
+Usage: jetci reporter --nats URL [--http ADDR] [--admin-token-file FILE]
 
 Consumes every job event into one record per job (kept in JetStream), and serves
-the web UI and the JSON API (GET /api/v1/results).
+the web UI (overview, branch history, jobs with live logs and artifacts, runners,
+queue) and the JSON API under /api/v1/. With an admin token, the UI and API can
+also trigger, re-check and cancel jobs; without one they are read-only. Several
+reporters may run at once; they share the records.
 `
 
 func (m *Main) reporter(ctx context.Context, args []string) error {
 	fs := m.flagSet("reporter", reporterUsage)
 	url := natsFlag(fs)
 	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
+	adminToken := adminTokenFlags(fs)
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
+	token, err := adminToken()
+	if err != nil {
+		return err
+	}
 	return serve(ctx, *url, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log)
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token}, js, log)
 		if err != nil {
 			return err
 		}

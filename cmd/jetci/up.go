@@ -51,6 +51,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
+	adminToken := adminTokenFlags(fs)
+	retention := retentionFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -59,6 +61,14 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	if len(repos) == 0 {
 		fs.Usage()
 		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
+	}
+	token, err := adminToken()
+	if err != nil {
+		return err
+	}
+	setup, err := retention(events.DefaultSetup())
+	if err != nil {
+		return err
 	}
 	if *runners < 0 {
 		return fmt.Errorf("--runners %d: want 0 or more", *runners)
@@ -109,12 +119,12 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
+	if err := setup.Ensure(ctx, js); err != nil {
 		return err
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets}, js, log.With().Str("component", "reporter").Logger())
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}
