@@ -82,6 +82,10 @@ func (r *Reporter) Handler() http.Handler {
 		// JSON on the API, on a page elsewhere.
 		probe := &statusProbe{header: http.Header{}}
 		h.ServeHTTP(probe, req)
+		if loc := probe.header.Get("Location"); loc != "" {
+			http.Redirect(w, req, loc, probe.code) // a path to clean: /a/../b
+			return
+		}
 		if allow := probe.header.Get("Allow"); allow != "" {
 			w.Header().Set("Allow", allow)
 		}
