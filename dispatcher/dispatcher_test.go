@@ -453,3 +453,41 @@ func TestDispatcherWarnsOncePerMinuteWhenNoRunnerServesAPartition(t *testing.T) 
 		return nil
 	})
 }
+
+func TestExpandOnlyOneJobForARecheck(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Arch = []string{"amd64", "arm64"}
+	d, err := New(cfg, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipeline := "jobs:\n  test:\n    steps: [x]\n  lint:\n    steps: [y]\n"
+	for _, tt := range []struct {
+		job, arch string
+		want      []string
+	}{
+		{"", "", []string{"test/amd64", "test/arm64", "lint/amd64", "lint/arm64"}},
+		{"lint", "", []string{"lint/amd64", "lint/arm64"}},
+		{"test", "arm64", []string{"test/arm64"}},
+		{"", "arm64", []string{"test/arm64", "lint/arm64"}},
+	} {
+		ev := commit(pipeline)
+		ev.OnlyJob, ev.OnlyArch = tt.job, tt.arch
+		jobs, fail := d.Expand(ev)
+		if fail != nil {
+			t.Fatalf("%s/%s: %s", tt.job, tt.arch, fail.Error)
+		}
+		var got []string
+		for _, j := range jobs {
+			got = append(got, j.Job+"/"+j.Arch)
+		}
+		if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+			t.Errorf("only %q/%q: got %v, want %v", tt.job, tt.arch, got, tt.want)
+		}
+	}
+	ev := commit(pipeline)
+	ev.OnlyJob = "gone"
+	if jobs, fail := d.Expand(ev); jobs != nil || fail == nil || !strings.Contains(fail.Error, `no job "gone"`) {
+		t.Fatalf("a re-check of a job the commit lacks: %v %+v", jobs, fail)
+	}
+}

@@ -13,11 +13,12 @@ import (
 )
 
 const triggerUsage = `
-Usage: jetci trigger --nats URL --repo R --branch B [--commit SHA]
+Usage: jetci trigger --nats URL --repo R --branch B [--commit SHA] [--job NAME [--arch ARCH]]
 
 Runs the head of a branch (or one commit of it) now, at the highest priority,
-whether or not it was tested before. An observer watching the repository
-resolves the commit; the command prints it.
+whether or not it was tested before. With --job (and --arch) only that job of the
+commit runs again: a re-check. An observer watching the repository resolves the
+commit; the command prints it.
 `
 
 func (m *Main) trigger(ctx context.Context, args []string) error {
@@ -26,6 +27,8 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 	repo := fs.String("repo", "", "repository name (as in results)")
 	branch := fs.String("branch", "", "branch name")
 	commit := fs.String("commit", "", "commit to run (full sha or a prefix); default: the branch head")
+	job := fs.String("job", "", "run only this job of the commit")
+	arch := fs.String("arch", "", "run only on this arch")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -38,7 +41,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	data, err := events.Encode(&events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit})
+	data, err := events.Encode(&events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch})
 	if err != nil {
 		return err
 	}
