@@ -64,6 +64,7 @@ type Attempt struct {
 	Status       events.Status     `json:"status"`
 	ExitCode     int               `json:"exit_code"`
 	Error        string            `json:"error,omitempty"`
+	QueuedAt     time.Time         `json:"queued_at,omitzero"`
 	StartedAt    time.Time         `json:"started_at,omitzero"`
 	FinishedAt   time.Time         `json:"finished_at,omitzero"`
 	DurationMs   int64             `json:"duration_ms,omitempty"`
@@ -143,8 +144,8 @@ func (r *Record) Apply(ev any) bool {
 			changed = true
 		}
 		for i := range r.Attempts {
-			if a := &r.Attempts[i]; a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID) {
-				a.Class, a.TriggerID, changed = e.Class, e.TriggerID, true
+			if a := &r.Attempts[i]; a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID || a.QueuedAt.IsZero()) {
+				a.Class, a.TriggerID, a.QueuedAt, changed = e.Class, e.TriggerID, e.QueuedAt, true
 			}
 		}
 		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
@@ -163,7 +164,7 @@ func (r *Record) Apply(ev any) bool {
 		if a.Status == "" {
 			a.Status, a.Runner, a.StartedAt, changed = events.StatusRunning, e.Runner, e.StartedAt, true
 			if e.QueueSeq == r.QueueSeq {
-				a.Class, a.TriggerID = r.Class, r.TriggerID
+				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
 		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
@@ -186,7 +187,7 @@ func (r *Record) Apply(ev any) bool {
 			}
 			a.Log, a.LogBytes, a.LogTruncated, a.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
 			if e.QueueSeq == r.QueueSeq && a.Class == "" {
-				a.Class, a.TriggerID = r.Class, r.TriggerID
+				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
 			changed = true
 		}

@@ -90,6 +90,9 @@ func TestRecordKeepsEveryAttempt(t *testing.T) {
 			t.Errorf("attempt %d = %+v, want %+v", i, a, w)
 		}
 	}
+	if !r.Attempts[0].QueuedAt.Equal(time.Unix(100, 0)) || !r.Attempts[2].QueuedAt.Equal(time.Unix(100, 0)) {
+		t.Errorf("attempts lack their queue time: %v %v", r.Attempts[0].QueuedAt, r.Attempts[2].QueuedAt)
+	}
 	if r.Find(2) == nil || r.Find(4) != nil {
 		t.Fatal("Find")
 	}
