@@ -12,6 +12,7 @@
 //	jetci.result.<repo>.<branch>.finished             JobFinished        stream JETCI_RESULTS
 //	jetci.log.<job-id>                                LogChunk           stream JETCI_LOGS (limits, 24 h): live output
 //	jetci.cancel.<job-id>                             CancelRequest      core NATS: the runner running the job kills it
+//	jetci.notify.{mail,webhook}                       (reporter's own)   stream JETCI_NOTIFY (work queue, bounded): the outbox
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
 //	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
 //
@@ -44,6 +45,8 @@
 //	                      entries expire LeaseTTL after the last refresh
 //	jetci-reaped   KV     one key per job attempt held under an expired lease (see ReapKey)
 //	jetci-cancel   KV     cancel requests by job id (see CancelRequest)
+//	jetci-notify   KV     notification state per repo, branch, job and arch (passing/failing, first failure)
+//	jetci-sent     KV     one key per notification sent or being sent (30 days), so none goes out twice
 //	jetci-logs     object full job logs, "<job-id>/<queue-seq>-<attempt>.log" (see LogObject)
 //	jetci-artifacts object files jobs left, "<job-id>/<queue-seq>-<attempt>/<path>" (see ArtifactObject)
 //

@@ -17,6 +17,7 @@ const (
 	StreamResults = "JETCI_RESULTS"
 	StreamDead    = "JETCI_DEAD"
 	StreamLogs    = "JETCI_LOGS"
+	StreamNotify  = "JETCI_NOTIFY"
 
 	// SubjectMaxDeliveries is the server's advisory for a job that reached
 	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
@@ -26,6 +27,7 @@ const (
 	ConsumerDispatcher = "dispatcher"
 	ConsumerReporter   = "reporter"
 	ConsumerDead       = "dead-letters"
+	ConsumerNotifier   = "notifier"
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"
@@ -34,6 +36,8 @@ const (
 	BucketLogs      = "jetci-logs"
 	BucketArtifacts = "jetci-artifacts"
 	BucketCancel    = "jetci-cancel"
+	BucketNotify    = "jetci-notify"
+	BucketSent      = "jetci-sent"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -53,6 +57,9 @@ const (
 	// log is in the logs bucket once the job is done.
 	LiveLogAge   = 24 * time.Hour
 	LiveLogBytes = 1 << 30
+	// OutboxMax bounds the notifications waiting to be sent (JETCI_NOTIFY);
+	// beyond it new ones are refused and counted as failed.
+	OutboxMax = 10000
 )
 
 // Setup describes how streams and buckets are created.
@@ -119,6 +126,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			MaxAge: LiveLogAge, MaxBytes: LiveLogBytes, Discard: jetstream.DiscardOld,
 			Description: "live output of running jobs, for job pages opened mid-run",
 		},
+		{
+			Name: StreamNotify, Subjects: []string{SubjectNotify + ".>"},
+			Retention: jetstream.WorkQueuePolicy, Storage: s.Storage, Replicas: s.Replicas,
+			Duplicates: DedupWindow, MaxMsgs: OutboxMax, Discard: jetstream.DiscardNew,
+			Description: "outbox: mails and webhook deliveries waiting to be sent",
+		},
 	}
 }
 
@@ -144,6 +157,9 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			TTL: 24 * time.Hour},
 		{Bucket: BucketCancel, Description: "cancel requests, by job id", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 24 * time.Hour},
+		{Bucket: BucketNotify, Description: "notification state per repo, branch, job and arch", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
+			TTL: 30 * 24 * time.Hour},
 	}
 	for _, cfg := range kvs {
 		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {

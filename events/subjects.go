@@ -17,6 +17,7 @@ const (
 	SubjectLogs    = "jetci.log"
 	SubjectTrigger = "jetci.trigger"
 	SubjectCancel  = "jetci.cancel"
+	SubjectNotify  = "jetci.notify"
 )
 
 // Result kinds: the last token of a result subject.

@@ -33,6 +33,7 @@ type Metrics struct {
 	pollTime    *prometheus.HistogramVec
 	pollErrors  *prometheus.CounterVec
 	commits     *prometheus.CounterVec
+	notes       *prometheus.CounterVec
 }
 
 // New creates the metrics of a process. With js non-nil, each scrape also reports
@@ -53,7 +54,10 @@ func New(js jetstream.JetStream) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(0.002, 2.5, 12)}, []string{"repo"})
 	m.pollErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_observer_poll_errors_total", Help: "Polls of a repository that failed."}, []string{"repo"})
 	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_commits_detected_total", Help: "Commits published by the observer."}, []string{"repo"})
-	m.reg.MustRegister(m.queued, m.started, m.finished, m.running, m.duration, m.redelivered, m.handedBack, m.gaveUp,
+	m.notes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_notifications_total",
+		Help: "Notifications by kind (mail, webhook) and outcome: sent, failed (a try failed; it is retried), gave_up, dropped (outbox full), doubt (a crash left it unknown whether it went out; not resent)."},
+		[]string{"kind", "outcome"})
+	m.reg.MustRegister(m.notes, m.queued, m.started, m.finished, m.running, m.duration, m.redelivered, m.handedBack, m.gaveUp,
 		m.pollTime, m.pollErrors, m.commits, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if js != nil {
 		m.reg.MustRegister(&queueCollector{js: js})
@@ -166,5 +170,12 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			age = time.Since(msg.Time).Seconds()
 		}
 		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age, pool, arch, class)
+	}
+}
+
+// Notification counts one outcome of a notification.
+func (m *Metrics) Notification(kind, outcome string) {
+	if m != nil {
+		m.notes.WithLabelValues(kind, outcome).Inc()
 	}
 }

@@ -34,6 +34,9 @@ type Config struct {
 	// AdminToken enables the actions (trigger, re-check, cancel) for whoever
 	// presents it; without it the pages and the API are read-only.
 	AdminToken string
+	// Notify says who hears of failures and fixes (mail, webhooks); it must be
+	// resolved (NotifyConfig.Resolve). Empty sends nothing.
+	Notify NotifyConfig
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.
@@ -63,6 +66,7 @@ type Reporter struct {
 	jobs      jetstream.Stream
 	ln        net.Listener
 	closing   chan struct{} // closed when Run ends, to end event streams
+	notifier  *Notifier     // nil when nothing is to be sent
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -92,6 +96,18 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)
+		}
+	}
+	if cfg.Notify.Enabled() {
+		if cfg.Notify.PublicURL == "" && r.ln != nil {
+			cfg.Notify.PublicURL = "http://" + r.Addr() // links work on this machine; set --public-url for others
+			r.cfg.Notify.PublicURL = cfg.Notify.PublicURL
+		}
+		if r.notifier, err = NewNotifier(ctx, cfg.Notify, js, cfg.Metrics, log.With().Str("part", "notifier").Logger()); err != nil {
+			if r.ln != nil {
+				r.ln.Close()
+			}
+			return nil, err
 		}
 	}
 	return r, nil
@@ -143,6 +159,11 @@ func (r *Reporter) Run(ctx context.Context) error {
 		}()
 	}
 	go func() { errc <- r.consume(ctx) }()
+	if r.notifier != nil {
+		go func() { errc <- r.notifier.RunOutbox(ctx) }()
+		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
+			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -188,6 +209,15 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		r.log.Warn().Err(err).Msg("storing a result; will retry")
 		_ = m.NakWithDelay(time.Second)
 		return
+	}
+	if _, fin := ev.(*events.JobFinished); fin && r.notifier != nil {
+		// Also for an unchanged record: a redelivered event after a crash
+		// must still produce the notification it may not have produced.
+		if err := r.notifier.Observe(ctx, rec); err != nil {
+			r.log.Warn().Err(err).Msg("notifications for a result; will retry")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
 	}
 	if changed && rec.Status.Final() {
 		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
