@@ -234,6 +234,10 @@ the web UI (overview, branch history, jobs with live logs and artifacts, runners
 queue) and the JSON API under /api/v1/. With an admin token, the UI and API can
 also trigger, re-check and cancel jobs; without one they are read-only. Several
 reporters may run at once; they share the records.
+
+With --smtp or --webhook (or --notify-config) it also mails the author (and the
+--mail-to recipients) when a branch breaks or is fixed, and POSTs signed webhooks;
+each exactly once, through an outbox in JetStream. See README, Notifications.
 `
 
 func (m *Main) reporter(ctx context.Context, args []string) error {
@@ -241,6 +245,7 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	url := natsFlag(fs)
 	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
 	adminToken := adminTokenFlags(fs)
+	notify := notifyFlags(fs)
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
@@ -251,8 +256,12 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	ncfg, err := notify()
+	if err != nil {
+		return err
+	}
 	return serve(ctx, *url, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token}, js, log)
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg}, js, log)
 		if err != nil {
 			return err
 		}

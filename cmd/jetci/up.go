@@ -53,6 +53,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
 	adminToken := adminTokenFlags(fs)
 	retention := retentionFlags(fs)
+	notify := notifyFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -67,6 +68,10 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	setup, err := retention(events.DefaultSetup())
+	if err != nil {
+		return err
+	}
+	ncfg, err := notify()
 	if err != nil {
 		return err
 	}
@@ -124,7 +129,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token}, js, log.With().Str("component", "reporter").Logger())
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
 )
 
 // adminTokenFlags registers --admin-token and --admin-token-file; the returned
@@ -53,5 +54,67 @@ func retentionFlags(fs *flag.FlagSet) func(events.Setup) (events.Setup, error) {
 		}
 		s.LogRetention, s.ArtifactRetention = *logs, *arts
 		return s, nil
+	}
+}
+
+// notifyFlags registers the notification flags; the returned function builds
+// the resolved config: the --notify-config file first, flags over it.
+func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
+	file := fs.String("notify-config", "", "YAML file with mail and webhook settings (see README, Notifications)")
+	public := fs.String("public-url", "", "the web UI's address as people reach it, for links in mails and webhooks (default: http://<--http>)")
+	smtpAddr := fs.String("smtp", "", "SMTP server host:port; mail is off without it")
+	smtpTLS := fs.String("smtp-tls", "", "starttls, tls (implicit, port 465) or none (default: tls on port 465, else starttls)")
+	smtpUser := fs.String("smtp-user", "", "SMTP username (PLAIN auth; the password from --smtp-password-file or $JETCI_SMTP_PASSWORD)")
+	smtpPass := fs.String("smtp-password-file", "", "file holding the SMTP password")
+	from := fs.String("mail-from", "", `sender address, e.g. "jetci <ci@example.com>"`)
+	var to, hooks listFlag
+	fs.Var(&to, "mail-to", "extra recipients of failures and fixes: REPO[:BRANCH_PATTERN]=addr[,addr…] (repeat; REPO * for all)")
+	fs.Var(&hooks, "webhook", "URL to POST finished jobs to, signed with --webhook-secret-file (repeat)")
+	hookSecret := fs.String("webhook-secret-file", "", "file holding the webhooks' HMAC secret (or $JETCI_WEBHOOK_SECRET)")
+	hookEvents := fs.String("webhook-events", "finished", "finished (every finished job) or transitions (failed, fixed, still-failing)")
+	return func() (reporter.NotifyConfig, error) {
+		var c reporter.NotifyConfig
+		if *file != "" {
+			var err error
+			if c, err = reporter.LoadNotifyConfig(*file); err != nil {
+				return c, fmt.Errorf("--notify-config: %w", err)
+			}
+		}
+		if *public != "" {
+			c.PublicURL = *public
+		}
+		m := &c.Mail
+		for flagValue, field := range map[string]*string{*smtpAddr: &m.SMTP, *smtpTLS: &m.TLS, *smtpUser: &m.Username, *smtpPass: &m.PasswordFile, *from: &m.From} {
+			if flagValue != "" {
+				*field = flagValue
+			}
+		}
+		if m.Username != "" && m.Password == "" && m.PasswordFile == "" {
+			m.Password = os.Getenv("JETCI_SMTP_PASSWORD")
+		}
+		for _, s := range to {
+			r, err := reporter.ParseRecipientFlag(s)
+			if err != nil {
+				return c, err
+			}
+			m.Recipients = append(m.Recipients, r)
+		}
+		if len(hooks) > 0 {
+			secret := os.Getenv("JETCI_WEBHOOK_SECRET")
+			if *hookSecret != "" {
+				b, err := os.ReadFile(*hookSecret)
+				if err != nil {
+					return c, fmt.Errorf("--webhook-secret-file: %w", err)
+				}
+				secret = strings.TrimRight(string(b), "\r\n")
+			}
+			for _, u := range hooks {
+				c.Webhooks = append(c.Webhooks, reporter.WebhookConfig{URL: u, Secret: secret, Events: *hookEvents})
+			}
+		}
+		if err := c.Resolve(); err != nil {
+			return c, fmt.Errorf("notifications: %w", err)
+		}
+		return c, nil
 	}
 }
