@@ -31,7 +31,10 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", cfg.Durable, err)
 	}
-	go func() { <-ctx.Done(); it.Stop() }()
+	// On stop, messages already pulled but not handled are handed back at once
+	// (Nak), rather than waiting out the ack wait, so a restarted or another
+	// process gets them without delay.
+	go func() { <-ctx.Done(); it.Drain() }()
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -39,6 +42,10 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 				return nil
 			}
 			log.Warn().Err(err).Str("consumer", cfg.Durable).Msg("reading messages")
+			continue
+		}
+		if ctx.Err() != nil {
+			_ = m.Nak()
 			continue
 		}
 		handle(m)

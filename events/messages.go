@@ -157,7 +157,8 @@ type JobFinished struct {
 	// Artifacts are the files the job's artifacts globs matched, stored in the
 	// artifacts bucket.
 	Artifacts []Artifact `json:"artifacts,omitempty"`
-	// Set when the dispatcher reports an error before any job was queued.
+	// Whose commit it is: set by runners, and by the dispatcher when it
+	// reports an error before any job was queued.
 	Author  Person `json:"author,omitzero"`
 	Subject string `json:"subject,omitempty"`
 }

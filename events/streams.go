@@ -24,10 +24,11 @@ const (
 	// dispatcher runs.
 	SubjectMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamJobs + ".*"
 
-	ConsumerDispatcher = "dispatcher"
-	ConsumerReporter   = "reporter"
-	ConsumerDead       = "dead-letters"
-	ConsumerNotifier   = "notifier"
+	ConsumerDispatcher      = "dispatcher"
+	ConsumerReporter        = "reporter"
+	ConsumerDead            = "dead-letters"
+	ConsumerNotifier        = "notifier"
+	ConsumerNotifierResults = "notifier-results"
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"

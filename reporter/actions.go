@@ -121,7 +121,8 @@ func (r *Reporter) cancel(ctx context.Context, id, by string) (*Record, error) {
 		switch {
 		case err == nil:
 			fin := &events.JobFinished{JobRef: jobRef(&rec), QueueSeq: rec.QueueSeq, Attempt: 0, Status: events.StatusCancelled,
-				ExitCode: -1, Error: "cancelled by " + by + " before it started", FinishedAt: time.Now().UTC()}
+				ExitCode: -1, Error: "cancelled by " + by + " before it started", FinishedAt: time.Now().UTC(),
+				Author: rec.Author, Subject: rec.Subject}
 			if err := r.publishResult(ctx, fin, "cancel"); err != nil {
 				return nil, err
 			}

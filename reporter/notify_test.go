@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/mail"
@@ -20,108 +18,20 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/smtptest"
 )
 
-// smtpSink is a real SMTP server (go-smtp) that keeps what it receives.
-type smtpSink struct {
-	addr    string
-	failing atomic.Bool // refuse every mail with a temporary error
-	mu      sync.Mutex
-	mails   []sunkMail
-}
-
-type sunkMail struct {
-	From                string
-	To                  []string
-	Subject, Text, HTML string
-	Header              mail.Header
-}
-
-func newSMTPSink(t *testing.T) *smtpSink {
-	t.Helper()
-	sink := &smtpSink{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{sink: sink}, nil }))
-	srv.Domain = "localhost"
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink.addr = ln.Addr().String()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return sink
-}
-
-type sinkSession struct {
-	sink *smtpSink
-	from string
-	to   []string
-}
-
-func (s *sinkSession) Reset()        { s.from, s.to = "", nil }
-func (s *sinkSession) Logout() error { return nil }
-func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
-	if s.sink.failing.Load() {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
-	}
-	s.from = from
-	return nil
-}
-func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error { s.to = append(s.to, to); return nil }
-func (s *sinkSession) Data(r io.Reader) error {
-	msg, err := mail.ReadMessage(r)
-	if err != nil {
-		return err
-	}
-	m := sunkMail{From: s.from, To: s.to, Header: msg.Header}
-	m.Subject, _ = new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject"))
-	_, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
-	if err != nil {
-		return err
-	}
-	mr := multipart.NewReader(msg.Body, params["boundary"])
-	for {
-		p, err := mr.NextPart() // decodes quoted-printable
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(p)
-		if strings.HasPrefix(p.Header.Get("Content-Type"), "text/html") {
-			m.HTML = string(b)
-		} else {
-			m.Text = string(b)
-		}
-	}
-	s.sink.mu.Lock()
-	s.sink.mails = append(s.sink.mails, m)
-	s.sink.mu.Unlock()
-	return nil
-}
-
-func (s *smtpSink) got() []sunkMail {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]sunkMail(nil), s.mails...)
-}
-
 // waitMails polls until the sink holds n mails and the outbox is empty.
-func waitMails(t *testing.T, f *webFixture, sink *smtpSink, n int) []sunkMail {
+func waitMails(t *testing.T, f *webFixture, sink *smtptest.Sink, n int) []smtptest.Mail {
 	t.Helper()
-	var got []sunkMail
+	var got []smtptest.Mail
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		got = sink.got()
+		got = sink.Mails()
 		if len(got) != n {
 			return fmt.Errorf("%d mails, want %d", len(got), n)
 		}
@@ -196,6 +106,11 @@ func newNotifyFixture(t *testing.T, s *brokertest.Server, cfg NotifyConfig) (*we
 		}
 	}
 	t.Cleanup(stop)
+	// Results are read from when the notifier's consumer exists: wait for it.
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := s.JS.Consumer(ctx, events.StreamResults, events.ConsumerNotifierResults)
+		return err
+	})
 	return &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: context.Background()}, stop
 }
 
@@ -204,7 +119,8 @@ func commitResult(f *webFixture, seq uint64, sha, author string, st events.Statu
 	ref := jref("proj", "main", sha, "test", "amd64")
 	p := events.Person{Name: author, Email: strings.ToLower(author) + "@example.com"}
 	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: seq, QueuedAt: time.Now(), Author: p, Subject: author + "'s change"})
-	fin := &events.JobFinished{JobRef: ref, QueueSeq: seq, Attempt: 1, Runner: "r1", Status: st, FinishedAt: time.Now(), DurationMs: 10}
+	fin := &events.JobFinished{JobRef: ref, QueueSeq: seq, Attempt: 1, Runner: "r1", Status: st, FinishedAt: time.Now(), DurationMs: 10,
+		Author: p, Subject: author + "'s change"}
 	if st == events.StatusFailed {
 		fin.ExitCode = 1
 	}
@@ -230,9 +146,9 @@ func numberedLog(n int) string {
 }
 
 func TestMailOncePerTransition(t *testing.T) {
-	sink := newSMTPSink(t)
+	sink := smtptest.Start(t)
 	f, _ := newNotifyFixture(t, nil, NotifyConfig{PublicURL: "https://ci.example.com",
-		Mail: MailConfig{SMTP: sink.addr, TLS: "none", From: "jetci <ci@example.com>",
+		Mail: MailConfig{SMTP: sink.Addr, TLS: "none", From: "jetci <ci@example.com>",
 			Recipients: []RecipientRule{{Repo: "proj", To: []string{"boss@example.com"}}, {Repo: "proj", Branch: "release/*", To: []string{"rm@example.com"}}}}})
 
 	commitResult(f, 1, sha('a'), "Alice", events.StatusPassed, "ok\n") // passing: no mail
@@ -285,10 +201,10 @@ func TestMailOncePerTransition(t *testing.T) {
 }
 
 func TestMailSurvivesAReporterRestart(t *testing.T) {
-	sink := newSMTPSink(t)
-	sink.failing.Store(true) // the mail server is down while the first reporter runs
+	sink := smtptest.Start(t)
+	sink.Failing.Store(true) // the mail server is down while the first reporter runs
 	s := brokertest.Run(t)
-	cfg := NotifyConfig{Mail: MailConfig{SMTP: sink.addr, TLS: "none", From: "ci@example.com"}}
+	cfg := NotifyConfig{Mail: MailConfig{SMTP: sink.Addr, TLS: "none", From: "ci@example.com"}}
 	f1, stop1 := newNotifyFixture(t, s, cfg)
 	commitResult(f1, 1, sha('a'), "Alice", events.StatusPassed, "")
 	commitResult(f1, 2, sha('b'), "Bob", events.StatusFailed, "FAIL\n")
@@ -300,7 +216,7 @@ func TestMailSurvivesAReporterRestart(t *testing.T) {
 		return nil
 	})
 	stop1() // the reporter dies between the result and the mail
-	sink.failing.Store(false)
+	sink.Failing.Store(false)
 	f2, _ := newNotifyFixture(t, s, cfg)
 	mails := waitMails(t, f2, sink, 1)
 	if strings.Join(mails[0].To, ",") != "bob@example.com" || !strings.Contains(mails[0].Subject, "FAILED") {
@@ -309,7 +225,7 @@ func TestMailSurvivesAReporterRestart(t *testing.T) {
 }
 
 func TestASendCutShortIsNotRepeated(t *testing.T) {
-	sink := newSMTPSink(t)
+	sink := smtptest.Start(t)
 	s := brokertest.Run(t)
 	ctx := context.Background()
 	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
@@ -321,7 +237,7 @@ func TestASendCutShortIsNotRepeated(t *testing.T) {
 	if _, err := kv.Create(ctx, "n."+shortHash(fmt.Sprintf("mail.%s.%s.%d", EventFailed, ref.JobID, 1)), []byte(claimSending)); err != nil {
 		t.Fatal(err)
 	}
-	f, _ := newNotifyFixture(t, s, NotifyConfig{Mail: MailConfig{SMTP: sink.addr, TLS: "none", From: "ci@example.com"}})
+	f, _ := newNotifyFixture(t, s, NotifyConfig{Mail: MailConfig{SMTP: sink.Addr, TLS: "none", From: "ci@example.com"}})
 	commitResult(f, 2, sha('b'), "Bob", events.StatusFailed, "FAIL\n")
 	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error { return outboxEmpty(f) })
 	commitResult(f, 3, sha('c'), "Carol", events.StatusPassed, "")

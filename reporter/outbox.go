@@ -44,10 +44,10 @@ func (n *Notifier) RunOutbox(ctx context.Context) error {
 		Description:   "sends mails and webhooks",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       3 * time.Minute, // one SMTP exchange or HTTP POST, with their timeouts
+		AckWait:       30 * time.Second, // a crashed sender's notification comes back this soon; sends report progress
 		MaxDeliver:    outboxMaxDeliver,
 	}
-	return events.Consume(ctx, n.js, events.StreamNotify, cfg, 16, n.log, func(m jetstream.Msg) { n.handleOutbox(ctx, m) })
+	return events.Consume(ctx, n.js, events.StreamNotify, cfg, 1, n.log, func(m jetstream.Msg) { n.handleOutbox(ctx, m) })
 }
 
 func (n *Notifier) handleOutbox(ctx context.Context, m jetstream.Msg) {
@@ -85,12 +85,14 @@ func (n *Notifier) handleOutbox(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	stopBeat := inProgress(m, 10*time.Second)
 	if kind == "mail" {
 		err = n.sendMail(sctx, n.cfg.Mail.From, note.Mail.To, compose(n.cfg.Mail.From, note.Mail, note.ID+"."+newID(), n.now()))
 	} else {
 		err = n.deliver(sctx, &note)
 	}
 	cancel()
+	stopBeat()
 	meta, _ := m.Metadata()
 	tries := uint64(1)
 	if meta != nil {
@@ -123,4 +125,23 @@ func (n *Notifier) handleOutbox(ctx context.Context, m jetstream.Msg) {
 		log.Info().Str("url", note.Webhook.URL).Uint64("try", tries).Msg("webhook delivered")
 	}
 	_ = m.Ack()
+}
+
+// inProgress tells the server every interval that m is still being worked on,
+// until the returned function is called.
+func inProgress(m jetstream.Msg, every time.Duration) func() {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
 }

@@ -168,17 +168,21 @@ func (r *Record) Apply(ev any) bool {
 			}
 		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
+			r.syncAttempt()
 			return changed
 		}
 		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 1
 		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
-		r.Attempt = a.N
+		r.syncAttempt()
 		return true
 	case *events.JobFinished:
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
-		a := r.attempt(e.QueueSeq, e.Attempt)
+		a := &Attempt{} // delivery 0: ended before any runner took it (cancelled in the queue); no attempt
+		if e.Attempt > 0 {
+			a = r.attempt(e.QueueSeq, e.Attempt)
+		}
 		if !a.Status.Final() {
 			a.Status, a.Runner, a.ExitCode, a.Error = e.Status, e.Runner, e.ExitCode, e.Error
 			a.DurationMs, a.FinishedAt = e.DurationMs, e.FinishedAt
@@ -192,6 +196,7 @@ func (r *Record) Apply(ev any) bool {
 			changed = true
 		}
 		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
+			r.syncAttempt()
 			return changed
 		}
 		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 2
@@ -201,10 +206,25 @@ func (r *Record) Apply(ev any) bool {
 			r.StartedAt = e.StartedAt
 		}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
-		r.Attempt = a.N
+		r.syncAttempt()
 		return true
 	}
 	return false
+}
+
+// syncAttempt sets Attempt to the number of the current attempt. Numbers move
+// when an older attempt's first event arrives late, so this runs after every
+// change.
+func (r *Record) syncAttempt() {
+	r.Attempt = 0
+	if r.Phase == 0 || r.Delivery == 0 {
+		return
+	}
+	for i := range r.Attempts {
+		if a := &r.Attempts[i]; a.QueueSeq == r.QueueSeq && a.Delivery == r.Delivery {
+			r.Attempt = a.N
+		}
+	}
 }
 
 // fill sets the identity fields a record may not have yet (events can arrive in any

@@ -161,6 +161,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 	go func() { errc <- r.consume(ctx) }()
 	if r.notifier != nil {
 		go func() { errc <- r.notifier.RunOutbox(ctx) }()
+		go func() { errc <- r.consumeForNotifier(ctx) }()
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
@@ -210,15 +211,6 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
-	if _, fin := ev.(*events.JobFinished); fin && r.notifier != nil {
-		// Also for an unchanged record: a redelivered event after a crash
-		// must still produce the notification it may not have produced.
-		if err := r.notifier.Observe(ctx, rec); err != nil {
-			r.log.Warn().Err(err).Msg("notifications for a result; will retry")
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-	}
 	if changed && rec.Status.Final() {
 		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
 			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
@@ -227,4 +219,41 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 	if err := m.Ack(); err != nil {
 		r.log.Debug().Err(err).Msg("ack result")
 	}
+}
+
+// consumeForNotifier hands every finished event to the notifier, through its
+// own durable consumer: only reporters with notifications on read it, so a
+// reporter without them (say, the one in jetci up) never takes a result the
+// notifier must see. The event is folded into its record first (a no-op when
+// the folding consumer got there before), so the notifier sees the record with
+// this result in it.
+func (r *Reporter) consumeForNotifier(ctx context.Context) error {
+	cfg := jetstream.ConsumerConfig{
+		Durable:       events.ConsumerNotifierResults,
+		Description:   "finished jobs, for notifications",
+		FilterSubject: events.SubjectResults + ".*.*." + events.KindFinished,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy, // turning notifications on does not mail about the past
+		AckWait:       30 * time.Second,
+		MaxAckPending: 1000,
+	}
+	return events.Consume(ctx, r.js, events.StreamResults, cfg, 64, r.log, func(m jetstream.Msg) {
+		fin, err := events.DecodeAs[events.JobFinished](m.Data())
+		if err != nil {
+			_ = m.Term() // the folding consumer logs it
+			return
+		}
+		rec, _, err := r.store.Apply(ctx, fin)
+		if err == nil {
+			// Also for an unchanged record: after a crash the redelivered
+			// event must still produce the notification it may not have.
+			err = r.notifier.Observe(ctx, rec)
+		}
+		if err != nil {
+			r.log.Warn().Err(err).Msg("notifications for a result; will retry")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		_ = m.Ack()
+	})
 }

@@ -56,7 +56,13 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 				return nil, false, fmt.Errorf("record %s: %w", key, err)
 			}
 			if rec.Delivery == 0 && rec.Attempt > 0 && len(rec.Attempts) == 0 {
-				rec.Delivery = rec.Attempt // written before attempts were counted across runs
+				// Written before attempts were counted across runs: its attempt
+				// was the delivery count; give it the history it lacks.
+				rec.Delivery, rec.Dropped = rec.Attempt, int(rec.Attempt-1)
+				rec.Attempts = []Attempt{{N: rec.Attempt, QueueSeq: rec.QueueSeq, Delivery: rec.Attempt, Class: rec.Class,
+					Runner: rec.Runner, Status: rec.Status, ExitCode: rec.ExitCode, Error: rec.Error, QueuedAt: rec.QueuedAt,
+					StartedAt: rec.StartedAt, FinishedAt: rec.FinishedAt, DurationMs: rec.DurationMs, Log: rec.Log,
+					LogBytes: rec.LogBytes, LogTruncated: rec.LogTruncated}}
 			}
 			rev = e.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
