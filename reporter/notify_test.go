@@ -413,3 +413,35 @@ func TestComposeIsAValidMessage(t *testing.T) {
 		}
 	}
 }
+
+func TestSMTPWithTLSAndAuth(t *testing.T) {
+	for _, mode := range []string{"starttls", "tls"} {
+		t.Run(mode, func(t *testing.T) {
+			sink, ca := smtptest.StartWith(t, smtptest.Options{TLS: mode, User: "jetci", Password: "pw"})
+			c := MailConfig{SMTP: sink.Addr, TLS: mode, Username: "jetci", Password: "pw", CAFile: ca, From: "ci@example.com"}
+			msg := compose(c.From, &MailMessage{To: []string{"a@example.com"}, Subject: "hello", Text: "t", HTML: "<p>h</p>"}, "x", time.Now())
+			if err := c.send(context.Background(), c.From, []string{"a@example.com"}, msg); err != nil {
+				t.Fatal(err)
+			}
+			if got := sink.Mails(); len(got) != 1 || got[0].Subject != "hello" || got[0].Text != "t" {
+				t.Fatalf("got %+v", got)
+			}
+			bad := c
+			bad.Password = "wrong"
+			if err := bad.send(context.Background(), c.From, []string{"a@example.com"}, msg); err == nil || !strings.Contains(err.Error(), "auth") {
+				t.Errorf("wrong password: %v", err)
+			}
+			untrusted := c
+			untrusted.CAFile = ""
+			if err := untrusted.send(context.Background(), c.From, []string{"a@example.com"}, msg); err == nil {
+				t.Error("an untrusted certificate was accepted")
+			}
+		})
+	}
+	// A server without STARTTLS is refused when STARTTLS is asked for.
+	plain := smtptest.Start(t)
+	c := MailConfig{SMTP: plain.Addr, TLS: "starttls", From: "ci@example.com"}
+	if err := c.send(context.Background(), c.From, []string{"a@example.com"}, []byte("x")); err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Errorf("plain server with starttls: %v", err)
+	}
+}
