@@ -51,7 +51,13 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	log.Info().Int("slot", slot).Msg("job started")
 
 	done := r.cfg.Metrics.JobStarted(r.cfg.Pool, r.cfg.Arch, attempt)
-	res := r.execute(ctx, slot, job, attempt, log)
+	// The job runs under its own context: a cancel request stops it without
+	// stopping the runner. It is registered before the look for a request
+	// made while it waited, so no request slips between the two.
+	jobCtx, untrack := r.track(ctx, job.JobID, seq)
+	defer untrack()
+	r.checkCancelled(ctx, job.JobID)
+	res := r.execute(jobCtx, slot, job, seq, attempt, log)
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -134,13 +140,17 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, attempt uint64, log zerolog.Logger) *events.JobFinished {
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, log zerolog.Logger) *events.JobFinished {
 	res := &events.JobFinished{}
+	if c, ok := cancelledBy(ctx); ok {
+		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()+" before it started"
+		return res
+	}
 	logPath := filepath.Join(r.cfg.WorkDir, "logs", fmt.Sprintf("%s-%d.log", job.JobID, attempt))
 	var chunkSeq uint64
 	out, err := newOutput(logPath, r.cfg.LogLimit, func(b []byte) {
 		chunkSeq++
-		data, err := events.Encode(&events.LogChunk{JobID: job.JobID, Attempt: attempt, Seq: chunkSeq, Data: string(b)})
+		data, err := events.Encode(&events.LogChunk{JobID: job.JobID, QueueSeq: seq, Attempt: attempt, Seq: chunkSeq, Data: string(b)})
 		if err == nil {
 			_ = r.nc.Publish(events.LogSubject(job.JobID), data)
 		}
@@ -161,20 +171,26 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, a
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
 		r.steps(ctx, job, attempt, ws, out, res)
+		if res.Status != events.StatusCancelled && !stopping(ctx) {
+			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
+		}
+	}
+	if c, ok := cancelledBy(ctx); ok && res.Status != events.StatusPassed && res.Status != events.StatusFailed {
+		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
 	}
 	if res.Error != "" {
 		out.Note("[jetci] %s", res.Error)
 	}
 	size, cut, cerr := out.Close()
 	res.LogBytes, res.LogTruncated = size, cut
-	if ctx.Err() != nil {
+	if stopping(ctx) {
 		_ = os.Remove(logPath) // the job is handed back and runs again
 		return res
 	}
 	if cerr != nil {
 		return res
 	}
-	name := fmt.Sprintf("%s/%d.log", job.JobID, attempt)
+	name := events.LogObject(job.JobID, seq, attempt)
 	if err := r.storeLog(ctx, name, logPath); err != nil {
 		log.Warn().Err(err).Msg("could not store the log; the result goes without it")
 	} else {
@@ -204,6 +220,10 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint6
 		switch {
 		case errors.Is(err, errTimeout):
 			res.Status, res.ExitCode, res.Error = events.StatusError, -1, "timeout after "+timeout.String()
+			return
+		case err != nil && !stopping(ctx) && ctx.Err() != nil:
+			c, _ := cancelledBy(ctx)
+			res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
 			return
 		case err != nil:
 			res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()
@@ -242,4 +262,14 @@ func (r *Runner) publishOnce(ctx context.Context, subject string, msg any, id st
 	defer cancel()
 	_, err = r.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
 	return err
+}
+
+// stopping reports whether the runner itself is stopping (its context, the
+// parent of a job's, ended), as opposed to the job being cancelled.
+func stopping(ctx context.Context) bool {
+	if ctx.Err() == nil {
+		return false
+	}
+	_, cancelled := cancelledBy(ctx)
+	return !cancelled
 }

@@ -48,6 +48,8 @@ type Config struct {
 	Slots    int              // jobs run in parallel
 	WorkDir  string           // caches, workspaces, logs and the result outbox
 	LogLimit int64            // bytes of output kept per job
+	// ArtifactLimit bounds the bytes of artifacts one job may store.
+	ArtifactLimit int64
 	IdlePoll time.Duration    // how often an idle slot looks for redelivered jobs
 	Grace    time.Duration    // on stop, how long running jobs may go on before they are killed and handed back
 	Metrics  *metrics.Metrics // nil: none
@@ -64,7 +66,7 @@ func DefaultConfig() Config {
 	return Config{
 		ID:   fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b)),
 		Arch: runtime.GOARCH, Pool: "default", Slots: 1, WorkDir: ".jetci-runner",
-		LogLimit: 8 << 20, IdlePoll: time.Second, Grace: 30 * time.Second,
+		LogLimit: 8 << 20, ArtifactLimit: 100 << 20, IdlePoll: time.Second, Grace: 30 * time.Second,
 	}
 }
 
@@ -86,6 +88,8 @@ func (c Config) Validate() error {
 		return errors.New("runner: WorkDir is empty")
 	case c.LogLimit < 1024:
 		return fmt.Errorf("runner: LogLimit %d: want at least 1024 bytes", c.LogLimit)
+	case c.ArtifactLimit < 0:
+		return fmt.Errorf("runner: ArtifactLimit %d: want 0 (no artifacts) or more", c.ArtifactLimit)
 	case c.IdlePoll <= 0:
 		return fmt.Errorf("runner: IdlePoll %s: want more than 0", c.IdlePoll)
 	case c.Grace < 0:
@@ -106,6 +110,7 @@ type Runner struct {
 
 	mu    sync.Mutex
 	busy  map[int]events.LeasedJob // slot -> the job it runs
+	jobs  map[string]*running      // job id -> the job running, to cancel it
 	lost  map[string]bool          // jobs whose lease lapsed: handed to another runner
 	kick  chan struct{}            // asks for the lease to be written now
 	lease leaseState
@@ -127,7 +132,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	return &Runner{
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
-		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
+		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
 	}, nil
 }
 
@@ -143,6 +148,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // ctx ended
 	}
+	csub, err := r.nc.Subscribe(events.SubjectCancel+".*", r.onCancel)
+	if err != nil {
+		return fmt.Errorf("runner: subscribe: %w", err)
+	}
+	defer csub.Unsubscribe()
 	wake := func(*nats.Msg) { r.wake.notify() }
 	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
 		sub, err := r.nc.Subscribe(subj, wake)

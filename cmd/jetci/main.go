@@ -49,6 +49,7 @@ func commands() []command {
 		{"reporter", "keep the results, serve the web UI and JSON API", (*Main).reporter},
 		{"results", "print results (a table, or JSON Lines with --json)", (*Main).results},
 		{"trigger", "run a branch head or commit now, at the highest priority", (*Main).trigger},
+		{"artifacts", "download the files a job left (its artifacts)", (*Main).artifacts},
 	}
 }
 

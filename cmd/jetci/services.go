@@ -184,7 +184,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 }
 
 const runnerUsage = `
-Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work DIR]
+Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work DIR] [--artifact-limit SIZE]
 
 Pulls jobs for one CPU architecture and pool, checks each commit out from a local
 git cache, runs its steps, and publishes the log and the result. Start as many
@@ -205,6 +205,8 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
+	artifactLimit := sizeFlag(def.ArtifactLimit)
+	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -212,6 +214,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	}
 	cfg := def
 	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID, cfg.Grace = *arch, *pool, *slots, *work, *id, *grace
+	cfg.ArtifactLimit = int64(artifactLimit)
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

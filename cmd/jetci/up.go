@@ -48,6 +48,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
 	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
 	slots := fs.Int("slots", 1, "parallel jobs per local runner")
+	artifactLimit := sizeFlag(runner.DefaultConfig().ArtifactLimit)
+	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
 	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
@@ -103,7 +105,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	for i := range rcfgs {
 		c := runner.DefaultConfig()
 		c.ID = fmt.Sprintf("%s-%d-up%d", host, os.Getpid(), i+1)
-		c.Slots, c.Grace = *slots, *grace
+		c.Slots, c.Grace, c.ArtifactLimit = *slots, *grace, int64(artifactLimit)
 		c.WorkDir = filepath.Join(*data, "runners", strconv.Itoa(i+1))
 		if err := c.Validate(); err != nil {
 			return err
