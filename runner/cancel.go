@@ -88,4 +88,3 @@ func (r *Runner) checkCancelled(ctx context.Context, jobID string) {
 		r.cancelJob(req)
 	}
 }
-

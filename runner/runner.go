@@ -42,17 +42,17 @@ import (
 
 // Config configures a runner.
 type Config struct {
-	ID       string           // shown in results; unique per runner process
-	Arch     string           // the CPU architecture served
-	Pool     string           // the pool served
-	Slots    int              // jobs run in parallel
-	WorkDir  string           // caches, workspaces, logs and the result outbox
-	LogLimit int64            // bytes of output kept per job
+	ID       string // shown in results; unique per runner process
+	Arch     string // the CPU architecture served
+	Pool     string // the pool served
+	Slots    int    // jobs run in parallel
+	WorkDir  string // caches, workspaces, logs and the result outbox
+	LogLimit int64  // bytes of output kept per job
 	// ArtifactLimit bounds the bytes of artifacts one job may store.
 	ArtifactLimit int64
-	IdlePoll time.Duration    // how often an idle slot looks for redelivered jobs
-	Grace    time.Duration    // on stop, how long running jobs may go on before they are killed and handed back
-	Metrics  *metrics.Metrics // nil: none
+	IdlePoll      time.Duration    // how often an idle slot looks for redelivered jobs
+	Grace         time.Duration    // on stop, how long running jobs may go on before they are killed and handed back
+	Metrics       *metrics.Metrics // nil: none
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
