@@ -41,6 +41,14 @@ func startUp(t testing.TB, data string, repos ...string) (string, func()) {
 // startUpWith runs `jetci up` in this process with extra flags.
 func startUpWith(t testing.TB, data string, extra []string, repos ...string) (string, func()) {
 	t.Helper()
+	natsURL, _, stop := startUpHTTP(t, data, extra, repos...)
+	return natsURL, stop
+}
+
+// startUpHTTP runs `jetci up` in this process and returns its NATS URL, the
+// base URL of its web UI, and a stop func.
+func startUpHTTP(t testing.TB, data string, extra []string, repos ...string) (string, string, func()) {
+	t.Helper()
 	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
 	args := append([]string{"up", "--data", data, "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "100ms", "--log-format", "json"}, extra...)
 	for _, r := range repos {
@@ -72,7 +80,7 @@ func startUpWith(t testing.TB, data string, extra []string, repos ...string) (st
 			t.Logf("jetci up log:\n%s", logs.String())
 		}
 	})
-	return "nats://" + natsAddr, stop
+	return "nats://" + natsAddr, "http://" + httpAddr, stop
 }
 
 // TestUpFiveHundredLinesScenario is the 500-lines chapter's scenario on the whole
