@@ -229,6 +229,7 @@ func (b BranchSummary) Cell(c Column) (Record, bool) {
 // Repos summarises every repository, or one when repo is set.
 func (v *View) Repos(repo string) []RepoSummary {
 	recs := v.List(Filter{Repo: repo, All: true})
+	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
 	type bkey struct{ repo, branch string }
 	byBranch := map[bkey]*BranchSummary{}
 	cols := map[string]map[Column]bool{}
@@ -240,7 +241,7 @@ func (v *View) Repos(repo string) []RepoSummary {
 			b = &BranchSummary{Branch: r.Branch, Cells: map[string]Record{}}
 			byBranch[k] = b
 		}
-		t := firstTime(&r)
+		t := firstSeen(&r)
 		if !t.Before(b.Time) || b.Head == "" {
 			b.Head, b.Subject, b.Author, b.Time = r.Commit, r.Subject, r.Author, t
 		}
@@ -324,7 +325,7 @@ func (v *View) Commits(repo, branch, commit string, limit int) []Commit {
 		r := recs[i]
 		c := by[r.Commit]
 		if c == nil {
-			c = &Commit{Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Time: firstTime(&r)}
+			c = &Commit{Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Time: firstSeen(&r)}
 			by[r.Commit] = c
 		}
 		if c.Subject == "" {
@@ -427,6 +428,18 @@ func firstTime(r *Record) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// firstSeen is when jetci first queued a record's job: a re-check of an old
+// commit does not make it new.
+func firstSeen(r *Record) time.Time {
+	if len(r.Attempts) > 0 && r.Dropped == 0 && !r.Attempts[0].QueuedAt.IsZero() {
+		if t := firstTime(r); !t.IsZero() && t.Before(r.Attempts[0].QueuedAt) {
+			return t
+		}
+		return r.Attempts[0].QueuedAt
+	}
+	return firstTime(r)
 }
 
 // explainWaits sets the Reason of queued records: no live runner serves the

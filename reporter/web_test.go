@@ -618,3 +618,24 @@ func TestLiveLogFollowsARunningJob(t *testing.T) {
 		t.Errorf("streamed %q, want only what the page did not show", got)
 	}
 }
+
+func TestARecheckDoesNotMakeAnOldCommitNew(t *testing.T) {
+	f := newWebFixture(t, "")
+	old := jref("proj", "main", strings.Repeat("1", 40), "test", "amd64")
+	f.run(old, 1, events.StatusFailed, "", nil)
+	young := jref("proj", "main", strings.Repeat("2", 40), "test", "amd64")
+	f.publish(&events.JobQueued{JobRef: young, Pool: "default", Class: events.ClassFirst, QueueSeq: 2, QueuedAt: t0.Add(time.Minute)})
+	f.publish(&events.JobFinished{JobRef: young, QueueSeq: 2, Attempt: 1, Status: events.StatusPassed, FinishedAt: t0.Add(2 * time.Minute)})
+	// The old commit is re-checked later.
+	f.publish(&events.JobQueued{JobRef: old, Pool: "default", Class: events.ClassUser, QueueSeq: 3, QueuedAt: t0.Add(time.Hour)})
+	f.publish(&events.JobFinished{JobRef: old, QueueSeq: 3, Attempt: 1, Status: events.StatusPassed, FinishedAt: t0.Add(time.Hour)})
+	f.waitFor(old.JobID, func(r Record) bool { return r.Attempt == 2 && r.Status == events.StatusPassed })
+	f.waitFor(young.JobID, func(r Record) bool { return r.Status == events.StatusPassed })
+	cs := f.rep.View().Commits("proj", "main", "", 0)
+	if len(cs) != 2 || cs[0].Commit != young.Commit {
+		t.Fatalf("newest first: %s then %s", events.Short(cs[0].Commit), events.Short(cs[1].Commit))
+	}
+	if rs := f.rep.View().Repos(""); rs[0].Branches[0].Head != young.Commit {
+		t.Fatalf("head %s, want the newest commit", events.Short(rs[0].Branches[0].Head))
+	}
+}
