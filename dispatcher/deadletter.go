@@ -64,7 +64,7 @@ func (r *Reaper) bury(ctx context.Context, jobs jetstream.Stream, data []byte) e
 			JobRef: job.JobRef, QueueSeq: adv.StreamSeq, Attempt: adv.Deliveries, Runner: "dispatcher",
 			Status: events.StatusError, ExitCode: -1, FinishedAt: time.Now().UTC(),
 			Error:  fmt.Sprintf("gave up after %d attempts: every runner that took this job died or lost it before finishing", adv.Deliveries),
-			Author: job.Author, Subject: job.Subject,
+			Author: job.Author, Subject: job.Subject, Class: job.Class, TriggerID: job.TriggerID,
 		}
 		if err := publish(ctx, r.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), res,
 			events.ResultMsgID(job.JobID, adv.StreamSeq, adv.Deliveries, "gave-up")); err != nil {

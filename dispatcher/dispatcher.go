@@ -32,11 +32,18 @@ type Config struct {
 	Pool           string           // default pool
 	DefaultTimeout time.Duration    // timeout of jobs that set none
 	Metrics        *metrics.Metrics // nil: none
+	// Gate puts branches under the broken-build flow (off when empty): a
+	// failed first check breaks the branch, later commits are held, and a
+	// second check of the head after FixWindow opens it again or fails it.
+	Gate      []GateRule
+	FixWindow time.Duration
+	GateTick  time.Duration // how often fix windows are looked at
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
 func DefaultConfig() Config {
-	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute}
+	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute,
+		FixWindow: 30 * time.Minute, GateTick: time.Second}
 }
 
 // Validate reports the first bad field.
@@ -55,6 +62,9 @@ func (c Config) Validate() error {
 	if err := events.ValidName("pool", c.Pool); err != nil {
 		return fmt.Errorf("dispatcher: Pool: %w", err)
 	}
+	if len(c.Gate) > 0 && (c.FixWindow <= 0 || c.GateTick <= 0) {
+		return fmt.Errorf("dispatcher: FixWindow %s, GateTick %s: want more than 0", c.FixWindow, c.GateTick)
+	}
 	if c.DefaultTimeout <= 0 || c.DefaultTimeout > MaxTimeout {
 		return fmt.Errorf("dispatcher: DefaultTimeout %s: want more than 0 and at most %s", c.DefaultTimeout, MaxTimeout)
 	}
@@ -71,6 +81,7 @@ type Dispatcher struct {
 	mu        sync.Mutex
 	consumers map[string]bool      // pool/arch whose job consumers exist
 	checked   map[string]time.Time // pool/arch -> last look for a runner serving it
+	gate      *gate                // the broken-build flow's buckets; nil when no branch is gated
 }
 
 // New returns a dispatcher; Run starts it.
@@ -159,12 +170,22 @@ func (d *Dispatcher) failure(ev *events.CommitDetected, err error, now time.Time
 	ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
 	return &events.JobFinished{
 		JobRef: ref, Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1,
-		Error: err.Error(), FinishedAt: now, Author: ev.Author, Subject: ev.Subject,
+		Error: err.Error(), FinishedAt: now, Author: ev.Author, Subject: ev.Subject, Class: ev.Class, TriggerID: ev.TriggerID,
 	}
 }
 
 // Run consumes commits until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	if err := d.openGate(ctx); err != nil {
+		return err
+	}
+	if d.gate != nil {
+		go func() {
+			if err := d.RunGate(ctx); err != nil {
+				d.log.Error().Err(err).Msg("broken-build flow stopped")
+			}
+		}()
+	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       events.ConsumerDispatcher,
 		Description:   "turns commits into jobs",
@@ -184,6 +205,23 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Logger()
 	_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
+	if d.gate != nil {
+		meta, _ := m.Metadata()
+		var seq uint64
+		if meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		held, err := d.hold(ctx, ev, seq)
+		if err != nil {
+			log.Warn().Err(err).Msg("broken-build flow; will retry")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		if held {
+			_ = m.DoubleAck(ctx)
+			return
+		}
+	}
 	if err := d.dispatch(ctx, ev, log); err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
 		_ = m.NakWithDelay(time.Second)
@@ -202,6 +240,9 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 			return err
 		}
 		log.Warn().Str("error", fail.Error).Msg("commit has no runnable pipeline")
+		if d.gate != nil {
+			return d.noteCheckJobs(ctx, ev, 0)
+		}
 		return nil
 	}
 	for _, j := range jobs {
@@ -220,6 +261,9 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 		}
 	}
 	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
+	if d.gate != nil {
+		return d.noteCheckJobs(ctx, ev, len(jobs))
+	}
 	return nil
 }
 

@@ -17,6 +17,8 @@ const (
 	TypeTriggerRequest = "jetci.trigger.request.v1"
 	TypeTriggerReply   = "jetci.trigger.reply.v1"
 	TypeCancel         = "jetci.job.cancel.v1"
+	TypeBranchState    = "jetci.branch.state.v1"
+	TypeRecheckRequest = "jetci.recheck.request.v1"
 )
 
 // ErrBadMessage marks a message that can never be processed: malformed JSON, an
@@ -43,6 +45,7 @@ type Status string
 // Job statuses. Passed, Failed, Error and Cancelled are final.
 const (
 	StatusQueued    Status = "queued"
+	StatusHeld      Status = "held" // not dispatched: its branch is broken (see BranchState)
 	StatusRunning   Status = "running"
 	StatusPassed    Status = "passed"
 	StatusFailed    Status = "failed"
@@ -126,6 +129,9 @@ type JobQueued struct {
 	TriggerID string            `json:"trigger_id,omitempty"`
 	QueuedAt  time.Time         `json:"queued_at"`
 	QueueSeq  uint64            `json:"queue_seq,omitempty"`
+	// Held marks a queued event for a job that is not dispatched: its branch
+	// is broken; the job is queued for real when the branch opens again.
+	Held bool `json:"held,omitempty"`
 }
 
 // JobStarted says a runner began an attempt of a job.
@@ -161,6 +167,9 @@ type JobFinished struct {
 	// reports an error before any job was queued.
 	Author  Person `json:"author,omitzero"`
 	Subject string `json:"subject,omitempty"`
+	// The run's class and trigger, as queued.
+	Class     Class  `json:"class,omitempty"`
+	TriggerID string `json:"trigger_id,omitempty"`
 }
 
 // Artifact is one file a job left for download.
@@ -202,6 +211,54 @@ type TriggerRequest struct {
 	// Job and Arch, when set, run only that job (and arch) of the commit.
 	Job  string `json:"job,omitempty"`
 	Arch string `json:"arch,omitempty"`
+	// Class is the priority of the run: user (the default) or second (the
+	// dispatcher's second check of a broken branch).
+	Class Class `json:"class,omitempty"`
+	// TriggerID, when set, names the run (else the observer makes one up).
+	TriggerID string `json:"trigger_id,omitempty"`
+}
+
+// Branch states of the broken-build flow.
+const (
+	BranchOpen   = "open"   // commits are checked as they come
+	BranchBroken = "broken" // a first check failed: later commits are held until the second check
+	BranchFailed = "failed" // the second check failed: held until someone re-checks
+)
+
+// BranchState is a gated branch's state in the broken-build flow: kept in the
+// jetci-branches bucket and published on BranchSubject at every transition.
+type BranchState struct {
+	Type       string       `json:"type"`
+	Repo       string       `json:"repo"`
+	Branch     string       `json:"branch"`
+	State      string       `json:"state"`
+	Since      time.Time    `json:"since"`
+	Reason     string       `json:"reason,omitempty"`
+	BrokenBy   *JobRef      `json:"broken_by,omitempty"`
+	Author     Person       `json:"author,omitzero"` // of the commit that broke it
+	WindowEnds time.Time    `json:"window_ends,omitzero"`
+	Check      *BranchCheck `json:"check,omitempty"` // the second check or re-check under way
+	Held       int          `json:"held"`            // commits waiting for the branch to open
+}
+
+// BranchCheck is a run that decides whether a broken branch opens again.
+type BranchCheck struct {
+	Kind      string    `json:"kind"` // second or recheck
+	Commit    string    `json:"commit,omitempty"`
+	TriggerID string    `json:"trigger_id,omitempty"`
+	Jobs      int       `json:"jobs,omitempty"` // 0 until the dispatcher queued them
+	Passed    []string  `json:"passed,omitempty"`
+	Failed    []string  `json:"failed,omitempty"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// RecheckRequest asks the dispatchers to re-check a branch: run its head as
+// user-triggered and, if it passes, open it and release its held commits.
+type RecheckRequest struct {
+	Type   string `json:"type"`
+	Repo   string `json:"repo"`
+	Branch string `json:"branch"`
+	By     string `json:"by,omitempty"`
 }
 
 // TriggerReply answers a TriggerRequest.
@@ -231,6 +288,10 @@ func Encode(m any) ([]byte, error) {
 		v.Type = TypeTriggerReply
 	case *CancelRequest:
 		v.Type = TypeCancel
+	case *BranchState:
+		v.Type = TypeBranchState
+	case *RecheckRequest:
+		v.Type = TypeRecheckRequest
 	default:
 		return nil, fmt.Errorf("encode: unknown message %T", m)
 	}
@@ -264,6 +325,10 @@ func Decode(data []byte) (any, error) {
 		m = &TriggerReply{}
 	case TypeCancel:
 		m = &CancelRequest{}
+	case TypeBranchState:
+		m = &BranchState{}
+	case TypeRecheckRequest:
+		m = &RecheckRequest{}
 	case "":
 		return nil, fmt.Errorf("%w: no type", ErrBadMessage)
 	default:
@@ -337,3 +402,9 @@ func (m *TriggerRequest) check() error {
 func (m *TriggerReply) check() error { return nil }
 
 func (m *CancelRequest) check() error { return required("job_id", m.JobID) }
+
+func (m *BranchState) check() error {
+	return required("repo", m.Repo, "branch", m.Branch, "state", m.State)
+}
+
+func (m *RecheckRequest) check() error { return required("repo", m.Repo, "branch", m.Branch) }

@@ -18,6 +18,7 @@ const (
 	StreamDead    = "JETCI_DEAD"
 	StreamLogs    = "JETCI_LOGS"
 	StreamNotify  = "JETCI_NOTIFY"
+	StreamBranch  = "JETCI_BRANCHES"
 
 	// SubjectMaxDeliveries is the server's advisory for a job that reached
 	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
@@ -29,6 +30,7 @@ const (
 	ConsumerDead            = "dead-letters"
 	ConsumerNotifier        = "notifier"
 	ConsumerNotifierResults = "notifier-results"
+	ConsumerGate            = "gate"
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"
@@ -39,6 +41,8 @@ const (
 	BucketCancel    = "jetci-cancel"
 	BucketNotify    = "jetci-notify"
 	BucketSent      = "jetci-sent"
+	BucketBranches  = "jetci-branches"
+	BucketHeld      = "jetci-held"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -133,6 +137,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			Duplicates: DedupWindow, MaxMsgs: OutboxMax, Discard: jetstream.DiscardNew,
 			Description: "outbox: mails and webhook deliveries waiting to be sent",
 		},
+		{
+			Name: StreamBranch, Subjects: []string{SubjectBranch + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			MaxAge: 90 * 24 * time.Hour, MaxMsgsPerSubject: 1000,
+			Description: "every state change of branches under the broken-build flow",
+		},
 	}
 }
 
@@ -159,6 +169,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketCancel, Description: "cancel requests, by job id", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 24 * time.Hour},
 		{Bucket: BucketNotify, Description: "notification state per repo, branch, job and arch", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketBranches, Description: "broken-build flow: the state of each gated branch", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketHeld, Description: "broken-build flow: commits held until their branch opens, <repo>.<branch>.<commit-seq>", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}

@@ -18,6 +18,8 @@ const (
 	SubjectTrigger = "jetci.trigger"
 	SubjectCancel  = "jetci.cancel"
 	SubjectNotify  = "jetci.notify"
+	SubjectBranch  = "jetci.branch"
+	SubjectRecheck = "jetci.recheck"
 )
 
 // Result kinds: the last token of a result subject.
@@ -90,6 +92,18 @@ func ResultSubject(repo, branch, kind string) string {
 
 // LogSubject carries the live log of one job.
 func LogSubject(jobID string) string { return SubjectLogs + "." + jobID }
+
+// BranchSubject carries a gated branch's state changes (BranchState).
+func BranchSubject(repo, branch string) string {
+	return SubjectBranch + "." + Token(repo) + "." + Token(branch)
+}
+
+// BranchKey is a branch's key in the jetci-branches and jetci-held buckets.
+func BranchKey(repo, branch string) string { return Token(repo) + "." + Token(branch) }
+
+// RecheckSubject is where `jetci recheck` asks the dispatchers (queue group
+// "dispatchers") to re-check a branch.
+func RecheckSubject(repo string) string { return SubjectRecheck + "." + Token(repo) }
 
 // CancelSubject is where a running job's runner hears that it is cancelled.
 func CancelSubject(jobID string) string { return SubjectCancel + "." + jobID }

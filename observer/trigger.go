@@ -71,7 +71,13 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 		return "", "", err
 	}
 	ev.Class = events.ClassUser
+	if req.Class == events.ClassSecond {
+		ev.Class = req.Class // the dispatcher's second check of a broken branch
+	}
 	ev.TriggerID = nuid.Next()
+	if req.TriggerID != "" {
+		ev.TriggerID = req.TriggerID // the dispatcher names its checks before asking
+	}
 	ev.OnlyJob, ev.OnlyArch = req.Job, req.Arch
 	if err := o.publish(ctx, ev, ev.TriggerID); err != nil {
 		return "", "", err

@@ -148,6 +148,15 @@ func (r *Record) Apply(ev any) bool {
 				a.Class, a.TriggerID, a.QueuedAt, changed = e.Class, e.TriggerID, e.QueuedAt, true
 			}
 		}
+		if e.Held && e.QueueSeq == 0 {
+			// Not dispatched (its branch is broken): shown as held until the
+			// real queued event comes.
+			if r.Status == "" || r.Status == events.StatusHeld {
+				r.Status, r.Class = events.StatusHeld, e.Class
+				return true
+			}
+			return changed
+		}
 		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
 			return changed
 		}

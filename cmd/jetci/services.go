@@ -154,6 +154,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	var arch listFlag
 	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
 	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
+	gateCfg := gateFlags(fs)
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
@@ -165,6 +166,9 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 		cfg.Arch = a
 	}
 	cfg.Pool = *pool
+	if err := gateCfg(&cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -56,6 +56,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	adminToken := adminTokenFlags(fs)
 	retention := retentionFlags(fs)
 	notify := notifyFlags(fs)
+	gateCfg := gateFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -96,6 +97,9 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	dcfg := dispatcher.DefaultConfig()
 	if a := splitList(arch); len(a) > 0 {
 		dcfg.Arch = a
+	}
+	if err := gateCfg(&dcfg); err != nil {
+		return err
 	}
 	if err := dcfg.Validate(); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
 )
@@ -144,4 +145,25 @@ func (s *sizeFlag) Set(v string) error {
 	}
 	*s = sizeFlag(n * mult)
 	return nil
+}
+
+// gateFlags registers the broken-build flow's flags.
+func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
+	var rules listFlag
+	fs.Var(&rules, "gate", "put branches under the broken-build flow: REPO[:BRANCH_PATTERN] (repeat; REPO * for all). A failed first check holds later commits until a second check of the head passes")
+	window := fs.Duration("fix-window", 30*time.Minute, "broken-build flow: how long the author has to fix a broken branch before its second check")
+	return func(c *dispatcher.Config) error {
+		for _, s := range rules {
+			r, err := dispatcher.ParseGateRule(s)
+			if err != nil {
+				return fmt.Errorf("--gate %w", err)
+			}
+			c.Gate = append(c.Gate, r)
+		}
+		c.FixWindow = *window
+		if *window < time.Second {
+			c.GateTick = max(*window/4, 10*time.Millisecond)
+		}
+		return nil
+	}
 }

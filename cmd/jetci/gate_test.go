@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
+)
+
+// TestBrokenBuildFlow runs the build-check system's flow on the real pipeline:
+// a failed first check breaks the branch and holds later commits; after the
+// fix window a second check of the head opens it again (releasing the held
+// commits, oldest first) or fails it, and then only a re-check opens it.
+func TestBrokenBuildFlow(t *testing.T) {
+	repo := newGitRepo(t)
+	first := repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1500ms"}, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	waitStatus(t, all, first, "passed")
+
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	branch := func() events.BranchState {
+		var st events.BranchState
+		kv, err := js.KeyValue(context.Background(), events.BucketBranches)
+		if err != nil {
+			return st
+		}
+		if e, err := kv.Get(context.Background(), events.BranchKey("proj", "main")); err == nil {
+			_ = json.Unmarshal(e.Value(), &st)
+		}
+		return st
+	}
+	waitBranch := func(state string) events.BranchState {
+		t.Helper()
+		var st events.BranchState
+		brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+			if st = branch(); st.State != state {
+				return fmt.Errorf("branch %q (%s), want %q", st.State, st.Reason, state)
+			}
+			return nil
+		})
+		return st
+	}
+
+	// B breaks it; C (the fix) and D come while it is broken: held.
+	broke := repo.Commit("break", map[string]string{"tests/test_bad.py": failingTest})
+	waitStatus(t, all, broke, "failed")
+	st := waitBranch(events.BranchBroken)
+	if st.BrokenBy == nil || st.BrokenBy.Commit != broke || st.Author.Email != "dev@example.com" {
+		t.Fatalf("broken state %+v", st)
+	}
+	fix := repo.Commit("fix", map[string]string{"tests/test_bad.py": passingTest})
+	more := repo.Commit("more", map[string]string{"more.txt": "x"})
+	if st.WindowEnds.Before(time.Now()) {
+		t.Log("the fix window ended before the held commits came; the second check may take the fix")
+	} else {
+		waitStatus(t, all, fix, "held")
+		waitStatus(t, all, more, "held")
+	}
+	// The second check of the head (more) passes: open, and both held
+	// commits run, oldest first.
+	waitBranch(events.BranchOpen)
+	recsFix := waitStatus(t, all, fix, "passed")
+	recsMore := waitStatus(t, all, more, "passed")
+	if recsMore[0].Attempt < 2 {
+		t.Errorf("the head should have run as the second check and again when released: attempt %d", recsMore[0].Attempt)
+	}
+	fixSeq := recsFix[0].Attempts[len(recsFix[0].Attempts)-1].QueueSeq
+	moreSeq := recsMore[0].Attempts[len(recsMore[0].Attempts)-1].QueueSeq
+	if fixSeq > moreSeq {
+		t.Errorf("released newest first: fix queued at %d, more at %d", fixSeq, moreSeq)
+	}
+	var classes []string
+	for _, a := range recsMore[0].Attempts {
+		classes = append(classes, string(a.Class))
+	}
+	if !strings.Contains(strings.Join(classes, ","), "second") {
+		t.Errorf("no second-check run of the head: %v", classes)
+	}
+
+	// E breaks it and nothing comes: the second check of E fails: failed.
+	broke2 := repo.Commit("break again", map[string]string{"tests/test_bad.py": failingTest})
+	waitStatus(t, all, broke2, "failed")
+	st = waitBranch(events.BranchFailed)
+	if !strings.Contains(st.Reason, "second check") {
+		t.Errorf("failed reason %q", st.Reason)
+	}
+	// While failed, commits are held however long it takes.
+	fix2 := repo.Commit("fix again", map[string]string{"tests/test_bad.py": passingTest})
+	waitStatus(t, all, fix2, "held")
+	// jetci recheck runs the head as user-triggered; it passes: open, released.
+	var out, errb strings.Builder
+	if code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), []string{"recheck", "--nats", url, "--repo", "proj", "--branch", "main"}); code != 0 {
+		t.Fatalf("jetci recheck exited %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), fix2) {
+		t.Errorf("recheck output %q", out.String())
+	}
+	waitBranch(events.BranchOpen)
+	recs := waitStatus(t, all, fix2, "passed")
+	if recs[0].Attempts[0].Class != events.ClassUser {
+		t.Errorf("the re-check ran as %q", recs[0].Attempts[0].Class)
+	}
+	// Every transition was published.
+	stream, err := js.Stream(context.Background(), events.StreamBranch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := stream.Info(context.Background())
+	if info.State.Msgs < 5 {
+		t.Errorf("%d branch events, want every transition", info.State.Msgs)
+	}
+}
