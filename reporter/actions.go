@@ -80,6 +80,57 @@ func (r *Reporter) trigger(ctx context.Context, t events.TriggerRequest) (*Trigg
 	return &Triggered{Repo: t.Repo, Branch: t.Branch, Commit: reply.Commit, Job: t.Job, Arch: t.Arch, TriggerID: reply.TriggerID}, nil
 }
 
+// recheckBranch asks the dispatchers to re-check a branch under the
+// broken-build flow.
+func (r *Reporter) recheckBranch(ctx context.Context, repo, branch, by string) (*Triggered, error) {
+	if repo == "" || branch == "" {
+		return nil, failf(http.StatusBadRequest, "repo and branch are required")
+	}
+	data, err := events.Encode(&events.RecheckRequest{Repo: repo, Branch: branch, By: by})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	msg, err := r.js.Conn().RequestWithContext(ctx, events.RecheckSubject(repo), data)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, failf(http.StatusNotFound, "no dispatcher answers re-check requests: start one with --gate")
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, failf(http.StatusGatewayTimeout, "the dispatcher did not answer in time")
+	case err != nil:
+		return nil, fmt.Errorf("recheck: %w", err)
+	}
+	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
+	if err != nil {
+		return nil, fmt.Errorf("recheck: bad reply: %w", err)
+	}
+	if reply.Error != "" {
+		return nil, failf(http.StatusBadRequest, "%s", reply.Error)
+	}
+	r.log.Info().Str("repo", repo).Str("branch", branch).Str("by", by).Msg("branch re-check requested")
+	return &Triggered{Repo: repo, Branch: branch, Commit: reply.Commit, TriggerID: reply.TriggerID}, nil
+}
+
+func (r *Reporter) apiRecheckBranch(w http.ResponseWriter, req *http.Request) {
+	if !r.requireToken(w, req) {
+		return
+	}
+	var body struct {
+		Repo   string `json:"repo"`
+		Branch string `json:"branch"`
+	}
+	if !readJSON(w, req, &body) {
+		return
+	}
+	res, err := r.recheckBranch(req.Context(), body.Repo, body.Branch, "api")
+	if err != nil {
+		writeError(w, statusOf(err), err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, res)
+}
+
 // recheckJob runs one job of one commit again; its record gets a new attempt.
 func (r *Reporter) recheckJob(ctx context.Context, id string) (*Triggered, error) {
 	rec, ok := r.view.Job(id)
@@ -266,6 +317,12 @@ func (r *Reporter) formAction(w http.ResponseWriter, req *http.Request) {
 			} else if t, err = r.trigger(req.Context(), events.TriggerRequest{Repo: f.Get("repo"), Branch: f.Get("branch"), Commit: f.Get("commit")}); err == nil {
 				msg = fmt.Sprintf("Re-check of %s queued.", events.Short(t.Commit))
 			}
+		}
+	case "recheck-branch":
+		var t *Triggered
+		back = branchURL(f.Get("repo"), f.Get("branch"))
+		if t, err = r.recheckBranch(req.Context(), f.Get("repo"), f.Get("branch"), "web"); err == nil {
+			msg = fmt.Sprintf("Re-check of %s at %s queued.", t.Branch, events.Short(t.Commit))
 		}
 	case "cancel":
 		id := f.Get("job_id")

@@ -32,6 +32,7 @@ import (
 //	GET  /api/v1/runners | queue | results?repo=&branch=&commit=&all=1 | events (SSE)
 //	GET  /api/v1/logs/{job}/{attempt}
 //	POST /api/v1/trigger {repo,branch,commit?,job?,arch?} | jobs/{id}/recheck | jobs/{id}/cancel
+//	POST /api/v1/branches/recheck {repo,branch}    the broken-build flow's re-check
 //	GET  /metrics (when configured), /healthz
 func (r *Reporter) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -64,6 +65,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/trigger", r.apiTrigger)
 	mux.HandleFunc("POST /api/v1/jobs/{id}/recheck", r.apiRecheckJob)
 	mux.HandleFunc("POST /api/v1/jobs/{id}/cancel", r.apiCancel)
+	mux.HandleFunc("POST /api/v1/branches/recheck", r.apiRecheckBranch)
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}

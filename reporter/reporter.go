@@ -93,6 +93,9 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 		return nil, fmt.Errorf("open %s: %w", events.StreamJobs, err)
 	}
 	r.view = NewView(store.kv, store.runners, log)
+	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
+		r.view.branches = b
+	}
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)

@@ -89,6 +89,9 @@ func (r *Reporter) apiEvents(w http.ResponseWriter, req *http.Request) {
 			sse.comment()
 		case c := <-changes:
 			ev := changeEvent{Kind: c.Kind, Runner: c.Runner}
+			if c.Branch != nil {
+				ev.Repo, ev.Branch, ev.Status = c.Branch.Repo, c.Branch.Branch, c.Branch.State
+			}
 			if rec := c.Record; rec != nil {
 				ev = changeEvent{Kind: c.Kind, JobID: rec.JobID, Repo: rec.Repo, Branch: rec.Branch, Commit: rec.Commit,
 					Job: rec.Job, Arch: rec.Arch, Status: string(rec.Status), Attempt: rec.Attempt}

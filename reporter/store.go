@@ -18,8 +18,9 @@ import (
 // compare-and-swap on the entry's revision, so any number of reporters can fold
 // events into the same records without losing one.
 type Store struct {
-	kv      jetstream.KeyValue
-	runners jetstream.KeyValue // leases of live runners, to say why a job waits
+	kv       jetstream.KeyValue
+	runners  jetstream.KeyValue // leases of live runners, to say why a job waits
+	branches jetstream.KeyValue // broken-build states, to say why a job is held; nil: none
 }
 
 // OpenStore opens the results bucket; it must exist (events.Setup creates it).
@@ -35,7 +36,11 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.BucketRunners, err)
 	}
-	return &Store{kv: kv, runners: runners}, nil
+	st := &Store{kv: kv, runners: runners}
+	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
+		st.branches = b
+	}
+	return st, nil
 }
 
 // Apply folds an event into its job's record. It returns the record and whether
@@ -183,6 +188,17 @@ func sortRecords(rs []Record) {
 
 // explainWaits sets the Reason of queued records from the live runners.
 func (s *Store) explainWaits(ctx context.Context, rs []Record) {
+	for i := range rs {
+		if r := &rs[i]; r.Status == events.StatusHeld {
+			var st *events.BranchState
+			if s.branches != nil {
+				if e, err := s.branches.Get(ctx, events.BranchKey(r.Repo, r.Branch)); err == nil {
+					st, _ = events.DecodeAs[events.BranchState](e.Value())
+				}
+			}
+			r.Reason = holdReason(st)
+		}
+	}
 	if !slices.ContainsFunc(rs, func(r Record) bool { return r.Status == events.StatusQueued }) {
 		return
 	}

@@ -24,26 +24,29 @@ import (
 // buckets, so they agree whichever reporter wrote a record.
 type View struct {
 	results, runners jetstream.KeyValue
+	branches         jetstream.KeyValue // the broken-build flow's states; nil: none
 	log              zerolog.Logger
 
 	mu     sync.RWMutex
-	recs   map[string]*Record      // by job id
-	leases map[string]events.Lease // by runner id
+	recs   map[string]*Record            // by job id
+	leases map[string]events.Lease       // by runner id
+	gates  map[string]events.BranchState // by events.BranchKey
 	subs   map[chan Change]struct{}
 	ready  chan struct{}
 }
 
 // Change is one update a subscriber hears of.
 type Change struct {
-	Kind   string  `json:"kind"` // "record" or "runner"
-	Record *Record `json:"-"`
-	Runner string  `json:"runner,omitempty"`
+	Kind   string              `json:"kind"` // "record", "runner" or "branch"
+	Record *Record             `json:"-"`
+	Runner string              `json:"runner,omitempty"`
+	Branch *events.BranchState `json:"-"`
 }
 
 // NewView returns a view of the two buckets; Run fills and updates it.
 func NewView(results, runners jetstream.KeyValue, log zerolog.Logger) *View {
 	return &View{results: results, runners: runners, log: log,
-		recs: map[string]*Record{}, leases: map[string]events.Lease{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
+		recs: map[string]*Record{}, leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
 }
 
 // Ready is closed once the view holds every record that existed when it started.
@@ -53,6 +56,9 @@ func (v *View) Ready() <-chan struct{} { return v.ready }
 func (v *View) Run(ctx context.Context) {
 	var once sync.Once
 	go v.watch(ctx, v.runners, events.LeaseKey("*"), nil, v.applyLease)
+	if v.branches != nil {
+		go v.watch(ctx, v.branches, ">", nil, v.applyBranch)
+	}
 	v.watch(ctx, v.results, ">", func() { once.Do(func() { close(v.ready) }) }, v.applyRecord)
 }
 
@@ -119,6 +125,30 @@ func (v *View) applyLease(e jetstream.KeyValueEntry) {
 	}
 }
 
+func (v *View) applyBranch(e jetstream.KeyValueEntry) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(v.gates, e.Key())
+		v.notify(Change{Kind: "branch"})
+		return
+	}
+	st, err := events.DecodeAs[events.BranchState](e.Value())
+	if err != nil {
+		return
+	}
+	v.gates[e.Key()] = *st
+	v.notify(Change{Kind: "branch", Branch: st})
+}
+
+// Gate returns a branch's broken-build state, if it is under the flow.
+func (v *View) Gate(repo, branch string) (events.BranchState, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	st, ok := v.gates[events.BranchKey(repo, branch)]
+	return st, ok
+}
+
 // notify tells every subscriber; one that is not keeping up misses the change
 // (its buffer already holds changes, which make its page refresh anyway).
 func (v *View) notify(c Change) {
@@ -165,6 +195,15 @@ func (v *View) List(f Filter) []Record {
 		}
 	}
 	leases := v.liveLeases()
+	for i := range out {
+		if r := &out[i]; r.Status == events.StatusHeld {
+			var st *events.BranchState
+			if g, ok := v.gates[events.BranchKey(r.Repo, r.Branch)]; ok {
+				st = &g
+			}
+			r.Reason = holdReason(st)
+		}
+	}
 	v.mu.RUnlock()
 	sortRecords(out)
 	explainWaits(out, leases)
@@ -215,6 +254,8 @@ type BranchSummary struct {
 	Time    time.Time         `json:"time"`
 	Status  events.Status     `json:"status"` // the worst of the latest cells
 	Cells   map[string]Record `json:"cells"`  // by CellKey(job, arch)
+	// Gate is the branch's broken-build state, when it is under the flow.
+	Gate *events.BranchState `json:"gate,omitempty"`
 }
 
 // CellKey keys a branch's cells.
@@ -264,6 +305,9 @@ func (v *View) Repos(repo string) []RepoSummary {
 		for k, b := range byBranch {
 			if k.repo == name {
 				b.Status = worst(b.Cells)
+				if st, ok := v.Gate(k.repo, b.Branch); ok {
+					b.Gate = &st
+				}
 				s.Branches = append(s.Branches, *b)
 			}
 		}
@@ -291,7 +335,7 @@ func branchLess(a, b string) bool {
 
 // worst is the status that needs attention most among cells.
 func worst(cells map[string]Record) events.Status {
-	order := []events.Status{events.StatusError, events.StatusFailed, events.StatusRunning, events.StatusQueued, events.StatusCancelled, events.StatusPassed}
+	order := []events.Status{events.StatusError, events.StatusFailed, events.StatusRunning, events.StatusQueued, events.StatusHeld, events.StatusCancelled, events.StatusPassed}
 	best := len(order)
 	for _, r := range cells {
 		if i := slices.Index(order, r.Status); i >= 0 && i < best {
@@ -465,6 +509,14 @@ func explainWaits(rs []Record, leases []events.Lease) {
 			r.Reason = "waiting for a free runner to take it"
 		}
 	}
+}
+
+// holdReason says why a job is held, from its branch's state.
+func holdReason(st *events.BranchState) string {
+	if st == nil || st.State == events.BranchOpen {
+		return "held: its branch was not open (broken-build flow); it is released shortly"
+	}
+	return "held: the branch is " + st.State + ": " + st.Reason
 }
 
 // errNotReady is returned while the view is still loading.

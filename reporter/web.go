@@ -98,6 +98,7 @@ func (r *Reporter) pageOverview(w http.ResponseWriter, req *http.Request) {
 type branchPage struct {
 	Repo, Branch string
 	Commits      []Commit
+	Gate         *events.BranchState
 }
 
 func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
@@ -112,6 +113,9 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 		limit = n
 	}
 	data := branchPage{Repo: repo, Branch: branch, Commits: r.view.Commits(repo, branch, "", limit)}
+	if st, ok := r.view.Gate(repo, branch); ok {
+		data.Gate = &st
+	}
 	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +24,7 @@ import (
 func TestBrokenBuildFlow(t *testing.T) {
 	repo := newGitRepo(t)
 	first := repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
-	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1500ms"}, repo.Dir)
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1500ms", "--admin-token", "gate-test-token"}, repo.Dir)
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
 	waitStatus(t, all, first, "passed")
 
@@ -99,7 +101,25 @@ func TestBrokenBuildFlow(t *testing.T) {
 	}
 	// While failed, commits are held however long it takes.
 	fix2 := repo.Commit("fix again", map[string]string{"tests/test_bad.py": passingTest})
-	waitStatus(t, all, fix2, "held")
+	held := waitStatus(t, all, fix2, "held")
+	if !strings.Contains(held[0].Reason, "failed") {
+		t.Errorf("held reason %q", held[0].Reason)
+	}
+	// The API and the branch page show it.
+	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var body struct{ Branches []reporter.BranchSummary }
+		if err := getJSON(web+"/api/v1/branches?repo=proj", &body); err != nil {
+			return err
+		}
+		if len(body.Branches) != 1 || body.Branches[0].Gate == nil || body.Branches[0].Gate.State != events.BranchFailed || body.Branches[0].Gate.Held != 1 {
+			return fmt.Errorf("branches %+v", body.Branches)
+		}
+		page, err := getText(web + "/branch?repo=proj&branch=main")
+		if err != nil || !strings.Contains(page, "Branch failed") || !strings.Contains(page, "1 commit(s) held") {
+			return fmt.Errorf("branch page: %v\n%s", err, page)
+		}
+		return nil
+	})
 	// jetci recheck runs the head as user-triggered; it passes: open, released.
 	var out, errb strings.Builder
 	if code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), []string{"recheck", "--nats", url, "--repo", "proj", "--branch", "main"}); code != 0 {
@@ -113,6 +133,17 @@ func TestBrokenBuildFlow(t *testing.T) {
 	if recs[0].Attempts[0].Class != events.ClassUser {
 		t.Errorf("the re-check ran as %q", recs[0].Attempts[0].Class)
 	}
+	// The API's re-check answers too (on an open branch it runs the head).
+	req, _ := http.NewRequest("POST", web+"/api/v1/branches/recheck", strings.NewReader(`{"repo":"proj","branch":"main"}`))
+	req.Header.Set("Authorization", "Bearer gate-test-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Errorf("POST /api/v1/branches/recheck = %d", resp.StatusCode)
+	}
 	// Every transition was published.
 	stream, err := js.Stream(context.Background(), events.StreamBranch)
 	if err != nil {
@@ -122,4 +153,26 @@ func TestBrokenBuildFlow(t *testing.T) {
 	if info.State.Msgs < 5 {
 		t.Errorf("%d branch events, want every transition", info.State.Msgs)
 	}
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func getText(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
