@@ -25,12 +25,13 @@ const (
 	// dispatcher runs.
 	SubjectMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamJobs + ".*"
 
-	ConsumerDispatcher      = "dispatcher"
-	ConsumerReporter        = "reporter"
-	ConsumerDead            = "dead-letters"
-	ConsumerNotifier        = "notifier"
-	ConsumerNotifierResults = "notifier-results"
-	ConsumerGate            = "gate"
+	ConsumerDispatcher       = "dispatcher"
+	ConsumerReporter         = "reporter"
+	ConsumerDead             = "dead-letters"
+	ConsumerNotifier         = "notifier"
+	ConsumerNotifierResults  = "notifier-results"
+	ConsumerGate             = "gate"
+	ConsumerNotifierBranches = "notifier-branches"
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"

@@ -17,6 +17,7 @@ import (
 	"net/mail"
 	"net/smtp"
 	"net/textproto"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -239,4 +240,50 @@ func newID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// BranchChanged mails the author of the commit that broke a gated branch when
+// it becomes broken (fix it before the window ends) or failed (its second
+// check failed; a re-check is needed). Other changes send nothing.
+func (n *Notifier) BranchChanged(ctx context.Context, st *events.BranchState) error {
+	if n.cfg.Mail.SMTP == "" || st.BrokenBy == nil || st.State == events.BranchOpen || st.Check != nil {
+		return nil
+	}
+	var to []string
+	for _, a := range append([]string{st.Author.Email}, n.cfg.Mail.extra(st.Repo, st.Branch)...) {
+		if p, err := mail.ParseAddress(a); err == nil && !slices.Contains(to, p.Address) {
+			to = append(to, p.Address)
+		}
+	}
+	if len(to) == 0 {
+		return nil
+	}
+	b := st.BrokenBy
+	link := ""
+	if n.cfg.PublicURL != "" {
+		link = strings.TrimRight(n.cfg.PublicURL, "/") + "/branch?" + url.Values{"repo": {st.Repo}, "branch": {st.Branch}}.Encode()
+	}
+	var subject, text string
+	switch st.State {
+	case events.BranchBroken:
+		subject = fmt.Sprintf("[jetci] %s %s is broken: fix it by %s", st.Repo, st.Branch, st.WindowEnds.Local().Format("15:04"))
+		text = fmt.Sprintf("%s on %s failed at %s, so %s %s is broken and later commits wait.\n\n"+
+			"Please fix it before %s: then a second check of the branch head runs. If it passes, the waiting commits\n"+
+			"are checked; if it fails, the branch stays closed until someone presses re-check.\n", b.Job, b.Arch, events.Short(b.Commit),
+			st.Repo, st.Branch, st.WindowEnds.Local().Format(time.RFC1123))
+	case events.BranchFailed:
+		subject = fmt.Sprintf("[jetci] %s %s failed its second check: re-check needed", st.Repo, st.Branch)
+		text = fmt.Sprintf("%s\n\nNothing runs on %s %s until someone re-checks it (jetci recheck --repo %s --branch %s, or the\n"+
+			"Re-check branch button). %d commit(s) wait.\n", st.Reason, st.Repo, st.Branch, st.Repo, st.Branch, st.Held)
+	default:
+		return nil
+	}
+	if link != "" {
+		text += "\n" + link + "\n"
+	}
+	note := &Notification{ID: fmt.Sprintf("branch.%s.%s.%d", st.State, events.BranchKey(st.Repo, st.Branch), st.Since.UnixNano()),
+		Event: "branch-" + st.State, JobID: b.JobID,
+		Mail: &MailMessage{To: to, Subject: subject, Text: text + "\n-- \njetci\n",
+			HTML: "<pre style=\"font-family:system-ui,sans-serif;white-space:pre-wrap\">" + htmltemplate.HTMLEscapeString(text) + "</pre>"}}
+	return n.enqueue(ctx, note)
 }

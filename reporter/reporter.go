@@ -165,6 +165,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 	if r.notifier != nil {
 		go func() { errc <- r.notifier.RunOutbox(ctx) }()
 		go func() { errc <- r.consumeForNotifier(ctx) }()
+		go func() { errc <- r.consumeBranchStates(ctx) }()
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
@@ -254,6 +255,35 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 		}
 		if err != nil {
 			r.log.Warn().Err(err).Msg("notifications for a result; will retry")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		_ = m.Ack()
+	})
+}
+
+// consumeBranchStates tells the author of a commit that broke a gated branch
+// to fix it within the fix window, and says when the branch failed its second
+// check, through the notifier's outbox.
+func (r *Reporter) consumeBranchStates(ctx context.Context) error {
+	if r.cfg.Notify.Mail.SMTP == "" {
+		return nil
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       events.ConsumerNotifierBranches,
+		Description:   "branch state changes, for notifications",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckWait:       30 * time.Second,
+	}
+	return events.Consume(ctx, r.js, events.StreamBranch, cfg, 16, r.log, func(m jetstream.Msg) {
+		st, err := events.DecodeAs[events.BranchState](m.Data())
+		if err != nil {
+			_ = m.Term()
+			return
+		}
+		if err := r.notifier.BranchChanged(ctx, st); err != nil {
+			r.log.Warn().Err(err).Msg("notification for a branch state; will retry")
 			_ = m.NakWithDelay(time.Second)
 			return
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/smtptest"
 	"github.com/jetci/jetci/reporter"
 )
 
@@ -24,7 +25,20 @@ import (
 func TestBrokenBuildFlow(t *testing.T) {
 	repo := newGitRepo(t)
 	first := repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
-	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1500ms", "--admin-token", "gate-test-token"}, repo.Dir)
+	sink := smtptest.Start(t)
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1500ms", "--admin-token", "gate-test-token",
+		"--smtp", sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com"}, repo.Dir)
+	mailed := func(subject string) {
+		t.Helper()
+		brokertest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+			for _, m := range sink.Mails() {
+				if strings.Contains(m.Subject, subject) && strings.Join(m.To, ",") == "dev@example.com" {
+					return nil
+				}
+			}
+			return fmt.Errorf("no mail %q to the author among %d", subject, len(sink.Mails()))
+		})
+	}
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
 	waitStatus(t, all, first, "passed")
 
@@ -63,6 +77,7 @@ func TestBrokenBuildFlow(t *testing.T) {
 	if st.BrokenBy == nil || st.BrokenBy.Commit != broke || st.Author.Email != "dev@example.com" {
 		t.Fatalf("broken state %+v", st)
 	}
+	mailed("proj main is broken: fix it by")
 	fix := repo.Commit("fix", map[string]string{"tests/test_bad.py": passingTest})
 	more := repo.Commit("more", map[string]string{"more.txt": "x"})
 	if st.WindowEnds.Before(time.Now()) {
@@ -99,6 +114,7 @@ func TestBrokenBuildFlow(t *testing.T) {
 	if !strings.Contains(st.Reason, "second check") {
 		t.Errorf("failed reason %q", st.Reason)
 	}
+	mailed("proj main failed its second check: re-check needed")
 	// While failed, commits are held however long it takes.
 	fix2 := repo.Commit("fix again", map[string]string{"tests/test_bad.py": passingTest})
 	held := waitStatus(t, all, fix2, "held")
