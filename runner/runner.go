@@ -58,14 +58,14 @@ type Config struct {
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
 // DefaultConfig serves this machine's architecture in the default pool, one job
-// at a time.
+// per CPU at a time.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
 	return Config{
 		ID:   fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b)),
-		Arch: runtime.GOARCH, Pool: "default", Slots: 1, WorkDir: ".jetci-runner",
+		Arch: runtime.GOARCH, Pool: "default", Slots: runtime.NumCPU(), WorkDir: ".jetci-runner",
 		LogLimit: 8 << 20, ArtifactLimit: 100 << 20, IdlePoll: time.Second, Grace: 30 * time.Second,
 	}
 }

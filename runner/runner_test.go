@@ -430,3 +430,60 @@ func alive(pid int) bool {
 	}
 	return true
 }
+
+// TestRunnersShareByCapacity: runners pull, one job per free slot, so runners
+// with 1 and 3 slots share a burst about 1:3.
+func TestRunnersShareByCapacity(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.Commit("change", map[string]string{"a.txt": "a\n"})
+	startRunner(t, s, func(c *Config) { c.ID, c.Slots = "one", 1 })
+	startRunner(t, s, func(c *Config) { c.ID, c.Slots = "three", 3 })
+	var jobs []*events.JobQueued
+	for range 40 {
+		jobs = append(jobs, enqueue(t, s, repo, c, events.ClassFirst, "sleep 0.2"))
+	}
+	count := map[string]int{}
+	for _, j := range jobs {
+		count[res.wait(t, j.JobID).Runner]++
+	}
+	ratio := float64(count["three"]) / float64(max(count["one"], 1))
+	t.Logf("one: %d jobs, three: %d jobs, ratio %.2f", count["one"], count["three"], ratio)
+	if count["one"]+count["three"] != 40 || ratio < 2 || ratio > 4.5 {
+		t.Fatalf("shares %v (ratio %.2f), want about 1:3", count, ratio)
+	}
+}
+
+// TestUserJobJumpsThePeriodicQueue: with the only slot busy, ten periodic jobs
+// wait; a user-triggered job queued after them runs next.
+func TestUserJobJumpsThePeriodicQueue(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.Commit("change", map[string]string{"a.txt": "a\n"})
+	startRunner(t, s, func(c *Config) { c.Slots = 1 })
+	busy := enqueue(t, s, repo, c, events.ClassFirst, "sleep 1")
+	brokertest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		res.mu.Lock()
+		defer res.mu.Unlock()
+		if len(res.started) == 0 || res.started[0].JobID != busy.JobID {
+			return fmt.Errorf("the first job has not started")
+		}
+		return nil
+	})
+	for range 10 {
+		enqueue(t, s, repo, c, events.ClassPeriodic, "true")
+	}
+	user := enqueue(t, s, repo, c, events.ClassUser, "true")
+	res.wait(t, user.JobID)
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if len(res.started) < 2 || res.started[1].JobID != user.JobID {
+		var order []string
+		for _, st := range res.started {
+			order = append(order, st.Job)
+		}
+		t.Fatalf("started in order %v; want the user job (%s) right after the busy one", order, user.Job)
+	}
+}

@@ -204,7 +204,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	url := natsFlag(fs)
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
-	slots := fs.Int("slots", def.Slots, "jobs run in parallel")
+	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	maddr := metricsFlag(fs)
