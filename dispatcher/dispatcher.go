@@ -38,12 +38,15 @@ type Config struct {
 	Gate      []GateRule
 	FixWindow time.Duration
 	GateTick  time.Duration // how often fix windows are looked at
+	// AgeAfter moves a job that waited this long in its class, untaken, up
+	// one class, so that low classes do not starve (0: never).
+	AgeAfter time.Duration
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
 func DefaultConfig() Config {
 	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute,
-		FixWindow: 30 * time.Minute, GateTick: time.Second}
+		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour}
 }
 
 // Validate reports the first bad field.
@@ -179,6 +182,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.openGate(ctx); err != nil {
 		return err
 	}
+	go d.runAging(ctx)
 	if d.gate != nil {
 		go func() {
 			if err := d.RunGate(ctx); err != nil {

@@ -491,3 +491,57 @@ func TestExpandOnlyOneJobForARecheck(t *testing.T) {
 		t.Fatalf("a re-check of a job the commit lacks: %v %+v", jobs, fail)
 	}
 }
+
+// TestAgingMovesAWaitingJobUp: a periodic job nobody takes climbs one class per
+// AgeAfter, and its record follows.
+func TestAgingMovesAWaitingJobUp(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.EnsureJobConsumers(ctx, s.JS, "default", "amd64"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Arch, cfg.AgeAfter = []string{"amd64"}, 300*time.Millisecond
+	d, err := New(cfg, s.JS, brokertest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	job := &events.JobQueued{JobRef: events.JobRef{Repo: "proj", Branch: "main", Commit: "c1", Job: "nightly", Arch: "amd64"},
+		Pool: "default", Class: events.ClassPeriodic, Steps: []string{"true"}}
+	job.JobID = events.JobID(job.Repo, job.Branch, job.Commit, job.Job, job.Arch)
+	if _, err := s.JS.Publish(ctx, events.JobSubject("default", "amd64", events.ClassPeriodic, "proj", "main"), mustEncode(t, job)); err != nil {
+		t.Fatal(err)
+	}
+	pending := func(c events.Class) uint64 {
+		cons, err := s.JS.Consumer(ctx, events.StreamJobs, events.JobConsumerName("default", "amd64", c))
+		if err != nil {
+			return 0
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0
+		}
+		return info.NumPending
+	}
+	for _, c := range []events.Class{events.ClassSecond, events.ClassFirst, events.ClassUser} {
+		brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if pending(c) != 1 {
+				return fmt.Errorf("class %s: %d waiting", c, pending(c))
+			}
+			return nil
+		})
+	}
+	for _, c := range []events.Class{events.ClassPeriodic, events.ClassSecond, events.ClassFirst} {
+		if n := pending(c); n != 0 {
+			t.Errorf("class %s still holds %d", c, n)
+		}
+	}
+}

@@ -152,7 +152,12 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 	var rules listFlag
 	fs.Var(&rules, "gate", "put branches under the broken-build flow: REPO[:BRANCH_PATTERN] (repeat; REPO * for all). A failed first check holds later commits until a second check of the head passes")
 	window := fs.Duration("fix-window", 30*time.Minute, "broken-build flow: how long the author has to fix a broken branch before its second check")
+	age := fs.Duration("age-after", time.Hour, "a job waiting this long in its priority class, untaken, moves up one class (0: never)")
 	return func(c *dispatcher.Config) error {
+		if *age < 0 {
+			return fmt.Errorf("--age-after %s: want 0 or more", *age)
+		}
+		c.AgeAfter = *age
 		for _, s := range rules {
 			r, err := dispatcher.ParseGateRule(s)
 			if err != nil {
