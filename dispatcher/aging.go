@@ -103,7 +103,6 @@ func (d *Dispatcher) age(ctx context.Context, stream jetstream.Stream, pool, arc
 	return nil
 }
 
-
 // partitions lists the pool/arch of every job consumer on the stream, also
 // those made before this dispatcher started.
 func (d *Dispatcher) partitions(ctx context.Context, stream jetstream.Stream) []string {
