@@ -41,12 +41,19 @@ type Config struct {
 	// AgeAfter moves a job that waited this long in its class, untaken, up
 	// one class, so that low classes do not starve (0: never).
 	AgeAfter time.Duration
+	// Periodic is the full check's schedule in cron syntax ("": none); each
+	// time it queues every watched branch head × job × arch at the periodic
+	// class, skipping heads that passed since the last one if
+	// PeriodicSkipPassed.
+	Periodic           string
+	PeriodicSkipPassed bool
+	PeriodicTick       time.Duration // how often the schedule is looked at
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
 func DefaultConfig() Config {
 	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute,
-		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour}
+		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour, PeriodicTick: time.Second}
 }
 
 // Validate reports the first bad field.
@@ -67,6 +74,14 @@ func (c Config) Validate() error {
 	}
 	if len(c.Gate) > 0 && (c.FixWindow <= 0 || c.GateTick <= 0) {
 		return fmt.Errorf("dispatcher: FixWindow %s, GateTick %s: want more than 0", c.FixWindow, c.GateTick)
+	}
+	if c.Periodic != "" {
+		if _, err := ParseSchedule(c.Periodic); err != nil {
+			return fmt.Errorf("dispatcher: Periodic: %w", err)
+		}
+		if c.PeriodicTick <= 0 {
+			return fmt.Errorf("dispatcher: PeriodicTick %s: want more than 0", c.PeriodicTick)
+		}
 	}
 	if c.DefaultTimeout <= 0 || c.DefaultTimeout > MaxTimeout {
 		return fmt.Errorf("dispatcher: DefaultTimeout %s: want more than 0 and at most %s", c.DefaultTimeout, MaxTimeout)
@@ -183,6 +198,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return err
 	}
 	go d.runAging(ctx)
+	go d.runPeriodic(ctx)
 	if d.gate != nil {
 		go func() {
 			if err := d.RunGate(ctx); err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -542,6 +543,98 @@ func TestAgingMovesAWaitingJobUp(t *testing.T) {
 	for _, c := range []events.Class{events.ClassPeriodic, events.ClassSecond, events.ClassFirst} {
 		if n := pending(c); n != 0 {
 			t.Errorf("class %s still holds %d", c, n)
+		}
+	}
+}
+
+// TestPeriodicFullCheckFiresOnce: two dispatchers on one schedule queue each
+// branch head once per tick of the schedule, at the periodic class; with
+// skip-passed, a head that passed since the last check is left out.
+func TestPeriodicFullCheckFiresOnce(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	heads, _ := s.JS.KeyValue(ctx, events.BucketHeads)
+	for _, b := range []string{"main", "release/1"} {
+		v, _ := json.Marshal(map[string]string{"repo": "proj", "branch": b, "commit": "c-" + b})
+		if _, err := heads.Put(ctx, events.HeadKey("proj", b), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	asked := map[string]int{}
+	sub, err := s.NC.Subscribe(events.TriggerSubject("proj"), func(m *nats.Msg) {
+		req, _ := events.DecodeAs[events.TriggerRequest](m.Data)
+		mu.Lock()
+		if req.Class == events.ClassPeriodic && req.Commit == "c-"+req.Branch {
+			asked[req.Branch]++
+		}
+		mu.Unlock()
+		data, _ := events.Encode(&events.TriggerReply{Commit: req.Commit, TriggerID: "t"})
+		_ = m.Respond(data)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	cfg := DefaultConfig()
+	cfg.Periodic, cfg.PeriodicTick = "@every 1s", 20*time.Millisecond
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		d, err := New(cfg, s.JS, brokertest.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = d.Run(ctx) }()
+	}
+	// Poll until three checks went out, then see that none went out twice.
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if asked["main"] < 3 {
+			return fmt.Errorf("asked %v", asked)
+		}
+		return nil
+	})
+	mu.Lock()
+	got := map[string]int{"main": asked["main"], "release/1": asked["release/1"]}
+	mu.Unlock()
+	cancel()
+	wg.Wait()
+	if got["main"] > 4 || got["release/1"] < got["main"]-1 || got["release/1"] > got["main"]+1 {
+		t.Fatalf("checks per branch %v: a schedule tick fired twice, or a branch was left out", got)
+	}
+}
+
+func TestPassedSince(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	kv, _ := s.JS.KeyValue(ctx, events.BucketResults)
+	now := time.Now()
+	put := func(commit, job string, st events.Status, at time.Time) {
+		id := events.JobID("proj", "main", commit, job, "amd64")
+		v, _ := json.Marshal(map[string]any{"job_id": id, "commit": commit, "status": st, "finished_at": at})
+		if _, err := kv.Put(ctx, events.RecordKey("proj", "main", id), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("good", "a", events.StatusPassed, now)
+	put("good", "b", events.StatusPassed, now)
+	put("bad", "a", events.StatusPassed, now)
+	put("bad", "b", events.StatusFailed, now)
+	put("old", "a", events.StatusPassed, now.Add(-time.Hour))
+	d, _ := New(DefaultConfig(), s.JS, brokertest.Logger(t))
+	since := now.Add(-time.Minute)
+	for commit, want := range map[string]bool{"good": true, "bad": false, "old": false, "unknown": false} {
+		if got := d.passedSince(ctx, "proj", "main", commit, since); got != want {
+			t.Errorf("passedSince(%s) = %v, want %v", commit, got, want)
 		}
 	}
 }

@@ -44,6 +44,7 @@ const (
 	BucketSent      = "jetci-sent"
 	BucketBranches  = "jetci-branches"
 	BucketHeld      = "jetci-held"
+	BucketSchedule  = "jetci-schedule"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -172,6 +173,7 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketNotify, Description: "notification state per repo, branch, job and arch", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketBranches, Description: "broken-build flow: the state of each gated branch", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketHeld, Description: "broken-build flow: commits held until their branch opens, <repo>.<branch>.<commit-seq>", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketSchedule, Description: "when the periodic full check last ran", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}

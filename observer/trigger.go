@@ -71,8 +71,8 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 		return "", "", err
 	}
 	ev.Class = events.ClassUser
-	if req.Class == events.ClassSecond {
-		ev.Class = req.Class // the dispatcher's second check of a broken branch
+	if req.Class == events.ClassSecond || req.Class == events.ClassPeriodic {
+		ev.Class = req.Class // the dispatcher's second check, or its periodic full check
 	}
 	ev.TriggerID = nuid.Next()
 	if req.TriggerID != "" {

@@ -192,3 +192,25 @@ func getText(url string) (string, error) {
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
 }
+
+// TestPeriodicFullCheckOnThePipeline: jetci up with a schedule re-runs the
+// branch head at the periodic class.
+func TestPeriodicFullCheckOnThePipeline(t *testing.T) {
+	repo := newGitRepo(t)
+	c := repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--periodic", "@every 1s"}, repo.Dir)
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		recs, err := resultsJSON(t, url, "--all", "--commit", c)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			for _, a := range r.Attempts {
+				if a.Class == events.ClassPeriodic && a.Status == events.StatusPassed {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no passed periodic run of the head yet: %+v", recs)
+	})
+}

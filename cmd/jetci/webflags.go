@@ -153,7 +153,10 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 	fs.Var(&rules, "gate", "put branches under the broken-build flow: REPO[:BRANCH_PATTERN] (repeat; REPO * for all). A failed first check holds later commits until a second check of the head passes")
 	window := fs.Duration("fix-window", 30*time.Minute, "broken-build flow: how long the author has to fix a broken branch before its second check")
 	age := fs.Duration("age-after", time.Hour, "a job waiting this long in its priority class, untaken, moves up one class (0: never)")
+	periodic := fs.String("periodic", "", `schedule of the periodic full check in cron syntax, e.g. "0 2 * * *", @nightly or "@every 6h" (default: none)`)
+	skip := fs.Bool("periodic-skip-passed", false, "periodic full check: skip branches whose head passed since the last one")
 	return func(c *dispatcher.Config) error {
+		c.Periodic, c.PeriodicSkipPassed = *periodic, *skip
 		if *age < 0 {
 			return fmt.Errorf("--age-after %s: want 0 or more", *age)
 		}
