@@ -42,7 +42,7 @@ func TestBrokenBuildFlow(t *testing.T) {
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
 	waitStatus(t, all, first, "passed")
 
-	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Wait: true, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
