@@ -48,6 +48,10 @@ type Config struct {
 	Periodic           string
 	PeriodicSkipPassed bool
 	PeriodicTick       time.Duration // how often the schedule is looked at
+	// Coalesce names branches where a new commit cancels the waiting (not
+	// running) first checks of older commits. Off by default: every commit
+	// is tested.
+	Coalesce []GateRule
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
@@ -281,6 +285,15 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 		}
 	}
 	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
+	if ev.Class == events.ClassFirst && len(jobs) > 0 && d.coalesced(ev.Repo, ev.Branch) {
+		first := jobs[0].QueueSeq
+		for _, j := range jobs {
+			first = min(first, j.QueueSeq)
+		}
+		if err := d.supersede(ctx, ev, first, jobs); err != nil {
+			return fmt.Errorf("supersede older commits' jobs: %w", err) // retried; the jobs are deduplicated
+		}
+	}
 	if d.gate != nil {
 		return d.noteCheckJobs(ctx, ev, len(jobs))
 	}

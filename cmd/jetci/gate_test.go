@@ -214,3 +214,34 @@ func TestPeriodicFullCheckOnThePipeline(t *testing.T) {
 		return fmt.Errorf("no passed periodic run of the head yet: %+v", recs)
 	})
 }
+
+// TestCoalesceSupersedesWaitingJobs: on a coalesced branch with no runner,
+// each new commit cancels the waiting jobs of the older ones.
+func TestCoalesceSupersedesWaitingJobs(t *testing.T) {
+	repo := newGitRepo(t)
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0", "--coalesce", "proj:main"}, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	a := repo.Commit("a", map[string]string{"tests/test_ok.py": passingTest})
+	waitStatus(t, all, a, "queued")
+	b := repo.Commit("b", map[string]string{"b.txt": "b"})
+	waitStatus(t, all, b, "queued")
+	recs := waitStatus(t, all, a, "cancelled")
+	if recs[0].Error != "superseded by "+events.Short(b) {
+		t.Errorf("a: %q", recs[0].Error)
+	}
+	// Another branch is not coalesced.
+	repo.Git("checkout", "-q", "-b", "side")
+	s1 := repo.Commit("s1", map[string]string{"s.txt": "1"})
+	waitStatus(t, all, s1, "queued")
+	s2 := repo.Commit("s2", map[string]string{"s.txt": "2"})
+	waitStatus(t, all, s2, "queued")
+	// A later commit on main is dispatched after s2 (one at a time): once it
+	// superseded b, s2's dispatch is long over, and s1 must still wait.
+	repo.Git("checkout", "-q", "main")
+	c := repo.Commit("c", map[string]string{"c.txt": "c"})
+	waitStatus(t, all, c, "queued")
+	// (b is also the first commit the observer saw on side, where it waits.)
+	onMain := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all", "--branch", "main") }
+	waitStatus(t, onMain, b, "cancelled")
+	waitStatus(t, all, s1, "queued")
+}

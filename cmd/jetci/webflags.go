@@ -155,8 +155,17 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 	age := fs.Duration("age-after", time.Hour, "a job waiting this long in its priority class, untaken, moves up one class (0: never)")
 	periodic := fs.String("periodic", "", `schedule of the periodic full check in cron syntax, e.g. "0 2 * * *", @nightly or "@every 6h" (default: none)`)
 	skip := fs.Bool("periodic-skip-passed", false, "periodic full check: skip branches whose head passed since the last one")
+	var coalesce listFlag
+	fs.Var(&coalesce, "coalesce", "REPO[:BRANCH_PATTERN] where a new commit cancels the waiting jobs of older ones, 'superseded' (repeat; default: every commit is tested)")
 	return func(c *dispatcher.Config) error {
 		c.Periodic, c.PeriodicSkipPassed = *periodic, *skip
+		for _, s := range coalesce {
+			r, err := dispatcher.ParseGateRule(s)
+			if err != nil {
+				return fmt.Errorf("--coalesce %w", err)
+			}
+			c.Coalesce = append(c.Coalesce, r)
+		}
 		if *age < 0 {
 			return fmt.Errorf("--age-after %s: want 0 or more", *age)
 		}

@@ -1,0 +1,97 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/events"
+)
+
+func (d *Dispatcher) coalesced(repo, branch string) bool {
+	for _, r := range d.cfg.Coalesce {
+		if r.Repo != "*" && r.Repo != repo {
+			continue
+		}
+		if ok, _ := path.Match(r.Branch, branch); r.Branch == "" || ok {
+			return true
+		}
+	}
+	return false
+}
+
+// supersede cancels the first checks of older commits of a coalesced branch
+// that no runner has taken yet: they are removed from the queue and recorded
+// as cancelled, "superseded by <sha>". Jobs already running are left alone.
+func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, firstNew uint64, jobs []*events.JobQueued) error {
+	stream, err := d.js.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		return err
+	}
+	suffix := "." + events.Token(ev.Repo) + "." + events.Token(ev.Branch)
+	n := 0
+	parts := d.partitions(ctx, stream)
+	for _, j := range jobs { // the new commit's partitions, even if the listing came back short
+		if p := j.Pool + "/" + j.Arch; !slices.Contains(parts, p) {
+			parts = append(parts, p)
+		}
+	}
+	for _, p := range parts {
+		pool, arch, _ := strings.Cut(p, "/")
+		cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, events.ClassFirst))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumPending == 0 {
+			continue
+		}
+		subject := events.JobSubject(pool, arch, events.ClassFirst, ev.Repo, ev.Branch)
+		for seq := info.Delivered.Stream + 1; seq < firstNew; {
+			raw, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			seq = raw.Sequence + 1
+			if raw.Sequence >= firstNew || !strings.HasSuffix(raw.Subject, suffix) {
+				break
+			}
+			job, err := events.DecodeAs[events.JobQueued](raw.Data)
+			if err != nil || job.Commit == ev.Commit {
+				continue
+			}
+			if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					continue // taken meanwhile: it runs
+				}
+				return err
+			}
+			fin := &events.JobFinished{JobRef: job.JobRef, QueueSeq: raw.Sequence, Status: events.StatusCancelled, ExitCode: -1,
+				Error: "superseded by " + events.Short(ev.Commit), FinishedAt: d.now().UTC(), Author: job.Author, Subject: job.Subject,
+				Class: job.Class, TriggerID: job.TriggerID}
+			if err := publish(ctx, d.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), fin,
+				events.ResultMsgID(job.JobID, raw.Sequence, 0, "superseded")); err != nil {
+				return fmt.Errorf("record a superseded job: %w", err)
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		d.log.Info().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("by", events.Short(ev.Commit)).Int("jobs", n).Msg("queued jobs of older commits superseded")
+	}
+	return nil
+}
