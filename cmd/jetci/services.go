@@ -146,6 +146,12 @@ Turns each new commit into jobs: one per job in the commit's .jetci.yml (or the
 detected test command) and per CPU architecture in its matrix, queued for the
 runners of that architecture and pool. It also watches the runners' leases and
 hands the jobs of a runner that died back to the queue within seconds.
+
+Scheduling (see README, Scheduling): jobs that wait too long move up a priority
+class (--age-after); --periodic queues a full check of every branch head on a
+cron schedule; --gate puts branches under the broken-build flow (a failed first
+check holds later commits until a second check passes; jetci recheck reopens a
+failed branch); --coalesce lets a new commit cancel older commits' waiting jobs.
 `
 
 func (m *Main) dispatcher(ctx context.Context, args []string) error {
