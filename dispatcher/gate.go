@@ -162,11 +162,13 @@ func (d *Dispatcher) hold(ctx context.Context, ev *events.CommitDetected, seq ui
 		return false, nil
 	}
 	key := fmt.Sprintf("%s.%020d", events.BranchKey(ev.Repo, ev.Branch), seq)
-	if _, err := d.gate.held.Put(ctx, key, []byte(fmt.Sprint(seq))); err != nil {
+	_, err = d.gate.held.Create(ctx, key, []byte(fmt.Sprint(seq)))
+	again := isConflict(err) // a redelivered commit: held and counted already
+	if err != nil && !again {
 		return false, fmt.Errorf("hold commit: %w", err)
 	}
 	st, _, err = d.updateBranch(ctx, ev.Repo, ev.Branch, func(st *events.BranchState) bool {
-		if st.State == events.BranchOpen {
+		if st.State == events.BranchOpen || again {
 			return false
 		}
 		st.Held++

@@ -50,7 +50,16 @@ func (n *Notifier) RunOutbox(ctx context.Context) error {
 	return events.Consume(ctx, n.js, events.StreamNotify, cfg, 1, n.log, func(m jetstream.Msg) { n.handleOutbox(ctx, m) })
 }
 
-func (n *Notifier) handleOutbox(ctx context.Context, m jetstream.Msg) {
+func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
+	if runCtx.Err() != nil {
+		_ = m.Nak() // stopping: leave it to the next sender
+		return
+	}
+	// Once claimed, a notification is seen through even while the reporter
+	// stops: a claim cut short by the stop would read as a sender that died
+	// mid-send, and the notification would never go out.
+	ctx, cancelAll := context.WithTimeout(context.WithoutCancel(runCtx), 3*time.Minute)
+	defer cancelAll()
 	var note Notification
 	if err := json.Unmarshal(m.Data(), &note); err != nil || note.Type != TypeNotification || note.ID == "" || note.Mail == nil == (note.Webhook == nil) {
 		n.log.Error().Str("subject", m.Subject()).Msg("dropping a bad outbox message")

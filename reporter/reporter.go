@@ -142,7 +142,16 @@ func (r *Reporter) ready() bool {
 // Run consumes results and serves HTTP until ctx ends.
 func (r *Reporter) Run(ctx context.Context) error {
 	defer close(r.closing)
-	errc := make(chan error, 2)
+	errc := make(chan error, 8)
+	// spawn runs a part of the reporter; only its failure ends Run (a part
+	// with nothing to do returns nil at once).
+	spawn := func(f func() error) {
+		go func() {
+			if err := f(); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	vctx, stopView := context.WithCancel(ctx)
 	defer stopView()
 	go r.view.Run(vctx)
@@ -161,11 +170,11 @@ func (r *Reporter) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	go func() { errc <- r.consume(ctx) }()
+	spawn(func() error { return r.consume(ctx) })
 	if r.notifier != nil {
-		go func() { errc <- r.notifier.RunOutbox(ctx) }()
-		go func() { errc <- r.consumeForNotifier(ctx) }()
-		go func() { errc <- r.consumeBranchStates(ctx) }()
+		spawn(func() error { return r.notifier.RunOutbox(ctx) })
+		spawn(func() error { return r.consumeForNotifier(ctx) })
+		spawn(func() error { return r.consumeBranchStates(ctx) })
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}

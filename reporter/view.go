@@ -66,6 +66,9 @@ func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, ca
 	for ctx.Err() == nil {
 		w, err := kv.Watch(ctx, keys)
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			v.log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("watch bucket; retrying")
 			select {
 			case <-ctx.Done():
