@@ -45,7 +45,7 @@ type Status string
 // Job statuses. Passed, Failed, Error and Cancelled are final.
 const (
 	StatusQueued    Status = "queued"
-	StatusHeld      Status = "held" // not dispatched: its branch is broken (see BranchState)
+	StatusHeld      Status = "paused" // held, not dispatched: its branch is broken (see BranchState)
 	StatusRunning   Status = "running"
 	StatusPassed    Status = "passed"
 	StatusFailed    Status = "failed"

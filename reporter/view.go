@@ -517,9 +517,9 @@ func explainWaits(rs []Record, leases []events.Lease) {
 // holdReason says why a job is held, from its branch's state.
 func holdReason(st *events.BranchState) string {
 	if st == nil || st.State == events.BranchOpen {
-		return "held: its branch was not open (broken-build flow); it is released shortly"
+		return "paused: its branch was not open (broken-build flow); it is released shortly"
 	}
-	return "held: the branch is " + st.State + ": " + st.Reason
+	return "paused: the branch is " + st.State + ": " + st.Reason
 }
 
 // errNotReady is returned while the view is still loading.

@@ -83,8 +83,8 @@ func TestBrokenBuildFlow(t *testing.T) {
 	if st.WindowEnds.Before(time.Now()) {
 		t.Log("the fix window ended before the held commits came; the second check may take the fix")
 	} else {
-		waitStatus(t, all, fix, "held")
-		waitStatus(t, all, more, "held")
+		waitStatus(t, all, fix, "paused")
+		waitStatus(t, all, more, "paused")
 	}
 	// The second check of the head (more) passes: open, and both held
 	// commits run, oldest first.
@@ -117,7 +117,7 @@ func TestBrokenBuildFlow(t *testing.T) {
 	mailed("proj main failed its second check: re-check needed")
 	// While failed, commits are held however long it takes.
 	fix2 := repo.Commit("fix again", map[string]string{"tests/test_bad.py": passingTest})
-	held := waitStatus(t, all, fix2, "held")
+	held := waitStatus(t, all, fix2, "paused")
 	if !strings.Contains(held[0].Reason, "failed") {
 		t.Errorf("held reason %q", held[0].Reason)
 	}
