@@ -14,6 +14,7 @@
 //	jetci.cancel.<job-id>                             CancelRequest      core NATS: the runner running the job kills it
 //	jetci.notify.{mail,webhook}                       (reporter's own)   stream JETCI_NOTIFY (work queue, bounded): the outbox
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
+//	jetci.poke.<repo>                                 (empty)            core NATS request/reply, queue group "observers": poll now
 //	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
 //
 // <repo> and <branch> are tokens made by [Token]: base64url without padding of

@@ -20,6 +20,7 @@ const (
 	SubjectNotify  = "jetci.notify"
 	SubjectBranch  = "jetci.branch"
 	SubjectRecheck = "jetci.recheck"
+	SubjectPoke    = "jetci.poke"
 )
 
 // Result kinds: the last token of a result subject.
@@ -104,6 +105,11 @@ func BranchKey(repo, branch string) string { return Token(repo) + "." + Token(br
 // RecheckSubject is where `jetci recheck` asks the dispatchers (queue group
 // "dispatchers") to re-check a branch.
 func RecheckSubject(repo string) string { return SubjectRecheck + "." + Token(repo) }
+
+// PokeSubject is where observers of repo (queue group "observers") are told
+// to look at it now: a push hook, or `jetci notify` from a git post-receive
+// hook. The observer answers at once and polls right after.
+func PokeSubject(repo string) string { return SubjectPoke + "." + Token(repo) }
 
 // CancelSubject is where a running job's runner hears that it is cancelled.
 func CancelSubject(jobID string) string { return SubjectCancel + "." + jobID }

@@ -76,6 +76,7 @@ type watched struct {
 	missing map[string]int    // branch -> consecutive listings without it
 	broken  int               // consecutive polls that failed reading the cache
 	refetch map[string]string // branch -> old head already looked for in a fresh cache
+	poke    chan struct{}     // a push was announced: poll now
 	log     zerolog.Logger
 }
 
@@ -86,7 +87,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	}
 	o := &Observer{cfg: cfg, nc: nc, js: js, log: log, repos: map[string]*watched{}, sem: make(chan struct{}, cfg.Concurrency), repackAt: repackAt}
 	for _, r := range cfg.Repos {
-		o.repos[r.Name] = &watched{Repo: r, heads: map[string]string{}, log: log.With().Str("repo", r.Name).Logger()}
+		o.repos[r.Name] = &watched{Repo: r, heads: map[string]string{}, poke: make(chan struct{}, 1), log: log.With().Str("repo", r.Name).Logger()}
 	}
 	return o, nil
 }
@@ -112,6 +113,18 @@ func (o *Observer) Run(ctx context.Context) error {
 			return fmt.Errorf("observer: subscribe to triggers of %s: %w", name, err)
 		}
 		defer sub.Unsubscribe()
+		w := o.repos[name]
+		psub, err := o.nc.QueueSubscribe(events.PokeSubject(name), "observers", func(m *nats.Msg) {
+			select {
+			case w.poke <- struct{}{}:
+			default: // a poll is due already
+			}
+			_ = m.Respond(nil)
+		})
+		if err != nil {
+			return fmt.Errorf("observer: subscribe to pokes of %s: %w", name, err)
+		}
+		defer psub.Unsubscribe()
 	}
 	var wg sync.WaitGroup
 	for name := range o.repos {
@@ -148,6 +161,7 @@ func (o *Observer) stopTriggers() {
 func (o *Observer) loop(ctx context.Context, name string) {
 	t := time.NewTicker(o.cfg.Poll)
 	defer t.Stop()
+	poke := o.repos[name].poke
 	for {
 		select {
 		case o.sem <- struct{}{}:
@@ -158,6 +172,7 @@ func (o *Observer) loop(ctx context.Context, name string) {
 		<-o.sem
 		select {
 		case <-t.C:
+		case <-poke:
 		case <-ctx.Done():
 			return
 		}

@@ -66,6 +66,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/jobs/{id}/recheck", r.apiRecheckJob)
 	mux.HandleFunc("POST /api/v1/jobs/{id}/cancel", r.apiCancel)
 	mux.HandleFunc("POST /api/v1/branches/recheck", r.apiRecheckBranch)
+	mux.HandleFunc("POST /hooks/git", r.apiHook)
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}
@@ -95,7 +96,7 @@ func (r *Reporter) Handler() http.Handler {
 		if probe.code == http.StatusMethodNotAllowed {
 			msg = fmt.Sprintf("%s is not allowed on %s (allowed: %s)", req.Method, req.URL.Path, probe.header.Get("Allow"))
 		}
-		if strings.HasPrefix(req.URL.Path, "/api/") {
+		if strings.HasPrefix(req.URL.Path, "/api/") || strings.HasPrefix(req.URL.Path, "/hooks/") {
 			writeError(w, probe.code, msg)
 		} else {
 			r.errorPage(w, req, probe.code, msg)
@@ -104,7 +105,7 @@ func (r *Reporter) Handler() http.Handler {
 }
 
 func needsView(p string) bool {
-	return p != "/healthz" && p != "/metrics" && !strings.HasPrefix(p, "/login") && p != "/logout"
+	return p != "/healthz" && p != "/metrics" && !strings.HasPrefix(p, "/login") && p != "/logout" && p != "/hooks/git"
 }
 
 // statusProbe records what the mux's own 404/405 handler would write.

@@ -34,6 +34,9 @@ type Config struct {
 	// AdminToken enables the actions (trigger, re-check, cancel) for whoever
 	// presents it; without it the pages and the API are read-only.
 	AdminToken string
+	// HookSecret enables POST /hooks/git: the HMAC secret (GitHub, Gitea)
+	// or token (GitLab) push hooks must carry.
+	HookSecret string
 	// Notify says who hears of failures and fixes (mail, webhooks); it must be
 	// resolved (NotifyConfig.Resolve). Empty sends nothing.
 	Notify NotifyConfig

@@ -50,6 +50,7 @@ func commands() []command {
 		{"results", "print results (a table, or JSON Lines with --json)", (*Main).results},
 		{"trigger", "run a branch head or commit now, at the highest priority", (*Main).trigger},
 		{"artifacts", "download the files a job left (its artifacts)", (*Main).artifacts},
+		{"notify", "tell the observers a repository changed (for a git post-receive hook)", (*Main).notify},
 		{"pool", "run runner processes that follow the load, between --min and --max", (*Main).pool},
 		{"recheck", "re-check a broken branch: run its head and, if it passes, release its held commits", (*Main).recheck},
 	}

@@ -258,6 +258,7 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	url := natsFlag(fs)
 	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
 	adminToken := adminTokenFlags(fs)
+	hookSecret := hookSecretFlag(fs)
 	notify := notifyFlags(fs)
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
@@ -273,8 +274,12 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	hook, err := hookSecret()
+	if err != nil {
+		return err
+	}
 	return serve(ctx, *url, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg}, js, log)
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log)
 		if err != nil {
 			return err
 		}

@@ -57,6 +57,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	retention := retentionFlags(fs)
 	notify := notifyFlags(fs)
 	gateCfg := gateFlags(fs)
+	hookSecret := hookSecretFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -75,6 +76,10 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	ncfg, err := notify()
+	if err != nil {
+		return err
+	}
+	hook, err := hookSecret()
 	if err != nil {
 		return err
 	}
@@ -135,7 +140,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg}, js, log.With().Str("component", "reporter").Logger())
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}

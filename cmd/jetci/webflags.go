@@ -184,3 +184,23 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 		return nil
 	}
 }
+
+// hookSecretFlag registers --hook-secret-file; the returned function reads the
+// secret, from the file or $JETCI_HOOK_SECRET ("" : push hooks off).
+func hookSecretFlag(fs *flag.FlagSet) func() (string, error) {
+	file := fs.String("hook-secret-file", "", "file holding the secret of push hooks (POST /hooks/git from GitHub, Gitea or GitLab); also $JETCI_HOOK_SECRET. Without one, hooks are off")
+	return func() (string, error) {
+		s := os.Getenv("JETCI_HOOK_SECRET")
+		if *file != "" {
+			b, err := os.ReadFile(*file)
+			if err != nil {
+				return "", fmt.Errorf("--hook-secret-file: %w", err)
+			}
+			s = strings.TrimRight(string(b), "\r\n")
+			if s == "" {
+				return "", fmt.Errorf("--hook-secret-file %s is empty", *file)
+			}
+		}
+		return s, nil
+	}
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
+)
+
+const notifyUsage = `
+Usage: jetci notify --nats URL --repo R
+
+Tells the observers of a repository that it changed, so they look at it now
+instead of at their next poll. Made for a git post-receive hook on the server
+that holds the repository, e.g. hooks/post-receive:
+
+    #!/bin/sh
+    jetci notify --nats nats://ci.example.com:4222 --repo proj || true
+`
+
+func (m *Main) notify(ctx context.Context, args []string) error {
+	fs := m.flagSet("notify", notifyUsage)
+	url := natsFlag(fs)
+	repo := fs.String("repo", "", "repository name (as jetci names it)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *repo == "" {
+		fs.Usage()
+		return errors.New("--repo is required")
+	}
+	nc, _, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-notify", Log: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ok, err := reporter.Poke(ctx, nc, *repo)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no observer watches a repo named %q", *repo)
+	}
+	fmt.Fprintf(m.Stdout, "%s: observers told\n", *repo)
+	return nil
+}
