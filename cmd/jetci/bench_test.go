@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -188,4 +194,93 @@ func startUpBench(b *testing.B, repo, poll string) string {
 		return err
 	})
 	return url
+}
+
+// BenchmarkPushHookToStarted measures, with polling at 1 h so only the hook
+// counts, the time from a push (commit + GitHub-format POST /hooks/git) until
+// the job has started and until it has a result, next to the test's own run
+// time (the bare work).
+//
+//	go test -run '^$' -bench PushHookToStarted -benchtime 1x ./cmd/jetci
+func BenchmarkPushHookToStarted(b *testing.B) {
+	const n = 15
+	repo := newGitRepo(b)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	secretFile := filepath.Join(b.TempDir(), "secret")
+	os.WriteFile(secretFile, []byte("bench-secret"), 0o600)
+	natsAddr, httpAddr := freeAddr(b), freeAddr(b)
+	args := []string{"up", "--data", b.TempDir(), "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "1h", "--runners", "2",
+		"--hook-secret-file", secretFile, "--log-level", "warn", "--log-format", "json", "--repo", repo.Dir}
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args) }()
+	b.Cleanup(func() { cancel(); <-done })
+	url := "nats://" + natsAddr
+	brokertest.CheckFor(b, 30*time.Second, 20*time.Millisecond, func() error { _, err := resultsJSON(b, url); return err })
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "bench", Log: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	kv, _ := js.KeyValue(context.Background(), events.BucketResults)
+	w, err := kv.WatchAll(context.Background(), jetstream.UpdatesOnly())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Stop()
+	body := []byte(`{"ref":"refs/heads/main","repository":{"name":"proj"}}`)
+	mac := hmac.New(sha256.New, []byte("bench-secret"))
+	mac.Write(body)
+	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	clone := filepath.Join(b.TempDir(), "clone")
+	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
+		b.Fatalf("clone: %v %s", err, out)
+	}
+	b.ResetTimer()
+	for range b.N {
+		var started, result, bare []time.Duration
+		for i := range n {
+			start := time.Now()
+			c := repo.Commit("push "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)})
+			req, _ := http.NewRequest("POST", "http://"+httpAddr+"/hooks/git", bytes.NewReader(body))
+			req.Header.Set("X-GitHub-Event", "push")
+			req.Header.Set("X-Hub-Signature-256", sig)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil || resp.StatusCode != http.StatusAccepted {
+				b.Fatalf("hook: %v %v", err, resp)
+			}
+			resp.Body.Close()
+			var st time.Time
+			deadline := time.After(time.Minute)
+			for loop := true; loop; {
+				select {
+				case e := <-w.Updates():
+					var r reporter.Record
+					if e == nil || json.Unmarshal(e.Value(), &r) != nil || r.Commit != c {
+						continue
+					}
+					if st.IsZero() && !r.StartedAt.IsZero() {
+						st = time.Now()
+						started = append(started, st.Sub(start))
+					}
+					if r.Status.Final() {
+						result = append(result, time.Since(start))
+						loop = false
+					}
+				case <-deadline:
+					b.Fatalf("no result for push %d", i)
+				}
+			}
+			exec.Command("git", "-C", clone, "pull", "-q").Run()
+			t0 := time.Now()
+			if out, err := exec.Command("python3", "-m", "unittest", "discover", "-s", filepath.Join(clone, "tests")).CombinedOutput(); err != nil {
+				b.Fatalf("bare test: %v %s", err, out)
+			}
+			bare = append(bare, time.Since(t0))
+		}
+		b.ReportMetric(float64(percentile(started, 0.5).Milliseconds()), "started_p50_ms")
+		b.ReportMetric(float64(percentile(result, 0.5).Milliseconds()), "result_p50_ms")
+		b.ReportMetric(float64(percentile(bare, 0.5).Milliseconds()), "test_p50_ms")
+	}
 }
