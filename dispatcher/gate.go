@@ -323,20 +323,9 @@ func (d *Dispatcher) startCheck(ctx context.Context, repo, branch, kind string) 
 	if err != nil || !changed {
 		return nil, err
 	}
-	req, _ := events.Encode(&events.TriggerRequest{Repo: repo, Branch: branch, Class: class, TriggerID: id})
 	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	msg, err := d.js.Conn().RequestWithContext(tctx, events.TriggerSubject(repo), req)
-	var reply *events.TriggerReply
-	if err == nil {
-		reply, err = events.DecodeAs[events.TriggerReply](msg.Data)
-		if err == nil && reply.Error != "" {
-			err = errors.New(reply.Error)
-		}
-	}
-	if errors.Is(err, nats.ErrNoResponders) {
-		err = fmt.Errorf("no observer watches a repo named %q", repo)
-	}
+	reply, err := events.RequestTrigger(tctx, d.js.Conn(), &events.TriggerRequest{Repo: repo, Branch: branch, Class: class, TriggerID: id})
 	if err != nil {
 		// Undo the claim, so that the next look tries again.
 		_, _, _ = d.updateBranch(context.WithoutCancel(ctx), repo, branch, func(st *events.BranchState) bool {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 
@@ -154,19 +153,9 @@ func (d *Dispatcher) fullCheck(ctx context.Context, since time.Time) {
 			skipped++
 			continue
 		}
-		req, _ := events.Encode(&events.TriggerRequest{Repo: h.Repo, Branch: h.Branch, Commit: h.Commit, Class: events.ClassPeriodic})
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
-		msg, err := d.js.Conn().RequestWithContext(rctx, events.TriggerSubject(h.Repo), req)
+		_, err := events.RequestTrigger(rctx, d.js.Conn(), &events.TriggerRequest{Repo: h.Repo, Branch: h.Branch, Commit: h.Commit, Class: events.ClassPeriodic})
 		cancel()
-		if err == nil {
-			var reply *events.TriggerReply
-			if reply, err = events.DecodeAs[events.TriggerReply](msg.Data); err == nil && reply.Error != "" {
-				err = errors.New(reply.Error)
-			}
-		}
-		if errors.Is(err, nats.ErrNoResponders) {
-			err = fmt.Errorf("no observer watches a repo named %q", h.Repo)
-		}
 		if err != nil {
 			d.log.Warn().Err(err).Str("repo", h.Repo).Str("branch", h.Branch).Msg("periodic check of a branch")
 			continue

@@ -53,27 +53,18 @@ func (r *Reporter) trigger(ctx context.Context, t events.TriggerRequest) (*Trigg
 	if t.Repo == "" || t.Branch == "" {
 		return nil, failf(http.StatusBadRequest, "repo and branch are required")
 	}
-	data, err := events.Encode(&t)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	msg, err := r.js.Conn().RequestWithContext(ctx, events.TriggerSubject(t.Repo), data)
+	reply, err := events.RequestTrigger(ctx, r.js.Conn(), &t)
 	switch {
-	case errors.Is(err, nats.ErrNoResponders):
+	case errors.Is(err, events.ErrNoObserver):
 		return nil, failf(http.StatusNotFound, "no observer watches a repo named %q", t.Repo)
+	case errors.Is(err, events.ErrRefused):
+		return nil, failf(http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), events.ErrRefused.Error()+": "))
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, failf(http.StatusGatewayTimeout, "the observer of %q did not answer in time", t.Repo)
 	case err != nil:
-		return nil, fmt.Errorf("trigger: %w", err)
-	}
-	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
-	if err != nil {
-		return nil, fmt.Errorf("trigger: bad reply: %w", err)
-	}
-	if reply.Error != "" {
-		return nil, failf(http.StatusBadRequest, "%s", reply.Error)
+		return nil, err
 	}
 	r.log.Info().Str("repo", t.Repo).Str("branch", t.Branch).Str("commit", events.Short(reply.Commit)).
 		Str("job", t.Job).Str("arch", t.Arch).Str("trigger_id", reply.TriggerID).Msg("triggered from the web")

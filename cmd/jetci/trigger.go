@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -41,25 +41,17 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	data, err := events.Encode(&events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch})
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, events.TriggerSubject(*repo), data)
-	if errors.Is(err, nats.ErrNoResponders) {
+	reply, err := events.RequestTrigger(ctx, nc, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch})
+	if errors.Is(err, events.ErrNoObserver) {
 		return fmt.Errorf("no observer watches a repo named %q", *repo)
 	}
-	if err != nil {
-		return fmt.Errorf("trigger: %w", err)
+	if errors.Is(err, events.ErrRefused) {
+		return errors.New(strings.TrimPrefix(err.Error(), events.ErrRefused.Error()+": "))
 	}
-	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
 	if err != nil {
-		return fmt.Errorf("trigger: bad reply: %w", err)
-	}
-	if reply.Error != "" {
-		return errors.New(reply.Error)
+		return err
 	}
 	fmt.Fprintf(m.Stdout, "triggered %s %s at %s\n", *repo, *branch, reply.Commit)
 	return nil
