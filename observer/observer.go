@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -76,6 +77,7 @@ type watched struct {
 	missing map[string]int    // branch -> consecutive listings without it
 	broken  int               // consecutive polls that failed reading the cache
 	refetch map[string]string // branch -> old head already looked for in a fresh cache
+	src     *git.Repository   // a repository on this machine, read directly to list its branches
 	poke    chan struct{}     // a push was announced: poll now
 	log     zerolog.Logger
 }
@@ -219,18 +221,9 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	if err != nil {
 		return err
 	}
-	refs, err := remote.ListContext(ctx, &git.ListOptions{})
-	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
-		refs, err = nil, nil
-	}
+	listed, err := listBranches(ctx, w, remote)
 	if err != nil {
 		return fmt.Errorf("list refs of %s: %w", w.URL, err)
-	}
-	listed := map[string]string{}
-	for _, r := range refs {
-		if r.Name().IsBranch() && r.Type() == plumbing.HashReference {
-			listed[r.Name().Short()] = r.Hash().String()
-		}
 	}
 	var moved []string
 	for b, h := range listed {
@@ -381,4 +374,54 @@ func firstLine(s string) string {
 		s = s[:i]
 	}
 	return strings.TrimSpace(s)
+}
+
+// listBranches returns the branch heads of a watched repository. A repository
+// on this machine is read directly (its refs only, kept open between polls);
+// a remote one is listed over its transport, which for go-git means asking
+// for every ref.
+func listBranches(ctx context.Context, w *watched, remote *git.Remote) (map[string]string, error) {
+	var refs []*plumbing.Reference
+	if filepath.IsAbs(w.URL) {
+		if _, err := os.Stat(w.URL); err != nil {
+			w.src = nil
+			return nil, fmt.Errorf("repository not found: %w", err)
+		}
+		if w.src == nil {
+			src, err := git.PlainOpenWithOptions(w.URL, &git.PlainOpenOptions{EnableDotGitCommonDir: true})
+			if err != nil {
+				return nil, err
+			}
+			w.src = src
+		}
+		iter, err := w.src.References()
+		if err != nil {
+			w.src = nil // reopened next time (the repository may have been replaced)
+			return nil, err
+		}
+		err = iter.ForEach(func(r *plumbing.Reference) error {
+			refs = append(refs, r)
+			return nil
+		})
+		if err != nil {
+			w.src = nil
+			return nil, err
+		}
+	} else {
+		var err error
+		refs, err = remote.ListContext(ctx, &git.ListOptions{})
+		if errors.Is(err, transport.ErrEmptyRemoteRepository) {
+			refs, err = nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	listed := map[string]string{}
+	for _, r := range refs {
+		if r.Name().IsBranch() && r.Type() == plumbing.HashReference {
+			listed[r.Name().Short()] = r.Hash().String()
+		}
+	}
+	return listed, nil
 }
