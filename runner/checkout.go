@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/go-git/go-billy/v5/osfs"
@@ -219,8 +221,25 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	l := c.lock(repo)
 	l.RLock()
 	defer l.RUnlock()
+	_, statErr := os.Stat(filepath.Join(ws, ".git", "HEAD"))
 	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
 		return fmt.Errorf("workspace %s: %w", ws, err)
+	}
+	if statErr == nil && gitCLI() != "" {
+		// A workspace that exists moves with the git CLI when there is one: it
+		// compares the index with the files by their stat data and rewrites
+		// only what changed, about ten times faster than go-git's checkout on
+		// a large tree (BENCHMARKS.md). go-git stays the fallback.
+		if err := cliGit(ws, "-c", "core.hooksPath=/dev/null", "-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach", commit); err == nil {
+			if cliGit(ws, "clean", "-q", "-ffdx") == nil {
+				return nil
+			}
+			// git clean cannot remove what a job left without write
+			// permission; the clean below can.
+			if idx, err := openStorage(filepath.Join(ws, ".git")).Index(); err == nil {
+				return clean(ws, idx.Entries)
+			}
+		}
 	}
 	local := openStorage(filepath.Join(ws, ".git"))
 	st := &slotStorer{openStorage(c.path(repo)), local, local, local, local, local}
@@ -264,4 +283,31 @@ func linkObjects(dotGit, cache string) error {
 		return nil
 	}
 	return os.WriteFile(alt, []byte(abs+"\n"), 0o644)
+}
+
+var (
+	gitOnce sync.Once
+	gitPath string
+)
+
+// gitCLI is the git command's path, or "" when git is not installed.
+func gitCLI() string {
+	gitOnce.Do(func() { gitPath, _ = exec.LookPath("git") })
+	return gitPath
+}
+
+// cliGit runs the git CLI in the workspace ws.
+func cliGit(ws string, args ...string) error {
+	env := []string{"GIT_TERMINAL_PROMPT=0", "LC_ALL=C"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GIT_") { // a GIT_DIR or GIT_INDEX_FILE of the runner's own must not leak in
+			env = append(env, kv)
+		}
+	}
+	cmd := exec.Command(gitCLI(), append([]string{"-C", ws}, args...)...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

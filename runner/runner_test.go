@@ -92,7 +92,9 @@ func enqueue(t *testing.T, s *brokertest.Server, repo *gitRepo, commit string, c
 func startRunner(t *testing.T, s *brokertest.Server, mod func(*Config)) (*Runner, context.CancelFunc) {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Arch, cfg.WorkDir, cfg.IdlePoll = "amd64", t.TempDir(), 50*time.Millisecond
+	// One slot unless a test asks for more: the default follows the CPUs,
+	// and tests about one workspace need the same slot every time.
+	cfg.Arch, cfg.WorkDir, cfg.IdlePoll, cfg.Slots = "amd64", t.TempDir(), 50*time.Millisecond, 1
 	if mod != nil {
 		mod(&cfg)
 	}
