@@ -22,7 +22,7 @@ import (
 
 type gitRepo = gittest.Repo
 
-func newGitRepo(t *testing.T) *gitRepo { return gittest.New(t, "proj") }
+func newGitRepo(t testing.TB) *gitRepo { return gittest.New(t, "proj") }
 
 // results collects job events from the results subjects.
 type results struct {
@@ -31,7 +31,7 @@ type results struct {
 	finished map[string]*events.JobFinished // job id -> latest
 }
 
-func watchResults(t *testing.T, s *brokertest.Server) *results {
+func watchResults(t testing.TB, s *brokertest.Server) *results {
 	res := &results{finished: map[string]*events.JobFinished{}}
 	sub, err := s.NC.Subscribe("jetci.result.>", func(m *nats.Msg) {
 		ev, err := events.Decode(m.Data)
