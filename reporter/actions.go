@@ -147,6 +147,11 @@ func (r *Reporter) cancel(ctx context.Context, id, by string) (*Record, error) {
 	if rec.Status.Final() {
 		return nil, failf(http.StatusConflict, "job %s already ended: %s", id, rec.Status)
 	}
+	if rec.Status == events.StatusHeld || rec.QueueSeq == 0 {
+		// Not queued yet (its branch is broken): there is no run to name, and
+		// a request for "any run" would also stop a later re-check.
+		return nil, failf(http.StatusConflict, "job %s is paused with its branch, not queued: re-check or wait for the branch to open", id)
+	}
 	req := &events.CancelRequest{JobID: id, QueueSeq: rec.QueueSeq, By: by, At: time.Now().UTC()}
 	data, err := events.Encode(req)
 	if err != nil {
