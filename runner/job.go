@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -94,6 +95,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 // it is the same attempt, so an ack lost here costs a second run).
 func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 	wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait)
+	noResponders := 0
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := m.DoubleAck(actx)
@@ -101,7 +103,10 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		if err == nil {
 			return
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
+		if errors.Is(err, nats.ErrNoResponders) {
+			noResponders++ // the consumer is gone (deleted): the ack can never land
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) || noResponders >= 3 {
 			log.Warn().Err(err).Msg("could not ack the job; it may run again")
 			return
 		}

@@ -18,7 +18,7 @@ func TestArtifactsCommand(t *testing.T) {
 	pipeline := "jobs:\n  build:\n    steps:\n      - mkdir -p dist/sub && echo one > dist/a.txt && echo two > dist/sub/b.txt\n    artifacts: [dist]\n  none:\n    steps: [\"true\"]\n"
 	c := repo.Commit("build", map[string]string{".jetci.yml": pipeline})
 	url, _ := startUp(t, t.TempDir(), repo.Dir)
-	recs := waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url) }, c, "passed")
+	recs := waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }, c, "passed")
 	ids := map[string]string{}
 	for _, r := range recs {
 		ids[r.Job] = r.JobID
