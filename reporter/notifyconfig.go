@@ -199,5 +199,8 @@ func ParseRecipientFlag(s string) (RecipientRule, error) {
 			r.To = append(r.To, a)
 		}
 	}
+	if r.Repo == "" || len(r.To) == 0 {
+		return RecipientRule{}, fmt.Errorf("--mail-to %q: want REPO[:BRANCH_PATTERN]=addr[,addr…] with a repo and an address", s)
+	}
 	return r, nil
 }

@@ -70,3 +70,16 @@ func TestSafeJoin(t *testing.T) {
 		t.Errorf("safeJoin = %q, %v", p, err)
 	}
 }
+
+// FuzzSafeJoin: an artifact path from a record never lands outside --out.
+func FuzzSafeJoin(f *testing.F) {
+	for _, s := range []string{"dist/a.txt", "../x", "a/../../b", "/abs", "a//b", ".", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		out, err := safeJoin("/out", p)
+		if err == nil && !strings.HasPrefix(out, "/out/") {
+			t.Fatalf("safeJoin(%q) = %q, outside /out", p, out)
+		}
+	})
+}
