@@ -42,6 +42,35 @@ type caches struct {
 	dir string
 	mu  sync.Mutex
 	per map[string]*sync.RWMutex
+	// have remembers commits known to be in a cache, so that a job on a commit
+	// seen before costs no object read (a full check runs thousands of jobs on
+	// the same few commits). A cache only gains commits, unless it is removed,
+	// which forgets its entries.
+	have map[string]map[plumbing.Hash]bool
+}
+
+func (c *caches) known(repo string, h plumbing.Hash) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.have[repo][h]
+}
+
+func (c *caches) remember(repo string, h plumbing.Hash) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.have == nil {
+		c.have = map[string]map[plumbing.Hash]bool{}
+	}
+	if c.have[repo] == nil {
+		c.have[repo] = map[plumbing.Hash]bool{}
+	}
+	c.have[repo][h] = true
+}
+
+func (c *caches) forget(repo string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.have, repo)
 }
 
 func (c *caches) lock(repo string) *sync.RWMutex {
@@ -61,23 +90,27 @@ func (c *caches) path(repo string) string { return filepath.Join(c.dir, events.T
 func (c *caches) ensure(ctx context.Context, repo, url, commit string) error {
 	l := c.lock(repo)
 	h := plumbing.NewHash(commit)
+	if c.known(repo, h) {
+		return nil
+	}
 	l.RLock()
 	ok := hasCommit(c.path(repo), h)
 	l.RUnlock()
 	if ok {
+		c.remember(repo, h)
 		return nil
 	}
 	l.Lock()
 	defer l.Unlock()
-	if hasCommit(c.path(repo), h) {
-		return nil
-	}
-	if err := fetchCache(ctx, c.path(repo), url); err != nil {
-		return err
-	}
 	if !hasCommit(c.path(repo), h) {
-		return fmt.Errorf("%w %s in %s", errNoCommit, commit, url)
+		if err := fetchCache(ctx, c.path(repo), url); err != nil {
+			return err
+		}
+		if !hasCommit(c.path(repo), h) {
+			return fmt.Errorf("%w %s in %s", errNoCommit, commit, url)
+		}
 	}
+	c.remember(repo, h)
 	return nil
 }
 
@@ -160,6 +193,7 @@ func (c *caches) prepare(ctx context.Context, repo, url, commit, ws string, log 
 	l := c.lock(repo)
 	l.Lock()
 	rerr := removeAll(c.path(repo))
+	c.forget(repo)
 	l.Unlock()
 	if rerr != nil {
 		return fmt.Errorf("%w (removing the cache: %v)", err, rerr)
@@ -224,6 +258,16 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	_, statErr := os.Stat(filepath.Join(ws, ".git", "HEAD"))
 	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
 		return fmt.Errorf("workspace %s: %w", ws, err)
+	}
+	if statErr == nil {
+		// The slot is on this commit already and the last job changed no
+		// tracked file (several jobs of one commit, a re-run): removing what
+		// the job added is all there is to do, without a git process.
+		if entries, ok := unchanged(ws, commit); ok {
+			if err := clean(ws, entries); err == nil {
+				return nil
+			}
+		}
 	}
 	if statErr == nil && gitCLI() != "" {
 		// A workspace that exists moves with the git CLI when there is one: it
