@@ -248,7 +248,7 @@ func (r *Runner) storeLog(ctx context.Context, name, path string) error {
 		return err
 	}
 	defer f.Close()
-	store, err := r.js.ObjectStore(ctx, events.BucketLogs)
+	store, err := r.logStore(ctx)
 	if err != nil {
 		return err
 	}
@@ -256,6 +256,21 @@ func (r *Runner) storeLog(ctx context.Context, name, path string) error {
 	defer cancel()
 	_, err = store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
 	return err
+}
+
+// logStore returns the logs bucket, looked up on first use: a lookup is a
+// round trip to the server, once per job otherwise.
+func (r *Runner) logStore(ctx context.Context) (jetstream.ObjectStore, error) {
+	r.logsMu.Lock()
+	defer r.logsMu.Unlock()
+	if r.logs == nil {
+		store, err := r.js.ObjectStore(ctx, events.BucketLogs)
+		if err != nil {
+			return nil, err
+		}
+		r.logs = store
+	}
+	return r.logs, nil
 }
 
 // publishOnce publishes a result event, giving up after a short while.

@@ -25,22 +25,47 @@ func (r *Runner) outboxPath(res *events.JobFinished) string {
 	return filepath.Join(r.cfg.WorkDir, "outbox", fmt.Sprintf("%s-%d-%d.json", res.JobID, res.QueueSeq, res.Attempt))
 }
 
-// deliver writes the result to the outbox, publishes it (retrying while the
-// broker is away) and removes it from the outbox once stored.
+// deliver publishes the result. If the first try fails (the broker is away or
+// slow) the result goes to the outbox on disk, fsynced, before the retries, so
+// that a runner restarted meanwhile still reports it; it is removed once
+// stored. A result published at the first try needs no outbox: if the runner
+// dies before the publish, the job is not acked and runs again, so nothing is
+// lost, and the common path costs no fsync per job.
 func (r *Runner) deliver(ctx context.Context, res *events.JobFinished, reply string) error {
+	fctx, cancel := context.WithTimeout(ctx, firstTry)
+	err := r.publishResultOnce(fctx, res)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	r.log.Warn().Err(err).Str("job_id", res.JobID).Msg("publishing the result failed; keeping it in the outbox")
 	path := r.outboxPath(res)
 	data, err := json.Marshal(pending{Result: res, Reply: reply})
 	if err != nil {
 		return err
 	}
 	if err := writeFileSync(path, data); err != nil {
-		r.log.Warn().Err(err).Msg("cannot write the outbox; publishing directly")
+		r.log.Warn().Err(err).Msg("cannot write the outbox")
 	}
 	if err := r.publishResult(ctx, res); err != nil {
 		return err
 	}
 	_ = os.Remove(path)
 	return nil
+}
+
+// firstTry bounds the first publish of a result before it goes to the outbox.
+const firstTry = time.Second
+
+// publishResultOnce publishes a JobFinished once.
+func (r *Runner) publishResultOnce(ctx context.Context, res *events.JobFinished) error {
+	data, err := events.Encode(res)
+	if err != nil {
+		return err
+	}
+	_, err = r.js.Publish(ctx, events.ResultSubject(res.Repo, res.Branch, events.KindFinished), data,
+		jetstream.WithMsgID(events.ResultMsgID(res.JobID, res.QueueSeq, res.Attempt, events.KindFinished)))
+	return err
 }
 
 // publishResult publishes a JobFinished until JetStream stores it or ctx ends.

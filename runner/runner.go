@@ -117,6 +117,9 @@ type Runner struct {
 	born  time.Time
 
 	ensured time.Time // when the job consumers were last created again
+
+	logsMu sync.Mutex
+	logs   jetstream.ObjectStore // the logs bucket, looked up once
 }
 
 // New returns a runner; Run starts it.
@@ -276,11 +279,14 @@ func (r *Runner) setBusy(slot int, job events.LeasedJob) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if job.JobID == "" {
+		// The job is acked (or handed back) already; the next renewal drops it
+		// from the lease. A reaper acting on the stale entry meanwhile only
+		// naks a settled delivery, which the server ignores.
 		delete(r.lost, r.busy[slot].JobID)
 		delete(r.busy, slot)
-	} else {
-		r.busy[slot] = job
+		return
 	}
+	r.busy[slot] = job
 	select { // the lease names the jobs held: write it now, not at the next tick
 	case r.kick <- struct{}{}:
 	default:
