@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
+)
+
+// BenchmarkFullCheck15k is the build-check system's full check end to end, in
+// real processes: a `jetci server`, a `jetci dispatcher`, a `jetci reporter` and
+// three `jetci runner`s with 8 slots in all (amd64 3, arm64 3, ia64 2). The
+// 5,000 module × branch heads are 5,000 commit events, each a no-op job
+// (`true`) on 3 archs: 15,000 jobs. All heads name one small real commit of one
+// repository, so runners never fetch: what is measured is jetci's own path per
+// job (queue, deliver, lease, checkout of an unchanged workspace, `sh`, log,
+// result, ack, record). The clock starts when the dispatcher starts.
+//
+// It reports when the last job was queued, when the last result was stored
+// (drained) and when the reporter's last record was final, the peak resident
+// set (VmHWM) of every process, and two baselines measured in the same run: 15,000 bare
+// awaited publishes (the floor of storing jobs one by one) and 15,000 `sh -c
+// true` run 8 at a time (the floor of running the no-op steps on this machine).
+// It also checks that every job has exactly one result and that all passed.
+//
+//	go test -run '^$' -bench FullCheck15k -benchtime 1x ./cmd/jetci
+func BenchmarkFullCheck15k(b *testing.B) {
+	const heads, archs = 5000, 3
+	const jobs = heads * archs
+	bin := jetciBinary(b)
+	for range b.N {
+		repo := newGitRepo(b)
+		commit := repo.Commit("no-op", map[string]string{"a.txt": "a\n"})
+		dir := b.TempDir()
+		addr := freeAddr(b)
+		url := "nats://" + addr
+		procs := map[string]*child{}
+		start := func(name string, args ...string) {
+			c := &child{cmd: exec.Command(bin, args...), logs: &syncBuffer{}}
+			c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
+			if err := c.cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			procs[name] = c
+			b.Cleanup(func() {
+				c.kill(syscall.SIGKILL)
+				if b.Failed() {
+					b.Logf("%s log (tail):\n%s", name, tail(c.logs.String(), 3000))
+				}
+			})
+		}
+		start("server", "server", "--listen", addr, "--store", dir+"/nats", "--log-format", "json")
+		var nc interface{ Close() }
+		var js jetstream.JetStream
+		brokertest.CheckFor(b, 30*time.Second, 20*time.Millisecond, func() error {
+			c, j, err := events.Connect(url, events.ConnectOptions{Name: "bench", Log: zerolog.Nop()})
+			if err != nil {
+				return err
+			}
+			nc, js = c, j
+			return nil
+		})
+		defer nc.Close()
+		ctx := context.Background()
+		if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
+			b.Fatal(err)
+		}
+		pipeline := "jobs:\n  check:\n    steps: [\"true\"]\n    arch: [amd64, arm64, ia64]\n"
+		for i := 0; i < heads; i++ {
+			ev := &events.CommitDetected{Repo: "proj", Branch: fmt.Sprintf("mod%03d/b%d", i%500, i/500), RepoURL: repo.Dir,
+				Commit: commit, Class: events.ClassPeriodic, PipelinePath: ".jetci.yml", Pipeline: pipeline, DetectedAt: time.Now()}
+			data, _ := events.Encode(ev)
+			if _, err := js.PublishAsync(events.CommitSubject(ev.Repo, ev.Branch), data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		<-js.PublishAsyncComplete()
+
+		// Baseline 1: 15,000 awaited publishes of a job-sized message.
+		payload := []byte(strings.Repeat("x", 600))
+		t0 := time.Now()
+		for i := 0; i < jobs; i++ {
+			if _, err := js.Publish(ctx, "jetci.job.bench.amd64.user.x.y", payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+		basePublish := time.Since(t0)
+		jst, err := js.Stream(ctx, events.StreamJobs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := jst.Purge(ctx); err != nil {
+			b.Fatal(err)
+		}
+		info, _ := jst.Info(ctx)
+		jobsBefore := info.State.LastSeq
+
+		// Baseline 2: the no-op steps alone, 8 at a time.
+		baseSteps := spawnFloor(b, jobs, 8)
+
+		for _, r := range []struct {
+			arch  string
+			slots int
+		}{{"amd64", 3}, {"arm64", 3}, {"ia64", 2}} {
+			start("runner-"+r.arch, "runner", "--nats", url, "--arch", r.arch, "--slots", strconv.Itoa(r.slots), "--id", "r-"+r.arch,
+				"--work", filepath.Join(dir, "r-"+r.arch), "--log-level", "warn", "--log-format", "json")
+		}
+		start("reporter", "reporter", "--nats", url, "--http", "", "--log-level", "warn", "--log-format", "json")
+		rst, err := js.Stream(ctx, events.StreamResults)
+		if err != nil {
+			b.Fatal(err)
+		}
+		kv, err := js.KeyValue(ctx, events.BucketResults)
+		if err != nil {
+			b.Fatal(err)
+		}
+		records := watchFinal(b, kv, jobs)
+		began := time.Now()
+		start("dispatcher", "dispatcher", "--nats", url, "--log-level", "warn", "--log-format", "json")
+		var queuedAt, drainedAt time.Time
+		brokertest.CheckFor(b, 15*time.Minute, 50*time.Millisecond, func() error {
+			if queuedAt.IsZero() {
+				info, err := jst.Info(ctx)
+				if err != nil {
+					return err
+				}
+				if info.State.LastSeq-jobsBefore >= jobs {
+					queuedAt = time.Now()
+				}
+			}
+			info, err := rst.Info(ctx, jetstream.WithSubjectFilter(events.SubjectResults+".*.*."+string(events.KindFinished)))
+			if err != nil {
+				return err
+			}
+			if n := len(info.State.Subjects); n == 0 || sumCounts(info.State.Subjects) < jobs {
+				return fmt.Errorf("%d of %d results", sumCounts(info.State.Subjects), jobs)
+			}
+			drainedAt = time.Now()
+			return nil
+		})
+		if queuedAt.IsZero() {
+			queuedAt = drainedAt
+		}
+		var recordsAt time.Time
+		select {
+		case recordsAt = <-records:
+		case <-time.After(10 * time.Minute):
+			b.Fatal("the reporter did not fold every result in 10 minutes")
+		}
+		passed, ids := finishedTally(b, js)
+		if ids != jobs || passed != jobs {
+			b.Fatalf("%d distinct jobs with results (%d passed), want %d each", ids, passed, jobs)
+		}
+		b.ReportMetric(queuedAt.Sub(began).Seconds(), "enqueue_s")
+		b.ReportMetric(drainedAt.Sub(began).Seconds(), "drain_s")
+		b.ReportMetric(recordsAt.Sub(began).Seconds(), "records_s")
+		b.ReportMetric(basePublish.Seconds(), "base_publish_s")
+		b.ReportMetric(baseSteps.Seconds(), "base_steps_s")
+		for name, c := range procs {
+			b.ReportMetric(float64(peakRSS(c.cmd.Process.Pid))/1024, name+"_MB")
+			b.ReportMetric(cpuSeconds(c.cmd.Process.Pid), name+"_cpu_s")
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func sumCounts(m map[string]uint64) uint64 {
+	var n uint64
+	for _, c := range m {
+		n += c
+	}
+	return n
+}
+
+// watchFinal watches the results bucket and sends the time when n distinct
+// records are final.
+func watchFinal(tb testing.TB, kv jetstream.KeyValue, n int) <-chan time.Time {
+	tb.Helper()
+	w, err := kv.WatchAll(context.Background(), jetstream.UpdatesOnly())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = w.Stop() })
+	at := make(chan time.Time, 1)
+	go func() {
+		final := map[string]bool{}
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var r reporter.Record
+			if json.Unmarshal(e.Value(), &r) == nil && r.Status.Final() && !final[e.Key()] {
+				final[e.Key()] = true
+				if len(final) == n {
+					at <- time.Now()
+					return
+				}
+			}
+		}
+	}()
+	return at
+}
+
+// finishedTally reads every finished event and returns how many passed and how
+// many distinct jobs they name.
+func finishedTally(tb testing.TB, js jetstream.JetStream) (passed, jobs int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.SubjectResults + ".*.*." + string(events.KindFinished)}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for {
+		batch, err := c.FetchNoWait(1000)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			f, err := events.DecodeAs[events.JobFinished](m.Data())
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if seen[f.JobID] {
+				tb.Fatalf("job %s has two results", f.JobID)
+			}
+			seen[f.JobID] = true
+			if f.Status == events.StatusPassed {
+				passed++
+			}
+		}
+		if n == 0 {
+			return passed, len(seen)
+		}
+	}
+}
+
+// spawnFloor runs `sh -c true` n times, par at a time, and returns the time.
+func spawnFloor(tb testing.TB, n, par int) time.Duration {
+	tb.Helper()
+	t0 := time.Now()
+	work := make(chan struct{})
+	done := make(chan error)
+	for range par {
+		go func() {
+			for range work {
+				done <- exec.Command("sh", "-c", "true").Run()
+			}
+		}()
+	}
+	go func() {
+		for range n {
+			work <- struct{}{}
+		}
+		close(work)
+	}()
+	for range n {
+		if err := <-done; err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return time.Since(t0)
+}
+
+// peakRSS is a process's peak resident set in KiB (VmHWM), 0 if unknown.
+func peakRSS(pid int) int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+// cpuSeconds is the CPU time a process and its waited-for children used, from
+// /proc/<pid>/stat (utime, stime, cutime, cstime, in clock ticks of 1/100 s).
+func cpuSeconds(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 15 {
+		return 0
+	}
+	var ticks float64
+	for _, k := range []int{11, 12, 13, 14} { // fields 14-17
+		n, _ := strconv.ParseFloat(f[k], 64)
+		ticks += n
+	}
+	return ticks / 100
+}
