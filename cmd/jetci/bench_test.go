@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,6 +156,60 @@ func BenchmarkBurst20(b *testing.B) {
 			bare += bareRun(b, clone, c)
 		}
 		b.ReportMetric(float64(bare.Milliseconds()), "bare_seq_ms")
+	}
+}
+
+// BenchmarkPush100 is the throughput goal: 100 commits pushed at once to a
+// repository `jetci up --runners 2` watches, and the time until all 100 have
+// results, next to the bare work done sequentially in the same run (for each
+// commit: check it out, run its tests). The ratio is jetci's over the bare
+// work's.
+//
+//	go test -run '^$' -bench Push100 -benchtime 1x ./cmd/jetci
+func BenchmarkPush100(b *testing.B) {
+	const n = 100
+	repo, fw, clone := benchSetup(b)
+	repo.Git("config", "receive.denyCurrentBranch", "updateInstead")
+	side := filepath.Join(b.TempDir(), "side")
+	if out, err := exec.Command("git", "clone", "-q", repo.Dir, side).CombinedOutput(); err != nil {
+		b.Fatalf("clone: %v %s", err, out)
+	}
+	git := func(args ...string) string {
+		out, err := exec.Command("git", append([]string{"-C", side, "-c", "user.name=Dev", "-c", "user.email=dev@example.com"}, args...)...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("git %v: %v %s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	b.ResetTimer()
+	for it := range b.N {
+		var commits []string
+		for i := range n {
+			if err := os.WriteFile(filepath.Join(side, "n.txt"), []byte(fmt.Sprintf("%d.%d\n", it, i)), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			git("add", "n.txt")
+			git("commit", "-q", "-m", fmt.Sprintf("c%d.%d", it, i))
+			commits = append(commits, git("rev-parse", "HEAD"))
+		}
+		start := time.Now()
+		git("push", "-q", "origin", "HEAD:main")
+		seen := fw.wait(b, commits...)
+		var last time.Time
+		for _, c := range commits {
+			if seen[c].After(last) {
+				last = seen[c]
+			}
+		}
+		took := last.Sub(start)
+		exec.Command("git", "-C", clone, "fetch", "-q").Run()
+		var bare time.Duration
+		for _, c := range commits {
+			bare += bareRun(b, clone, c)
+		}
+		b.ReportMetric(float64(took.Milliseconds()), "all_ms")
+		b.ReportMetric(float64(bare.Milliseconds()), "bare_seq_ms")
+		b.ReportMetric(took.Seconds()/bare.Seconds(), "ratio")
 	}
 }
 
