@@ -9,11 +9,14 @@
 // For each job it checks the commit out with go-git from a per-repo bare cache
 // into a workspace owned by the slot and moved from commit to commit (the
 // workspace's .git holds HEAD and index, objects come from the cache, and the git
-// CLI finds them through objects/info/alternates). It runs the steps with
+// CLI finds them through objects/info/alternates); a slot already on the
+// job's commit, whose tracked files the last job left as they were, only has
+// that job's new files removed. It runs the steps with
 // `sh -c` in their own process group, under a timeout that kills the whole
 // group, streams the output live, keeps up to LogLimit bytes, stores the log in
 // the jetci-logs object store, and publishes the result. It acknowledges the job
-// only after JetStream stored the result (kept in an on-disk outbox until then);
+// only after JetStream stored the result (kept in an fsynced on-disk outbox
+// from the moment a first publish fails, so an outage or restart loses none);
 // until the ack, in-progress acks and the runner's lease keep the job from going
 // elsewhere, and if the runner dies the job goes to another runner.
 package runner
