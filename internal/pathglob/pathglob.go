@@ -1,0 +1,229 @@
+// Package pathglob matches repository paths against the path globs of the
+// pipeline file's modules. The dispatcher uses it to find the modules a
+// commit changed, the observer to find globs that match no file of a commit.
+//
+// A glob is a slash-separated path relative to the repository root whose
+// segments follow path.Match ("*", "?", "[a-z]"); a "**" segment matches any
+// number of segments (none included). A glob also matches everything under a
+// folder it matches: "core" and "core/**" both match "core/a/b.go".
+//
+// Globs are compiled once. A Set indexes many globs by their literal leading
+// folders, so a path is tried only against the globs that can match it.
+package pathglob
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+)
+
+// Glob is one compiled glob.
+type Glob struct {
+	text string
+	segs []seg // ends with "**": a glob matches what is under what it matches
+}
+
+type segKind uint8
+
+const (
+	literal segKind = iota
+	wild            // path.Match syntax
+	deep            // "**"
+)
+
+type seg struct {
+	kind segKind
+	text string
+}
+
+// Compile checks and compiles a glob. Absolute globs, empty segments, "." and
+// ".." are refused, as are segments path.Match cannot parse.
+func Compile(text string) (*Glob, error) {
+	t := strings.TrimSuffix(text, "/")
+	switch {
+	case strings.TrimSpace(t) == "":
+		return nil, errors.New("empty path glob")
+	case strings.HasPrefix(t, "/"):
+		return nil, fmt.Errorf("path glob %q is absolute: write it relative to the repository root", text)
+	case strings.Contains(t, "\\"):
+		return nil, fmt.Errorf("path glob %q has a backslash: separate folders with /", text)
+	}
+	g := &Glob{text: text}
+	for _, s := range strings.Split(t, "/") {
+		switch {
+		case s == "":
+			return nil, fmt.Errorf("path glob %q has an empty segment (//)", text)
+		case s == "." || s == "..":
+			return nil, fmt.Errorf("path glob %q has a %q segment: write it from the repository root", text, s)
+		case s == "**":
+			if n := len(g.segs); n > 0 && g.segs[n-1].kind == deep {
+				continue // a/**/** is a/**
+			}
+			g.segs = append(g.segs, seg{kind: deep})
+		case strings.Contains(s, "**"):
+			return nil, fmt.Errorf("path glob %q: ** must be a whole segment", text)
+		case strings.ContainsAny(s, "*?["):
+			if _, err := path.Match(s, ""); err != nil {
+				return nil, fmt.Errorf("path glob %q: segment %q: %w", text, s, err)
+			}
+			g.segs = append(g.segs, seg{kind: wild, text: s})
+		default:
+			g.segs = append(g.segs, seg{kind: literal, text: s})
+		}
+	}
+	if g.segs[len(g.segs)-1].kind != deep {
+		g.segs = append(g.segs, seg{kind: deep})
+	}
+	return g, nil
+}
+
+// String returns the glob as written.
+func (g *Glob) String() string { return g.text }
+
+// Prefix returns the glob's leading literal folders ("apps/app" for
+// "apps/app/**", "" for "**/*.proto"): every path it matches is under it.
+func (g *Glob) Prefix() string {
+	var b strings.Builder
+	for _, s := range g.segs {
+		if s.kind != literal {
+			break
+		}
+		if b.Len() > 0 {
+			b.WriteByte('/')
+		}
+		b.WriteString(s.text)
+	}
+	return b.String()
+}
+
+// Folder reports whether the glob is literal folders only ("core",
+// "core/**"): it matches every path under Prefix.
+func (g *Glob) Folder() bool { return g.literals() == len(g.segs)-1 }
+
+func (g *Glob) literals() int {
+	n := 0
+	for n < len(g.segs) && g.segs[n].kind == literal {
+		n++
+	}
+	return n
+}
+
+// Match reports whether a slash-separated path (a file, or a folder) matches.
+func (g *Glob) Match(p string) bool { return matchFrom(g.segs, p) }
+
+// matchFrom matches segs against the rest of a path, without allocating.
+func matchFrom(segs []seg, p string) bool {
+	for len(segs) > 0 {
+		s := segs[0]
+		if s.kind == deep {
+			rest := segs[1:]
+			if len(rest) == 0 {
+				return true
+			}
+			for {
+				if matchFrom(rest, p) {
+					return true
+				}
+				i := strings.IndexByte(p, '/')
+				if i < 0 {
+					return false
+				}
+				p = p[i+1:]
+			}
+		}
+		if p == "" {
+			return false
+		}
+		name, tail := p, ""
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			name, tail = p[:i], p[i+1:]
+		}
+		if s.kind == literal {
+			if name != s.text {
+				return false
+			}
+		} else if ok, _ := path.Match(s.text, name); !ok {
+			return false
+		}
+		segs, p = segs[1:], tail
+	}
+	return p == ""
+}
+
+// Set indexes globs, each with an owner (a module's index), for fast lookup.
+type Set struct {
+	root node
+	n    int
+}
+
+type node struct {
+	next  map[string]*node
+	globs []entry // globs whose literal folders end here
+}
+
+type entry struct {
+	g     *Glob
+	rest  []seg // the segments after the literal ones
+	owner int
+}
+
+// Add indexes g for owner.
+func (s *Set) Add(g *Glob, owner int) {
+	n := &s.root
+	lit := g.literals()
+	for _, sg := range g.segs[:lit] {
+		if n.next == nil {
+			n.next = map[string]*node{}
+		}
+		c := n.next[sg.text]
+		if c == nil {
+			c = &node{}
+			n.next[sg.text] = c
+		}
+		n = c
+	}
+	n.globs = append(n.globs, entry{g: g, rest: g.segs[lit:], owner: owner})
+	s.n++
+}
+
+// Len is the number of globs in the set.
+func (s *Set) Len() int { return s.n }
+
+// Owners calls f with the owner of every glob that matches p; skip, when not
+// nil, says which owners need not be tried (already found). It reports
+// whether any glob matched, skipped ones included.
+func (s *Set) Owners(p string, skip func(owner int) bool, f func(owner int)) bool {
+	matched := false
+	n := &s.root
+	rest := p
+	for {
+		for i := range n.globs {
+			e := &n.globs[i]
+			if skip != nil && skip(e.owner) {
+				// Known already; it matches if its remainder would, but the
+				// caller only needs to know that something owns p.
+				if !matched && matchFrom(e.rest, rest) {
+					matched = true
+				}
+				continue
+			}
+			if matchFrom(e.rest, rest) {
+				matched = true
+				f(e.owner)
+			}
+		}
+		if n.next == nil || rest == "" {
+			return matched
+		}
+		name, tail := rest, ""
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			name, tail = rest[:i], rest[i+1:]
+		}
+		c := n.next[name]
+		if c == nil {
+			return matched
+		}
+		n, rest = c, tail
+	}
+}
