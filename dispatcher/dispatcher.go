@@ -104,6 +104,7 @@ type Dispatcher struct {
 	consumers map[string]bool      // pool/arch whose job consumers exist
 	checked   map[string]time.Time // pool/arch -> last look for a runner serving it
 	gate      *gate                // the broken-build flow's buckets; nil when no branch is gated
+	parsed    pipelineCache        // the last pipeline files read
 }
 
 // New returns a dispatcher; Run starts it.
@@ -122,7 +123,7 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 	case ev.PipelineErr != "":
 		err = errors.New(ev.PipelineErr)
 	case ev.PipelinePath != "":
-		pl, err = ParsePipeline(ev.PipelinePath, []byte(ev.Pipeline))
+		pl, err = d.parsed.parse(ev.PipelinePath, ev.Pipeline)
 	default:
 		pl, err = Detect(ev.Probe)
 	}

@@ -1,10 +1,9 @@
 package observer
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"sort"
+	"strings"
 
 	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
@@ -22,10 +21,10 @@ const maxGlobs = 20000
 // pipeline, not the tree). It returns nil when the file has no modules or
 // does not parse (the dispatcher reports that).
 //
-// Each glob is looked for only under its leading literal folders ("core" for
-// "core/**"), and the walk of a folder stops when every glob under it has
-// matched a file, so the cost follows the modules, not the tree: a glob that
-// names an existing folder costs one tree lookup.
+// Each glob is looked for only in the folders that can hold a match (see
+// pathglob.Glob.Exists), and the folders read are shared between the globs,
+// so the cost follows the modules, not the tree: 500 "<module>/**" globs
+// read only the folders above the modules.
 func moduleGlobs(text string, tree *object.Tree) *events.GlobCheck {
 	var doc struct {
 		Modules map[string]struct {
@@ -36,7 +35,7 @@ func moduleGlobs(text string, tree *object.Tree) *events.GlobCheck {
 		return nil
 	}
 	seen := map[string]bool{}
-	byPrefix := map[string][]*pathglob.Glob{}
+	var globs []*pathglob.Glob
 	for _, m := range doc.Modules {
 		nodes := []*yaml.Node{&m.Paths}
 		if m.Paths.Kind == yaml.SequenceNode {
@@ -51,21 +50,22 @@ func moduleGlobs(text string, tree *object.Tree) *events.GlobCheck {
 				continue // the dispatcher quotes it
 			}
 			seen[n.Value] = true
-			byPrefix[g.Prefix()] = append(byPrefix[g.Prefix()], g)
+			globs = append(globs, g)
 		}
 	}
-	c := &events.GlobCheck{Checked: len(seen)}
-	if len(seen) > maxGlobs {
-		c.Error = fmt.Sprintf("%d module path globs; at most %d are checked", len(seen), maxGlobs)
+	c := &events.GlobCheck{Checked: len(globs)}
+	if len(globs) > maxGlobs {
+		c.Error = fmt.Sprintf("%d module path globs; at most %d are checked", len(globs), maxGlobs)
 		return c
 	}
-	for prefix, globs := range byPrefix {
-		left, err := unmatched(tree, prefix, globs)
+	f := &folders{root: tree, trees: map[string]*object.Tree{}, lists: map[string]listing{}}
+	for _, g := range globs {
+		ok, err := g.Exists(f.list)
 		if err != nil {
-			c.Error = fmt.Sprintf("look for files under %q: %v", prefix, err)
+			c.Error = fmt.Sprintf("look for files matching %q: %v", g, err)
 			return c
 		}
-		for _, g := range left {
+		if !ok {
 			c.Dead = append(c.Dead, g.String())
 		}
 	}
@@ -73,59 +73,60 @@ func moduleGlobs(text string, tree *object.Tree) *events.GlobCheck {
 	return c
 }
 
-// unmatched returns the globs (all with leading folders prefix) that match no
-// file of tree.
-func unmatched(tree *object.Tree, prefix string, globs []*pathglob.Glob) ([]*pathglob.Glob, error) {
-	sub := tree
-	if prefix != "" {
-		e, err := tree.FindEntry(prefix)
-		if errors.Is(err, object.ErrEntryNotFound) || errors.Is(err, object.ErrDirectoryNotFound) {
-			return globs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if e.Mode != filemode.Dir {
-			// A file (or a submodule): the globs that name it match.
-			return keep(globs, func(g *pathglob.Glob) bool { return !g.Match(prefix) }), nil
-		}
-		if sub, err = tree.Tree(prefix); err != nil {
-			return nil, err
-		}
-		// The common case: "core/**" or "core" matches any file under core,
-		// and a folder in git holds a file.
-		globs = keep(globs, func(g *pathglob.Glob) bool { return !g.Folder() })
-		if len(globs) == 0 {
-			return nil, nil
-		}
-	}
-	w := object.NewTreeWalker(sub, true, nil)
-	defer w.Close()
-	for len(globs) > 0 {
-		name, e, err := w.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if e.Mode == filemode.Dir {
-			continue
-		}
-		if prefix != "" {
-			name = prefix + "/" + name
-		}
-		globs = keep(globs, func(g *pathglob.Glob) bool { return !g.Match(name) })
-	}
-	return globs, nil
+// folders lists the folders of a tree for pathglob, remembering the ones it
+// read: the module globs of one commit share most of their folders.
+type folders struct {
+	root  *object.Tree
+	trees map[string]*object.Tree // nil: no folder there
+	lists map[string]listing
 }
 
-func keep(globs []*pathglob.Glob, f func(*pathglob.Glob) bool) []*pathglob.Glob {
-	out := globs[:0]
-	for _, g := range globs {
-		if f(g) {
-			out = append(out, g)
+type listing struct {
+	names  []string
+	folder []bool
+}
+
+func (f *folders) at(dir string) (*object.Tree, error) {
+	if dir == "" {
+		return f.root, nil
+	}
+	if t, ok := f.trees[dir]; ok {
+		return t, nil
+	}
+	parent, name := f.root, dir
+	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
+		var err error
+		if parent, err = f.at(dir[:i]); err != nil || parent == nil {
+			return nil, err
+		}
+		name = dir[i+1:]
+	}
+	var sub *object.Tree
+	for i := range parent.Entries {
+		if e := &parent.Entries[i]; e.Name == name && e.Mode == filemode.Dir {
+			var err error
+			if sub, err = parent.Tree(name); err != nil {
+				return nil, err
+			}
+			break
 		}
 	}
-	return out
+	f.trees[dir] = sub
+	return sub, nil
+}
+
+func (f *folders) list(dir string) ([]string, []bool, error) {
+	if l, ok := f.lists[dir]; ok {
+		return l.names, l.folder, nil
+	}
+	t, err := f.at(dir)
+	if err != nil || t == nil {
+		return nil, nil, err
+	}
+	l := listing{names: make([]string, len(t.Entries)), folder: make([]bool, len(t.Entries))}
+	for i, e := range t.Entries {
+		l.names[i], l.folder[i] = e.Name, e.Mode == filemode.Dir
+	}
+	f.lists[dir] = l
+	return l.names, l.folder, nil
 }

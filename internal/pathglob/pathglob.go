@@ -227,3 +227,73 @@ func (s *Set) Owners(p string, skip func(owner int) bool, f func(owner int)) boo
 		n, rest = c, tail
 	}
 }
+
+// Lister lists the folder dir of a tree ("" is the root): the names of its
+// entries and which of them are folders. A folder that does not exist lists
+// as empty. A folder that exists holds at least one file (as in git).
+type Lister func(dir string) (names []string, folder []bool, err error)
+
+// Exists reports whether some file of the tree list lists matches g. Only
+// folders that can hold a match are listed: "core/**" lists the root alone,
+// "mods/*/m1/*.go" the folders mods, mods/* and the m1 folders in them.
+func (g *Glob) Exists(list Lister) (bool, error) {
+	seen := map[string]bool{}
+	var find func(dir string, segs []seg) (bool, error)
+	// find reports whether a file under dir matches segs.
+	find = func(dir string, segs []seg) (bool, error) {
+		key := fmt.Sprintf("%d\x00%s", len(segs), dir)
+		if seen[key] {
+			return false, nil
+		}
+		seen[key] = true
+		names, folder, err := list(dir)
+		if err != nil || len(names) == 0 {
+			return false, err
+		}
+		s := segs[0]
+		if s.kind == deep {
+			if len(segs) == 1 {
+				return true, nil // anything under an existing folder
+			}
+			if ok, err := find(dir, segs[1:]); ok || err != nil {
+				return ok, err
+			}
+			for i, n := range names {
+				if folder[i] {
+					if ok, err := find(join(dir, n), segs); ok || err != nil {
+						return ok, err
+					}
+				}
+			}
+			return false, nil
+		}
+		for i, n := range names {
+			if s.kind == literal && n != s.text {
+				continue
+			}
+			if s.kind == wild {
+				if ok, _ := path.Match(s.text, n); !ok {
+					continue
+				}
+			}
+			rest := segs[1:]
+			if len(rest) == 1 && rest[0].kind == deep {
+				return true, nil // this file, or this (non-empty) folder
+			}
+			if folder[i] {
+				if ok, err := find(join(dir, n), rest); ok || err != nil {
+					return ok, err
+				}
+			}
+		}
+		return false, nil
+	}
+	return find("", g.segs)
+}
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}

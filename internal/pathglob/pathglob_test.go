@@ -132,3 +132,62 @@ func TestSetAgainstReference(t *testing.T) {
 		}
 	}
 }
+
+// TestExistsAgainstMatch checks Exists, which lists only the folders that can
+// hold a match, against matching every file of random trees.
+func TestExistsAgainstMatch(t *testing.T) {
+	rng := rand.New(rand.NewSource(5))
+	words := []string{"a", "b", "core", "x.go", "y.proto"}
+	globWords := append(words, "*", "*.go", "**", "?", "[ab]")
+	for range 300 {
+		var files []string
+		dirs := map[string]map[string]bool{} // dir -> entry -> is a folder
+		for range 1 + rng.Intn(12) {
+			var parts []string
+			for range 1 + rng.Intn(4) {
+				parts = append(parts, words[rng.Intn(len(words))])
+			}
+			f := strings.Join(parts, "/")
+			clash := false // a file where a folder is, or the other way round
+			for i := 1; i <= len(parts); i++ {
+				dir, name := strings.Join(parts[:i-1], "/"), parts[i-1]
+				if folder, ok := dirs[dir][name]; ok && folder != (i < len(parts)) {
+					clash = true
+				}
+			}
+			if clash {
+				continue
+			}
+			for i := 1; i <= len(parts); i++ {
+				dir := strings.Join(parts[:i-1], "/")
+				if dirs[dir] == nil {
+					dirs[dir] = map[string]bool{}
+				}
+				dirs[dir][parts[i-1]] = i < len(parts)
+			}
+			files = append(files, f)
+		}
+		list := func(dir string) ([]string, []bool, error) {
+			var names []string
+			var folder []bool
+			for n, f := range dirs[dir] {
+				names, folder = append(names, n), append(folder, f)
+			}
+			return names, folder, nil
+		}
+		for range 20 {
+			var parts []string
+			for range 1 + rng.Intn(4) {
+				parts = append(parts, globWords[rng.Intn(len(globWords))])
+			}
+			g, err := Compile(strings.Join(parts, "/"))
+			if err != nil {
+				continue
+			}
+			want := slices.ContainsFunc(files, g.Match)
+			if got, _ := g.Exists(list); got != want {
+				t.Fatalf("%q.Exists = %v, want %v; files %q", g, got, want, files)
+			}
+		}
+	}
+}
