@@ -55,6 +55,10 @@ type Record struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// Name is the job's name with its module, "core/test" (the job's name alone
+// for a job of the whole repository).
+func (r Record) Name() string { return events.QualifiedJob(r.Module, r.Job) }
+
 // Attempt is one attempt of a job: one delivery of one run to a runner.
 type Attempt struct {
 	N            uint64            `json:"n"`

@@ -103,3 +103,12 @@ func (g *Graph) Leaves() []int {
 	}
 	return out
 }
+
+// All is every module.
+func (g *Graph) All() []int {
+	all := make([]int, len(g.Names))
+	for i := range all {
+		all[i] = i
+	}
+	return all
+}
