@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/internal/modtest"
 	"github.com/jetci/jetci/reporter"
 )
@@ -291,4 +292,32 @@ func firstDiff(got, want []string) string {
 		}
 	}
 	return "none"
+}
+
+// TestCoalesceKeepsModulesTheNewCommitDoesNotCheck: on a coalesced branch a
+// new commit supersedes only the waiting jobs it runs again; a module it
+// does not check keeps its older job.
+func TestCoalesceKeepsModulesTheNewCommitDoesNotCheck(t *testing.T) {
+	repo := newGitRepo(t)
+	pipeline := "module_jobs: {test: {steps: \"true\"}}\nmodules:\n  a: {paths: [a]}\n  b: {paths: [b]}\n"
+	repo.Commit("root", map[string]string{".jetci.yml": pipeline, "a/x": "0", "b/x": "0"})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0", "--coalesce", "proj:main"}, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all", "--branch", "main") }
+	one := repo.Commit("a1", map[string]string{"a/x": "1"})
+	waitStatus(t, all, one, "queued")
+	two := repo.Commit("b1", map[string]string{"b/x": "1"})
+	recs := waitStatus(t, all, two, "queued")
+	if len(recs) != 1 || recs[0].Module != "b" {
+		t.Fatalf("b1 queued %+v, want b's job only", recs)
+	}
+	three := repo.Commit("a2", map[string]string{"a/x": "2"})
+	waitStatus(t, all, three, "queued")
+	recs = waitStatus(t, all, one, "cancelled")
+	if recs[0].Module != "a" || recs[0].Error != "superseded by "+events.Short(three) {
+		t.Fatalf("a1: %+v", recs[0])
+	}
+	// b1's job is still waiting: a2 does not check b.
+	if recs = waitStatus(t, all, two, "queued"); len(recs) != 1 {
+		t.Fatalf("b1: %+v", recs)
+	}
 }
