@@ -37,6 +37,10 @@ type seg struct {
 	text string
 }
 
+// maxDeep bounds the "**" segments of a glob, which each multiply the cost
+// of a match by the depth of the path.
+const maxDeep = 4
+
 // Compile checks and compiles a glob. Absolute globs, empty segments, "." and
 // ".." are refused, as are segments path.Match cannot parse.
 func Compile(text string) (*Glob, error) {
@@ -71,6 +75,15 @@ func Compile(text string) (*Glob, error) {
 		default:
 			g.segs = append(g.segs, seg{kind: literal, text: s})
 		}
+	}
+	deeps := 0
+	for _, sg := range g.segs {
+		if sg.kind == deep {
+			deeps++
+		}
+	}
+	if deeps > maxDeep {
+		return nil, fmt.Errorf("path glob %q has %d ** segments; at most %d", text, deeps, maxDeep)
 	}
 	if g.segs[len(g.segs)-1].kind != deep {
 		g.segs = append(g.segs, seg{kind: deep})

@@ -34,7 +34,7 @@ func TestMatch(t *testing.T) {
 }
 
 func TestCompileRefuses(t *testing.T) {
-	for _, g := range []string{"", " ", "/etc", "a//b", "a/../b", "./a", "a\\b", "a/[", "a**b"} {
+	for _, g := range []string{"", " ", "/etc", "a//b", "a/../b", "./a", "a\\b", "a/[", "a**b", "**/a/**/b/**/c/**/d/**/e"} {
 		if _, err := Compile(g); err == nil {
 			t.Errorf("Compile(%q) accepted", g)
 		}
@@ -190,4 +190,24 @@ func TestExistsAgainstMatch(t *testing.T) {
 			}
 		}
 	}
+}
+
+func FuzzMatch(f *testing.F) {
+	for _, s := range [][2]string{{"core/**", "core/a.go"}, {"**/*.proto", "x/y.proto"}, {"a/**/b", "a/x/b/c"}, {"lib/[ab]*", "lib/b"}, {"x/?", "x/yy"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, glob, p string) {
+		g, err := Compile(glob)
+		if err != nil || len(p) > 200 {
+			return
+		}
+		if got, want := g.Match(p), reference(glob, p); got != want && p != "" && !strings.Contains(p, "//") && !strings.HasPrefix(p, "/") && !strings.HasSuffix(p, "/") {
+			t.Fatalf("%q.Match(%q) = %v, reference %v", glob, p, got, want)
+		}
+		var s Set
+		s.Add(g, 0)
+		if got := s.Owners(p, nil, func(int) {}); got != g.Match(p) {
+			t.Fatalf("set says %v, Match %v", got, g.Match(p))
+		}
+	})
 }
