@@ -3,6 +3,8 @@
 // event carries (or detects a test command from the event's probe of the tree),
 // and queues one JobQueued per job and CPU architecture on the JETCI_JOBS work
 // queue, routed to exactly one partition: jetci.job.<pool>.<arch>.<class>.…
+// A pipeline with modules (modules.go) queues the jobs of the modules the
+// commit changed and of every module that depends on them.
 //
 // A commit whose pipeline cannot be read gets one `error` result that quotes the
 // file and line, never a crash or silence. A commit is acknowledged only after
