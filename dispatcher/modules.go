@@ -339,7 +339,7 @@ func (pl *Pipeline) checkGlobs(c *events.GlobCheck) error {
 		for _, gl := range m.globs {
 			if dead[gl.glob.String()] {
 				more := ""
-				if n := len(c.Dead) - 1; n > 0 {
+				if n := max(len(c.Dead), c.DeadAll) - 1; n > 0 {
 					more = fmt.Sprintf(" (and %d more: %s)", n, strings.Join(firstN(without(c.Dead, gl.glob.String()), 5), ", "))
 				}
 				return pl.src.errAt(gl.line, "path glob %q of module %q matches no file at this commit%s", gl.glob, m.Name, more)

@@ -301,30 +301,38 @@ func TestExpandDeadGlob(t *testing.T) {
 
 // BenchmarkAffected500Modules1000Paths is the issue's figure: the affected
 // set of a 500-module layered graph for 1,000 changed paths (spread over 50
-// modules, none shared), graph already parsed.
+// modules, none shared), graph already parsed. "wildcards" adds 20 globs
+// that start with ** (each one is tried on every path).
 func BenchmarkAffected500Modules1000Paths(b *testing.B) {
 	g := modtest.Layered(1, 10, 40, 100, 150, 200)
-	pl, err := ParsePipeline(".jetci.yml", []byte(g.Pipeline()))
-	if err != nil {
-		b.Fatal(err)
-	}
 	rng := rand.New(rand.NewSource(2))
 	var paths []string
 	for i := range 1000 {
 		m := 50 + rng.Intn(50)*9
 		paths = append(paths, g.File(m, fmt.Sprintf("pkg%d/sub/file%d.go", i%7, i)))
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	var n int
-	for b.Loop() {
-		mods, shared := pl.Graph.Affected(paths)
-		if shared != "" {
-			b.Fatal(shared)
-		}
-		n = len(mods)
+	wild := ""
+	for i := range 20 {
+		wild += fmt.Sprintf("  w%d: {paths: [\"**/gen%d/*.proto\"], depends: [%s]}\n", i, i, g.Names[i])
 	}
-	b.ReportMetric(float64(n), "modules")
+	for _, tc := range []struct{ name, text string }{{"folders", g.Pipeline()}, {"folders+wildcards", g.Pipeline() + wild}} {
+		pl, err := ParsePipeline(".jetci.yml", []byte(tc.text))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var n int
+			for b.Loop() {
+				mods, shared := pl.Graph.Affected(paths)
+				if shared != "" {
+					b.Fatal(shared)
+				}
+				n = len(mods)
+			}
+			b.ReportMetric(float64(n), "modules")
+		})
+	}
 }
 
 // BenchmarkParse500Modules is the cost of reading the pipeline file of a

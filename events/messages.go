@@ -113,12 +113,16 @@ type CommitDetected struct {
 	ModuleGlobs *GlobCheck `json:"module_globs,omitempty"`
 }
 
+// MaxDeadGlobs bounds GlobCheck.Dead, so that the event stays small.
+const MaxDeadGlobs = 100
+
 // GlobCheck is what the observer found of the module path globs of a
 // commit's pipeline file in the commit's tree.
 type GlobCheck struct {
-	Checked int      `json:"checked"`         // distinct globs looked for
-	Dead    []string `json:"dead,omitempty"`  // globs, as written, that match no file
-	Error   string   `json:"error,omitempty"` // why the check could not be done
+	Checked int      `json:"checked"`            // distinct globs looked for
+	Dead    []string `json:"dead,omitempty"`     // globs, as written, that match no file (at most MaxDeadGlobs)
+	DeadAll int      `json:"dead_all,omitempty"` // how many match no file, when more than Dead lists
+	Error   string   `json:"error,omitempty"`    // why the check could not be done
 }
 
 // JobRef names one job everywhere it appears.

@@ -70,6 +70,9 @@ func moduleGlobs(text string, tree *object.Tree) *events.GlobCheck {
 		}
 	}
 	sort.Strings(c.Dead)
+	if len(c.Dead) > events.MaxDeadGlobs {
+		c.DeadAll, c.Dead = len(c.Dead), c.Dead[:events.MaxDeadGlobs]
+	}
 	return c
 }
 
