@@ -205,6 +205,16 @@ func TestModulesAffectedSet(t *testing.T) {
 		t.Fatalf("GET /modules: %d, %d module rows, want %d", page.StatusCode, strings.Count(string(html), "<tr data-module="), len(g.Names))
 	}
 
+	over, err := http.Get("http://" + httpAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, _ = io.ReadAll(over.Body)
+	over.Body.Close()
+	if want := fmt.Sprintf("0/%d queued</a>", 2*len(g.Names)); !strings.Contains(string(html), `href="/modules?branch=main&amp;repo=proj"`) || !strings.Contains(string(html), want) {
+		t.Fatalf("GET /: no modules cell %q in\n%.2000s", want, html)
+	}
+
 	// Errors quote the pipeline file. A module whose only folder is deleted:
 	gone := g.Leaves()[2]
 	if err := os.RemoveAll(filepath.Join(repo.Dir, g.Dir(gone))); err != nil {
