@@ -27,13 +27,19 @@ func (d *Dispatcher) coalesced(repo, branch string) bool {
 
 // supersede cancels the first checks of older commits of a coalesced branch
 // that no runner has taken yet: they are removed from the queue and recorded
-// as cancelled, "superseded by <sha>". Jobs already running are left alone.
+// as cancelled, "superseded by <sha>". Jobs already running are left alone,
+// and so are jobs the new commit does not run again (a module it does not
+// check, a job its pipeline dropped): nothing else would check them.
 func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, firstNew uint64, jobs []*events.JobQueued) error {
 	stream, err := d.js.Stream(ctx, events.StreamJobs)
 	if err != nil {
 		return err
 	}
 	suffix := "." + events.Token(ev.Repo) + "." + events.Token(ev.Branch)
+	covered := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		covered[j.QualifiedJob()+"\x00"+j.Arch] = true
+	}
 	n := 0
 	parts := d.partitions(ctx, stream)
 	for _, j := range jobs { // the new commit's partitions, even if the listing came back short
@@ -71,7 +77,7 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, f
 				break
 			}
 			job, err := events.DecodeAs[events.JobQueued](raw.Data)
-			if err != nil || job.Commit == ev.Commit {
+			if err != nil || job.Commit == ev.Commit || !covered[job.QualifiedJob()+"\x00"+job.Arch] {
 				continue
 			}
 			if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {

@@ -3,6 +3,8 @@
 // event carries (or detects a test command from the event's probe of the tree),
 // and queues one JobQueued per job and CPU architecture on the JETCI_JOBS work
 // queue, routed to exactly one partition: jetci.job.<pool>.<arch>.<class>.…
+// A pipeline with modules (modules.go) queues the jobs of the modules the
+// commit changed and of every module that depends on them.
 //
 // A commit whose pipeline cannot be read gets one `error` result that quotes the
 // file and line, never a crash or silence. A commit is acknowledged only after
@@ -104,6 +106,7 @@ type Dispatcher struct {
 	consumers map[string]bool      // pool/arch whose job consumers exist
 	checked   map[string]time.Time // pool/arch -> last look for a runner serving it
 	gate      *gate                // the broken-build flow's buckets; nil when no branch is gated
+	parsed    pipelineCache        // the last pipeline files read
 }
 
 // New returns a dispatcher; Run starts it.
@@ -122,7 +125,7 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 	case ev.PipelineErr != "":
 		err = errors.New(ev.PipelineErr)
 	case ev.PipelinePath != "":
-		pl, err = ParsePipeline(ev.PipelinePath, []byte(ev.Pipeline))
+		pl, err = d.parsed.parse(ev.PipelinePath, ev.Pipeline)
 	default:
 		pl, err = Detect(ev.Probe)
 	}
@@ -134,53 +137,91 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 		err = fmt.Errorf("%s: %d jobs (each job times each arch); the limit is %d", pl.Path, n, MaxJobs)
 		return nil, d.failure(ev, err, now)
 	}
+	if err := pl.checkGlobs(ev.ModuleGlobs); err != nil {
+		return nil, d.failure(ev, err, now)
+	}
 	var jobs []*events.JobQueued
-	for _, j := range pl.Jobs {
-		arch, pool, timeout := j.Arch, j.Pool, j.Timeout
-		if len(arch) == 0 {
-			arch = d.cfg.Arch
-		}
-		if pool == "" {
-			pool = d.cfg.Pool
-		}
-		if timeout == 0 {
-			timeout = d.cfg.DefaultTimeout
-		}
-		if ev.OnlyJob != "" && j.Name != ev.OnlyJob {
-			continue
-		}
-		for _, a := range arch {
-			if ev.OnlyArch != "" && a != ev.OnlyArch {
-				continue
-			}
-			ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: j.Name, Arch: a}
-			ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
-			jobs = append(jobs, &events.JobQueued{
-				JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
-				Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
-				Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
-			})
+	if ev.OnlyModule == "" {
+		for _, j := range pl.Jobs {
+			jobs = d.expandJob(jobs, ev, "", j, now)
 		}
 	}
-	if len(jobs) == 0 && (ev.OnlyJob != "" || ev.OnlyArch != "") {
-		err = fmt.Errorf("%s has no job %q on arch %q to re-check", pl.Path, ev.OnlyJob, ev.OnlyArch)
+	if pl.Graph != nil {
+		sel := pl.selectModules(ev)
+		mods := pl.Graph.Modules()
+		for _, i := range sel.Modules {
+			if ev.OnlyModule != "" && mods[i].Name != ev.OnlyModule {
+				continue
+			}
+			for _, j := range mods[i].Jobs {
+				jobs = d.expandJob(jobs, ev, mods[i].Name, j, now)
+			}
+		}
+		d.log.Debug().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).
+			Int("modules", len(sel.Modules)).Int("of", len(mods)).Bool("all", sel.All).Str("why", sel.Why).Msg("modules selected")
+	}
+	if len(jobs) == 0 && (ev.OnlyJob != "" || ev.OnlyArch != "" || ev.OnlyModule != "") {
+		what := fmt.Sprintf("job %q on arch %q", ev.OnlyJob, ev.OnlyArch)
+		if ev.OnlyModule != "" {
+			what = fmt.Sprintf("job %q of module %q on arch %q", ev.OnlyJob, ev.OnlyModule, ev.OnlyArch)
+		}
+		err = fmt.Errorf("%s has no %s to re-check", pl.Path, what)
 		return nil, d.failure(ev, err, now)
 	}
 	return jobs, nil
 }
 
+// expandJob appends the jobs of j (one per arch) of module ("": of the
+// whole repository), as narrowed by a re-check.
+func (d *Dispatcher) expandJob(jobs []*events.JobQueued, ev *events.CommitDetected, module string, j Job, now time.Time) []*events.JobQueued {
+	arch, pool, timeout := j.Arch, j.Pool, j.Timeout
+	if len(arch) == 0 {
+		arch = d.cfg.Arch
+	}
+	if pool == "" {
+		pool = d.cfg.Pool
+	}
+	if timeout == 0 {
+		timeout = d.cfg.DefaultTimeout
+	}
+	if ev.OnlyJob != "" && j.Name != ev.OnlyJob {
+		return jobs
+	}
+	for _, a := range arch {
+		if ev.OnlyArch != "" && a != ev.OnlyArch {
+			continue
+		}
+		ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: j.Name, Arch: a, Module: module}
+		ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.QualifiedJob(), ref.Arch)
+		jobs = append(jobs, &events.JobQueued{
+			JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
+			Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
+			Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
+		})
+	}
+	return jobs
+}
+
 // MaxJobs bounds the jobs one commit makes, so that a pipeline file cannot
 // flood the queue (or the dispatcher's memory) with its matrix.
-const MaxJobs = 1000
+const MaxJobs = 5000
 
 // count is the number of jobs pl makes.
 func (d *Dispatcher) count(pl *Pipeline) int {
 	n := 0
-	for _, j := range pl.Jobs {
-		if len(j.Arch) == 0 {
-			n += len(d.cfg.Arch)
-		} else {
-			n += len(j.Arch)
+	add := func(jobs []Job) {
+		for _, j := range jobs {
+			if len(j.Arch) == 0 {
+				n += len(d.cfg.Arch)
+			} else {
+				n += len(j.Arch)
+			}
+		}
+	}
+	add(pl.Jobs)
+	if pl.Graph != nil {
+		for _, m := range pl.Graph.Modules() {
+			add(m.Jobs)
 		}
 	}
 	return n

@@ -638,4 +638,27 @@ func TestPassedSince(t *testing.T) {
 			t.Errorf("passedSince(%s) = %v, want %v", commit, got, want)
 		}
 	}
+
+	// With modules, the head's jobs passing is not enough: every module
+	// job's latest check on the branch must have passed since.
+	mod := func(branch, commit, module string, st events.Status, at time.Time) {
+		id := events.JobID("proj", branch, commit, module+"/test", "amd64")
+		v, _ := json.Marshal(map[string]any{"job_id": id, "commit": commit, "job": "test", "arch": "amd64", "module": module, "status": st, "finished_at": at})
+		if _, err := kv.Put(ctx, events.RecordKey("proj", branch, id), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// m1: x failed at c1, c2 checked only y.
+	mod("m1", "c1", "x", events.StatusFailed, now)
+	mod("m1", "c1", "y", events.StatusPassed, now)
+	mod("m1", "c2", "y", events.StatusPassed, now.Add(time.Second))
+	// m2: x failed at c1 and passed at c2.
+	mod("m2", "c1", "x", events.StatusFailed, now)
+	mod("m2", "c1", "y", events.StatusPassed, now)
+	mod("m2", "c2", "x", events.StatusPassed, now.Add(time.Second))
+	for branch, want := range map[string]bool{"m1": false, "m2": true} {
+		if got := d.passedSince(ctx, "proj", branch, "c2", since); got != want {
+			t.Errorf("branch %s: passedSince(c2) = %v, want %v", branch, got, want)
+		}
+	}
 }

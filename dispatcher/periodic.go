@@ -176,23 +176,48 @@ func (d *Dispatcher) passedSince(ctx context.Context, repo, branch, commit strin
 		return false
 	}
 	defer w.Stop()
-	var rec struct {
+	type record struct {
 		Commit     string        `json:"commit"`
+		Job        string        `json:"job"`
+		Arch       string        `json:"arch"`
+		Module     string        `json:"module"`
 		Status     events.Status `json:"status"`
 		FinishedAt time.Time     `json:"finished_at"`
 	}
+	// A commit checks only the modules it affects, so the head's records do
+	// not speak for the other modules: for those, the latest check of each
+	// module job on the branch must have passed since t.
+	latest := map[string]record{}
 	found := false
 	for e := range w.Updates() {
 		if e == nil {
 			break
 		}
-		if json.Unmarshal(e.Value(), &rec) != nil || rec.Commit != commit {
+		var rec record
+		if json.Unmarshal(e.Value(), &rec) != nil {
+			continue
+		}
+		if rec.Module != "" {
+			if !rec.Status.Final() {
+				return false // a check under way
+			}
+			key := events.QualifiedJob(rec.Module, rec.Job) + "\x00" + rec.Arch
+			if l, ok := latest[key]; !ok || rec.FinishedAt.After(l.FinishedAt) {
+				latest[key] = rec
+			}
+		}
+		if rec.Commit != commit {
 			continue
 		}
 		if rec.Status != events.StatusPassed || rec.FinishedAt.Before(t) {
 			return false
 		}
 		found = true
+	}
+	for _, rec := range latest {
+		if rec.Status != events.StatusPassed || rec.FinishedAt.Before(t) {
+			return false
+		}
 	}
 	return found
 }

@@ -14,7 +14,11 @@ import (
 // Pipeline is a parsed pipeline file: the jobs of a commit, in file order.
 type Pipeline struct {
 	Path string
-	Jobs []Job
+	Jobs []Job // the jobs of the whole repository, run on every commit
+	// Graph is the modules: section, nil without one (see modules.go).
+	Graph *ModuleGraph
+
+	src *parser // for errors found later (globs that match nothing)
 }
 
 // Job is one named job of a pipeline.
@@ -79,16 +83,16 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 		return nil, p.syntaxError(data, err)
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
-		return nil, p.errAt(0, "the file is empty: it needs a jobs: section")
+		return nil, p.errAt(0, "the file is empty: it needs a jobs: (or modules:) section")
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
 		return nil, p.errNode(root, "the file must be a mapping with a jobs: section")
 	}
-	pl := &Pipeline{Path: path}
+	pl := &Pipeline{Path: path, src: p}
 	var defArch []string
 	var defPool string
-	var jobs *yaml.Node
+	var jobs, modules, moduleJobs *yaml.Node
 	if err := p.fields(root, "the top level", func(key string, k, v *yaml.Node) error {
 		var err error
 		switch key {
@@ -98,12 +102,44 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 			defPool, err = p.name(v, "pool")
 		case "jobs":
 			jobs = v
+		case "modules":
+			modules = v
+		case "module_jobs":
+			moduleJobs = v
 		default:
-			return p.errNode(k, "unknown field %q at the top level (want arch, pool, jobs)", key)
+			return p.errNode(k, "unknown field %q at the top level (want arch, pool, jobs, modules, module_jobs)", key)
 		}
 		return err
 	}); err != nil {
 		return nil, err
+	}
+	if moduleJobs != nil && modules == nil {
+		return nil, p.errNode(moduleJobs, "module_jobs: is the template of the jobs of modules, and there is no modules: section")
+	}
+	if modules != nil {
+		var template []Job
+		if moduleJobs != nil {
+			if moduleJobs.Kind != yaml.MappingNode || len(moduleJobs.Content) == 0 {
+				return nil, p.errNode(moduleJobs, "module_jobs: must map job names to jobs, and name at least one")
+			}
+			if err := p.fields(moduleJobs, "module_jobs", func(_ string, k, v *yaml.Node) error {
+				job, err := p.job(k, v)
+				template = append(template, job)
+				return err
+			}); err != nil {
+				return nil, err
+			}
+		}
+		mods, err := p.parseModules(modules, template, defArch, defPool)
+		if err != nil {
+			return nil, err
+		}
+		if pl.Graph, err = p.graph(mods); err != nil {
+			return nil, err
+		}
+		if jobs == nil {
+			return pl, nil
+		}
 	}
 	if jobs == nil {
 		return nil, p.errNode(root, "no jobs: section")

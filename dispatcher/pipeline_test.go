@@ -176,6 +176,9 @@ func FuzzParsePipeline(f *testing.F) {
 		"jobs:\r\n  t:\r    steps: x\u0085    pool: P\u2028", "jobs:\n  t:\n    steps: \xff\x01\n", "jobs:\n  t:\n    steps: *nope\n",
 		"jobs:\n  t:\n    steps: |\n      a\n      b\n    env:\n      <<: {A: 1}\n", "--- \njobs: {t: {steps: x}}\n...\n---\nx: 1\n",
 		"\ufeffjobs:\n  t:\n    steps: !!binary aGVsbG8=\n    timeout: !!int 5\n",
+		"module_jobs: {t: {steps: \"make -C ${module_dir}\"}}\nmodules:\n  a: {paths: [a/**], depends: [b]}\n  b: {paths: [\"b/*.go\", b], dir: b}\n",
+		"modules:\n  a: {paths: a, depends: [b], jobs: {t: {steps: x}}}\n  b: {paths: b, depends: a, jobs: {t: {steps: x}}}\n",
+		"module_jobs: {t: {steps: x}}\nmodules:\n  a: {paths: [\"**/*.proto\", \"x/[\"]}\njobs: {u: {steps: y}}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -191,8 +194,11 @@ func FuzzParsePipeline(f *testing.F) {
 			}
 			return
 		}
-		if len(pl.Jobs) == 0 {
+		if len(pl.Jobs) == 0 && pl.Graph == nil {
 			t.Fatal("no error and no jobs")
+		}
+		if pl.Graph != nil {
+			checkGraph(t, pl.Graph)
 		}
 		for _, j := range pl.Jobs {
 			if len(j.Steps) == 0 {
@@ -249,5 +255,46 @@ func TestDetect(t *testing.T) {
 				t.Fatalf("got %+v, %v; want one job test running %q", pl, err, tt.step)
 			}
 		})
+	}
+}
+
+// checkGraph checks what a parsed module graph promises: every module has
+// jobs with steps, depends only on modules of the file, and no cycle; a
+// change to a module's folder affects it and only modules that depend on it.
+func checkGraph(t *testing.T, g *ModuleGraph) {
+	mods := g.Modules()
+	index := map[string]int{}
+	for i, m := range mods {
+		index[m.Name] = i
+	}
+	state := make([]int, len(mods))
+	var visit func(i int)
+	visit = func(i int) {
+		if state[i] == 1 {
+			t.Fatalf("cycle through %q accepted", mods[i].Name)
+		}
+		if state[i] == 2 {
+			return
+		}
+		state[i] = 1
+		for _, d := range mods[i].Depends {
+			j, ok := index[d]
+			if !ok {
+				t.Fatalf("unknown dependency %q accepted", d)
+			}
+			visit(j)
+		}
+		state[i] = 2
+	}
+	for i, m := range mods {
+		visit(i)
+		if len(m.Jobs) == 0 || len(m.Paths) == 0 {
+			t.Fatalf("module %q with no jobs or no paths", m.Name)
+		}
+		for _, j := range m.Jobs {
+			if len(j.Steps) == 0 {
+				t.Fatalf("module job %s/%s without steps", m.Name, j.Name)
+			}
+		}
 	}
 }

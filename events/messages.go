@@ -100,6 +100,29 @@ type CommitDetected struct {
 	// commit: a re-check of a single job.
 	OnlyJob  string `json:"only_job,omitempty"`
 	OnlyArch string `json:"only_arch,omitempty"`
+
+	// OnlyModule narrows a re-check to one module's job (with OnlyJob).
+	OnlyModule string `json:"only_module,omitempty"`
+	// NewBranch says Changed may be relative to a commit jetci never
+	// checked on this branch (the first commit seen on a new branch, or the
+	// first after a rewritten history): a pipeline with modules then checks
+	// every module.
+	NewBranch bool `json:"new_branch,omitempty"`
+	// ModuleGlobs is the observer's check of the pipeline's module path globs
+	// against the commit's tree; nil when not checked (no modules).
+	ModuleGlobs *GlobCheck `json:"module_globs,omitempty"`
+}
+
+// MaxDeadGlobs bounds GlobCheck.Dead, so that the event stays small.
+const MaxDeadGlobs = 100
+
+// GlobCheck is what the observer found of the module path globs of a
+// commit's pipeline file in the commit's tree.
+type GlobCheck struct {
+	Checked int      `json:"checked"`            // distinct globs looked for
+	Dead    []string `json:"dead,omitempty"`     // globs, as written, that match no file (at most MaxDeadGlobs)
+	DeadAll int      `json:"dead_all,omitempty"` // how many match no file, when more than Dead lists
+	Error   string   `json:"error,omitempty"`    // why the check could not be done
 }
 
 // JobRef names one job everywhere it appears.
@@ -110,6 +133,21 @@ type JobRef struct {
 	Commit string `json:"commit"`
 	Job    string `json:"job"`
 	Arch   string `json:"arch"`
+	// Module is the pipeline module the job checks ("" for a job of the
+	// whole repository). It is part of the job's identity (see JobID).
+	Module string `json:"module,omitempty"`
+}
+
+// QualifiedJob is the job's name with its module, "core/test" (just the
+// job's name without one). Module and job names cannot hold "/".
+func (r JobRef) QualifiedJob() string { return QualifiedJob(r.Module, r.Job) }
+
+// QualifiedJob joins a module and a job name as JobRef.QualifiedJob does.
+func QualifiedJob(module, job string) string {
+	if module == "" {
+		return job
+	}
+	return module + "/" + job
 }
 
 // JobQueued is one job to run: the payload of the work queue, and the queued event
@@ -211,6 +249,8 @@ type TriggerRequest struct {
 	// Job and Arch, when set, run only that job (and arch) of the commit.
 	Job  string `json:"job,omitempty"`
 	Arch string `json:"arch,omitempty"`
+	// Module, with Job, runs only that module's job.
+	Module string `json:"module,omitempty"`
 	// Class is the priority of the run: user (the default) or second (the
 	// dispatcher's second check of a broken branch).
 	Class Class `json:"class,omitempty"`

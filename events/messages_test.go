@@ -58,3 +58,31 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestModuleFieldsRoundTrip(t *testing.T) {
+	ref := JobRef{Repo: "r", Branch: "main", Commit: "c0ffee", Job: "test", Arch: "amd64", Module: "core"}
+	ref.JobID = JobID(ref.Repo, ref.Branch, ref.Commit, ref.QualifiedJob(), ref.Arch)
+	if ref.QualifiedJob() != "core/test" || ref.JobID == JobID("r", "main", "c0ffee", "test", "amd64") {
+		t.Fatalf("%q %s: a module's job must not share the plain job's id", ref.QualifiedJob(), ref.JobID)
+	}
+	data, err := Encode(&JobFinished{JobRef: ref, Status: StatusPassed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fin, err := DecodeAs[JobFinished](data)
+	if err != nil || fin.Module != "core" {
+		t.Fatalf("got %+v, %v from %s", fin, err, data)
+	}
+	ev := &CommitDetected{Repo: "r", Branch: "b", Commit: "c", Class: ClassUser, OnlyModule: "core", NewBranch: true,
+		ModuleGlobs: &GlobCheck{Checked: 3, Dead: []string{"x/**"}}}
+	if data, err = Encode(ev); err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeAs[CommitDetected](data)
+	if err != nil || got.OnlyModule != "core" || !got.NewBranch || got.ModuleGlobs == nil || got.ModuleGlobs.Dead[0] != "x/**" {
+		t.Fatalf("got %+v, %v from %s", got, err, data)
+	}
+	if QualifiedJob("", "test") != "test" {
+		t.Fatal("a plain job's name changed")
+	}
+}

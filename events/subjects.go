@@ -144,7 +144,8 @@ func ValidJobID(s string) bool {
 }
 
 // JobID names one job: a repo, branch, commit, job name and arch. It is stable, so a
-// re-run of the same job updates the same record.
+// re-run of the same job updates the same record. A module's job is named by
+// its QualifiedJob ("core/test"), which no plain job name can equal.
 func JobID(repo, branch, commit, job, arch string) string {
 	h := sha256.New()
 	for _, s := range []string{repo, branch, commit, job, arch} {

@@ -43,6 +43,9 @@ func (o *Observer) event(w *watched, branch string, h plumbing.Hash) (*events.Co
 		ev.Parents = append(ev.Parents, p.String())
 	}
 	ev.PipelinePath, ev.Pipeline, ev.PipelineErr = o.pipeline(tree)
+	if ev.PipelineErr == "" && ev.Pipeline != "" {
+		ev.ModuleGlobs = moduleGlobs(ev.Pipeline, tree)
+	}
 	ev.Probe = probe(tree)
 	ev.Changed, ev.ChangedCut, err = changedPaths(c, tree, o.cfg.ChangedMax)
 	if err != nil {

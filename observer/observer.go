@@ -335,12 +335,18 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 			list = append(list, c.Hash.String())
 		}
 	}
+	// A commit whose first parent is neither the last published head nor
+	// published just before it was not checked on this branch: its changed
+	// paths do not say what to check (see events.CommitDetected.NewBranch).
+	checked := map[string]bool{old.String(): !old.IsZero()}
 	for _, sha := range list {
 		ev, err := o.event(w, branch, plumbing.NewHash(sha))
 		if err != nil {
 			return fmt.Errorf("commit %s: %w", sha, err)
 		}
 		ev.Class = events.ClassFirst
+		ev.NewBranch = len(ev.Parents) > 0 && !checked[ev.Parents[0]]
+		checked[sha] = true
 		if err := o.publish(ctx, ev, ""); err != nil {
 			return err
 		}

@@ -78,7 +78,7 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	if req.TriggerID != "" {
 		ev.TriggerID = req.TriggerID // the dispatcher names its checks before asking
 	}
-	ev.OnlyJob, ev.OnlyArch = req.Job, req.Arch
+	ev.OnlyJob, ev.OnlyArch, ev.OnlyModule = req.Job, req.Arch, req.Module
 	if err := o.publish(ctx, ev, ev.TriggerID); err != nil {
 		return "", "", err
 	}

@@ -44,6 +44,7 @@ type Triggered struct {
 	Commit    string `json:"commit"`
 	Job       string `json:"job,omitempty"`
 	Arch      string `json:"arch,omitempty"`
+	Module    string `json:"module,omitempty"`
 	TriggerID string `json:"trigger_id"`
 }
 
@@ -68,7 +69,7 @@ func (r *Reporter) trigger(ctx context.Context, t events.TriggerRequest) (*Trigg
 	}
 	r.log.Info().Str("repo", t.Repo).Str("branch", t.Branch).Str("commit", events.Short(reply.Commit)).
 		Str("job", t.Job).Str("arch", t.Arch).Str("trigger_id", reply.TriggerID).Msg("triggered from the web")
-	return &Triggered{Repo: t.Repo, Branch: t.Branch, Commit: reply.Commit, Job: t.Job, Arch: t.Arch, TriggerID: reply.TriggerID}, nil
+	return &Triggered{Repo: t.Repo, Branch: t.Branch, Commit: reply.Commit, Job: t.Job, Arch: t.Arch, Module: t.Module, TriggerID: reply.TriggerID}, nil
 }
 
 // recheckBranch asks the dispatchers to re-check a branch under the
@@ -128,7 +129,7 @@ func (r *Reporter) recheckJob(ctx context.Context, id string) (*Triggered, error
 	if !ok {
 		return nil, failf(http.StatusNotFound, "no job %s", id)
 	}
-	t := events.TriggerRequest{Repo: rec.Repo, Branch: rec.Branch, Commit: rec.Commit, Job: rec.Job, Arch: rec.Arch}
+	t := events.TriggerRequest{Repo: rec.Repo, Branch: rec.Branch, Commit: rec.Commit, Job: rec.Job, Arch: rec.Arch, Module: rec.Module}
 	if rec.Job == "pipeline" && rec.Arch == "any" {
 		t.Job, t.Arch = "", "" // the pipeline file itself failed: run the whole commit
 	}
@@ -236,11 +237,12 @@ func (r *Reporter) apiTrigger(w http.ResponseWriter, req *http.Request) {
 		Commit string `json:"commit"`
 		Job    string `json:"job"`
 		Arch   string `json:"arch"`
+		Module string `json:"module"`
 	}
 	if !readJSON(w, req, &body) {
 		return
 	}
-	res, err := r.trigger(req.Context(), events.TriggerRequest{Repo: body.Repo, Branch: body.Branch, Commit: body.Commit, Job: body.Job, Arch: body.Arch})
+	res, err := r.trigger(req.Context(), events.TriggerRequest{Repo: body.Repo, Branch: body.Branch, Commit: body.Commit, Job: body.Job, Arch: body.Arch, Module: body.Module})
 	if err != nil {
 		writeError(w, statusOf(err), err.Error())
 		return

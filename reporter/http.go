@@ -42,6 +42,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /job/{id}", r.pageJob)
 	mux.HandleFunc("GET /runners", r.pageRunners)
 	mux.HandleFunc("GET /queue", r.pageQueue)
+	mux.HandleFunc("GET /modules", r.pageModules)
 	mux.HandleFunc("GET /login", r.pageLogin)
 	mux.HandleFunc("POST /login", r.postLogin)
 	mux.HandleFunc("POST /logout", r.postLogout)
@@ -59,6 +60,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/jobs/{id}/artifacts/{path...}", r.apiArtifact)
 	mux.HandleFunc("GET /api/v1/runners", r.apiRunners)
 	mux.HandleFunc("GET /api/v1/queue", r.apiQueue)
+	mux.HandleFunc("GET /api/v1/modules", r.apiModules)
 	mux.HandleFunc("GET /api/v1/results", r.apiResults)
 	mux.HandleFunc("GET /api/v1/events", r.apiEvents)
 	mux.HandleFunc("GET /api/v1/logs/{job}/{attempt}", r.apiLog)
@@ -120,7 +122,7 @@ func (p *statusProbe) WriteHeader(code int)        { p.code = code }
 
 func filterOf(req *http.Request) Filter {
 	q := req.URL.Query()
-	return Filter{Repo: q.Get("repo"), Branch: q.Get("branch"), Commit: q.Get("commit"), All: q.Get("all") != "" && q.Get("all") != "0"}
+	return Filter{Repo: q.Get("repo"), Branch: q.Get("branch"), Commit: q.Get("commit"), Module: q.Get("module"), All: q.Get("all") != "" && q.Get("all") != "0"}
 }
 
 func (r *Reporter) apiResults(w http.ResponseWriter, req *http.Request) {

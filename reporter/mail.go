@@ -104,7 +104,7 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 		n.log.Info().Str("job_id", r.JobID).Str("event", event).Msg("no one to mail: the commit's author has no address and no extra recipients match")
 		return nil
 	}
-	d := mailData{Event: event, Repo: r.Repo, Branch: r.Branch, Job: r.Job, Arch: r.Arch, Commit: r.Commit,
+	d := mailData{Event: event, Repo: r.Repo, Branch: r.Branch, Job: r.Name(), Arch: r.Arch, Commit: r.Commit,
 		Short: events.Short(r.Commit), Subject: trimSubject(r.Subject), Author: r.Author, Status: r.Status, ExitCode: r.ExitCode,
 		Error: r.Error, Attempt: r.Attempt, URL: n.jobURL(r.JobID), First: first}
 	if first != nil {
@@ -114,7 +114,7 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 		d.Tail = n.logTail(ctx, r, 50)
 	}
 	word := map[string]string{EventFailed: "FAILED", EventFixed: "FIXED", EventStillFailing: "still failing"}[event]
-	subject := fmt.Sprintf("[jetci] %s: %s %s %s/%s at %s: %s", word, r.Repo, r.Branch, r.Job, r.Arch, d.Short, d.Subject)
+	subject := fmt.Sprintf("[jetci] %s: %s %s %s/%s at %s: %s", word, r.Repo, r.Branch, r.Name(), r.Arch, d.Short, d.Subject)
 	var text, html bytes.Buffer
 	_ = mailText.Execute(&text, d)
 	_ = mailHTML.Execute(&html, d)

@@ -116,7 +116,7 @@ func NewNotifier(ctx context.Context, cfg NotifyConfig, js jetstream.JetStream, 
 }
 
 func stateKey(r *Record) string {
-	return events.Token(r.Repo) + "." + events.Token(r.Branch) + "." + events.Token(r.Job) + "." + events.Token(r.Arch)
+	return events.Token(r.Repo) + "." + events.Token(r.Branch) + "." + events.Token(events.QualifiedJob(r.Module, r.Job)) + "." + events.Token(r.Arch)
 }
 
 // order places a record's commit in its branch's history: the queue sequence

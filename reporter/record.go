@@ -19,6 +19,8 @@ type Record struct {
 	Arch   string        `json:"arch"`
 	Job    string        `json:"job"`
 	Status events.Status `json:"status"`
+	// Module is the pipeline module the job checks ("": the whole repo).
+	Module string `json:"module,omitempty"`
 	// Attempt numbers the attempt this record shows, counting every run
 	// (re-checks) and every delivery (a runner died) of the job: 1, 2, 3...
 	// It is 0 while the current run waits in the queue.
@@ -52,6 +54,10 @@ type Record struct {
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
 }
+
+// Name is the job's name with its module, "core/test" (the job's name alone
+// for a job of the whole repository).
+func (r Record) Name() string { return events.QualifiedJob(r.Module, r.Job) }
 
 // Attempt is one attempt of a job: one delivery of one run to a runner.
 type Attempt struct {
@@ -161,7 +167,7 @@ func (r *Record) Apply(ev any) bool {
 			return changed
 		}
 		*r = Record{
-			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job,
+			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job, Module: r.Module,
 			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped,
 			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
 			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
@@ -243,6 +249,7 @@ func (r *Record) fill(ref events.JobRef, author events.Person, subject string) b
 	changed := false
 	if r.JobID == "" {
 		r.JobID, r.Repo, r.Branch, r.Commit, r.Job, r.Arch = ref.JobID, ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch
+		r.Module = ref.Module
 		changed = true
 	}
 	if r.Author == (events.Person{}) && author != (events.Person{}) {

@@ -59,6 +59,7 @@ type changeEvent struct {
 	Branch  string `json:"branch,omitempty"`
 	Commit  string `json:"commit,omitempty"`
 	Job     string `json:"job,omitempty"`
+	Module  string `json:"module,omitempty"`
 	Arch    string `json:"arch,omitempty"`
 	Status  string `json:"status,omitempty"`
 	Attempt uint64 `json:"attempt,omitempty"`
@@ -94,7 +95,7 @@ func (r *Reporter) apiEvents(w http.ResponseWriter, req *http.Request) {
 			}
 			if rec := c.Record; rec != nil {
 				ev = changeEvent{Kind: c.Kind, JobID: rec.JobID, Repo: rec.Repo, Branch: rec.Branch, Commit: rec.Commit,
-					Job: rec.Job, Arch: rec.Arch, Status: string(rec.Status), Attempt: rec.Attempt}
+					Job: rec.Job, Module: rec.Module, Arch: rec.Arch, Status: string(rec.Status), Attempt: rec.Attempt}
 			}
 			data, _ := json.Marshal(ev)
 			sse.send("change", string(data), "")

@@ -108,6 +108,7 @@ func isConflict(err error) bool {
 // of the full sha.
 type Filter struct {
 	Repo, Branch, Commit string
+	Module               string // only this pipeline module's jobs
 	// All includes queued and running jobs; by default only finished ones.
 	All bool
 }
@@ -158,6 +159,9 @@ func (f Filter) match(r *Record) bool {
 	if f.Commit != "" && !strings.HasPrefix(r.Commit, strings.ToLower(f.Commit)) {
 		return false
 	}
+	if f.Module != "" && r.Module != f.Module {
+		return false
+	}
 	return f.All || r.Status.Final()
 }
 
@@ -178,6 +182,9 @@ func sortRecords(rs []Record) {
 		}
 		if a.Branch != b.Branch {
 			return a.Branch < b.Branch
+		}
+		if a.Module != b.Module {
+			return a.Module < b.Module
 		}
 		if a.Job != b.Job {
 			return a.Job < b.Job

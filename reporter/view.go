@@ -239,6 +239,8 @@ type RepoSummary struct {
 	Repo     string          `json:"repo"`
 	Branches []BranchSummary `json:"branches"`
 	Columns  []Column        `json:"columns"` // job × arch, across branches
+	// Modules says some branch has module jobs (BranchSummary.Modules).
+	Modules bool `json:"modules,omitempty"`
 }
 
 // Column is one job × arch.
@@ -256,7 +258,10 @@ type BranchSummary struct {
 	Author  events.Person     `json:"author,omitzero"`
 	Time    time.Time         `json:"time"`
 	Status  events.Status     `json:"status"` // the worst of the latest cells
-	Cells   map[string]Record `json:"cells"`  // by CellKey(job, arch)
+	Cells   map[string]Record `json:"cells"`  // by CellKey(job, arch); a module's job by CellKey("module/job", arch)
+	// Modules sums up the branch's module jobs (see View.Modules); nil
+	// without any.
+	Modules *ModuleCount `json:"modules,omitempty"`
 	// Gate is the branch's broken-build state, when it is under the flow.
 	Gate *events.BranchState `json:"gate,omitempty"`
 }
@@ -289,11 +294,13 @@ func (v *View) Repos(repo string) []RepoSummary {
 		if !t.Before(b.Time) || b.Head == "" {
 			b.Head, b.Subject, b.Author, b.Time = r.Commit, r.Subject, r.Author, t
 		}
-		b.Cells[CellKey(r.Job, r.Arch)] = r
+		b.Cells[CellKey(r.Name(), r.Arch)] = r
 		if cols[r.Repo] == nil {
 			cols[r.Repo] = map[Column]bool{}
 		}
-		cols[r.Repo][Column{r.Job, r.Arch}] = true
+		if r.Module == "" { // modules have their own grid: hundreds of columns would not read
+			cols[r.Repo][Column{r.Job, r.Arch}] = true
+		}
 	}
 	var out []RepoSummary
 	for name, cs := range cols {
@@ -308,6 +315,8 @@ func (v *View) Repos(repo string) []RepoSummary {
 		for k, b := range byBranch {
 			if k.repo == name {
 				b.Status = worst(b.Cells)
+				b.Modules = moduleCount(b.Cells)
+				s.Modules = s.Modules || b.Modules != nil
 				if st, ok := v.Gate(k.repo, b.Branch); ok {
 					b.Gate = &st
 				}
@@ -389,7 +398,7 @@ func (v *View) Commits(repo, branch, commit string, limit int) []Commit {
 		c.Status = worst(cells)
 		sort.Slice(c.Jobs, func(i, j int) bool {
 			a, b := c.Jobs[i], c.Jobs[j]
-			return a.Job < b.Job || a.Job == b.Job && a.Arch < b.Arch
+			return a.Module < b.Module || a.Module == b.Module && (a.Job < b.Job || a.Job == b.Job && a.Arch < b.Arch)
 		})
 		out = append(out, *c)
 	}

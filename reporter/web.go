@@ -24,16 +24,20 @@ var pages = func() map[string]*template.Template {
 		"branchURL": branchURL,
 		"commitURL": commitURL,
 		"cell":      func(b BranchSummary, c Column) *Record { r, ok := b.Cell(c); return map[bool]*Record{true: &r}[ok] },
-		"ago":       ago,
-		"since":     func(t time.Time) string { return dur(time.Since(t)) },
-		"dur":       dur,
-		"ms":        func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
-		"stamp":     stamp,
-		"bytes":     humanBytes,
-		"classes":   func() []events.Class { return events.Classes },
+		"modcell":   func(m ModuleRow, c ModuleColumn) *Record { r, ok := m.Cell(c); return map[bool]*Record{true: &r}[ok] },
+		"modulesURL": func(repo, branch string) string {
+			return "/modules?" + url.Values{"repo": {repo}, "branch": {branch}}.Encode()
+		},
+		"ago":     ago,
+		"since":   func(t time.Time) string { return dur(time.Since(t)) },
+		"dur":     dur,
+		"ms":      func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
+		"stamp":   stamp,
+		"bytes":   humanBytes,
+		"classes": func() []events.Class { return events.Classes },
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login"} {
+	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules"} {
 		t := template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
 		out[name] = t
 	}
@@ -181,7 +185,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		data.Artifacts = a.Artifacts
 		data.LogNote = "This attempt has no stored log."
 	}
-	p := r.newPage(req, rec.Job+" "+rec.Arch+" "+events.Short(rec.Commit), "job", data)
+	p := r.newPage(req, rec.Name()+" "+rec.Arch+" "+events.Short(rec.Commit), "job", data)
 	p.JobID, p.JobStatus, p.JobAttempt = rec.JobID, rec.Status, rec.Attempt
 	r.render(w, req, "job", p)
 }

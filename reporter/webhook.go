@@ -30,6 +30,7 @@ type WebhookPayload struct {
 	Branch     string        `json:"branch"`
 	Commit     string        `json:"commit"`
 	Job        string        `json:"job"`
+	Module     string        `json:"module,omitempty"`
 	Arch       string        `json:"arch"`
 	Status     events.Status `json:"status"`
 	Attempt    uint64        `json:"attempt"`
@@ -50,7 +51,7 @@ type WebhookPayload struct {
 func (n *Notifier) webhook(r *Record, url, event, transition string, first *failRef) *Notification {
 	id := fmt.Sprintf("hook.%s.%s.%s.%d", shortHash(url), event, r.JobID, r.Attempt)
 	p := WebhookPayload{Type: TypeWebhook, Event: event, DeliveryID: id, JobID: r.JobID, Repo: r.Repo, Branch: r.Branch,
-		Commit: r.Commit, Job: r.Job, Arch: r.Arch, Status: r.Status, Attempt: r.Attempt, ExitCode: r.ExitCode, Error: r.Error,
+		Commit: r.Commit, Job: r.Job, Module: r.Module, Arch: r.Arch, Status: r.Status, Attempt: r.Attempt, ExitCode: r.ExitCode, Error: r.Error,
 		DurationMs: r.DurationMs, Runner: r.Runner, Author: r.Author, Subject: trimSubject(r.Subject), FinishedAt: r.FinishedAt,
 		JobURL: n.jobURL(r.JobID)}
 	if event == EventFinished {

@@ -218,7 +218,7 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint6
 		env = append(env, k+"="+v)
 	}
 	env = append(env, "CI=true", "JETCI_REPO="+job.Repo, "JETCI_BRANCH="+job.Branch, "JETCI_COMMIT="+job.Commit,
-		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10))
+		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_MODULE="+job.Module, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10))
 	res.Status = events.StatusPassed
 	for _, step := range job.Steps {
 		out.Note("$ %s", step)

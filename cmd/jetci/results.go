@@ -15,12 +15,13 @@ import (
 )
 
 const resultsUsage = `
-Usage: jetci results --nats URL [--repo R] [--branch B] [--commit SHA] [--json] [--all]
+Usage: jetci results --nats URL [--repo R] [--branch B] [--commit SHA] [--module M] [--json] [--all]
 
 Prints one line per job result, oldest first. With --json, prints JSON Lines: one
 object per job with at least repo, branch, commit (full sha), arch, job, status
 (passed, failed, error, cancelled), attempt, exit_code, duration_ms, runner,
-error and finished_at. Jobs still queued or running are left out unless --all;
+error and finished_at, and module for the job of a pipeline module (the table
+shows it as module/job). Jobs still queued or running are left out unless --all;
 a queued job has a "reason" saying why it waits (e.g. no runner for its arch).
 `
 
@@ -30,6 +31,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	repo := fs.String("repo", "", "only this repository (its name)")
 	branch := fs.String("branch", "", "only this branch (needs no --repo)")
 	commit := fs.String("commit", "", "only this commit (full sha or a prefix)")
+	module := fs.String("module", "", "only the jobs of this pipeline module")
 	asJSON := fs.Bool("json", false, "print JSON Lines instead of a table")
 	all := fs.Bool("all", false, "include queued and running jobs")
 	if err := parse(fs, args); err != nil {
@@ -46,7 +48,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	recs, err := store.List(ctx, reporter.Filter{Repo: *repo, Branch: *branch, Commit: *commit, All: *all})
+	recs, err := store.List(ctx, reporter.Filter{Repo: *repo, Branch: *branch, Commit: *commit, Module: *module, All: *all})
 	if err != nil {
 		return err
 	}
@@ -71,7 +73,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, events.Short(r.Commit),
-			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
+			r.Name(), r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
 	}
 	return tw.Flush()
 }

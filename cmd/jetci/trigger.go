@@ -13,12 +13,14 @@ import (
 )
 
 const triggerUsage = `
-Usage: jetci trigger --nats URL --repo R --branch B [--commit SHA] [--job NAME [--arch ARCH]]
+Usage: jetci trigger --nats URL --repo R --branch B [--commit SHA] [--job NAME [--arch ARCH]] [--module M]
 
 Runs the head of a branch (or one commit of it) now, at the highest priority,
-whether or not it was tested before. With --job (and --arch) only that job of the
-commit runs again: a re-check. An observer watching the repository resolves the
-commit; the command prints it.
+whether or not it was tested before. A triggered commit checks every job, and
+every module of a pipeline with modules. With --job (and --arch) only that job
+of the commit runs again: a re-check; --module narrows it to that module's job
+(the job "core/test" is --module core --job test). An observer watching the
+repository resolves the commit; the command prints it.
 `
 
 func (m *Main) trigger(ctx context.Context, args []string) error {
@@ -29,6 +31,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 	commit := fs.String("commit", "", "commit to run (full sha or a prefix); default: the branch head")
 	job := fs.String("job", "", "run only this job of the commit")
 	arch := fs.String("arch", "", "run only on this arch")
+	module := fs.String("module", "", "run only this pipeline module's job (with --job)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -43,7 +46,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	reply, err := events.RequestTrigger(ctx, nc, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch})
+	reply, err := events.RequestTrigger(ctx, nc, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch, Module: *module})
 	if errors.Is(err, events.ErrNoObserver) {
 		return fmt.Errorf("no observer watches a repo named %q", *repo)
 	}

@@ -1,0 +1,159 @@
+package reporter
+
+import (
+	"net/http"
+	"slices"
+	"sort"
+
+	"github.com/jetci/jetci/events"
+)
+
+// This file is the view of a repository's pipeline modules: the latest
+// record of every module job on every branch and arch (module × branch ×
+// arch), for the modules page and /api/v1/modules.
+
+// ModuleGrid is a repository's module jobs by branch and arch.
+type ModuleGrid struct {
+	Repo    string         `json:"repo"`
+	Columns []ModuleColumn `json:"columns"` // branch × arch
+	Rows    []ModuleRow    `json:"rows"`    // those that need attention first, then by module and job
+}
+
+// ModuleColumn is one branch × arch of a ModuleGrid.
+type ModuleColumn struct {
+	Branch string `json:"branch"`
+	Arch   string `json:"arch"`
+}
+
+// ModuleRow is one module job: its latest record on each branch × arch. A
+// module is checked only when a commit changed it or what it depends on, so
+// its latest record may be of an older commit than the branch head.
+type ModuleRow struct {
+	Module string            `json:"module"`
+	Job    string            `json:"job"`
+	Status events.Status     `json:"status"` // the worst of its cells
+	Cells  map[string]Record `json:"cells"`  // by CellKey(branch, arch)
+}
+
+// Cell returns a row's record on a branch × arch.
+func (r ModuleRow) Cell(c ModuleColumn) (Record, bool) {
+	rec, ok := r.Cells[CellKey(c.Branch, c.Arch)]
+	return rec, ok
+}
+
+// ModuleCount sums up a branch's module jobs for the overview.
+type ModuleCount struct {
+	Jobs   int           `json:"jobs"`   // module job × arch cells
+	Passed int           `json:"passed"` // of them, passing
+	Status events.Status `json:"status"` // the worst
+}
+
+// Modules returns the module grid of repo, on one branch if branch is set;
+// nil when the repo has no module jobs.
+func (v *View) Modules(repo, branch string) *ModuleGrid {
+	recs := v.List(Filter{Repo: repo, Branch: branch, All: true})
+	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
+	type rk struct{ module, job string }
+	rows := map[rk]*ModuleRow{}
+	cols := map[ModuleColumn]bool{}
+	for _, r := range recs { // oldest first: later records replace earlier ones
+		if r.Module == "" {
+			continue
+		}
+		row := rows[rk{r.Module, r.Job}]
+		if row == nil {
+			row = &ModuleRow{Module: r.Module, Job: r.Job, Cells: map[string]Record{}}
+			rows[rk{r.Module, r.Job}] = row
+		}
+		row.Cells[CellKey(r.Branch, r.Arch)] = r
+		cols[ModuleColumn{r.Branch, r.Arch}] = true
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	g := &ModuleGrid{Repo: repo}
+	for c := range cols {
+		g.Columns = append(g.Columns, c)
+	}
+	sort.Slice(g.Columns, func(i, j int) bool {
+		a, b := g.Columns[i], g.Columns[j]
+		if a.Branch != b.Branch {
+			return branchLess(a.Branch, b.Branch)
+		}
+		return a.Arch < b.Arch
+	})
+	for _, row := range rows {
+		row.Status = worst(row.Cells)
+		g.Rows = append(g.Rows, *row)
+	}
+	attention := func(s events.Status) int {
+		return slices.Index([]events.Status{events.StatusError, events.StatusFailed}, s) + 1 // 0: fine
+	}
+	sort.Slice(g.Rows, func(i, j int) bool {
+		a, b := g.Rows[i], g.Rows[j]
+		if ai, bi := attention(a.Status), attention(b.Status); (ai == 0) != (bi == 0) {
+			return ai != 0
+		}
+		if a.Module != b.Module {
+			return a.Module < b.Module
+		}
+		return a.Job < b.Job
+	})
+	return g
+}
+
+// moduleCount sums up the module cells of a branch summary.
+func moduleCount(cells map[string]Record) *ModuleCount {
+	var c ModuleCount
+	mods := map[string]Record{}
+	for k, r := range cells {
+		if r.Module == "" {
+			continue
+		}
+		mods[k] = r
+		c.Jobs++
+		if r.Status == events.StatusPassed {
+			c.Passed++
+		}
+	}
+	if c.Jobs == 0 {
+		return nil
+	}
+	c.Status = worst(mods)
+	return &c
+}
+
+func (r *Reporter) apiModules(w http.ResponseWriter, req *http.Request) {
+	q := req.URL.Query()
+	if q.Get("repo") == "" {
+		writeError(w, http.StatusBadRequest, "want ?repo=R (and optionally &branch=B)")
+		return
+	}
+	g := r.view.Modules(q.Get("repo"), q.Get("branch"))
+	if g == nil {
+		writeError(w, http.StatusNotFound, "no module results for "+q.Get("repo"))
+		return
+	}
+	writeJSON(w, http.StatusOK, g)
+}
+
+func (r *Reporter) pageModules(w http.ResponseWriter, req *http.Request) {
+	q := req.URL.Query()
+	repo, branch := q.Get("repo"), q.Get("branch")
+	if repo == "" {
+		r.errorPage(w, req, http.StatusBadRequest, "want ?repo=R (and optionally &branch=B)")
+		return
+	}
+	g := r.view.Modules(repo, branch)
+	if g == nil {
+		g = &ModuleGrid{Repo: repo}
+	}
+	title := repo + " modules"
+	if branch != "" {
+		title += " on " + branch
+	}
+	r.render(w, req, "modules", r.newPage(req, title, "page", struct {
+		*ModuleGrid
+		Branch string
+	}{g, branch}))
+}
