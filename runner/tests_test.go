@@ -318,3 +318,25 @@ func TestCollectorCapsTheTests(t *testing.T) {
 		t.Fatalf("a JobFinished with %d tests is %d bytes", len(tests), len(data))
 	}
 }
+
+// Reports as pytest (--junitxml), Maven Surefire and go-junit-report write them.
+func TestParseJUnitFormats(t *testing.T) {
+	for file, want := range map[string]map[string]string{
+		"pytest.xml": {"tests.test_mod.test_ok": events.TestPassed, "tests.test_mod.test_fail": events.TestFailed,
+			"tests.test_mod.test_error": events.TestError, "tests.test_mod.test_skip": events.TestSkipped},
+		"surefire.xml": {"com.example.AppTest.testOk": events.TestPassed, "com.example.AppTest.testFail": events.TestFailed,
+			"com.example.AppTest.testSkip": events.TestSkipped},
+		"go-junit.xml": {"example.com/m/a.TestPass": events.TestPassed, "example.com/m/a.TestFail": events.TestFailed,
+			"example.com/m/a.TestSub/bad": events.TestFailed, "example.com/m/a.TestSkip": events.TestSkipped},
+	} {
+		c := newTestCollector()
+		if _, err := readReport(filepath.Join("testdata", "junit", file), c); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		got := map[string]events.TestResult{}
+		for _, r := range c.results {
+			got[r.Name] = r
+		}
+		wantStatuses(t, got, want)
+	}
+}
