@@ -31,9 +31,12 @@ var pages = func() map[string]*template.Template {
 		"stamp":     stamp,
 		"bytes":     humanBytes,
 		"classes":   func() []events.Class { return events.Classes },
+		"flaky":     isFlaky,
+		"testsURL":  testsURL,
+		"failing":   events.Failing,
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login"} {
+	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "tests"} {
 		t := template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
 		out[name] = t
 	}
@@ -136,7 +139,8 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 
 type jobPage struct {
 	Record    Record
-	Shown     uint64 // the attempt whose log and artifacts are shown
+	Shown     uint64   // the attempt whose log and artifacts are shown
+	Attempt   *Attempt // the shown attempt, nil before any
 	Artifacts []events.Artifact
 	Log       string
 	LogNote   string
@@ -155,6 +159,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		data.Shown = n
 	}
 	a := rec.Find(data.Shown)
+	data.Attempt = a
 	switch {
 	case a == nil:
 		data.LogNote = "No attempt has started yet."

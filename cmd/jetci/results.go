@@ -70,7 +70,11 @@ func (m *Main) results(ctx context.Context, args []string) error {
 		if !r.FinishedAt.IsZero() {
 			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, events.Short(r.Commit),
+		status := string(r.Status)
+		if r.Flaky {
+			status += " (flaky)" // passed on a retry; --json keeps status "passed" and "flaky": true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", status, r.Repo, r.Branch, events.Short(r.Commit),
 			r.Job, r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
 	}
 	return tw.Flush()
