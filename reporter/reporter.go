@@ -8,6 +8,12 @@
 // is folded in with a compare-and-swap on the record, and events older than what
 // the record holds (a late report from a runner whose job was redelivered) are
 // ignored.
+//
+// Finished events with test results also feed the per-test history in the
+// jetci-tests bucket (tests.go): per repo × branch × arch × job, each test's
+// runs, failures, durations and the commits it failed and passed on. A test
+// that failed and passed on the same commit is flaky; /api/v1/tests/flaky,
+// /api/v1/tests/slowest and the /tests page list them.
 package reporter
 
 import (

@@ -22,6 +22,9 @@ object per job with at least repo, branch, commit (full sha), arch, job, status
 (passed, failed, error, cancelled), attempt, exit_code, duration_ms, runner,
 error and finished_at. Jobs still queued or running are left out unless --all;
 a queued job has a "reason" saying why it waits (e.g. no runner for its arch).
+A job that passed only on a retry (retry: in the pipeline file) is status
+passed with "flaky": true (the table says "passed (flaky)"); jobs with test
+results carry "tests" and "test_summary".
 `
 
 func (m *Main) results(ctx context.Context, args []string) error {
