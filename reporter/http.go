@@ -192,6 +192,7 @@ func (r *Reporter) apiJob(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, "no job "+req.PathValue("id"))
 		return
 	}
+	r.withAllTests(req.Context(), &rec)
 	recs := []Record{rec}
 	explainWaits(recs, r.view.Runners())
 	writeJSON(w, http.StatusOK, recs[0])

@@ -1,9 +1,12 @@
 package reporter
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"github.com/jetci/jetci/events"
 )
 
 // MaxTestLimit bounds ?limit= of the test lists.
@@ -94,6 +97,35 @@ func testsURL(repo, branch, arch string) string {
 		return "/tests"
 	}
 	return "/tests?" + q.Encode()
+}
+
+// MaxViewTests bounds the tests a record keeps in the reporter's memory (the
+// view): only failing and flaky ones. Lists (results, commits) show those; a
+// single job (API and page) is read whole from the bucket.
+const MaxViewTests = 50
+
+func viewTests(ts []events.TestResult) []events.TestResult {
+	var out []events.TestResult
+	for _, t := range ts {
+		if len(out) == MaxViewTests {
+			break
+		}
+		if events.Failing(t.Status) || t.Flaky {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// withAllTests gives a record from the view the tests its stored record
+// carries (the view keeps only the failing and flaky ones).
+func (r *Reporter) withAllTests(ctx context.Context, rec *Record) {
+	if len(rec.Tests) == 0 && rec.TestSummary == nil {
+		return
+	}
+	if full, err := r.store.Get(ctx, rec.JobID); err == nil && full.QueueSeq == rec.QueueSeq && full.Delivery == rec.Delivery {
+		rec.Tests = full.Tests
+	}
 }
 
 // isFlaky says whether a record or attempt passed only on a retry.

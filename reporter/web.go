@@ -154,6 +154,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusNotFound, "no job "+req.PathValue("id"))
 		return
 	}
+	r.withAllTests(req.Context(), &rec)
 	data := jobPage{Record: rec, Shown: rec.Attempt}
 	if n, err := strconv.ParseUint(req.URL.Query().Get("attempt"), 10, 64); err == nil && rec.Find(n) != nil {
 		data.Shown = n

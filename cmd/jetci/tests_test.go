@@ -131,6 +131,20 @@ func TestTestResultsAndFlakes(t *testing.T) {
 	if err := getJSON(web+"/api/v1/jobs/"+unit.JobID, &job); err != nil || !job.Flaky || job.Status != events.StatusPassed {
 		t.Fatalf("GET job: %v %+v", err, job)
 	}
+	// A job has every test it carried; lists (held in the reporter's memory)
+	// only the failing and flaky ones, with the whole summary.
+	if err := getJSON(web+"/api/v1/jobs/"+gt.JobID, &job); err != nil || len(job.Tests) != 2 {
+		t.Fatalf("GET gotest job: %v %+v", err, job.Tests)
+	}
+	var listed struct{ Results []reporter.Record }
+	if err := getJSON(web+"/api/v1/results?repo=proj&branch=main&commit="+first, &listed); err != nil || len(listed.Results) != 3 {
+		t.Fatalf("GET results: %v %+v", err, listed)
+	}
+	for _, r := range listed.Results {
+		if want := map[string]int{"unit": 1, "gotest": 0, "junit": 0}[r.Job]; len(r.Tests) != want || r.TestSummary == nil {
+			t.Errorf("listed %s: %d tests (%+v), want %d and a summary", r.Job, len(r.Tests), r.Tests, want)
+		}
+	}
 	var flaky, slowest struct{ Tests []reporter.TestEntry }
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if err := getJSON(web+"/api/v1/tests/flaky?repo=proj&branch=main&arch="+recs[0].Arch, &flaky); err != nil {
