@@ -3,7 +3,6 @@ package runner
 import (
 	"encoding/json"
 	"math"
-	"regexp"
 	"strings"
 
 	"github.com/jetci/jetci/events"
@@ -26,6 +25,21 @@ type goTestEvent struct {
 }
 
 func (p *goTestParser) line(s string) {
+	// Most events are output, run, pause, cont: skip them without decoding.
+	// test2json writes "Action":"x" compact; any other spelling is decoded.
+	if !strings.Contains(s, `"Action"`) {
+		return
+	}
+	if i := strings.Index(s, `"Action":"`); i >= 0 {
+		a := s[i+len(`"Action":"`):]
+		if j := strings.IndexByte(a, '"'); j >= 0 {
+			switch a[:j] {
+			case "pass", "fail", "skip":
+			default:
+				return
+			}
+		}
+	}
 	var ev goTestEvent
 	if json.Unmarshal([]byte(s), &ev) != nil {
 		return
@@ -103,37 +117,72 @@ type unittestParser struct {
 	doc     bool   // pending was named alone: the next line is its docstring's
 }
 
-var (
-	// name (id) [subtest description] ... rest
-	pyHeadRE = regexp.MustCompile(`^\s*([A-Za-z_][A-Za-z0-9_]*) \(([A-Za-z_][A-Za-z0-9_.]*)\)(?: .*?)? \.\.\.(?: (.*))?$`)
-	// name (id) alone: a docstring line follows
-	pyDocRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*) \(([A-Za-z_][A-Za-z0-9_.]*)\)$`)
-)
+// pyHeader splits a unittest line "name (id)[ description] ...[ rest]"
+// (dots true) or "name (id)" (a docstring line follows; dots false).
+// Leading blanks (a subtest's line is indented) are skipped.
+func pyHeader(s string) (method, id, rest string, dots, ok bool) {
+	t := strings.TrimLeft(s, " \t")
+	i := identLen(t, false)
+	if i == 0 || !strings.HasPrefix(t[i:], " (") {
+		return
+	}
+	method, t = t[:i], t[i+2:]
+	j := identLen(t, true)
+	if j == 0 || j >= len(t) || t[j] != ')' {
+		return
+	}
+	id, t = t[:j], t[j+1:]
+	if t == "" {
+		return method, id, "", false, s[0] != ' ' && s[0] != '\t' // a docstring's test is never indented
+	}
+	if t[0] != ' ' {
+		return
+	}
+	for k := 0; ; {
+		n := strings.Index(t[k:], " ...")
+		if n < 0 {
+			return
+		}
+		after := t[k+n+4:]
+		if after == "" || after[0] == ' ' {
+			return method, id, strings.TrimPrefix(after, " "), true, true
+		}
+		k += n + 1
+	}
+}
+
+// identLen is the length of the Python identifier (or, dotted, the dotted
+// name) that s starts with.
+func identLen(s string, dotted bool) int {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || dotted && c == '.'):
+		default:
+			return i
+		}
+	}
+	return len(s)
+}
 
 func (p *unittestParser) line(s string) {
 	doc := p.doc
 	p.doc = false
-	if !strings.Contains(s, "...") {
-		if m := pyDocRE.FindStringSubmatch(s); m != nil {
-			p.pending, p.doc = pyName(m[1], m[2]), true
-			return
-		}
-		if doc {
-			p.pending = "" // not a test header after all
-			return
-		}
-		if p.pending != "" {
-			if st, ok := pyStatus(s); ok {
-				p.emit(st)
-			}
+	method, id, rest, dots, ok := pyHeader(s)
+	if ok && !dots {
+		p.pending, p.doc = pyName(method, id), true
+		return
+	}
+	if ok {
+		p.pending = pyName(method, id)
+		if st, ok := pyStatus(rest); ok {
+			p.emit(st)
 		}
 		return
 	}
-	if m := pyHeadRE.FindStringSubmatch(s); m != nil {
-		p.pending = pyName(m[1], m[2])
-		if st, ok := pyStatus(m[3]); ok {
-			p.emit(st)
-		}
+	if doc && !strings.Contains(s, " ...") {
+		p.pending = "" // not a test header after all
 		return
 	}
 	if p.pending == "" {
