@@ -34,6 +34,7 @@ var pages = func() map[string]*template.Template {
 		"flaky":     isFlaky,
 		"testsURL":  testsURL,
 		"failing":   events.Failing,
+		"add1":      func(i int) int { return i + 1 },
 	}
 	out := map[string]*template.Template{}
 	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "tests"} {
