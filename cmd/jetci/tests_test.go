@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,8 +81,24 @@ func TestTestResultsAndFlakes(t *testing.T) {
 		"fixtures/report.xml": junitReport,
 	})
 	sink := smtptest.Start(t)
+	var hookMu sync.Mutex
+	hooks := map[string]reporter.WebhookPayload{} // by job
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p reporter.WebhookPayload
+		if err := json.NewDecoder(r.Body).Decode(&p); err == nil && p.Commit == first {
+			hookMu.Lock()
+			hooks[p.Job] = p
+			hookMu.Unlock()
+		}
+	}))
+	defer hook.Close()
+	secret := filepath.Join(t.TempDir(), "hook-secret")
+	if err := os.WriteFile(secret, []byte("webhook-secret-1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "1h",
-		"--smtp", sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com"}, repo.Dir)
+		"--smtp", sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com",
+		"--webhook", hook.URL, "--webhook-secret-file", secret, "--webhook-events", "finished"}, repo.Dir)
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
 	recs := waitStatus(t, all, first, "passed")
 	if len(recs) != 3 {
@@ -171,6 +191,20 @@ func TestTestResultsAndFlakes(t *testing.T) {
 	if err != nil || !strings.Contains(page, "test_flaky.T.test_flaky") || !strings.Contains(page, "example.com/m.TestSlow") {
 		t.Fatalf("tests page: %v\n%s", err, page)
 	}
+
+	// The webhook says so too.
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		p, ok := hooks["unit"]
+		if !ok {
+			return fmt.Errorf("no webhook for the unit job yet")
+		}
+		if p.Status != events.StatusPassed || !p.Flaky || p.TestSummary == nil || p.TestSummary.Flaky != 1 || p.Transition != "" {
+			t.Fatalf("webhook %+v", p)
+		}
+		return nil
+	})
 
 	// The flake broke nothing: the gated branch is open. A real failure then
 	// breaks it, named by its own commit, and mails about that commit only.
