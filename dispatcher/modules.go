@@ -54,7 +54,7 @@ const (
 )
 
 // parseModules reads the modules: mapping; template is module_jobs (nil: none).
-func (p *parser) parseModules(n *yaml.Node, template []Job, defArch []string, defPool string) ([]Module, error) {
+func (p *parser) parseModules(n *yaml.Node, template []Job, defArch []string, defPool string, defRetry int) ([]Module, error) {
 	if n.Kind != yaml.MappingNode || len(n.Content) == 0 {
 		return nil, p.errNode(n, "modules: must map module names to modules, and name at least one")
 	}
@@ -73,6 +73,9 @@ func (p *parser) parseModules(n *yaml.Node, template []Job, defArch []string, de
 			}
 			if m.Jobs[i].Pool == "" {
 				m.Jobs[i].Pool = defPool
+			}
+			if m.Jobs[i].Retry < 0 {
+				m.Jobs[i].Retry = max(defRetry, 0)
 			}
 		}
 		mods = append(mods, m)

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,8 @@ type Job struct {
 	Timeout   time.Duration
 	Env       map[string]string
 	Artifacts []string
+	Reports   []string // JUnit XML globs, read for test results
+	Retry     int      // runs again after a failure (0: never)
 }
 
 // PipelineError is a problem in a pipeline file, with the line it is on.
@@ -92,6 +95,7 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 	pl := &Pipeline{Path: path, src: p}
 	var defArch []string
 	var defPool string
+	defRetry := -1 // not given
 	var jobs, modules, moduleJobs *yaml.Node
 	if err := p.fields(root, "the top level", func(key string, k, v *yaml.Node) error {
 		var err error
@@ -106,8 +110,10 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 			modules = v
 		case "module_jobs":
 			moduleJobs = v
+		case "retry":
+			defRetry, err = p.retry(v, "the top level")
 		default:
-			return p.errNode(k, "unknown field %q at the top level (want arch, pool, jobs, modules, module_jobs)", key)
+			return p.errNode(k, "unknown field %q at the top level (want arch, pool, retry, jobs, modules, module_jobs)", key)
 		}
 		return err
 	}); err != nil {
@@ -130,7 +136,7 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 				return nil, err
 			}
 		}
-		mods, err := p.parseModules(modules, template, defArch, defPool)
+		mods, err := p.parseModules(modules, template, defArch, defPool, defRetry)
 		if err != nil {
 			return nil, err
 		}
@@ -157,6 +163,9 @@ func ParsePipeline(path string, data []byte) (*Pipeline, error) {
 		}
 		if job.Pool == "" {
 			job.Pool = defPool
+		}
+		if job.Retry < 0 {
+			job.Retry = max(defRetry, 0)
 		}
 		pl.Jobs = append(pl.Jobs, job)
 		return nil
@@ -194,7 +203,7 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 	if v.Kind != yaml.MappingNode {
 		return Job{}, p.errNode(v, "job %q must be a mapping with steps:", name)
 	}
-	job := Job{Name: name}
+	job := Job{Name: name, Retry: -1}
 	where := fmt.Sprintf("job %q", name)
 	err := p.fields(v, where, func(key string, kn, vn *yaml.Node) error {
 		var err error
@@ -214,8 +223,12 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 			job.Env, err = p.env(vn, where)
 		case "artifacts":
 			job.Artifacts, err = p.strings(vn, "artifacts of "+where)
+		case "reports":
+			job.Reports, err = p.strings(vn, "reports of "+where)
+		case "retry":
+			job.Retry, err = p.retry(vn, where)
 		default:
-			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts)", key, name)
+			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, reports, retry)", key, name)
 		}
 		return err
 	})
@@ -300,6 +313,18 @@ func (p *parser) duration(n *yaml.Node, where string) (time.Duration, error) {
 		return 0, p.errNode(n, "timeout of %s: %s is out of range (more than 0, at most %s)", where, d, MaxTimeout)
 	}
 	return d, nil
+}
+
+// MaxRetry bounds retry: in a pipeline file (the runner's bound too).
+const MaxRetry = 3
+
+// retry reads retry: N, how many times a failed job runs again.
+func (p *parser) retry(n *yaml.Node, where string) (int, error) {
+	v, err := strconv.Atoi(n.Value)
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || err != nil || v < 0 || v > MaxRetry {
+		return 0, p.errNode(n, "retry of %s: want a number from 0 to %d", where, MaxRetry)
+	}
+	return v, nil
 }
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

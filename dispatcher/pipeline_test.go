@@ -146,7 +146,7 @@ func TestParsePipelineSyntaxErrorLines(t *testing.T) {
 
 func TestPipelineErrorQuotesTheLine(t *testing.T) {
 	_, err := ParsePipeline(".jetci.yml", []byte("jobs:\n  test:\n    stesp: [true]\n"))
-	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts)\n    3 |     stesp: [true]"
+	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts, reports, retry)\n    3 |     stesp: [true]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)
 	}

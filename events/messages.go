@@ -170,6 +170,13 @@ type JobQueued struct {
 	// Held marks a queued event for a job that is not dispatched: its branch
 	// is broken; the job is queued for real when the branch opens again.
 	Held bool `json:"held,omitempty"`
+	// Reports are the globs of JUnit XML files the runner reads test results
+	// from after the steps (the pipeline's reports:).
+	Reports []string `json:"reports,omitempty"`
+	// Retry is how many times a failed run of the steps is run again (the
+	// pipeline's retry:; 0: never). A pass on a retry is recorded as passed
+	// with Flaky set.
+	Retry int `json:"retry,omitempty"`
 }
 
 // JobStarted says a runner began an attempt of a job.
@@ -208,6 +215,70 @@ type JobFinished struct {
 	// The run's class and trigger, as queued.
 	Class     Class  `json:"class,omitempty"`
 	TriggerID string `json:"trigger_id,omitempty"`
+	// Tests are the test results the runner found (go test -json and Python
+	// unittest -v lines in the output, JUnit XML reports) in the last try of
+	// the steps: at most MaxTests of them, failures first, then the slowest;
+	// TestSummary counts them all and says whether Tests was cut.
+	Tests       []TestResult `json:"tests,omitempty"`
+	TestSummary *TestSummary `json:"test_summary,omitempty"`
+	// Retries is how many times the steps ran again after failing (retry:).
+	// Flaky says the job failed and then passed on a retry: Status is then
+	// passed, and FailedTries says what failed before.
+	Retries     int         `json:"retries,omitempty"`
+	Flaky       bool        `json:"flaky,omitempty"`
+	FailedTries []FailedTry `json:"failed_tries,omitempty"`
+}
+
+// Test statuses, as TestResult.Status.
+const (
+	TestPassed  = "passed"
+	TestFailed  = "failed"
+	TestError   = "error" // the test could not run to its end (unittest ERROR, JUnit <error>)
+	TestSkipped = "skipped"
+)
+
+// MaxTests bounds the tests a JobFinished carries (the message stays far below
+// the 1 MiB a NATS message may have); MaxTestName bounds a test's name, in bytes.
+const (
+	MaxTests    = 500
+	MaxTestName = 256
+)
+
+// TestResult is one test of a job.
+type TestResult struct {
+	Name       string `json:"name"`   // e.g. example.com/m/pkg.TestX/sub, tests.test_mod.TestC.test_x
+	Status     string `json:"status"` // passed, failed, error or skipped
+	DurationMs int64  `json:"duration_ms"`
+	// Flaky: the test failed in an earlier try of this job and passed in this one.
+	Flaky bool `json:"flaky,omitempty"`
+}
+
+// Failing reports whether a test status is a failure (failed or error).
+func Failing(status string) bool { return status == TestFailed || status == TestError }
+
+// TestSummary counts every test found, whether or not Tests carries it.
+type TestSummary struct {
+	Total      int   `json:"total"`
+	Passed     int   `json:"passed"`
+	Failed     int   `json:"failed"` // failed and error
+	Skipped    int   `json:"skipped"`
+	Flaky      int   `json:"flaky,omitempty"`
+	DurationMs int64 `json:"duration_ms"` // the sum of the tests' durations
+	// Truncated: there were more than MaxTests tests; Tests holds every
+	// failure (up to MaxTests) and then the slowest of the others.
+	Truncated bool `json:"truncated,omitempty"`
+	// Sources say where the results came from: go-test-json, unittest, junit.
+	Sources []string `json:"sources,omitempty"`
+}
+
+// MaxFailedTryTests bounds the failed test names a FailedTry carries.
+const MaxFailedTryTests = 100
+
+// FailedTry is an earlier try of the steps of a job that failed before a retry.
+type FailedTry struct {
+	ExitCode    int      `json:"exit_code"`
+	DurationMs  int64    `json:"duration_ms"`
+	FailedTests []string `json:"failed_tests,omitempty"` // at most MaxFailedTryTests
 }
 
 // Artifact is one file a job left for download.

@@ -45,6 +45,9 @@ const (
 	BucketBranches  = "jetci-branches"
 	BucketHeld      = "jetci-held"
 	BucketSchedule  = "jetci-schedule"
+	// BucketTests keeps per-test history per repo, branch, arch and job
+	// (the reporter's flaky and slowest tests), under TestsKey.
+	BucketTests = "jetci-tests"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -174,6 +177,7 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketBranches, Description: "broken-build flow: the state of each gated branch", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketHeld, Description: "broken-build flow: commits held until their branch opens, <repo>.<branch>.<commit-seq>", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketSchedule, Description: "when the periodic full check last ran", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketTests, Description: "per-test history per repo, branch, arch and job", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}

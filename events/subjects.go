@@ -160,6 +160,12 @@ func RecordKey(repo, branch, jobID string) string {
 	return Token(repo) + "." + Token(branch) + "." + jobID
 }
 
+// TestsKey is the key of one job's per-test history on a branch and arch in
+// the tests bucket: <repo>.<branch>.<arch>.<job>, each a token.
+func TestsKey(repo, branch, arch, job string) string {
+	return Token(repo) + "." + Token(branch) + "." + Token(arch) + "." + Token(job)
+}
+
 // HeadKey is the key of a branch's last published head in the heads bucket.
 func HeadKey(repo, branch string) string { return Token(repo) + "." + Token(branch) }
 

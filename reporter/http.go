@@ -23,6 +23,7 @@ import (
 //	GET  /commit?repo=&branch=&commit=
 //	GET  /job/{id}[?attempt=N]     a job: attempts, timings, log (live while it runs), artifacts
 //	GET  /runners, /queue
+//	GET  /tests[?repo=&branch=&arch=&job=]  flaky and slowest tests
 //	GET  /login, POST /login, POST /logout
 //	POST /action/{trigger,recheck,cancel}   form posts (session + CSRF field)
 //
@@ -31,6 +32,7 @@ import (
 //	GET  /api/v1/jobs/{id}/artifacts[?attempt=N] | jobs/{id}/artifacts/{path...}
 //	GET  /api/v1/runners | queue | results?repo=&branch=&commit=&all=1 | events (SSE)
 //	GET  /api/v1/logs/{job}/{attempt}
+//	GET  /api/v1/tests/flaky | tests/slowest  [?repo=&branch=&arch=&job=&limit=]
 //	POST /api/v1/trigger {repo,branch,commit?,job?,arch?} | jobs/{id}/recheck | jobs/{id}/cancel
 //	POST /api/v1/branches/recheck {repo,branch}    the broken-build flow's re-check
 //	GET  /metrics (when configured), /healthz
@@ -43,6 +45,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /runners", r.pageRunners)
 	mux.HandleFunc("GET /queue", r.pageQueue)
 	mux.HandleFunc("GET /modules", r.pageModules)
+	mux.HandleFunc("GET /tests", r.pageTests)
 	mux.HandleFunc("GET /login", r.pageLogin)
 	mux.HandleFunc("POST /login", r.postLogin)
 	mux.HandleFunc("POST /logout", r.postLogout)
@@ -63,6 +66,8 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/modules", r.apiModules)
 	mux.HandleFunc("GET /api/v1/results", r.apiResults)
 	mux.HandleFunc("GET /api/v1/events", r.apiEvents)
+	mux.HandleFunc("GET /api/v1/tests/flaky", r.apiFlakyTests)
+	mux.HandleFunc("GET /api/v1/tests/slowest", r.apiSlowestTests)
 	mux.HandleFunc("GET /api/v1/logs/{job}/{attempt}", r.apiLog)
 	mux.HandleFunc("POST /api/v1/trigger", r.apiTrigger)
 	mux.HandleFunc("POST /api/v1/jobs/{id}/recheck", r.apiRecheckJob)
@@ -189,6 +194,7 @@ func (r *Reporter) apiJob(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, "no job "+req.PathValue("id"))
 		return
 	}
+	r.withAllTests(req.Context(), &rec)
 	recs := []Record{rec}
 	explainWaits(recs, r.view.Runners())
 	writeJSON(w, http.StatusOK, recs[0])

@@ -53,6 +53,14 @@ type Record struct {
 	// Reason says why a queued job waits. It is worked out when records are
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
+	// The current attempt's test results (see events.JobFinished): status
+	// stays one of the job statuses, a pass on retry is passed with flaky
+	// true ("passed (flaky)" on the pages).
+	Tests       []events.TestResult `json:"tests,omitempty"`
+	TestSummary *events.TestSummary `json:"test_summary,omitempty"`
+	Flaky       bool                `json:"flaky,omitempty"`
+	Retries     int                 `json:"retries,omitempty"`
+	FailedTries []events.FailedTry  `json:"failed_tries,omitempty"`
 }
 
 // Name is the job's name with its module, "core/test" (the job's name alone
@@ -78,6 +86,29 @@ type Attempt struct {
 	LogBytes     int64             `json:"log_bytes,omitempty"`
 	LogTruncated bool              `json:"log_truncated,omitempty"`
 	Artifacts    []events.Artifact `json:"artifacts,omitempty"`
+	// Each attempt keeps its test counts and the names of its first failing
+	// tests (the record's Tests are the current attempt's only).
+	Flaky       bool                `json:"flaky,omitempty"`
+	Retries     int                 `json:"retries,omitempty"`
+	TestSummary *events.TestSummary `json:"test_summary,omitempty"`
+	FailedTests []string            `json:"failed_tests,omitempty"`
+}
+
+// MaxAttemptFailedTests bounds the failing test names an attempt keeps.
+const MaxAttemptFailedTests = 10
+
+// failedTests names the failing tests of a result, at most limit.
+func failedTests(e *events.JobFinished, limit int) []string {
+	var out []string
+	for _, t := range e.Tests {
+		if len(out) == limit {
+			break
+		}
+		if events.Failing(t.Status) {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }
 
 // MaxAttempts bounds the history a record keeps.
@@ -190,6 +221,7 @@ func (r *Record) Apply(ev any) bool {
 		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
+		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = nil, nil, false, 0, nil
 		r.syncAttempt()
 		return true
 	case *events.JobFinished:
@@ -205,6 +237,7 @@ func (r *Record) Apply(ev any) bool {
 				a.StartedAt = e.StartedAt
 			}
 			a.Log, a.LogBytes, a.LogTruncated, a.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
+			a.Flaky, a.Retries, a.TestSummary, a.FailedTests = e.Flaky, e.Retries, e.TestSummary, failedTests(e, MaxAttemptFailedTests)
 			if e.QueueSeq == r.QueueSeq && a.Class == "" {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
@@ -221,6 +254,7 @@ func (r *Record) Apply(ev any) bool {
 			r.StartedAt = e.StartedAt
 		}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
+		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = e.Tests, e.TestSummary, e.Flaky, e.Retries, e.FailedTries
 		r.syncAttempt()
 		return true
 	}

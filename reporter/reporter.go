@@ -8,6 +8,12 @@
 // is folded in with a compare-and-swap on the record, and events older than what
 // the record holds (a late report from a runner whose job was redelivered) are
 // ignored.
+//
+// Finished events with test results also feed the per-test history in the
+// jetci-tests bucket (tests.go): per repo × branch × arch × job, each test's
+// runs, failures, durations and the commits it failed and passed on. A test
+// that failed and passed on the same commit is flaky; /api/v1/tests/flaky,
+// /api/v1/tests/slowest and the /tests page list them.
 package reporter
 
 import (
@@ -61,6 +67,7 @@ type Reporter struct {
 	js        jetstream.JetStream
 	log       zerolog.Logger
 	store     *Store
+	tests     *TestStore
 	view      *View
 	auth      auth
 	logs      jetstream.ObjectStore
@@ -83,6 +90,9 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 		return nil, err
 	}
 	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: auth{token: cfg.AdminToken}, closing: make(chan struct{})}
+	if r.tests, err = OpenTestStore(ctx, js); err != nil {
+		return nil, err
+	}
 	if r.logs, err = js.ObjectStore(ctx, events.BucketLogs); err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.BucketLogs, err)
 	}
@@ -126,6 +136,9 @@ func (r *Reporter) Addr() string {
 	}
 	return r.ln.Addr().String()
 }
+
+// Tests gives access to the per-test history.
+func (r *Reporter) Tests() *TestStore { return r.tests }
 
 // Store gives access to the records.
 func (r *Reporter) Store() *Store { return r.store }
@@ -226,6 +239,13 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		r.log.Warn().Err(err).Msg("storing a result; will retry")
 		_ = m.NakWithDelay(time.Second)
 		return
+	}
+	if fin, ok := ev.(*events.JobFinished); ok {
+		if err := r.tests.Observe(ctx, fin); err != nil {
+			r.log.Warn().Err(err).Msg("storing test history; will retry")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
 	}
 	if changed && rec.Status.Final() {
 		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).

@@ -98,6 +98,7 @@ func (v *View) applyRecord(e jetstream.KeyValueEntry) {
 		v.log.Debug().Str("key", e.Key()).Msg("skipping an entry that is not a record")
 		return
 	}
+	r.Tests = viewTests(r.Tests)
 	v.mu.Lock()
 	v.recs[r.JobID] = &r
 	v.notify(Change{Kind: "record", Record: &r})

@@ -28,16 +28,20 @@ var pages = func() map[string]*template.Template {
 		"modulesURL": func(repo, branch string) string {
 			return "/modules?" + url.Values{"repo": {repo}, "branch": {branch}}.Encode()
 		},
-		"ago":     ago,
-		"since":   func(t time.Time) string { return dur(time.Since(t)) },
-		"dur":     dur,
-		"ms":      func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
-		"stamp":   stamp,
-		"bytes":   humanBytes,
-		"classes": func() []events.Class { return events.Classes },
+		"ago":      ago,
+		"since":    func(t time.Time) string { return dur(time.Since(t)) },
+		"dur":      dur,
+		"ms":       func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
+		"stamp":    stamp,
+		"bytes":    humanBytes,
+		"classes":  func() []events.Class { return events.Classes },
+		"flaky":    isFlaky,
+		"testsURL": testsURL,
+		"failing":  events.Failing,
+		"add1":     func(i int) int { return i + 1 },
 	}
 	out := map[string]*template.Template{}
-	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules"} {
+	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules", "tests"} {
 		t := template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
 		out[name] = t
 	}
@@ -140,7 +144,8 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 
 type jobPage struct {
 	Record    Record
-	Shown     uint64 // the attempt whose log and artifacts are shown
+	Shown     uint64   // the attempt whose log and artifacts are shown
+	Attempt   *Attempt // the shown attempt, nil before any
 	Artifacts []events.Artifact
 	Log       string
 	LogNote   string
@@ -154,11 +159,13 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusNotFound, "no job "+req.PathValue("id"))
 		return
 	}
+	r.withAllTests(req.Context(), &rec)
 	data := jobPage{Record: rec, Shown: rec.Attempt}
 	if n, err := strconv.ParseUint(req.URL.Query().Get("attempt"), 10, 64); err == nil && rec.Find(n) != nil {
 		data.Shown = n
 	}
 	a := rec.Find(data.Shown)
+	data.Attempt = a
 	switch {
 	case a == nil:
 		data.LogNote = "No attempt has started yet."

@@ -46,6 +46,9 @@ type WebhookPayload struct {
 	// FirstFailingCommit is the commit that broke the branch, for failed,
 	// still-failing and fixed.
 	FirstFailingCommit string `json:"first_failing_commit,omitempty"`
+	// Flaky: passed only on a retry (retry:); TestSummary counts the tests.
+	Flaky       bool                `json:"flaky,omitempty"`
+	TestSummary *events.TestSummary `json:"test_summary,omitempty"`
 }
 
 func (n *Notifier) webhook(r *Record, url, event, transition string, first *failRef) *Notification {
@@ -53,7 +56,7 @@ func (n *Notifier) webhook(r *Record, url, event, transition string, first *fail
 	p := WebhookPayload{Type: TypeWebhook, Event: event, DeliveryID: id, JobID: r.JobID, Repo: r.Repo, Branch: r.Branch,
 		Commit: r.Commit, Job: r.Job, Module: r.Module, Arch: r.Arch, Status: r.Status, Attempt: r.Attempt, ExitCode: r.ExitCode, Error: r.Error,
 		DurationMs: r.DurationMs, Runner: r.Runner, Author: r.Author, Subject: trimSubject(r.Subject), FinishedAt: r.FinishedAt,
-		JobURL: n.jobURL(r.JobID)}
+		JobURL: n.jobURL(r.JobID), Flaky: r.Flaky, TestSummary: r.TestSummary}
 	if event == EventFinished {
 		p.Transition = transition
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -176,7 +177,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
-		r.steps(ctx, job, attempt, ws, out, res)
+		r.tries(ctx, job, attempt, ws, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
 		}
@@ -206,8 +207,10 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	return res
 }
 
-// steps runs the job's steps in order, stopping at the first failure.
-func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, out *output, res *events.JobFinished) {
+// steps runs the job's steps in order, stopping at the first failure. Their
+// output goes to out and, when tap is set, to tap as well (the test parsers);
+// retry numbers the try (JETCI_RETRY: 0, then 1 on a retry...).
+func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint64, retry int, ws string, out *output, tap io.Writer, res *events.JobFinished) {
 	timeout := time.Duration(job.TimeoutMs) * time.Millisecond
 	if timeout <= 0 {
 		timeout = defaultTimeout
@@ -218,11 +221,16 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint6
 		env = append(env, k+"="+v)
 	}
 	env = append(env, "CI=true", "JETCI_REPO="+job.Repo, "JETCI_BRANCH="+job.Branch, "JETCI_COMMIT="+job.Commit,
-		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_MODULE="+job.Module, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10))
+		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_MODULE="+job.Module, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10),
+		"JETCI_RETRY="+strconv.Itoa(retry))
+	var w io.Writer = out
+	if tap != nil {
+		w = tee{out, tap}
+	}
 	res.Status = events.StatusPassed
 	for _, step := range job.Steps {
 		out.Note("$ %s", step)
-		code, err := runStep(ctx, ws, env, step, out, deadline)
+		code, err := runStep(ctx, ws, env, step, w, deadline)
 		switch {
 		case errors.Is(err, errTimeout):
 			res.Status, res.ExitCode, res.Error = events.StatusError, -1, "timeout after "+timeout.String()

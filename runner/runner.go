@@ -19,6 +19,14 @@
 // from the moment a first publish fails, so an outage or restart loses none);
 // until the ack, in-progress acks and the runner's lease keep the job from going
 // elsewhere, and if the runner dies the job goes to another runner.
+//
+// Test results: while the steps run, their output also feeds parsers for
+// `go test -json` and Python `unittest -v` lines; after the steps, the JUnit
+// XML files the job's reports: globs name are read too (tests.go,
+// testparse.go, junit.go). The result carries at most events.MaxTests of them,
+// failures first. A job with retry: N whose steps fail runs them again on a
+// fresh checkout, within the same delivery (retry.go): a pass on a retry is
+// passed with flaky set, so the broken-build flow never sees the flake.
 package runner
 
 import (

@@ -23,6 +23,9 @@ object per job with at least repo, branch, commit (full sha), arch, job, status
 error and finished_at, and module for the job of a pipeline module (the table
 shows it as module/job). Jobs still queued or running are left out unless --all;
 a queued job has a "reason" saying why it waits (e.g. no runner for its arch).
+A job that passed only on a retry (retry: in the pipeline file) is status
+passed with "flaky": true (the table says "passed (flaky)"); jobs with test
+results carry "tests" and "test_summary".
 `
 
 func (m *Main) results(ctx context.Context, args []string) error {
@@ -72,7 +75,11 @@ func (m *Main) results(ctx context.Context, args []string) error {
 		if !r.FinishedAt.IsZero() {
 			fin = r.FinishedAt.Local().Format("2006-01-02 15:04:05")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Status, r.Repo, r.Branch, events.Short(r.Commit),
+		status := string(r.Status)
+		if r.Flaky {
+			status += " (flaky)" // passed on a retry; --json keeps status "passed" and "flaky": true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", status, r.Repo, r.Branch, events.Short(r.Commit),
 			r.Name(), r.Arch, r.Attempt, (time.Duration(r.DurationMs) * time.Millisecond).String(), fin, oneLine(r.Error+r.Reason, 60))
 	}
 	return tw.Flush()

@@ -69,20 +69,22 @@ var scenarios = []scenario{
 	},
 	{
 		name: "commit-result", pkg: "./cmd/jetci", bench: "CommitToResult",
-		figure: "commit → result with 200 ms polling, p50",
-		value:  func(m metrics) string { return ms(m["p50_ms"]) },
-		base:   func(m metrics) string { return "checkout + test by hand " + ms(m["bare_p50_ms"]) },
-		goal:   "≤ 300 ms",
-		met:    func(m metrics) bool { return m["p50_ms"] <= 300 },
+		figure:  "commit → result with 200 ms polling, p50",
+		value:   func(m metrics) string { return ms(m["p50_ms"]) },
+		base:    func(m metrics) string { return "checkout + test by hand " + ms(m["bare_p50_ms"]) },
+		goal:    "≤ 300 ms",
+		met:     func(m metrics) bool { return m["p50_ms"] <= 300 },
 		context: "500-lines CI: p50 3.1 s",
 	},
 	{
 		name: "idle-polling", pkg: "./observer", bench: "IdlePolling100x10",
 		figure: "idle polling, 100 repos × 10 branches at 1 s: CPU / RSS",
-		value:  func(m metrics) string { return fmt.Sprintf("%.1f %% of a core, %.0f MB", m["cpu_pct_of_core"], m["rss_MB"]) },
-		base:   func(m metrics) string { return "—" },
-		goal:   "≤ 5 %, ≤ 200 MB",
-		met:    func(m metrics) bool { return m["cpu_pct_of_core"] <= 5 && m["rss_MB"] <= 200 },
+		value: func(m metrics) string {
+			return fmt.Sprintf("%.1f %% of a core, %.0f MB", m["cpu_pct_of_core"], m["rss_MB"])
+		},
+		base: func(m metrics) string { return "—" },
+		goal: "≤ 5 %, ≤ 200 MB",
+		met:  func(m metrics) bool { return m["cpu_pct_of_core"] <= 5 && m["rss_MB"] <= 200 },
 	},
 	{
 		name: "checkout", pkg: "./runner", bench: "Checkout$",
@@ -100,9 +102,11 @@ var scenarios = []scenario{
 		name: "push100", pkg: "./cmd/jetci", bench: "Push100",
 		figure: "100 commits pushed at once, `jetci up --runners 2`: all results",
 		value:  func(m metrics) string { return ms(m["all_ms"]) },
-		base:   func(m metrics) string { return fmt.Sprintf("bare, sequential %s; ratio %.2f", ms(m["bare_seq_ms"]), m["ratio"]) },
-		goal:   "ratio ≤ 0.8",
-		met:    func(m metrics) bool { return m["ratio"] <= 0.8 },
+		base: func(m metrics) string {
+			return fmt.Sprintf("bare, sequential %s; ratio %.2f", ms(m["bare_seq_ms"]), m["ratio"])
+		},
+		goal:    "ratio ≤ 0.8",
+		met:     func(m metrics) bool { return m["ratio"] <= 0.8 },
 		context: "500-lines CI: 1 of 20 commits tested in a burst",
 	},
 	{
