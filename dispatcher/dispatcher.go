@@ -159,6 +159,7 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 				JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
 				Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
 				Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
+				Secrets: j.Secrets, Limits: limitsOf(j.Limits),
 			})
 		}
 	}

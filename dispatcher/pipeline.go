@@ -26,6 +26,8 @@ type Job struct {
 	Timeout   time.Duration
 	Env       map[string]string
 	Artifacts []string
+	Secrets   []string      // names of runner-side secrets put in the steps' environment
+	Limits    events.Limits // zero: the runner's limits
 }
 
 // PipelineError is a problem in a pipeline file, with the line it is on.
@@ -178,8 +180,12 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 			job.Env, err = p.env(vn, where)
 		case "artifacts":
 			job.Artifacts, err = p.strings(vn, "artifacts of "+where)
+		case "secrets":
+			job.Secrets, err = p.secrets(vn, where)
+		case "limits":
+			job.Limits, err = p.limits(vn, where)
 		default:
-			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts)", key, name)
+			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, secrets, limits)", key, name)
 		}
 		return err
 	})
@@ -188,6 +194,11 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 	}
 	if job.Steps == nil {
 		return Job{}, p.errNode(k, "job %q has no steps", name)
+	}
+	for _, s := range job.Secrets {
+		if _, ok := job.Env[s]; ok {
+			return Job{}, p.errNode(k, "job %q: %s is both in env and in secrets", name, s)
+		}
 	}
 	return job, nil
 }

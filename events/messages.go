@@ -132,6 +132,12 @@ type JobQueued struct {
 	// Held marks a queued event for a job that is not dispatched: its branch
 	// is broken; the job is queued for real when the branch opens again.
 	Held bool `json:"held,omitempty"`
+	// Secrets names the runner-side secrets the job's steps get in their
+	// environment; the values never travel on the bus.
+	Secrets []string `json:"secrets,omitempty"`
+	// Limits bounds the job's CPU time, memory and processes; nil: the
+	// runner's own limits, if any.
+	Limits *Limits `json:"limits,omitempty"`
 }
 
 // JobStarted says a runner began an attempt of a job.
