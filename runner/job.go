@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -167,16 +168,35 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
 	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
+	// Secrets are masked from here on: before any step prints.
+	secrets, serr := r.secretsFor(job)
+	masked := make([]string, 0, len(secrets))
+	for _, v := range secrets {
+		masked = append(masked, v)
+	}
+	out.maskSecrets(masked)
+	var env []string
+	if serr == nil {
+		var home, tmp string
+		if home, tmp, serr = r.jobDirs(slot, job.Repo); serr == nil {
+			env = r.stepEnv(job, attempt, home, tmp, secrets)
+		}
+	}
+	lim := r.limitsFor(job, out)
 	t0 := time.Now()
-	err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
+	if serr == nil {
+		err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
+	}
 	switch {
+	case serr != nil:
+		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+serr.Error()
 	case errors.Is(err, errNoCommit):
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()
 	case err != nil:
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
-		r.steps(ctx, job, attempt, ws, out, res)
+		r.steps(ctx, job, ws, env, lim, out, res)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
 		}
@@ -184,6 +204,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	if c, ok := cancelledBy(ctx); ok && res.Status != events.StatusPassed && res.Status != events.StatusFailed {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
 	}
+	res.Error = out.mask.String(res.Error)
 	if res.Error != "" {
 		out.Note("[jetci] %s", res.Error)
 	}
@@ -207,23 +228,21 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 }
 
 // steps runs the job's steps in order, stopping at the first failure.
-func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, out *output, res *events.JobFinished) {
+func (r *Runner) steps(ctx context.Context, job *events.JobQueued, ws string, env []string, lim *jobLimits, out *output, res *events.JobFinished) {
 	timeout := time.Duration(job.TimeoutMs) * time.Millisecond
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	env := os.Environ()
-	for k, v := range job.Env {
-		env = append(env, k+"="+v)
-	}
-	env = append(env, "CI=true", "JETCI_REPO="+job.Repo, "JETCI_BRANCH="+job.Branch, "JETCI_COMMIT="+job.Commit,
-		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10))
 	res.Status = events.StatusPassed
 	for _, step := range job.Steps {
 		out.Note("$ %s", step)
-		code, err := runStep(ctx, ws, env, step, out, deadline)
+		code, err := runStep(ctx, ws, env, step, out, deadline, lim)
+		var over *limitError
 		switch {
+		case errors.As(err, &over):
+			res.Status, res.ExitCode, res.Error = events.StatusFailed, code, over.Error()
+			return
 		case errors.Is(err, errTimeout):
 			res.Status, res.ExitCode, res.Error = events.StatusError, -1, "timeout after "+timeout.String()
 			return
@@ -278,4 +297,22 @@ func stopping(ctx context.Context) bool {
 	}
 	_, cancelled := cancelledBy(ctx)
 	return !cancelled
+}
+
+// limitsFor returns the job's limits, tightened by the runner's, and notes
+// them in the log; nil when there are none.
+func (r *Runner) limitsFor(job *events.JobQueued, out *output) *jobLimits {
+	l := r.cfg.Limits
+	if job.Limits != nil {
+		l = l.Tighter(*job.Limits)
+	}
+	if l.IsZero() {
+		return nil
+	}
+	if !limitsEnforced {
+		out.Note("[jetci] limits (%s) are not enforced on %s", l, runtime.GOOS)
+		return nil
+	}
+	out.Note("[jetci] limits: %s", l)
+	return &jobLimits{Limits: l}
 }

@@ -1,0 +1,121 @@
+package runner
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// maskChunks feeds the chunks through a masker and returns what it let out,
+// write by write, and the whole.
+func maskChunks(m *masker, chunks []string) ([]string, string) {
+	var outs []string
+	for _, c := range chunks {
+		outs = append(outs, string(m.write([]byte(c))))
+	}
+	outs = append(outs, string(m.flush()))
+	return outs, strings.Join(outs, "")
+}
+
+func TestMaskerCatchesValuesSplitAcrossWrites(t *testing.T) {
+	secrets := []string{"hunter2-long-secret", "abc", "abcdef"}
+	text := "x hunter2-long-secret y abcdef z abc abcd hunter2 end hunter2-long-secret"
+	want := "x *** y *** z *** ***d hunter2 end ***"
+	for i := 0; i <= len(text); i++ {
+		for j := i; j <= len(text); j++ {
+			outs, got := maskChunks(newMasker(secrets), []string{text[:i], text[i:j], text[j:]})
+			if got != want {
+				t.Fatalf("split at %d,%d: got %q, want %q", i, j, got, want)
+			}
+			for _, o := range outs {
+				if strings.Contains(o, "hunter2-") || strings.Contains(o, "def") {
+					t.Fatalf("split at %d,%d: a write let out part of a value: %q", i, j, o)
+				}
+			}
+		}
+	}
+}
+
+func TestMaskerHoldsOnlyWhatCouldBeAValue(t *testing.T) {
+	m := newMasker([]string{"secret"})
+	if got := string(m.write([]byte("plain output\n"))); got != "plain output\n" {
+		t.Errorf("plain output held back: %q", got)
+	}
+	if got := string(m.write([]byte("token: sec"))); got != "token: " {
+		t.Errorf("got %q, want the text before a possible value", got)
+	}
+	if got := string(m.write([]byte("ond\n"))); got != "second\n" {
+		t.Errorf("got %q: what turned out not to be a value comes out whole", got)
+	}
+	if got := string(m.write([]byte("sec"))) + string(m.flush()); got != "sec" {
+		t.Errorf("flush = %q", got)
+	}
+}
+
+func TestMaskerMultiLineAndEmptyValues(t *testing.T) {
+	m := newMasker([]string{"", "line-one\nline-two\n"})
+	if got := m.String("a line-one\nline-two\n b\nline-two c"); got != "a *** b\n*** c" {
+		t.Errorf("got %q", got)
+	}
+	if newMasker([]string{""}) != nil {
+		t.Error("a masker for no value")
+	}
+	var none *masker
+	if got := string(none.write([]byte("x"))) + none.String("y"); got != "xy" {
+		t.Errorf("nil masker: %q", got)
+	}
+}
+
+// FuzzMasker: however the output is cut into writes, the value never comes
+// out, and the result is the same as masking it in one piece.
+func FuzzMasker(f *testing.F) {
+	f.Add("tok3n", "a tok3n b tok", 3, 7)
+	f.Add("aa", "aaaaa", 1, 2)
+	f.Add("ab", "aab", 1, 1)
+	f.Fuzz(func(t *testing.T, secret, text string, i, j int) {
+		if secret == "" || strings.ContainsAny(secret, "\r\n") || strings.Contains(secret, "*") {
+			return
+		}
+		i, j = clampCut(i, len(text)), clampCut(j, len(text))
+		if i > j {
+			i, j = j, i
+		}
+		_, got := maskChunks(newMasker([]string{secret}), []string{text[:i], text[i:j], text[j:]})
+		if whole := newMasker([]string{secret}).String(text); got != whole {
+			t.Fatalf("in writes %q, in one piece %q", got, whole)
+		}
+		if strings.Contains(got, secret) {
+			t.Fatalf("the value %q comes out: %q", secret, got)
+		}
+	})
+}
+
+func clampCut(i, n int) int {
+	if n == 0 {
+		return 0
+	}
+	if i < 0 {
+		i = -i
+	}
+	return i % (n + 1)
+}
+
+func TestParseSecret(t *testing.T) {
+	t.Setenv("FROM_ENV", "env-value")
+	t.Setenv("EMPTY_ENV", "")
+	file := t.TempDir() + "/tok"
+	if err := os.WriteFile(file, []byte("file-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for spec, want := range map[string]string{"A=env:FROM_ENV": "A=env-value", "B_2=file:" + file: "B_2=file-value"} {
+		if n, v, err := ParseSecret(spec); err != nil || n+"="+v != want {
+			t.Errorf("ParseSecret(%q) = %q, %q, %v; want %q", spec, n, v, err, want)
+		}
+	}
+	for spec, why := range map[string]string{"A=plain": "never from the command line", "A": "NAME=env:VAR", "1A=env:X": "NAME=env:VAR",
+		"A=env:NOT_SET_ANYWHERE": "not set", "A=env:EMPTY_ENV": "empty", "A=file:" + file + ".missing": "no such file", "A=file:": "needs a path"} {
+		if _, _, err := ParseSecret(spec); err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("ParseSecret(%q) = %v, want an error saying %q", spec, err, why)
+		}
+	}
+}
