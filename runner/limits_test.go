@@ -71,3 +71,16 @@ func TestLimitsEndTheJob(t *testing.T) {
 		t.Errorf("job within its limits: %+v\n%s", fin, readLog(t, s, fin.Log))
 	}
 }
+
+// BenchmarkUsageOf measures one look at a process group's usage: a scan of
+// /proc, done every limitPoll for each step under limits.
+//
+//	go test -run '^$' -bench UsageOf ./runner
+func BenchmarkUsageOf(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("Linux only")
+	}
+	for b.Loop() {
+		_ = usageOf(1)
+	}
+}

@@ -10,8 +10,10 @@
 // into a workspace owned by the slot and moved from commit to commit (the
 // workspace's .git holds HEAD and index, objects come from the cache, and the git
 // CLI finds them through objects/info/alternates). It runs the steps with
-// `sh -c` in their own process group, under a timeout that kills the whole
-// group, streams the output live, keeps up to LogLimit bytes, stores the log in
+// `sh -c` in their own process group, from a clean environment (nothing of the
+// runner's own but PATH, the locale and Config.PassEnv, plus the job's env and
+// the secrets it names, which are masked in its output), under a timeout and
+// optional resource limits that kill the whole group, streams the output live, keeps up to LogLimit bytes, stores the log in
 // the jetci-logs object store, and publishes the result. It acknowledges the job
 // only after JetStream stored the result (kept in an on-disk outbox until then);
 // until the ack, in-progress acks and the runner's lease keep the job from going
