@@ -16,6 +16,7 @@ const maskText = "***"
 // ordinary output is not delayed.
 type masker struct {
 	values [][]byte // longest first, so the longest match wins
+	first  [256]bool // the first bytes of the values
 	held   []byte
 }
 
@@ -45,6 +46,7 @@ func newMasker(values []string) *masker {
 	m := &masker{}
 	for _, v := range vals {
 		m.values = append(m.values, []byte(v))
+		m.first[v[0]] = true
 	}
 	return m
 }
@@ -80,29 +82,54 @@ func (m *masker) String(s string) string {
 	return string(out)
 }
 
-// scan masks buf. Unless final, it stops where the rest of buf is a proper
-// prefix of a value and returns that rest to hold back.
+// scan masks buf: at each place the longest value that starts there is
+// replaced. Unless final, it stops where the rest of buf is a proper prefix of
+// a value and returns that rest to hold back.
 func (m *masker) scan(buf []byte, final bool) (out, rest []byte) {
 	out = make([]byte, 0, len(buf))
-	i := 0
-outer:
-	for i < len(buf) {
-		c := buf[i]
-		for _, v := range m.values {
-			if v[0] != c {
-				continue
+	next := make([]int, len(m.values)) // where each value next occurs, from pos; -1: nowhere
+	for k, v := range m.values {
+		next[k] = bytes.Index(buf, v)
+	}
+	tail := len(buf) - len(m.values[0]) + 1 // only from here can the rest be a value's beginning
+	for pos := 0; ; {
+		at, n := len(buf), 0 // the next match and its length
+		for k, v := range m.values {
+			if next[k] >= 0 && next[k] < pos {
+				if next[k] = bytes.Index(buf[pos:], v); next[k] >= 0 {
+					next[k] += pos
+				}
 			}
-			if bytes.HasPrefix(buf[i:], v) {
-				out = append(out, maskText...)
-				i += len(v)
-				continue outer
-			}
-			if !final && len(buf)-i < len(v) && bytes.HasPrefix(v, buf[i:]) {
-				return out, buf[i:]
+			if next[k] >= 0 && (next[k] < at || next[k] == at && len(v) > n) {
+				at, n = next[k], len(v)
 			}
 		}
-		out = append(out, c)
-		i++
+		if !final {
+			for i := max(pos, tail); i <= at && i < len(buf); i++ {
+				if m.couldStart(buf[i:]) {
+					return append(out, buf[pos:i]...), buf[i:]
+				}
+			}
+		}
+		out = append(out, buf[pos:at]...)
+		if n == 0 {
+			return out, nil
+		}
+		out = append(out, maskText...)
+		pos = at + n
 	}
-	return out, nil
+}
+
+// couldStart reports whether b is a proper prefix of a value: the next write
+// could complete it.
+func (m *masker) couldStart(b []byte) bool {
+	if !m.first[b[0]] {
+		return false
+	}
+	for _, v := range m.values {
+		if len(b) < len(v) && bytes.HasPrefix(v, b) {
+			return true
+		}
+	}
+	return false
 }
