@@ -15,7 +15,7 @@ const maskText = "***"
 // whether it is one. Only a tail that matches a value's beginning is held, so
 // ordinary output is not delayed.
 type masker struct {
-	values [][]byte // longest first, so the longest match wins
+	values [][]byte  // longest first, so the longest match wins
 	first  [256]bool // the first bytes of the values
 	held   []byte
 }
