@@ -139,3 +139,14 @@ func TestActionsArePostOnlyAndCrossSiteSafe(t *testing.T) {
 		t.Errorf("form post with a forged CSRF field = %d, want 403", resp.StatusCode)
 	}
 }
+
+func TestEqual(t *testing.T) {
+	for _, tt := range []struct {
+		x, y string
+		want bool
+	}{{"token", "token", true}, {"token", "tokeN", false}, {"token", "token ", false}, {"", "", true}, {"", "x", false}} {
+		if got := equal(tt.x, tt.y); got != tt.want {
+			t.Errorf("equal(%q, %q) = %v", tt.x, tt.y, got)
+		}
+	}
+}
