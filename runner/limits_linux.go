@@ -105,12 +105,16 @@ func userThreads() int {
 
 // capForks sets RLIMIT_NPROC of the step's shell (and so of all it starts) to
 // what this user runs now plus generous headroom: a fork bomb stops there even
-// between two looks of the watcher, which enforces the limit itself. It has no
-// effect for root.
+// between two looks of the watcher, which enforces the limit itself. The
+// kernel does not apply it to root.
 func capForks(pid int, l events.Limits) {
-	if l.Processes <= 0 || os.Getuid() == 0 {
+	if l.Processes <= 0 {
 		return
 	}
 	n := uint64(userThreads() + 8*l.Processes + 64)
+	var old unix.Rlimit
+	if unix.Prlimit(pid, unix.RLIMIT_NPROC, nil, &old) == nil && old.Max < n {
+		n = old.Max // an unprivileged process cannot raise its hard limit
+	}
 	_ = unix.Prlimit(pid, unix.RLIMIT_NPROC, &unix.Rlimit{Cur: n, Max: n}, nil)
 }
