@@ -65,11 +65,24 @@ func (r *Runner) jobDirs(slot int, repo string) (home, tmp string, err error) {
 func (r *Runner) secretsFor(job *events.JobQueued) (map[string]string, error) {
 	vals := make(map[string]string, len(job.Secrets))
 	for _, name := range job.Secrets {
-		v, ok := r.cfg.Secrets[name]
-		if !ok {
+		var scopes []string
+		for _, s := range r.cfg.Secrets {
+			if s.Name != name {
+				continue
+			}
+			if s.For(job.Repo, job.Branch) {
+				vals[name] = s.Value
+				break
+			}
+			scopes = append(scopes, s.Scope())
+		}
+		switch _, ok := vals[name]; {
+		case ok:
+		case len(scopes) > 0:
+			return nil, fmt.Errorf("secret %s is not given to repo %s, branch %s on runner %s (only to %s)", name, job.Repo, job.Branch, r.cfg.ID, strings.Join(scopes, "; "))
+		default:
 			return nil, fmt.Errorf("secret %s is not configured on runner %s (start it with --secret %s=env:VAR or =file:PATH)", name, r.cfg.ID, name)
 		}
-		vals[name] = v
 	}
 	return vals, nil
 }

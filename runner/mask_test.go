@@ -115,15 +115,43 @@ func TestParseSecret(t *testing.T) {
 	if err := os.WriteFile(file, []byte("file-value\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for spec, want := range map[string]string{"A=env:FROM_ENV": "A=env-value", "B_2=file:" + file: "B_2=file-value"} {
-		if n, v, err := ParseSecret(spec); err != nil || n+"="+v != want {
-			t.Errorf("ParseSecret(%q) = %q, %q, %v; want %q", spec, n, v, err, want)
+	for spec, want := range map[string]Secret{
+		"A=env:FROM_ENV":                {Name: "A", Value: "env-value"},
+		"B_2=file:" + file:              {Name: "B_2", Value: "file-value"},
+		"C@proj=env:FROM_ENV":           {Name: "C", Value: "env-value", Repo: "proj"},
+		"C@proj:release/*=env:FROM_ENV": {Name: "C", Value: "env-value", Repo: "proj", Branch: "release/*"},
+		"C@*:main=env:FROM_ENV":         {Name: "C", Value: "env-value", Repo: "*", Branch: "main"},
+	} {
+		if got, err := ParseSecret(spec); err != nil || got != want {
+			t.Errorf("ParseSecret(%q) = %+v, %v; want %+v", spec, got, err, want)
 		}
 	}
-	for spec, why := range map[string]string{"A=plain": "never from the command line", "A": "NAME=env:VAR", "1A=env:X": "NAME=env:VAR",
-		"A=env:NOT_SET_ANYWHERE": "not set", "A=env:EMPTY_ENV": "empty", "A=file:" + file + ".missing": "no such file", "A=file:": "needs a path"} {
-		if _, _, err := ParseSecret(spec); err == nil || !strings.Contains(err.Error(), why) {
+	for spec, why := range map[string]string{"A=plain": "never from the command line", "A": "NAME[@REPO", "1A=env:X": "NAME[@REPO",
+		"A=env:NOT_SET_ANYWHERE": "not set", "A=env:EMPTY_ENV": "empty", "A=file:" + file + ".missing": "no such file", "A=file:": "needs a path",
+		"A@=env:FROM_ENV": "no repo after @", "A@p:[=env:FROM_ENV": "branch pattern"} {
+		if _, err := ParseSecret(spec); err == nil || !strings.Contains(err.Error(), why) {
 			t.Errorf("ParseSecret(%q) = %v, want an error saying %q", spec, err, why)
+		}
+	}
+}
+
+func TestSecretScope(t *testing.T) {
+	for _, tt := range []struct {
+		s            Secret
+		repo, branch string
+		want         bool
+	}{
+		{Secret{}, "proj", "main", true},
+		{Secret{Repo: "*"}, "proj", "x", true},
+		{Secret{Repo: "proj"}, "proj", "feature/x", true},
+		{Secret{Repo: "proj"}, "other", "main", false},
+		{Secret{Repo: "proj", Branch: "main"}, "proj", "main", true},
+		{Secret{Repo: "proj", Branch: "main"}, "proj", "main2", false},
+		{Secret{Repo: "proj", Branch: "release/*"}, "proj", "release/1.2", true},
+		{Secret{Repo: "proj", Branch: "release/*"}, "proj", "release/1/hack", false},
+	} {
+		if got := tt.s.For(tt.repo, tt.branch); got != tt.want {
+			t.Errorf("%+v.For(%s, %s) = %v", tt.s, tt.repo, tt.branch, got)
 		}
 	}
 }

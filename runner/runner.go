@@ -56,9 +56,10 @@ type Config struct {
 	Grace         time.Duration    // on stop, how long running jobs may go on before they are killed and handed back
 	Metrics       *metrics.Metrics // nil: none
 	// Secrets are the values jobs ask for by name (secrets: in the pipeline
-	// file). A job gets only those it names, and their values are masked in
+	// file). A job gets only those it names and its repo and branch may have
+	// (the first in the list that matches), and their values are masked in
 	// its log. They stay on this machine: nothing puts them on the bus.
-	Secrets map[string]string
+	Secrets []Secret
 	// PassEnv names variables of the runner's environment that steps get
 	// (NAME, or PREFIX* for every name that starts so). Nothing else of the
 	// runner's environment reaches a step besides PATH, LANG, LC_*, TZ,
@@ -111,9 +112,9 @@ func (c Config) Validate() error {
 	case c.Limits.CPUMs < 0 || c.Limits.MemoryBytes < 0 || c.Limits.Processes < 0:
 		return fmt.Errorf("runner: Limits %+v: want 0 (none) or more", c.Limits)
 	}
-	for name := range c.Secrets {
-		if !envNameRE.MatchString(name) {
-			return fmt.Errorf("runner: Secrets: %q is not a variable name", name)
+	for _, s := range c.Secrets {
+		if err := s.validate(); err != nil {
+			return fmt.Errorf("runner: Secrets: %w", err)
 		}
 	}
 	for _, p := range c.PassEnv {

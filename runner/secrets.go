@@ -4,42 +4,97 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"strings"
 )
 
-// ParseSecret reads a --secret flag: NAME=env:VAR takes the value of the
-// runner's variable VAR, NAME=file:PATH the content of a file (one trailing
-// newline dropped). The value is read now, once; an empty one is an error.
-func ParseSecret(spec string) (name, value string, err error) {
-	name, src, ok := strings.Cut(spec, "=")
+// Secret is a value jobs may ask for by name (secrets: in the pipeline file).
+// Only the jobs of the repos and branches its scope matches get it: a pipeline
+// file names a secret, but any branch of any repo can name any secret.
+type Secret struct {
+	Name, Value string
+	Repo        string // "" or "*": every repo
+	Branch      string // a path.Match pattern; "": every branch
+}
+
+// For reports whether a job of repo and branch may have the secret.
+func (s Secret) For(repo, branch string) bool {
+	if s.Repo != "" && s.Repo != "*" && s.Repo != repo {
+		return false
+	}
+	if s.Branch == "" {
+		return true
+	}
+	ok, _ := path.Match(s.Branch, branch)
+	return ok
+}
+
+// Scope says to whom the secret is given, for messages.
+func (s Secret) Scope() string {
+	switch {
+	case (s.Repo == "" || s.Repo == "*") && s.Branch == "":
+		return "every repo"
+	case s.Branch == "":
+		return "repo " + s.Repo
+	}
+	return fmt.Sprintf("repo %s, branches %s", s.Repo, s.Branch)
+}
+
+func (s Secret) validate() error {
+	if !envNameRE.MatchString(s.Name) {
+		return fmt.Errorf("%q is not a variable name", s.Name)
+	}
+	if _, err := path.Match(s.Branch, ""); err != nil {
+		return fmt.Errorf("secret %s: branch pattern %q: %w", s.Name, s.Branch, err)
+	}
+	if s.Value == "" {
+		return errors.New("secret " + s.Name + ": the value is empty")
+	}
+	return nil
+}
+
+// ParseSecret reads a --secret flag, NAME[@REPO[:BRANCH_PATTERN]]=SOURCE.
+// SOURCE is env:VAR, the value of the runner's variable VAR, or file:PATH, the
+// content of a file (one trailing newline dropped); the value is read now,
+// once. Without @REPO every repo's jobs may have it.
+func ParseSecret(spec string) (Secret, error) {
+	key, src, ok := strings.Cut(spec, "=")
+	name, scope, scoped := strings.Cut(key, "@")
 	if !ok || !envNameRE.MatchString(name) {
-		return "", "", fmt.Errorf("secret %q: want NAME=env:VAR or NAME=file:PATH", spec)
+		return Secret{}, fmt.Errorf("secret %q: want NAME[@REPO[:BRANCH]]=env:VAR or =file:PATH", spec)
+	}
+	s := Secret{Name: name}
+	if scoped {
+		s.Repo, s.Branch, _ = strings.Cut(scope, ":")
+		if s.Repo == "" {
+			return Secret{}, fmt.Errorf("secret %q: no repo after @ (use * for every repo)", spec)
+		}
 	}
 	kind, where, _ := strings.Cut(src, ":")
 	switch kind {
 	case "env":
 		if !envNameRE.MatchString(where) {
-			return "", "", fmt.Errorf("secret %s: %q is not a variable name", name, where)
+			return Secret{}, fmt.Errorf("secret %s: %q is not a variable name", name, where)
 		}
 		v, ok := os.LookupEnv(where)
 		if !ok {
-			return "", "", fmt.Errorf("secret %s: $%s is not set", name, where)
+			return Secret{}, fmt.Errorf("secret %s: $%s is not set", name, where)
 		}
-		value = v
+		s.Value = v
 	case "file":
 		if where == "" {
-			return "", "", fmt.Errorf("secret %s: file: needs a path", name)
+			return Secret{}, fmt.Errorf("secret %s: file: needs a path", name)
 		}
 		b, err := os.ReadFile(where)
 		if err != nil {
-			return "", "", fmt.Errorf("secret %s: %w", name, err)
+			return Secret{}, fmt.Errorf("secret %s: %w", name, err)
 		}
-		value = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		s.Value = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	default:
-		return "", "", fmt.Errorf("secret %s: %q: the value comes from env:VAR or file:PATH, never from the command line", name, src)
+		return Secret{}, fmt.Errorf("secret %s: %q: the value comes from env:VAR or file:PATH, never from the command line", name, src)
 	}
-	if value == "" {
-		return "", "", errors.New("secret " + name + ": the value is empty")
+	if err := s.validate(); err != nil {
+		return Secret{}, err
 	}
-	return name, value, nil
+	return s, nil
 }

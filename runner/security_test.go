@@ -75,7 +75,8 @@ func TestStepEnvironmentIsCleanAndSecretsMasked(t *testing.T) {
 	repo := newGitRepo(t)
 	c := repo.Commit("change", map[string]string{"a": "a"})
 	r, _ := startRunner(t, s, func(c *Config) {
-		c.Secrets = map[string]string{"DEPLOY_TOKEN": secret, "OTHER_SECRET": "not-for-this-job"}
+		c.Secrets = []Secret{{Name: "DEPLOY_TOKEN", Value: "for-another-repo", Repo: "other"}, {Name: "DEPLOY_TOKEN", Value: secret, Repo: "proj", Branch: "ma*"},
+			{Name: "OTHER_SECRET", Value: "not-for-this-job"}}
 		c.PassEnv = []string{"PASSED_VAR", "GOPASS_*"}
 	})
 	jobID := events.JobID("proj", "main", c, "j"+strconv.Itoa(jobN+1), "amd64")
@@ -103,7 +104,7 @@ func TestStepEnvironmentIsCleanAndSecretsMasked(t *testing.T) {
 			env[k] = v
 		}
 	}
-	for _, bad := range []string{"planted", "/planted/", "not-for-this-job", secret} {
+	for _, bad := range []string{"planted", "/planted/", "not-for-this-job", "for-another-repo", secret} {
 		if strings.Contains(log, bad) {
 			t.Errorf("the log shows %q:\n%s", bad, log)
 		}
@@ -184,5 +185,26 @@ func TestJobDirs(t *testing.T) {
 	j2 := enqueueJob(t, s, repo, c, nil, `test -e "$HOME/kept"`, `test ! -e "$TMPDIR/gone"`, "test ! -e kept && test ! -e gone")
 	if fin := res.wait(t, j2.JobID); fin.Status != events.StatusPassed {
 		t.Fatalf("job 2 %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
+}
+
+// TestSecretOnlyForItsScope: a job of a branch a secret is not given to does
+// not run, and its error says to whom the secret is given.
+func TestSecretOnlyForItsScope(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.Commit("change", map[string]string{"a": "a"})
+	startRunner(t, s, func(c *Config) {
+		c.Secrets = []Secret{{Name: "DEPLOY_TOKEN", Value: "release-only-value", Repo: "proj", Branch: "release/*"}}
+	})
+	j := enqueueJob(t, s, repo, c, func(j *events.JobQueued) { j.Secrets = []string{"DEPLOY_TOKEN"} }, "echo $DEPLOY_TOKEN")
+	fin := res.wait(t, j.JobID)
+	if fin.Status != events.StatusError || !strings.Contains(fin.Error, "secret DEPLOY_TOKEN is not given to repo proj, branch main") ||
+		!strings.Contains(fin.Error, "only to repo proj, branches release/*") {
+		t.Fatalf("result %+v", fin)
+	}
+	if log := readLog(t, s, fin.Log); strings.Contains(log, "release-only-value") || strings.Contains(log, "$ echo") {
+		t.Fatalf("the step ran:\n%s", log)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // them to a runner config (reading the secrets' values).
 func jobFlags(fs *flag.FlagSet) func(*runner.Config) error {
 	var secrets, passEnv listFlag
-	fs.Var(&secrets, "secret", "a secret jobs may ask for (secrets: in the pipeline file): NAME=env:VAR or NAME=file:PATH; masked as *** in logs (repeat for more)")
+	fs.Var(&secrets, "secret", "a secret jobs may ask for (secrets: in the pipeline file): NAME[@REPO[:BRANCH_PATTERN]]=env:VAR or =file:PATH; only that repo's (and branch's) jobs get it; masked as *** in logs (repeat for more)")
 	fs.Var(&passEnv, "pass-env", "variables of this process's environment that steps get, comma-separated; PREFIX* for a prefix (steps get no other but PATH, LANG, LC_*, TZ, USER, LOGNAME)")
 	cpu := fs.Duration("limit-cpu", 0, "CPU time each job may use, all steps together (e.g. 10m; 0: none; Linux)")
 	var memory sizeFlag
@@ -22,17 +22,16 @@ func jobFlags(fs *flag.FlagSet) func(*runner.Config) error {
 	procs := fs.Int("limit-processes", 0, "processes each job may run at once (0: none; Linux)")
 	return func(c *runner.Config) error {
 		for _, spec := range secrets {
-			name, value, err := runner.ParseSecret(spec)
+			s, err := runner.ParseSecret(spec)
 			if err != nil {
 				return fmt.Errorf("--secret: %w", err)
 			}
-			if c.Secrets == nil {
-				c.Secrets = map[string]string{}
+			for _, o := range c.Secrets {
+				if o.Name == s.Name && o.Repo == s.Repo && o.Branch == s.Branch {
+					return fmt.Errorf("--secret: %s for %s is given twice", s.Name, s.Scope())
+				}
 			}
-			if _, dup := c.Secrets[name]; dup {
-				return fmt.Errorf("--secret: %s is given twice", name)
-			}
-			c.Secrets[name] = value
+			c.Secrets = append(c.Secrets, s)
 		}
 		c.PassEnv = splitList(passEnv)
 		for _, p := range c.PassEnv {

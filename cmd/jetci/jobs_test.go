@@ -41,7 +41,7 @@ func TestUpJobSecretsEnvironmentAndLimits(t *testing.T) {
     limits: {memory: 32MiB, processes: 50}
 `
 	c := repo.Commit("deploy", map[string]string{".jetci.yml": pipeline})
-	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--secret", "DEPLOY_TOKEN=file:" + file, "--pass-env", "GOFLAGS_FOR_JOBS"}, repo.Dir)
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--secret", "DEPLOY_TOKEN@proj:main=file:" + file, "--pass-env", "GOFLAGS_FOR_JOBS"}, repo.Dir)
 	read := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
 	var recs []reporter.Record
 	brokertest.CheckFor(t, time.Minute, 50*time.Millisecond, func() error {
