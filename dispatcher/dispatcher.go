@@ -197,7 +197,7 @@ func (d *Dispatcher) expandJob(jobs []*events.JobQueued, ev *events.CommitDetect
 			JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
 			Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
 			Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
-			Reports: j.Reports, Retry: j.Retry,
+			Reports: j.Reports, Retry: j.Retry, Secrets: j.Secrets, Limits: limitsOf(j.Limits),
 		})
 	}
 	return jobs

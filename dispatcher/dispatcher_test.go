@@ -108,7 +108,8 @@ func TestExpandCarriesTheCommit(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	d.now = func() time.Time { return now }
-	ev := commit("jobs:\n  build:\n    steps: [make, make check]\n    arch: [arm64]\n    env: {A: 1}\n    artifacts: [out/*]\n    timeout: 90s\n")
+	ev := commit("jobs:\n  build:\n    steps: [make, make check]\n    arch: [arm64]\n    env: {A: 1}\n    artifacts: [out/*]\n    timeout: 90s\n" +
+		"    secrets: [TOKEN]\n    limits: {memory: 1GiB, processes: 9}\n")
 	ev.Class, ev.TriggerID = events.ClassUser, "trig1"
 	jobs, fail := d.Expand(ev)
 	if fail != nil || len(jobs) != 1 {
@@ -120,6 +121,7 @@ func TestExpandCarriesTheCommit(t *testing.T) {
 		RepoURL: "/src/proj", Pool: "default", Class: events.ClassUser, Steps: []string{"make", "make check"},
 		Env: map[string]string{"A": "1"}, TimeoutMs: 90_000, Artifacts: []string{"out/*"}, Author: ev.Author,
 		Subject: "change", TriggerID: "trig1", QueuedAt: now,
+		Secrets: []string{"TOKEN"}, Limits: &events.Limits{MemoryBytes: 1 << 30, Processes: 9},
 	}
 	if !reflect.DeepEqual(jobs[0], want) {
 		t.Fatalf("got  %+v\nwant %+v", jobs[0], want)
@@ -134,7 +136,7 @@ func TestExpandCarriesTheCommit(t *testing.T) {
 			Commit: "c0ffee00", Job: "pipeline", Arch: "any"},
 		Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1, FinishedAt: now, Author: ev.Author, Subject: "change",
 		Class: events.ClassFirst,
-		Error: ".jetci.yml:3: unknown field \"stesp\" in job \"build\" (want steps, arch, pool, timeout, env, artifacts, reports, retry)\n    3 |     stesp: x",
+		Error: ".jetci.yml:3: unknown field \"stesp\" in job \"build\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)\n    3 |     stesp: x",
 	}
 	if jobs != nil || !reflect.DeepEqual(fail, wantFail) {
 		t.Fatalf("got %v,\n %+v\nwant %+v", jobs, fail, wantFail)

@@ -31,8 +31,10 @@ type Job struct {
 	Timeout   time.Duration
 	Env       map[string]string
 	Artifacts []string
-	Reports   []string // JUnit XML globs, read for test results
-	Retry     int      // runs again after a failure (0: never)
+	Reports   []string      // JUnit XML globs, read for test results
+	Retry     int           // runs again after a failure (0: never)
+	Secrets   []string      // names of runner-side secrets put in the steps' environment
+	Limits    events.Limits // zero: the runner's limits
 }
 
 // PipelineError is a problem in a pipeline file, with the line it is on.
@@ -227,8 +229,12 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 			job.Reports, err = p.strings(vn, "reports of "+where)
 		case "retry":
 			job.Retry, err = p.retry(vn, where)
+		case "secrets":
+			job.Secrets, err = p.secrets(vn, where)
+		case "limits":
+			job.Limits, err = p.limits(vn, where)
 		default:
-			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, reports, retry)", key, name)
+			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)", key, name)
 		}
 		return err
 	})
@@ -237,6 +243,11 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 	}
 	if job.Steps == nil {
 		return Job{}, p.errNode(k, "job %q has no steps", name)
+	}
+	for _, s := range job.Secrets {
+		if _, ok := job.Env[s]; ok {
+			return Job{}, p.errNode(k, "job %q: %s is both in env and in secrets", name, s)
+		}
 	}
 	return job, nil
 }

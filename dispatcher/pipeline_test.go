@@ -28,6 +28,10 @@ jobs:
     env: {GOFLAGS: -mod=mod, N: 3, ON: true, EMPTY: }
     artifacts: ["bin/*"]
     pool: big
+  deploy:
+    steps: ./deploy.sh
+    secrets: [DEPLOY_TOKEN, NPM_TOKEN]
+    limits: {cpu: 10m, memory: 2GiB, processes: 256}
 `
 	pl, err := ParsePipeline(".jetci.yml", []byte(src))
 	if err != nil {
@@ -37,6 +41,8 @@ jobs:
 		{Name: "lint", Steps: []string{"go vet ./..."}, Arch: []string{"amd64", "arm64"}, Pool: "default"},
 		{Name: "test", Steps: []string{"go build ./...", "go test ./..."}, Arch: []string{"amd64"}, Pool: "big",
 			Timeout: 10 * time.Minute, Env: map[string]string{"GOFLAGS": "-mod=mod", "N": "3", "ON": "true", "EMPTY": ""}, Artifacts: []string{"bin/*"}},
+		{Name: "deploy", Steps: []string{"./deploy.sh"}, Arch: []string{"amd64", "arm64"}, Pool: "default",
+			Secrets: []string{"DEPLOY_TOKEN", "NPM_TOKEN"}, Limits: events.Limits{CPUMs: 600000, MemoryBytes: 2 << 30, Processes: 256}},
 	}
 	if !reflect.DeepEqual(pl.Jobs, want) {
 		t.Fatalf("got %+v\nwant %+v", pl.Jobs, want)
@@ -96,6 +102,17 @@ func TestParsePipelineBad(t *testing.T) {
 		{"zero timeout", "jobs:\n  t:\n    steps: x\n    timeout: 0s\n", 4, "out of range"},
 		{"artifacts a map", "jobs:\n  t:\n    steps: x\n    artifacts: {a: b}\n", 4, "artifacts"},
 		{"empty top arch", "arch: []\njobs:\n  t:\n    steps: x\n", 1, "the list is empty"},
+		{"secret with a value", "jobs:\n  t:\n    steps: x\n    secrets: {TOKEN: abc}\n", 4, "names only"},
+		{"bad secret name", "jobs:\n  t:\n    steps: x\n    secrets: [A-B]\n", 4, "not a valid variable"},
+		{"secret twice", "jobs:\n  t:\n    steps: x\n    secrets:\n      - A\n      - A\n", 6, "listed twice"},
+		{"jetci secret", "jobs:\n  t:\n    steps: x\n    secrets: JETCI_COMMIT\n", 4, "set by jetci"},
+		{"secret also in env", "jobs:\n  t:\n    steps: x\n    env: {A: 1}\n    secrets: [A]\n", 2, "both in env and in secrets"},
+		{"limits a list", "jobs:\n  t:\n    steps: x\n    limits: [1]\n", 4, "want a mapping"},
+		{"unknown limit", "jobs:\n  t:\n    steps: x\n    limits: {disk: 1G}\n", 4, `unknown field "disk" in limits`},
+		{"bad cpu", "jobs:\n  t:\n    steps: x\n    limits: {cpu: lots}\n", 4, "cpu \"lots\""},
+		{"tiny memory", "jobs:\n  t:\n    steps: x\n    limits: {memory: 10K}\n", 4, "at least 1MiB"},
+		{"zero processes", "jobs:\n  t:\n    steps: x\n    limits:\n      processes: 0\n", 5, "processes \"0\""},
+		{"null limit", "jobs:\n  t:\n    steps: x\n    limits: {cpu: }\n", 4, "wants a value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +163,7 @@ func TestParsePipelineSyntaxErrorLines(t *testing.T) {
 
 func TestPipelineErrorQuotesTheLine(t *testing.T) {
 	_, err := ParsePipeline(".jetci.yml", []byte("jobs:\n  test:\n    stesp: [true]\n"))
-	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts, reports, retry)\n    3 |     stesp: [true]"
+	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)\n    3 |     stesp: [true]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)
 	}
@@ -179,6 +196,8 @@ func FuzzParsePipeline(f *testing.F) {
 		"module_jobs: {t: {steps: \"make -C ${module_dir}\"}}\nmodules:\n  a: {paths: [a/**], depends: [b]}\n  b: {paths: [\"b/*.go\", b], dir: b}\n",
 		"modules:\n  a: {paths: a, depends: [b], jobs: {t: {steps: x}}}\n  b: {paths: b, depends: a, jobs: {t: {steps: x}}}\n",
 		"module_jobs: {t: {steps: x}}\nmodules:\n  a: {paths: [\"**/*.proto\", \"x/[\"]}\njobs: {u: {steps: y}}\n",
+		"jobs:\n  t:\n    steps: x\n    secrets: [A, B]\n    limits: {cpu: 1m, memory: 64MiB, processes: 8}\n",
+		"jobs:\n  t:\n    steps: x\n    secrets: A\n    env: {A: 1}\n    limits: {memory: 99999999999T}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -208,6 +227,14 @@ func FuzzParsePipeline(f *testing.F) {
 				if events.ValidName("arch", a) != nil {
 					t.Fatalf("invalid arch %q accepted", a)
 				}
+			}
+			for _, s := range j.Secrets {
+				if _, inEnv := j.Env[s]; inEnv || !envNameRE.MatchString(s) {
+					t.Fatalf("job %q: secret %q accepted", j.Name, s)
+				}
+			}
+			if l := j.Limits; l.CPUMs < 0 || l.MemoryBytes < 0 || l.Processes < 0 {
+				t.Fatalf("job %q: limits %+v", j.Name, l)
 			}
 		}
 	})

@@ -177,6 +177,12 @@ type JobQueued struct {
 	// pipeline's retry:; 0: never). A pass on a retry is recorded as passed
 	// with Flaky set.
 	Retry int `json:"retry,omitempty"`
+	// Secrets names the runner-side secrets the job's steps get in their
+	// environment; the values never travel on the bus.
+	Secrets []string `json:"secrets,omitempty"`
+	// Limits bounds the job's CPU time, memory and processes; nil: the
+	// runner's own limits, if any.
+	Limits *Limits `json:"limits,omitempty"`
 }
 
 // JobStarted says a runner began an attempt of a job.

@@ -52,9 +52,17 @@ func ParseToken(tok string) (string, error) {
 	if strings.HasPrefix(tok, "=") {
 		return "", fmt.Errorf("token %q is a hash of a long name", tok)
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if tok == "" || len(tok) > MaxTokenLen {
+		return "", fmt.Errorf("token %q: empty or longer than %d bytes", tok, MaxTokenLen)
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(tok)
 	if err != nil {
 		return "", fmt.Errorf("token %q: %w", tok, err)
+	}
+	// The decoder skips newlines, and a token with unused bits set decodes
+	// to the name of another: only the token Token makes stands for a name.
+	if Token(string(b)) != tok {
+		return "", fmt.Errorf("token %q: not as Token writes it", tok)
 	}
 	return string(b), nil
 }

@@ -116,3 +116,21 @@ func TestJobIDIsStableAndDistinct(t *testing.T) {
 		t.Fatal("JobID ignores field boundaries")
 	}
 }
+
+// FuzzParseToken decodes arbitrary subject tokens (a subject comes from the
+// bus): no panic, and a token that decodes is the one Token makes for its
+// name, so two tokens never stand for one name.
+func FuzzParseToken(f *testing.F) {
+	for _, s := range []string{Token("main"), Token("fix/ünï"), "=abc", "", "AB", "AC", "a.b", "bWFpbg", "bWFpbh", "!!"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tok string) {
+		name, err := ParseToken(tok)
+		if err != nil {
+			return
+		}
+		if back := Token(name); back != tok {
+			t.Fatalf("ParseToken(%q) = %q, whose token is %q", tok, name, back)
+		}
+	})
+}

@@ -31,7 +31,13 @@ func (a auth) derive(purpose string) string {
 
 func (a auth) csrf() string { return a.derive("csrf") }
 
-func equal(x, y string) bool { return subtle.ConstantTimeCompare([]byte(x), []byte(y)) == 1 }
+// equal compares two secrets in constant time. Both are hashed first, so the
+// time does not depend on their lengths either (ConstantTimeCompare returns
+// at once when the lengths differ).
+func equal(x, y string) bool {
+	hx, hy := sha256.Sum256([]byte(x)), sha256.Sum256([]byte(y))
+	return subtle.ConstantTimeCompare(hx[:], hy[:]) == 1
+}
 
 // bearer reports whether the request carries the token itself.
 func (a auth) bearer(req *http.Request) bool {

@@ -11,8 +11,11 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -102,7 +105,7 @@ func hookRepoNames(body []byte) ([]string, error) {
 	}
 	var out []string
 	for _, n := range []string{p.Repository.Name, path.Base(p.Repository.FullName), path.Base(p.Project.PathWithNamespace), p.Project.Name} {
-		if n != "" && n != "." && n != "/" && !strings.Contains(strings.Join(out, "\x00"), n) {
+		if hookRepoName(n) && !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
@@ -110,6 +113,13 @@ func hookRepoNames(body []byte) ([]string, error) {
 		return nil, errors.New("the payload names no repository")
 	}
 	return out, nil
+}
+
+// hookRepoName reports whether a name from a payload can name a repo: not
+// empty, no path (/, . or ..), printable UTF-8, and of a sane length.
+func hookRepoName(n string) bool {
+	return n != "" && n != "." && n != ".." && len(n) <= 255 && !strings.Contains(n, "/") && utf8.ValidString(n) &&
+		!strings.ContainsFunc(n, unicode.IsControl)
 }
 
 // apiHook takes push hooks from GitHub, Gitea and GitLab and has the

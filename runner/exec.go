@@ -20,8 +20,10 @@ var drainWait = 2 * time.Second
 
 // runStep runs one step with `sh -c` in its own process group and returns its
 // exit code. On timeout or cancellation the whole group is killed; after the step
-// exits, whatever it left running in its group is killed too.
-func runStep(ctx context.Context, dir string, env []string, step string, out io.Writer, deadline time.Time) (int, error) {
+// exits, whatever it left running in its group is killed too. Under limits
+// (lim not nil, set) the group is measured while it runs and killed when the
+// job goes over one; the error is then a *limitError.
+func runStep(ctx context.Context, dir string, env []string, step string, out io.Writer, deadline time.Time, lim *jobLimits) (int, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return -1, err
@@ -45,6 +47,12 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var overLimit <-chan *limitError
+	stopWatch := make(chan struct{})
+	if lim != nil && !lim.IsZero() && limitsEnforced {
+		capForks(cmd.Process.Pid, lim.Limits)
+		overLimit = lim.watch(cmd.Process.Pid, kill, stopWatch)
+	}
 
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
@@ -61,6 +69,15 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 		waitErr = <-exited
 	}
 	kill() // background children of the step
+	close(stopWatch)
+	if overLimit != nil {
+		if e := <-overLimit; e != nil && why == nil {
+			why = e
+		}
+	}
+	if lim != nil && cmd.ProcessState != nil {
+		lim.cpuUsed += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	select {
 	case <-copied:
 	case <-time.After(drainWait):
@@ -70,18 +87,19 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 	}
 	pr.Close()
 	<-copied // the read fails at once on a closed pipe; no late write into the log
-	if why != nil {
+	var over *limitError
+	if why != nil && !errors.As(why, &over) {
 		return -1, why
 	}
 	var ee *exec.ExitError
 	if errors.As(waitErr, &ee) {
 		if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
-			return 128 + int(st.Signal()), nil
+			return 128 + int(st.Signal()), why
 		}
-		return ee.ExitCode(), nil
+		return ee.ExitCode(), why
 	}
 	if waitErr != nil {
 		return -1, waitErr
 	}
-	return 0, nil
+	return 0, why
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -168,16 +169,35 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
 	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
+	// Secrets are masked from here on: before any step prints.
+	secrets, serr := r.secretsFor(job)
+	masked := make([]string, 0, len(secrets))
+	for _, v := range secrets {
+		masked = append(masked, v)
+	}
+	out.maskSecrets(masked)
+	var env []string
+	if serr == nil {
+		var home, tmp string
+		if home, tmp, serr = r.jobDirs(slot, job.Repo); serr == nil {
+			env = r.stepEnv(job, attempt, home, tmp, secrets)
+		}
+	}
+	lim := r.limitsFor(job, out)
 	t0 := time.Now()
-	err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
+	if serr == nil {
+		err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
+	}
 	switch {
+	case serr != nil:
+		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+serr.Error()
 	case errors.Is(err, errNoCommit):
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, err.Error()
 	case err != nil:
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
-		r.tries(ctx, job, attempt, ws, out, res, log)
+		r.tries(ctx, job, attempt, ws, env, lim, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
 		}
@@ -185,6 +205,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	if c, ok := cancelledBy(ctx); ok && res.Status != events.StatusPassed && res.Status != events.StatusFailed {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
 	}
+	res.Error = out.mask.String(res.Error)
 	if res.Error != "" {
 		out.Note("[jetci] %s", res.Error)
 	}
@@ -210,19 +231,13 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 // steps runs the job's steps in order, stopping at the first failure. Their
 // output goes to out and, when tap is set, to tap as well (the test parsers);
 // retry numbers the try (JETCI_RETRY: 0, then 1 on a retry...).
-func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint64, retry int, ws string, out *output, tap io.Writer, res *events.JobFinished) {
+func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, ws string, env []string, lim *jobLimits, out *output, tap io.Writer, res *events.JobFinished) {
 	timeout := time.Duration(job.TimeoutMs) * time.Millisecond
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	env := os.Environ()
-	for k, v := range job.Env {
-		env = append(env, k+"="+v)
-	}
-	env = append(env, "CI=true", "JETCI_REPO="+job.Repo, "JETCI_BRANCH="+job.Branch, "JETCI_COMMIT="+job.Commit,
-		"JETCI_ARCH="+job.Arch, "JETCI_JOB="+job.Job, "JETCI_MODULE="+job.Module, "JETCI_JOB_ID="+job.JobID, "JETCI_ATTEMPT="+strconv.FormatUint(attempt, 10),
-		"JETCI_RETRY="+strconv.Itoa(retry))
+	env = append(env[:len(env):len(env)], "JETCI_RETRY="+strconv.Itoa(retry))
 	var w io.Writer = out
 	if tap != nil {
 		w = tee{out, tap}
@@ -230,8 +245,12 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, attempt uint6
 	res.Status = events.StatusPassed
 	for _, step := range job.Steps {
 		out.Note("$ %s", step)
-		code, err := runStep(ctx, ws, env, step, w, deadline)
+		code, err := runStep(ctx, ws, env, step, w, deadline, lim)
+		var over *limitError
 		switch {
+		case errors.As(err, &over):
+			res.Status, res.ExitCode, res.Error = events.StatusFailed, code, over.Error()
+			return
 		case errors.Is(err, errTimeout):
 			res.Status, res.ExitCode, res.Error = events.StatusError, -1, "timeout after "+timeout.String()
 			return
@@ -301,4 +320,22 @@ func stopping(ctx context.Context) bool {
 	}
 	_, cancelled := cancelledBy(ctx)
 	return !cancelled
+}
+
+// limitsFor returns the job's limits, tightened by the runner's, and notes
+// them in the log; nil when there are none.
+func (r *Runner) limitsFor(job *events.JobQueued, out *output) *jobLimits {
+	l := r.cfg.Limits
+	if job.Limits != nil {
+		l = l.Tighter(*job.Limits)
+	}
+	if l.IsZero() {
+		return nil
+	}
+	if !limitsEnforced {
+		out.Note("[jetci] limits (%s) are not enforced on %s", l, runtime.GOOS)
+		return nil
+	}
+	out.Note("[jetci] limits: %s", l)
+	return &jobLimits{Limits: l}
 }

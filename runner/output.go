@@ -30,6 +30,7 @@ type output struct {
 	closed  bool
 	stop    chan struct{}
 	ticker  sync.WaitGroup
+	mask    *masker // nil: no secrets to mask
 }
 
 func newOutput(path string, limit int64, live func([]byte)) (*output, error) {
@@ -63,29 +64,52 @@ func (o *output) flusher() {
 	}
 }
 
+// maskSecrets has every later write and note masked: each value becomes ***
+// before it reaches the log file or the live sink.
+func (o *output) maskSecrets(values []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mask = newMasker(values)
+}
+
 func (o *output) Write(p []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	n := len(p)
 	if o.closed {
 		return 0, os.ErrClosed
 	}
+	if err := o.writeLocked(o.mask.write(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeLocked keeps what fits under the limit of p, already masked.
+func (o *output) writeLocked(p []byte) error {
+	n := len(p)
 	room := o.limit - o.written
 	if room <= 0 {
 		o.dropped += int64(n)
-		return n, nil
+		return nil
 	}
 	keep := p
 	if int64(len(keep)) > room {
 		keep = keep[:room]
 	}
 	if _, err := o.f.Write(keep); err != nil {
-		return 0, err
+		return err
 	}
 	o.written += int64(len(keep))
 	o.dropped += int64(n - len(keep))
 	o.queueLocked(keep)
-	return n, nil
+	return nil
+}
+
+// flushMaskLocked passes on the output the masker held back.
+func (o *output) flushMaskLocked() {
+	if held := o.mask.flush(); len(held) > 0 {
+		_ = o.writeLocked(held)
+	}
 }
 
 // Note writes a line of jetci's own (a step header, a timeout) into the log, even
@@ -96,7 +120,8 @@ func (o *output) Note(format string, args ...any) {
 	if o.closed {
 		return
 	}
-	line := fmt.Sprintf(format, args...) + "\n"
+	o.flushMaskLocked()
+	line := o.mask.String(fmt.Sprintf(format, args...)) + "\n"
 	if _, err := o.f.WriteString(line); err == nil {
 		o.written += int64(len(line))
 	}
@@ -163,6 +188,7 @@ func (o *output) Close() (int64, bool, error) {
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.flushMaskLocked()
 	if o.dropped > 0 {
 		line := fmt.Sprintf("\n[jetci: output truncated after %d bytes]\n[jetci] %d more bytes of output were dropped\n", o.limit, o.dropped)
 		if _, err := o.f.WriteString(line); err == nil {

@@ -24,14 +24,14 @@ const MaxRetry = 3
 // Retrying inside one delivery, rather than queueing the job again, keeps one
 // result per attempt: the broken-build flow and the notifier see only the
 // verdict after the retries, so a flake never breaks a branch.
-func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, out *output, res *events.JobFinished, log zerolog.Logger) {
+func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, env []string, lim *jobLimits, out *output, res *events.JobFinished, log zerolog.Logger) {
 	retries := min(max(job.Retry, 0), MaxRetry)
 	failedBefore := map[string]bool{}
 	var coll *testCollector
 	for try := 0; ; try++ {
 		coll = newTestCollector()
 		t0 := time.Now()
-		r.steps(ctx, job, attempt, try, ws, out, coll, res)
+		r.steps(ctx, job, try, ws, env, lim, out, coll, res)
 		coll.Flush()
 		for _, n := range readReports(ws, job.Reports, coll) {
 			out.Note("[jetci] reports: %s", n)

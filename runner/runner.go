@@ -12,8 +12,10 @@
 // CLI finds them through objects/info/alternates); a slot already on the
 // job's commit, whose tracked files the last job left as they were, only has
 // that job's new files removed. It runs the steps with
-// `sh -c` in their own process group, under a timeout that kills the whole
-// group, streams the output live, keeps up to LogLimit bytes, stores the log in
+// `sh -c` in their own process group, from a clean environment (nothing of the
+// runner's own but PATH, the locale and Config.PassEnv, plus the job's env and
+// the secrets it names, which are masked in its output), under a timeout and
+// optional resource limits that kill the whole group, streams the output live, keeps up to LogLimit bytes, stores the log in
 // the jetci-logs object store, and publishes the result. It acknowledges the job
 // only after JetStream stored the result (kept in an fsynced on-disk outbox
 // from the moment a first publish fails, so an outage or restart loses none);
@@ -64,6 +66,19 @@ type Config struct {
 	IdlePoll      time.Duration    // how often an idle slot looks for redelivered jobs
 	Grace         time.Duration    // on stop, how long running jobs may go on before they are killed and handed back
 	Metrics       *metrics.Metrics // nil: none
+	// Secrets are the values jobs ask for by name (secrets: in the pipeline
+	// file). A job gets only those it names and its repo and branch may have
+	// (the first in the list that matches), and their values are masked in
+	// its log. They stay on this machine: nothing puts them on the bus.
+	Secrets []Secret
+	// PassEnv names variables of the runner's environment that steps get
+	// (NAME, or PREFIX* for every name that starts so). Nothing else of the
+	// runner's environment reaches a step besides PATH, LANG, LC_*, TZ,
+	// USER and LOGNAME.
+	PassEnv []string
+	// Limits are every job's default and maximum resource limits: a job's
+	// own limits apply where they are tighter.
+	Limits events.Limits
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
@@ -105,6 +120,18 @@ func (c Config) Validate() error {
 		return fmt.Errorf("runner: IdlePoll %s: want more than 0", c.IdlePoll)
 	case c.Grace < 0:
 		return fmt.Errorf("runner: Grace %s: want 0 or more", c.Grace)
+	case c.Limits.CPUMs < 0 || c.Limits.MemoryBytes < 0 || c.Limits.Processes < 0:
+		return fmt.Errorf("runner: Limits %+v: want 0 (none) or more", c.Limits)
+	}
+	for _, s := range c.Secrets {
+		if err := s.validate(); err != nil {
+			return fmt.Errorf("runner: Secrets: %w", err)
+		}
+	}
+	for _, p := range c.PassEnv {
+		if err := validPassEnv(p); err != nil {
+			return fmt.Errorf("runner: PassEnv: %w", err)
+		}
 	}
 	return nil
 }
@@ -138,7 +165,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	for _, d := range []string{"cache", "slots", "logs", "outbox"} {
+	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
 		}

@@ -202,6 +202,12 @@ as you like, on any machine that reaches the NATS server; if one dies mid-job,
 the job is handed to another within seconds (its lease expires). On SIGTERM a
 runner takes no more jobs, lets running ones finish within --grace, hands back
 the rest, and exits 0.
+
+Steps start from a clean environment: none of this process's variables reach
+them but PATH, LANG, LC_*, TZ, USER, LOGNAME and the --pass-env names. A job
+gets the --secret values its pipeline file names (secrets: [NAME]), masked as
+*** in its log. --limit-* bound every job; a job's own limits: in its pipeline
+file apply where they are tighter.
 `
 
 func (m *Main) runner(ctx context.Context, args []string) error {
@@ -217,12 +223,16 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
 	artifactLimit := sizeFlag(def.ArtifactLimit)
 	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
+	jobs := jobFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
 	cfg := def
+	if err := jobs(&cfg); err != nil {
+		return err
+	}
 	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID, cfg.Grace = *arch, *pool, *slots, *work, *id, *grace
 	cfg.ArtifactLimit = int64(artifactLimit)
 	if err := cfg.Validate(); err != nil {

@@ -58,6 +58,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	notify := notifyFlags(fs)
 	gateCfg := gateFlags(fs)
 	hookSecret := hookSecretFlag(fs)
+	jobs := jobFlags(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -116,6 +117,9 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		c.ID = fmt.Sprintf("%s-%d-up%d", host, os.Getpid(), i+1)
 		c.Slots, c.Grace, c.ArtifactLimit = *slots, *grace, int64(artifactLimit)
 		c.WorkDir = filepath.Join(*data, "runners", strconv.Itoa(i+1))
+		if err := jobs(&c); err != nil {
+			return err
+		}
 		if err := c.Validate(); err != nil {
 			return err
 		}
