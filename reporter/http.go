@@ -59,6 +59,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/jobs/{id}/artifacts/{path...}", r.apiArtifact)
 	mux.HandleFunc("GET /api/v1/runners", r.apiRunners)
 	mux.HandleFunc("GET /api/v1/queue", r.apiQueue)
+	mux.HandleFunc("GET /api/v1/bisections", r.apiBisections)
 	mux.HandleFunc("GET /api/v1/results", r.apiResults)
 	mux.HandleFunc("GET /api/v1/events", r.apiEvents)
 	mux.HandleFunc("GET /api/v1/logs/{job}/{attempt}", r.apiLog)

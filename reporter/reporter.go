@@ -178,6 +178,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 		spawn(func() error { return r.notifier.RunOutbox(ctx) })
 		spawn(func() error { return r.consumeForNotifier(ctx) })
 		spawn(func() error { return r.consumeBranchStates(ctx) })
+		spawn(func() error { return r.consumeBisections(ctx) })
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
