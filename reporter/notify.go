@@ -173,9 +173,7 @@ func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 	if !r.Status.Final() || r.Status == events.StatusCancelled || !n.cfg.Enabled() {
 		return nil
 	}
-	if r.Class == events.ClassBisect {
-		return nil // a culprit search's run of an older commit says nothing new of the branch (culprit.go mails)
-	}
+
 	key := stateKey(r)
 	for {
 		var st *branchState

@@ -260,6 +260,13 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 			_ = m.Term() // the folding consumer logs it
 			return
 		}
+		if fin.Class == events.ClassBisect {
+			// A culprit search's run of an older commit says nothing new
+			// about the branch: no transition mail or webhook (the culprit
+			// mail comes from the bisection's state, culprit.go).
+			_ = m.Ack()
+			return
+		}
 		rec, _, err := r.store.Apply(ctx, fin)
 		if err == nil {
 			// Also for an unchanged record: after a crash the redelivered

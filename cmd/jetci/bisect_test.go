@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/smtptest"
+	"github.com/jetci/jetci/reporter"
+)
+
+// startRunner runs `jetci runner` in this process against url; the returned
+// func stops it and waits for it to exit.
+func startRunner(t *testing.T, url string) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, []string{"runner", "--nats", url, "--work", t.TempDir(), "--slots", "2",
+			"--log-format", "json"})
+	}()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("jetci runner exited %d:\n%s", code, logs.String())
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// untestedHistory makes commit 1 pass with a runner, then commits 2..n with
+// no runner while --coalesce supersedes each waiting first check, so that
+// only commit n runs when a runner comes back. files(i) gives commit i's
+// files. It returns the shas, 1-based, and the NATS and web URLs.
+func untestedHistory(t *testing.T, n int, pipeline string, files func(i int) map[string]string, extra ...string) ([]string, string, string) {
+	t.Helper()
+	repo := newGitRepo(t)
+	shas := []string{""}
+	f := files(1)
+	f[".jetci.yml"] = pipeline
+	shas = append(shas, repo.Commit("commit 1", f))
+	args := append([]string{"--runners", "0", "--coalesce", "proj:main", "--bisect", "proj:main"}, extra...)
+	url, web, _ := startUpHTTP(t, t.TempDir(), args, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	stop := startRunner(t, url)
+	waitStatus(t, all, shas[1], "passed")
+	stop()
+	for i := 2; i <= n; i++ {
+		shas = append(shas, repo.Commit(fmt.Sprintf("commit %d", i), files(i)))
+	}
+	brokertest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+		recs, err := all()
+		if err != nil {
+			return err
+		}
+		status := map[string]string{}
+		for _, r := range recs {
+			status[r.Commit] = string(r.Status)
+		}
+		if status[shas[n]] != "queued" {
+			return fmt.Errorf("commit %d: %q, want queued", n, status[shas[n]])
+		}
+		for i := 2; i < n; i++ {
+			if status[shas[i]] != "cancelled" {
+				return fmt.Errorf("commit %d: %q, want cancelled (superseded)", i, status[shas[i]])
+			}
+		}
+		return nil
+	})
+	startRunner(t, url)
+	return shas, url, web
+}
+
+// waitBisection polls the jetci-bisect bucket until proj main has a bisection
+// that has ended, and returns it.
+func waitBisection(t *testing.T, url string) *events.Bisection {
+	t.Helper()
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Wait: true, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var b *events.Bisection
+	brokertest.CheckFor(t, 120*time.Second, 100*time.Millisecond, func() error {
+		ctx := context.Background()
+		kv, err := js.KeyValue(ctx, events.BucketBisect)
+		if err != nil {
+			return err
+		}
+		keys, err := kv.ListKeysFiltered(ctx, "b.>")
+		if err != nil {
+			return err
+		}
+		var found []*events.Bisection
+		for k := range keys.Keys() {
+			e, err := kv.Get(ctx, k)
+			if err != nil {
+				return err
+			}
+			var x events.Bisection
+			if err := json.Unmarshal(e.Value(), &x); err != nil {
+				return err
+			}
+			found = append(found, &x)
+		}
+		if len(found) != 1 {
+			return fmt.Errorf("%d bisections, want 1", len(found))
+		}
+		b = found[0]
+		if !b.Done() {
+			return fmt.Errorf("bisection %s: %d steps so far", b.State, len(b.Steps))
+		}
+		return nil
+	})
+	return b
+}
+
+// TestBisectFindsTheCulprit is issue 9's test: a linear history of 64 commits
+// where only the first (passing) and the last (failing) were tested; commit 37
+// breaks the job. The bisection names commit 37 in at most 7 runs (log2 64 + 1;
+// the two verification re-runs are counted apart), mails its author the
+// evidence, and the API and branch page show the steps.
+func TestBisectFindsTheCulprit(t *testing.T) {
+	const n, bad = 64, 37
+	sink := smtptest.Start(t)
+	shas, url, web := untestedHistory(t, n, "jobs:\n  test:\n    steps:\n      - echo checking $JETCI_COMMIT\n      - test ! -f broken\n",
+		func(i int) map[string]string {
+			f := map[string]string{filepath.Join("f", fmt.Sprint(i)): fmt.Sprint(i)}
+			if i == bad {
+				f["broken"] = "yes"
+			}
+			return f
+		}, "--smtp", sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com", "--public-url", "https://ci.example.com")
+	b := waitBisection(t, url)
+	var steps []string
+	for _, s := range b.Steps {
+		steps = append(steps, fmt.Sprintf("%s %d %s", s.Kind, idx(shas, s.Commit), s.Status))
+	}
+	t.Logf("bisection: %s, %d runs: %s", b.State, b.Runs, strings.Join(steps, ", "))
+	if b.State != events.BisectFound || b.Culprit == nil || b.LastGood == nil {
+		t.Fatalf("bisection %s (%s), want found", b.State, b.Reason)
+	}
+	if b.Culprit.Commit != shas[bad] || b.LastGood.Commit != shas[bad-1] {
+		t.Errorf("culprit commit %d, last good %d; want %d and %d", idx(shas, b.Culprit.Commit), idx(shas, b.LastGood.Commit), bad, bad-1)
+	}
+	if b.Good != shas[1] || b.Bad != shas[n] || len(b.Commits) != n {
+		t.Errorf("range %d..%d of %d commits, want 1..%d of %d", idx(shas, b.Good), idx(shas, b.Bad), len(b.Commits), n, n)
+	}
+	bisects, verifies := 0, 0
+	for _, s := range b.Steps {
+		switch s.Kind {
+		case events.StepBisect:
+			bisects++
+		case events.StepVerifyCulprit, events.StepVerifyParent:
+			verifies++
+		}
+	}
+	if b.Runs != bisects || bisects > 7 || verifies != 2 {
+		t.Errorf("%d bisection runs (counted %d), %d verification runs; want at most 7 and 2", bisects, b.Runs, verifies)
+	}
+	// The runs really ran, at the bisect class, and each commit's record shows it.
+	recs, err := resultsJSON(t, url, "--all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := 0
+	for _, r := range recs {
+		for _, a := range r.Attempts {
+			if a.Class == events.ClassBisect {
+				ran++
+			}
+		}
+	}
+	if ran != bisects+verifies {
+		t.Errorf("%d runs at the bisect class in the records, want %d", ran, bisects+verifies)
+	}
+	// The culprit's author gets one mail with the evidence.
+	var mail smtptest.Mail
+	brokertest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		for _, m := range sink.Mails() {
+			if strings.Contains(m.Subject, "CULPRIT") {
+				mail = m
+				return nil
+			}
+		}
+		return fmt.Errorf("no culprit mail among %d", len(sink.Mails()))
+	})
+	text := mail.Text
+	for _, want := range []string{shas[bad], shas[bad-1], "commit " + fmt.Sprint(bad), "checking " + shas[bad], "checking " + shas[bad-1],
+		"https://ci.example.com/job/" + events.JobID("proj", "main", shas[bad], "test", b.Arch)} {
+		if !strings.Contains(text, want) {
+			t.Errorf("culprit mail lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Join(mail.To, ",") != "dev@example.com" {
+		t.Errorf("culprit mail to %v", mail.To)
+	}
+	// The API and the branch page show the steps.
+	var body struct{ Bisections []events.Bisection }
+	if err := getJSON(web+"/api/v1/bisections?repo=proj&branch=main", &body); err != nil {
+		t.Fatal(err)
+	}
+	if len(body.Bisections) != 1 || body.Bisections[0].Culprit == nil || body.Bisections[0].Culprit.Commit != shas[bad] ||
+		len(body.Bisections[0].Steps) != len(b.Steps) {
+		t.Errorf("GET /api/v1/bisections: %+v", body.Bisections)
+	}
+	page, err := getText(web + "/branch?repo=proj&branch=main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page, "Bisection of test on") || !strings.Contains(page, "verify-culprit") || !strings.Contains(page, events.Short(shas[bad])) {
+		t.Errorf("branch page does not show the bisection:\n%s", page)
+	}
+	// Only the one mail about the culprit, and no transition mail from the
+	// bisection's runs of older commits (the first failure's mail is fine).
+	culprit := 0
+	for _, m := range sink.Mails() {
+		if strings.Contains(m.Subject, "CULPRIT") {
+			culprit++
+		}
+		if strings.Contains(m.Subject, "FIXED") {
+			t.Errorf("a bisection run was mailed as a transition: %q", m.Subject)
+		}
+	}
+	if culprit != 1 {
+		t.Errorf("%d culprit mails, want 1", culprit)
+	}
+}
+
+// TestBisectFlakyFailureBlamesNobody: commit 10 fails the first time it runs
+// and passes after; the bisection ends on it, the re-run passes, and the
+// failure is marked flaky: no culprit, no mail.
+func TestBisectFlakyFailureBlamesNobody(t *testing.T) {
+	const n = 10
+	marks := t.TempDir()
+	sink := smtptest.Start(t)
+	pipeline := fmt.Sprintf("jobs:\n  test:\n    env: {MARKS: %q}\n    steps:\n      - if [ -f flaky ] && [ ! -e \"$MARKS/$JETCI_COMMIT\" ]; then touch \"$MARKS/$JETCI_COMMIT\"; exit 1; fi\n", marks)
+	shas, url, _ := untestedHistory(t, n, pipeline, func(i int) map[string]string {
+		f := map[string]string{fmt.Sprint(i): "x"}
+		if i == n {
+			f["flaky"] = "yes"
+		}
+		return f
+	}, "--smtp", sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com")
+	b := waitBisection(t, url)
+	if b.State != events.BisectFlaky {
+		t.Fatalf("bisection %s (%s), want flaky", b.State, b.Reason)
+	}
+	if b.Culprit == nil || b.Culprit.Commit != shas[n] {
+		t.Errorf("the search should have ended on commit %d: %+v", n, b.Culprit)
+	}
+	if !strings.Contains(b.Reason, "flaky") {
+		t.Errorf("reason %q", b.Reason)
+	}
+	for _, m := range sink.Mails() {
+		if strings.Contains(m.Subject, "CULPRIT") {
+			t.Errorf("a flaky failure blamed someone: %q", m.Subject)
+		}
+	}
+}
+
+func idx(shas []string, sha string) int {
+	for i, s := range shas {
+		if s == sha {
+			return i
+		}
+	}
+	return -1
+}
