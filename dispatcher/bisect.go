@@ -145,6 +145,9 @@ func (d *Dispatcher) RunBisect(ctx context.Context) error {
 			return
 		}
 		if err := d.onBisectEvent(ctx, ev); err != nil {
+			if ctx.Err() != nil {
+				return // stopping: redelivered to the next dispatcher
+			}
 			d.log.Warn().Err(err).Msg("culprit finding: a result; will retry")
 			_ = m.NakWithDelay(time.Second)
 			return

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -281,4 +284,165 @@ func idx(shas []string, sha string) int {
 		}
 	}
 	return -1
+}
+
+// TestBisectSurvivesADispatcherRestart runs two dispatchers while a bisection
+// starts (only one may start it and ask for each run), stops both while a
+// bisection run is under way, and starts a third: it goes on where they
+// stopped, every run is asked for once, and the culprit is found.
+func TestBisectSurvivesADispatcherRestart(t *testing.T) {
+	const n, bad = 20, 13
+	gate := t.TempDir()
+	allow := func(shas ...string) {
+		f, err := os.OpenFile(filepath.Join(gate, "allow"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for _, s := range shas {
+			fmt.Fprintln(f, s)
+		}
+	}
+	allow("none")
+	// A run waits until its commit is allowed or the gate is open, so the
+	// test decides when bisection runs may end.
+	pipeline := fmt.Sprintf("jobs:\n  test:\n    env: {GATE: %q}\n    steps:\n"+
+		"      - until grep -qx \"$JETCI_COMMIT\" \"$GATE/allow\" || [ -e \"$GATE/go\" ]; do sleep 0.05; done\n"+
+		"      - test ! -f broken\n", gate)
+	repo := newGitRepo(t)
+	shas := []string{"", repo.Commit("commit 1", map[string]string{".jetci.yml": pipeline})}
+	allow(shas[1])
+
+	natsAddr := freeAddr(t)
+	url := "nats://" + natsAddr
+	data := t.TempDir()
+	logs := &syncBuffer{}
+	start := func(args ...string) func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		go func() { done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args) }()
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				cancel()
+				if code := <-done; code != 0 {
+					t.Errorf("jetci %s exited %d", args[0], code)
+				}
+			}
+		}
+		return stop
+	}
+	var stops []func()
+	t.Cleanup(func() {
+		for _, s := range slices.Backward(stops) {
+			s()
+		}
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	svc := func(args ...string) func() {
+		s := start(append(args, "--log-format", "json")...)
+		stops = append(stops, s)
+		return s
+	}
+	svc("server", "--config", "../../nats.conf", "--listen", natsAddr, "--store", data+"/nats")
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		_, err := resultsJSON(t, url)
+		return err
+	})
+	svc("observer", "--nats", url, "--repo", repo.Dir, "--poll", "100ms", "--cache", data+"/obs")
+	svc("reporter", "--nats", url, "--http", "")
+	dispatcher := []string{"dispatcher", "--nats", url, "--coalesce", "proj:main", "--bisect", "proj:main"}
+	stopA, stopB := svc(dispatcher...), svc(dispatcher...)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	stopRunner := svc("runner", "--nats", url, "--work", data+"/r1", "--slots", "2")
+	waitStatus(t, all, shas[1], "passed")
+	stopRunner()
+	for i := 2; i <= n; i++ {
+		f := map[string]string{fmt.Sprint(i): "x"}
+		if i == bad {
+			f["broken"] = "yes"
+		}
+		shas = append(shas, repo.Commit(fmt.Sprintf("commit %d", i), f))
+	}
+	allow(shas[n])
+	waitStatus(t, all, shas[n], "queued")
+	for i := 2; i < n; i++ {
+		waitStatus(t, func() ([]reporter.Record, error) { return all() }, shas[i], "cancelled")
+	}
+	svc("runner", "--nats", url, "--work", data+"/r2", "--slots", "2")
+
+	read := func() (*events.Bisection, error) {
+		nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+		if err != nil {
+			return nil, err
+		}
+		defer nc.Close()
+		kv, err := js.KeyValue(context.Background(), events.BucketBisect)
+		if err != nil {
+			return nil, err
+		}
+		e, err := kv.Get(context.Background(), events.BisectKey("proj", "main", events.JobID("proj", "main", shas[n], "test", runtime.GOARCH)))
+		if err != nil {
+			return nil, err
+		}
+		return events.DecodeAs[events.Bisection](e.Value())
+	}
+	// The first run is queued (and blocked): stop both dispatchers.
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		b, err := read()
+		if err != nil {
+			return err
+		}
+		if len(b.Steps) == 0 || b.Steps[0].Status != events.StatusQueued {
+			return fmt.Errorf("bisection %s with %d steps", b.State, len(b.Steps))
+		}
+		return nil
+	})
+	stopA()
+	stopB()
+	if err := os.WriteFile(filepath.Join(gate, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	svc(dispatcher...)
+	var b *events.Bisection
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		if b, err = read(); err != nil {
+			return err
+		}
+		if !b.Done() {
+			return fmt.Errorf("bisection %s with %d steps", b.State, len(b.Steps))
+		}
+		return nil
+	})
+	if b.State != events.BisectFound || b.Culprit.Commit != shas[bad] {
+		t.Fatalf("bisection %s (%s), culprit %+v; want commit %d", b.State, b.Reason, b.Culprit, bad)
+	}
+	// Each run was queued once: one bisect-class attempt per step.
+	brokertest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		recs, err := all()
+		if err != nil {
+			return err
+		}
+		ran := map[string]int{}
+		for _, r := range recs {
+			for _, a := range r.Attempts {
+				if a.Class == events.ClassBisect {
+					ran[a.TriggerID]++
+				}
+			}
+		}
+		for _, s := range b.Steps {
+			if ran[s.TriggerID] != 1 {
+				return fmt.Errorf("step %s of commit %d ran %d times, want 1 (runs %v)", s.Kind, idx(shas, s.Commit), ran[s.TriggerID], ran)
+			}
+		}
+		if len(ran) != len(b.Steps) {
+			return fmt.Errorf("%d bisection runs for %d steps", len(ran), len(b.Steps))
+		}
+		return nil
+	})
 }
