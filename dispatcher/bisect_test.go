@@ -291,9 +291,12 @@ func TestBisectDecidesFromTheHistory(t *testing.T) {
 	if len(b.Steps) != 1 || b.Steps[0].Commit != sha(3) || b.Steps[0].Kind != events.StepBisect || b.Runs != 1 {
 		t.Fatalf("steps %+v, want one bisection run of c3", b.Steps)
 	}
-	if p := keys("p"); len(p) != 0 {
-		t.Errorf("pending %v after the decision", p)
-	}
+	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if p := keys("p"); len(p) != 0 {
+			return fmt.Errorf("pending %v after the decision", p)
+		}
+		return nil
+	})
 	// c7 fails after c6 failed: not a first failure.
 	finished(7, "test", events.StatusFailed)
 	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {

@@ -7,6 +7,11 @@
 // A commit whose pipeline cannot be read gets one `error` result that quotes the
 // file and line, never a crash or silence. A commit is acknowledged only after
 // every job is stored; a redelivered commit is deduplicated by the jobs' Msg-Ids.
+//
+// It also schedules: aging, the periodic full check, the broken-build flow
+// (gate.go), superseded commits (coalesce.go) and culprit finding, which
+// bisects a failure after untested commits to the commit that caused it
+// (bisect.go).
 package dispatcher
 
 import (
