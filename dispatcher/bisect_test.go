@@ -316,3 +316,20 @@ func TestBisectDecidesFromTheHistory(t *testing.T) {
 		t.Error("no bisection state on JETCI_BISECT")
 	}
 }
+
+// FuzzStepOf: a trigger id read from a result names at most one step of one
+// bisection, never panics, and what it names prints back as the same id.
+func FuzzStepOf(f *testing.F) {
+	f.Add("bisect-0123456789abcdef0123-4")
+	f.Add("bisect--1")
+	f.Add("bisect-0123456789abcdef0123-99999999999999999999")
+	f.Fuzz(func(t *testing.T, id string) {
+		key, i, ok := stepOf("r", "b", id)
+		if !ok {
+			return
+		}
+		if i < 0 || !strings.HasPrefix(key, "b.") {
+			t.Fatalf("stepOf(%q) = %q, %d", id, key, i)
+		}
+	})
+}
