@@ -446,3 +446,56 @@ func TestBisectSurvivesADispatcherRestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestBisectHeldCommits: on a gated branch, commit 2 breaks job a, so commits
+// 3..9 are held; commit 6 breaks job b. The second check of the head fails
+// both. Job a started failing at 2 (nothing to bisect); job b passed at 2, so
+// the held commits are bisected for it, on the failed branch, and commit 6 is
+// named.
+func TestBisectHeldCommits(t *testing.T) {
+	const n, bad = 9, 6
+	repo := newGitRepo(t)
+	pipeline := "jobs:\n  a:\n    steps: test ! -f broken-a\n  b:\n    steps: test ! -f broken-b\n"
+	shas := []string{"", repo.Commit("commit 1", map[string]string{".jetci.yml": pipeline})}
+	url, _, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "4s", "--bisect", "proj:main"}, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	waitStatus(t, all, shas[1], "passed")
+	shas = append(shas, repo.Commit("commit 2", map[string]string{"broken-a": "x"}))
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		recs, err := all()
+		if err != nil {
+			return err
+		}
+		got := map[string]string{}
+		for _, r := range recs {
+			if r.Commit == shas[2] {
+				got[r.Job] = string(r.Status)
+			}
+		}
+		if got["a"] != "failed" || got["b"] != "passed" {
+			return fmt.Errorf("commit 2: %v, want a failed and b passed", got)
+		}
+		return nil
+	})
+	for i := 3; i <= n; i++ {
+		f := map[string]string{fmt.Sprint(i): "x"}
+		if i == bad {
+			f["broken-b"] = "x"
+		}
+		shas = append(shas, repo.Commit(fmt.Sprintf("commit %d", i), f))
+	}
+	b := waitBisection(t, url)
+	if b.State != events.BisectFound || b.Job != "b" || b.Culprit.Commit != shas[bad] || b.Good != shas[2] || b.Bad != shas[n] {
+		t.Fatalf("bisection of %s: %s (%s), culprit %d, range %d..%d; want b, found, %d, 2..%d",
+			b.Job, b.State, b.Reason, idx(shas, b.Culprit.Commit), idx(shas, b.Good), idx(shas, b.Bad), bad, n)
+	}
+	recs, err := all()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if i := idx(shas, r.Commit); i > 2 && i < n && r.Job == "a" && r.Status != events.StatusHeld {
+			t.Errorf("commit %d job a: %s, want still paused (the branch failed)", i, r.Status)
+		}
+	}
+}
