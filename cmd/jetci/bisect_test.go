@@ -154,7 +154,7 @@ func TestBisectFindsTheCulprit(t *testing.T) {
 	for _, s := range b.Steps {
 		steps = append(steps, fmt.Sprintf("%s %d %s", s.Kind, idx(shas, s.Commit), s.Status))
 	}
-	t.Logf("bisection: %s, %d runs: %s", b.State, b.Runs, strings.Join(steps, ", "))
+	t.Logf("bisection: %s in %s, %d runs: %s", b.State, b.EndedAt.Sub(b.StartedAt).Round(time.Millisecond), b.Runs, strings.Join(steps, ", "))
 	if b.State != events.BisectFound || b.Culprit == nil || b.LastGood == nil {
 		t.Fatalf("bisection %s (%s), want found", b.State, b.Reason)
 	}
