@@ -173,7 +173,6 @@ func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 	if !r.Status.Final() || r.Status == events.StatusCancelled || !n.cfg.Enabled() {
 		return nil
 	}
-
 	key := stateKey(r)
 	for {
 		var st *branchState
