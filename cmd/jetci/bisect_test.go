@@ -182,12 +182,8 @@ func TestBisectFindsTheCulprit(t *testing.T) {
 		t.Fatal(err)
 	}
 	ran := 0
-	for _, r := range recs {
-		for _, a := range r.Attempts {
-			if a.Class == events.ClassBisect {
-				ran++
-			}
-		}
+	for _, n := range bisectRuns(recs) {
+		ran += n
 	}
 	if ran != bisects+verifies {
 		t.Errorf("%d runs at the bisect class in the records, want %d", ran, bisects+verifies)
@@ -427,14 +423,7 @@ func TestBisectSurvivesADispatcherRestart(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		ran := map[string]int{}
-		for _, r := range recs {
-			for _, a := range r.Attempts {
-				if a.Class == events.ClassBisect {
-					ran[a.TriggerID]++
-				}
-			}
-		}
+		ran := bisectRuns(recs)
 		for _, s := range b.Steps {
 			if ran[s.TriggerID] != 1 {
 				return fmt.Errorf("step %s of commit %d ran %d times, want 1 (runs %v)", s.Kind, idx(shas, s.Commit), ran[s.TriggerID], ran)
@@ -498,4 +487,26 @@ func TestBisectHeldCommits(t *testing.T) {
 			t.Errorf("commit %d job a: %s, want still paused (the branch failed)", i, r.Status)
 		}
 	}
+}
+
+// bisectRuns counts the runs at the bisect class in the records, per trigger
+// id: distinct queue sequences, so a delivery handed back from a runner whose
+// lease lapsed (a second attempt of the same run) is not a second run.
+func bisectRuns(recs []reporter.Record) map[string]int {
+	seqs := map[string]map[uint64]bool{}
+	for _, r := range recs {
+		for _, a := range r.Attempts {
+			if a.Class == events.ClassBisect {
+				if seqs[a.TriggerID] == nil {
+					seqs[a.TriggerID] = map[uint64]bool{}
+				}
+				seqs[a.TriggerID][a.QueueSeq] = true
+			}
+		}
+	}
+	out := map[string]int{}
+	for id, s := range seqs {
+		out[id] = len(s)
+	}
+	return out
 }
