@@ -249,6 +249,12 @@ func TestBisectDecidesFromTheHistory(t *testing.T) {
 		}
 		return out
 	}
+	// Failures before bisecting was turned on start nothing: wait for that
+	// moment before any result.
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := kv.Get(ctx, "since")
+		return err
+	})
 	// c1 passed; c2 held; c3 superseded; c4 never queued for test; c5 still
 	// queued; c6 fails.
 	queued(1, "test", false)
