@@ -9,6 +9,11 @@
 // A commit whose pipeline cannot be read gets one `error` result that quotes the
 // file and line, never a crash or silence. A commit is acknowledged only after
 // every job is stored; a redelivered commit is deduplicated by the jobs' Msg-Ids.
+//
+// It also schedules: aging, the periodic full check, the broken-build flow
+// (gate.go), superseded commits (coalesce.go) and culprit finding, which
+// bisects a failure after untested commits to the commit that caused it
+// (bisect.go).
 package dispatcher
 
 import (
@@ -54,12 +59,18 @@ type Config struct {
 	// running) first checks of older commits. Off by default: every commit
 	// is tested.
 	Coalesce []GateRule
+	// Bisect names branches where a failure after untested commits (see
+	// Coalesce and Gate) is bisected to the commit that caused it; BisectTick
+	// is how often pending decisions and unanswered runs are looked at.
+	Bisect     []GateRule
+	BisectTick time.Duration
 }
 
 // DefaultConfig tests on this machine's architecture in the default pool.
 func DefaultConfig() Config {
 	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute,
-		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour, PeriodicTick: time.Second}
+		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour, PeriodicTick: time.Second,
+		BisectTick: time.Second}
 }
 
 // Validate reports the first bad field.
@@ -89,6 +100,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("dispatcher: PeriodicTick %s: want more than 0", c.PeriodicTick)
 		}
 	}
+	if len(c.Bisect) > 0 && c.BisectTick <= 0 {
+		return fmt.Errorf("dispatcher: BisectTick %s: want more than 0", c.BisectTick)
+	}
 	if c.DefaultTimeout <= 0 || c.DefaultTimeout > MaxTimeout {
 		return fmt.Errorf("dispatcher: DefaultTimeout %s: want more than 0 and at most %s", c.DefaultTimeout, MaxTimeout)
 	}
@@ -107,6 +121,7 @@ type Dispatcher struct {
 	checked   map[string]time.Time // pool/arch -> last look for a runner serving it
 	gate      *gate                // the broken-build flow's buckets; nil when no branch is gated
 	parsed    pipelineCache        // the last pipeline files read
+	bisect    *bisector            // culprit finding's state; nil when no branch is bisected
 }
 
 // New returns a dispatcher; Run starts it.
@@ -249,6 +264,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		go func() {
 			if err := d.RunGate(ctx); err != nil {
 				d.log.Error().Err(err).Msg("broken-build flow stopped")
+			}
+		}()
+	}
+	if len(d.cfg.Bisect) > 0 {
+		go func() {
+			if err := d.RunBisect(ctx); err != nil {
+				d.log.Error().Err(err).Msg("culprit finding stopped")
 			}
 		}()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,7 @@ func queueJob(t *testing.T, s *brokertest.Server) (*events.JobQueued, jetstream.
 	if _, err := s.JS.Publish(ctx, events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main"), data); err != nil {
 		t.Fatal(err)
 	}
-	return j, cons[1]
+	return j, cons[slices.Index(events.Classes, events.ClassFirst)]
 }
 
 func fetchOne(t *testing.T, c jetstream.Consumer) jetstream.Msg {

@@ -16,6 +16,7 @@
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
 //	jetci.poke.<repo>                                 (empty)            core NATS request/reply, queue group "observers": poll now
 //	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
+//	jetci.bisect.<repo>.<branch>                      Bisection          stream JETCI_BISECT (limits, 90 days): culprit searches
 //
 // <repo> and <branch> are tokens made by [Token]: base64url without padding of
 // the name as git spells it, so any branch git accepts (feature/x.y, a>b, ünï, *)
@@ -50,6 +51,8 @@
 //	jetci-sent     KV     one key per notification sent or being sent (30 days), so none goes out twice
 //	jetci-logs     object full job logs, "<job-id>/<queue-seq>-<attempt>.log" (see LogObject)
 //	jetci-artifacts object files jobs left, "<job-id>/<queue-seq>-<attempt>/<path>" (see ArtifactObject)
+//	jetci-bisect   KV     culprit finding (90 days): b.<repo>.<branch>.<job-id> a Bisection (see BisectKey);
+//	                      c.… the commits and o.… the job outcomes of bisected branches (dispatcher)
 //
 // # Messages
 //

@@ -31,13 +31,14 @@ type Class string
 // Priority classes.
 const (
 	ClassUser     Class = "user"     // triggered by a person (CLI, UI, API)
+	ClassBisect   Class = "bisect"   // a run of the dispatcher's culprit search
 	ClassFirst    Class = "first"    // first check of a new commit
 	ClassSecond   Class = "second"   // second check of a broken branch
 	ClassPeriodic Class = "periodic" // periodic full check
 )
 
 // Classes lists the priority classes, highest first. Runners pull in this order.
-var Classes = []Class{ClassUser, ClassFirst, ClassSecond, ClassPeriodic}
+var Classes = []Class{ClassUser, ClassBisect, ClassFirst, ClassSecond, ClassPeriodic}
 
 // Status of a job.
 type Status string
@@ -328,8 +329,9 @@ type TriggerRequest struct {
 	Arch string `json:"arch,omitempty"`
 	// Module, with Job, runs only that module's job.
 	Module string `json:"module,omitempty"`
-	// Class is the priority of the run: user (the default) or second (the
-	// dispatcher's second check of a broken branch).
+	// Class is the priority of the run: user (the default), second (the
+	// dispatcher's second check of a broken branch), periodic (its full
+	// check) or bisect (a run of its culprit search).
 	Class Class `json:"class,omitempty"`
 	// TriggerID, when set, names the run (else the observer makes one up).
 	TriggerID string `json:"trigger_id,omitempty"`
@@ -409,6 +411,8 @@ func Encode(m any) ([]byte, error) {
 		v.Type = TypeBranchState
 	case *RecheckRequest:
 		v.Type = TypeRecheckRequest
+	case *Bisection:
+		v.Type = TypeBisectState
 	default:
 		return nil, fmt.Errorf("encode: unknown message %T", m)
 	}
@@ -446,6 +450,8 @@ func Decode(data []byte) (any, error) {
 		m = &BranchState{}
 	case TypeRecheckRequest:
 		m = &RecheckRequest{}
+	case TypeBisectState:
+		m = &Bisection{}
 	case "":
 		return nil, fmt.Errorf("%w: no type", ErrBadMessage)
 	default:

@@ -14,6 +14,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		&JobStarted{JobRef: ref, Attempt: 2, Runner: "r1"},
 		&JobFinished{JobRef: ref, Status: StatusFailed, ExitCode: 3},
 		&TriggerRequest{Repo: "r", Branch: "main"},
+		&Bisection{ID: ref.JobID, Repo: "r", Branch: "a>b", Job: "test", Arch: "amd64", State: BisectRunning,
+			Commits: []BisectCommit{{Commit: "c0", Status: StatusPassed}, {Commit: "c1"}}, Steps: []BisectStep{{Kind: StepBisect, Commit: "c1"}}},
 	}
 	for _, m := range msgs {
 		data, err := Encode(m)
@@ -35,6 +37,8 @@ func TestDecodeRejectsBadMessages(t *testing.T) {
 		``, `{`, `[]`, `{}`, `{"type":"jetci.nope.v1"}`, `{"type":"jetci.commit.detected.v1"}`,
 		`{"type":"jetci.job.finished.v1","job_id":"x","repo":"r","branch":"b","commit":"c","job":"j","arch":"a","status":"running"}`,
 		`{"type":"jetci.job.queued.v1","job_id":1}`,
+		`{"type":"jetci.bisect.state.v1","id":"x","repo":"r","branch":"b","job":"j","arch":"a"}`,
+		`{"type":"jetci.bisect.state.v1","id":"x","repo":"r","branch":"b","job":"j","arch":"a","state":"found","steps":{}}`,
 	} {
 		if _, err := Decode([]byte(in)); !errors.Is(err, ErrBadMessage) {
 			t.Errorf("Decode(%q) = %v, want ErrBadMessage", in, err)
@@ -48,6 +52,7 @@ func TestDecodeRejectsBadMessages(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"jetci.commit.detected.v1","repo":"r","branch":"b","commit":"c","class":"first"}`))
 	f.Add([]byte(`{"type":"jetci.job.finished.v1"}`))
+	f.Add([]byte(`{"type":"jetci.bisect.state.v1","id":"x","repo":"r","branch":"b","job":"j","arch":"a","state":"found","culprit":{"commit":"c"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Decode(data)
 		if err != nil && !errors.Is(err, ErrBadMessage) {

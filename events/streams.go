@@ -19,6 +19,7 @@ const (
 	StreamLogs    = "JETCI_LOGS"
 	StreamNotify  = "JETCI_NOTIFY"
 	StreamBranch  = "JETCI_BRANCHES"
+	StreamBisect  = "JETCI_BISECT"
 
 	// SubjectMaxDeliveries is the server's advisory for a job that reached
 	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
@@ -32,6 +33,9 @@ const (
 	ConsumerNotifierResults  = "notifier-results"
 	ConsumerGate             = "gate"
 	ConsumerNotifierBranches = "notifier-branches"
+	ConsumerBisect           = "bisect"
+	ConsumerBisectCommits    = "bisect-commits"
+	ConsumerNotifierBisect   = "notifier-bisect"
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"
@@ -47,7 +51,8 @@ const (
 	BucketSchedule  = "jetci-schedule"
 	// BucketTests keeps per-test history per repo, branch, arch and job
 	// (the reporter's flaky and slowest tests), under TestsKey.
-	BucketTests = "jetci-tests"
+	BucketTests  = "jetci-tests"
+	BucketBisect = "jetci-bisect"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -148,6 +153,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			MaxAge: 90 * 24 * time.Hour, MaxMsgsPerSubject: 1000,
 			Description: "every state change of branches under the broken-build flow",
 		},
+		{
+			Name: StreamBisect, Subjects: []string{SubjectBisect + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			MaxAge: 90 * 24 * time.Hour, MaxMsgsPerSubject: 1000, Duplicates: DedupWindow,
+			Description: "every step of the culprit searches (bisections) of each branch",
+		},
 	}
 }
 
@@ -178,6 +189,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketHeld, Description: "broken-build flow: commits held until their branch opens, <repo>.<branch>.<commit-seq>", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketSchedule, Description: "when the periodic full check last ran", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketTests, Description: "per-test history per repo, branch, arch and job", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketBisect, Description: "culprit finding: bisections (b.), and the commits (c.) and job outcomes (o.) of bisected branches",
+			Storage: s.Storage, Replicas: s.Replicas, TTL: 90 * 24 * time.Hour},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}

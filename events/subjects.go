@@ -21,6 +21,7 @@ const (
 	SubjectBranch  = "jetci.branch"
 	SubjectRecheck = "jetci.recheck"
 	SubjectPoke    = "jetci.poke"
+	SubjectBisect  = "jetci.bisect"
 )
 
 // Result kinds: the last token of a result subject.

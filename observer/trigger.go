@@ -71,8 +71,8 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 		return "", "", err
 	}
 	ev.Class = events.ClassUser
-	if req.Class == events.ClassSecond || req.Class == events.ClassPeriodic {
-		ev.Class = req.Class // the dispatcher's second check, or its periodic full check
+	if req.Class == events.ClassSecond || req.Class == events.ClassPeriodic || req.Class == events.ClassBisect {
+		ev.Class = req.Class // the dispatcher's second check, its periodic full check, or a culprit search's run
 	}
 	ev.TriggerID = nuid.Next()
 	if req.TriggerID != "" {

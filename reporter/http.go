@@ -64,6 +64,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/runners", r.apiRunners)
 	mux.HandleFunc("GET /api/v1/queue", r.apiQueue)
 	mux.HandleFunc("GET /api/v1/modules", r.apiModules)
+	mux.HandleFunc("GET /api/v1/bisections", r.apiBisections)
 	mux.HandleFunc("GET /api/v1/results", r.apiResults)
 	mux.HandleFunc("GET /api/v1/events", r.apiEvents)
 	mux.HandleFunc("GET /api/v1/tests/flaky", r.apiFlakyTests)

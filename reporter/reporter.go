@@ -191,6 +191,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 		spawn(func() error { return r.notifier.RunOutbox(ctx) })
 		spawn(func() error { return r.consumeForNotifier(ctx) })
 		spawn(func() error { return r.consumeBranchStates(ctx) })
+		spawn(func() error { return r.consumeBisections(ctx) })
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
@@ -277,6 +278,13 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 		fin, err := events.DecodeAs[events.JobFinished](m.Data())
 		if err != nil {
 			_ = m.Term() // the folding consumer logs it
+			return
+		}
+		if fin.Class == events.ClassBisect {
+			// A culprit search's run of an older commit says nothing new
+			// about the branch: no transition mail or webhook (the culprit
+			// mail comes from the bisection's state, culprit.go).
+			_ = m.Ack()
 			return
 		}
 		rec, _, err := r.store.Apply(ctx, fin)

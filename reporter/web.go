@@ -107,6 +107,7 @@ type branchPage struct {
 	Repo, Branch string
 	Commits      []Commit
 	Gate         *events.BranchState
+	Bisections   []*events.Bisection
 }
 
 func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
@@ -124,6 +125,7 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 	if st, ok := r.view.Gate(repo, branch); ok {
 		data.Gate = &st
 	}
+	data.Bisections = r.branchBisections(req.Context(), repo, branch)
 	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
 }
 

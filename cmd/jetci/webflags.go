@@ -157,8 +157,17 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 	skip := fs.Bool("periodic-skip-passed", false, "periodic full check: skip branches whose head passed since the last one")
 	var coalesce listFlag
 	fs.Var(&coalesce, "coalesce", "REPO[:BRANCH_PATTERN] where a new commit cancels the waiting jobs of older ones, 'superseded' (repeat; default: every commit is tested)")
+	var bisect listFlag
+	fs.Var(&bisect, "bisect", "REPO[:BRANCH_PATTERN] where a failure after untested commits (superseded, held) is bisected to the commit that caused it, whose author is mailed (repeat; REPO * for all)")
 	return func(c *dispatcher.Config) error {
 		c.Periodic, c.PeriodicSkipPassed = *periodic, *skip
+		for _, s := range bisect {
+			r, err := dispatcher.ParseGateRule(s)
+			if err != nil {
+				return fmt.Errorf("--bisect %w", err)
+			}
+			c.Bisect = append(c.Bisect, r)
+		}
 		for _, s := range coalesce {
 			r, err := dispatcher.ParseGateRule(s)
 			if err != nil {
