@@ -510,3 +510,42 @@ func bisectRuns(recs []reporter.Record) map[string]int {
 	}
 	return out
 }
+
+// TestBisectModuleJob: in a repository of modules, a change to core breaks
+// app's test (app depends on core). The bisection is of app's job alone: its
+// runs queue app/test and nothing of core, and it names the commit that broke
+// it.
+func TestBisectModuleJob(t *testing.T) {
+	const n, bad = 16, 11
+	pipeline := "modules:\n" +
+		"  core: {paths: [core], jobs: {test: {steps: \"true\"}}}\n" +
+		"  app:  {paths: [app], depends: [core], jobs: {test: {steps: \"test ! -f core/broken\"}}}\n"
+	shas, url, _ := untestedHistory(t, n, pipeline, func(i int) map[string]string {
+		f := map[string]string{"core/v.txt": fmt.Sprint(i), "app/main.txt": "app\n"}
+		if i >= bad {
+			f["core/broken"] = "yes"
+		}
+		return f
+	})
+	b := waitBisection(t, url)
+	if b.State != events.BisectFound || b.Culprit == nil || b.Culprit.Commit != shas[bad] {
+		t.Fatalf("bisection %s (%s), culprit %+v; want found at commit %d", b.State, b.Reason, b.Culprit, bad)
+	}
+	if b.Module != "app" || b.Job != "test" || b.Name() != "app/test" {
+		t.Errorf("bisection of module %q job %q, want app/test", b.Module, b.Job)
+	}
+	recs, err := resultsJSON(t, url, "--all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		for _, a := range r.Attempts {
+			if a.Class == events.ClassBisect && r.Module != "app" {
+				t.Errorf("a bisection run queued %s/%s at commit %d", r.Module, r.Job, idx(shas, r.Commit))
+			}
+		}
+	}
+	if runs := bisectRuns(recs); len(runs) == 0 {
+		t.Error("no bisection run in the records")
+	}
+}
