@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,13 +21,31 @@ type ConnectOptions struct {
 	// forever. Commands for people (results, trigger) fail fast instead.
 	Wait bool
 	Log  zerolog.Logger
-	// Extra options, e.g. credentials or nats.InProcessServer.
+	// Role is the user role this process connects as (observer, dispatcher,
+	// runner, reporter, admin, hook, pool; see Roles). It sets the inbox prefix
+	// the server lets that role read, and names the role in permission errors.
+	// Empty: the default inbox, for servers without permissions (jetci up).
+	Role string
+	// Auth holds the credentials and TLS settings.
+	Auth Auth
+	// Extra options, e.g. nats.InProcessServer.
 	Extra []nats.Option
 }
 
 // Connect dials NATS and opens JetStream.
 func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
 	log := o.Log
+	authOpts, err := o.Auth.Options()
+	if err != nil {
+		return nil, nil, err
+	}
+	who := o.Role
+	if who == "" {
+		who = o.Auth.User
+	}
+	if who == "" {
+		who = "this client"
+	}
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.ReconnectWait(250 * time.Millisecond),
@@ -38,7 +57,13 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("reconnected to nats")
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+		nats.ErrorHandler(func(nc *nats.Conn, s *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				pe := parseViolation(who, err)
+				recordDenial(nc, pe)
+				log.Error().Str("role", o.Role).Str("subject", pe.Subject).Msg(pe.Error())
+				return
+			}
 			ev := log.Error().Err(err)
 			if s != nil {
 				ev = ev.Str("subject", s.Subject)
@@ -51,6 +76,10 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 	} else {
 		opts = append(opts, nats.Timeout(5*time.Second))
 	}
+	if o.Role != "" {
+		opts = append(opts, nats.CustomInboxPrefix(InboxPrefix(o.Role)))
+	}
+	opts = append(opts, authOpts...)
 	opts = append(opts, o.Extra...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

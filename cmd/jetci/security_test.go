@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker"
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+)
+
+// setRolePasswords gives every role of nats.conf a password through the
+// environment variables the file reads (as an operator would export them).
+func setRolePasswords(t *testing.T) map[string]string {
+	pw := map[string]string{}
+	for _, r := range events.Roles() {
+		pw[r.Name] = "test-" + r.Name + "-secret"
+		t.Setenv(events.PasswordVar(r.Name), pw[r.Name])
+	}
+	return pw
+}
+
+// as is the credential flags of one role.
+func as(pw map[string]string, role string) []string {
+	return []string{"--nats-user", role, "--nats-password", pw[role]}
+}
+
+func httpGet(t testing.TB, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// startShippedBroker runs the embedded server from the repository's nats.conf
+// on free ports, with jetci's streams set up by the admin.
+func startShippedBroker(t *testing.T) (string, map[string]string) {
+	pw := setRolePasswords(t)
+	srv, err := broker.Start(broker.Config{ConfigFile: "../../nats.conf", Listen: "127.0.0.1:0", StoreDir: t.TempDir(), HTTP: "127.0.0.1:0"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	if !srv.AuthRequired() {
+		t.Fatal("nats.conf lets clients in without credentials")
+	}
+	nc, js := connectAs(t, srv.ClientURL(), pw, events.RoleAdmin)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
+		t.Fatalf("admin sets up the streams: %v", events.Explain(nc, err))
+	}
+	return srv.ClientURL(), pw
+}
+
+func connectAs(t *testing.T, url string, pw map[string]string, role string, extra ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test-" + role, Role: role, Log: zerolog.New(zerolog.NewTestWriter(t)),
+		Auth: events.Auth{User: role, Password: pw[role]}, Extra: extra})
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc, js
+}
+
+// TestRolesAreRefusedOutsideTheirJob: against a server loaded from the shipped
+// nats.conf, each role can do its own job, and what lies outside it is refused
+// with a permission error that names the role and the subject.
+func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
+	url, pw := startShippedBroker(t)
+	commit := events.CommitSubject("proj", "main")
+	job := events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main")
+	result := events.ResultSubject("proj", "main", events.KindFinished)
+	publish := func(subject string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			_, err := js.Publish(ctx, subject, []byte(`{}`))
+			return err
+		}
+	}
+	deleteStream := func(name string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error { return js.DeleteStream(ctx, name) }
+	}
+	kvGet := func(bucket, key string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, bucket)
+			if err != nil {
+				return err
+			}
+			_, err = kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil // allowed: the key is just not there
+			}
+			return err
+		}
+	}
+	kvPut := func(bucket, key string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, bucket)
+			if err != nil {
+				return err
+			}
+			_, err = kv.Put(ctx, key, []byte(`{}`))
+			return err
+		}
+	}
+	jobConsumers := func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+		cons, err := events.EnsureJobConsumers(ctx, js, "default", "amd64")
+		if err != nil {
+			return err
+		}
+		_, err = cons[0].FetchNoWait(1)
+		return err
+	}
+	for _, tt := range []struct {
+		role, what string
+		do         func(context.Context, *nats.Conn, jetstream.JetStream) error
+		refused    string // "": allowed; else the subject the refusal names
+	}{
+		{"runner", "publish a result", publish(result), ""},
+		{"runner", "create, look up and pull its job consumers", jobConsumers, ""},
+		{"runner", "keep its lease", kvPut(events.BucketRunners, events.LeaseKey("r1")), ""},
+		{"runner", "publish a fake commit", publish(commit), commit},
+		{"runner", "publish a job", publish(job), job},
+		{"runner", "delete the jobs stream", deleteStream(events.StreamJobs), "$JS.API.STREAM.DELETE." + events.StreamJobs},
+		{"runner", "read another runner's lease", kvGet(events.BucketRunners, events.LeaseKey("r2")), "$JS.API.DIRECT.GET.KV_" + events.BucketRunners + ".$KV." + events.BucketRunners + "." + events.LeaseKey("r2")},
+		{"runner", "write a record", kvPut(events.BucketResults, "x"), "$KV." + events.BucketResults + ".x"},
+		{"observer", "publish a commit", publish(commit), ""},
+		{"observer", "keep the heads", kvPut(events.BucketHeads, "a.b"), ""},
+		{"observer", "publish a job", publish(job), job},
+		{"observer", "publish a result", publish(result), result},
+		{"observer", "delete the commits stream", deleteStream(events.StreamCommits), "$JS.API.STREAM.DELETE." + events.StreamCommits},
+		{"dispatcher", "publish a job", publish(job), ""},
+		{"dispatcher", "publish a commit", publish(commit), commit},
+		{"dispatcher", "delete the results stream", deleteStream(events.StreamResults), "$JS.API.STREAM.DELETE." + events.StreamResults},
+		{"dispatcher", "write a record", kvPut(events.BucketResults, "x"), "$KV." + events.BucketResults + ".x"},
+		{"reporter", "publish a result", publish(result), ""},
+		{"reporter", "write a record", kvPut(events.BucketResults, "x"), ""},
+		{"reporter", "publish a job", publish(job), job},
+		{"reporter", "publish a commit", publish(commit), commit},
+		{"reporter", "move a branch head", kvPut(events.BucketHeads, "a.b"), "$KV." + events.BucketHeads + ".a.b"},
+		{"reporter", "delete the jobs stream", deleteStream(events.StreamJobs), "$JS.API.STREAM.DELETE." + events.StreamJobs},
+		{"hook", "publish a result", publish(result), result},
+		{"hook", "read a record", kvGet(events.BucketResults, "x"), "$JS.API.STREAM.INFO.KV_" + events.BucketResults},
+		{"pool", "read the leases", kvGet(events.BucketRunners, events.LeaseKey("r2")), ""},
+		{"pool", "publish a job", publish(job), job},
+		{"admin", "read a record", kvGet(events.BucketResults, "x"), ""},
+		{"admin", "publish a commit", publish(commit), ""},
+	} {
+		t.Run(tt.role+" may not "+tt.what, func(t *testing.T) {
+			nc, js := connectAs(t, url, pw, tt.role)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			err := events.Explain(nc, tt.do(ctx, nc, js))
+			if tt.refused == "" {
+				if err != nil {
+					t.Fatalf("%s may %s, but: %v", tt.role, tt.what, err)
+				}
+				return
+			}
+			if !errors.Is(err, nats.ErrPermissionViolation) {
+				t.Fatalf("%s: %v, want a permission error", tt.what, err)
+			}
+			want := "permission denied: " + tt.role + ` may not publish to "` + tt.refused + `"`
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %q, want it to say %q", err, want)
+			}
+		})
+	}
+
+	t.Run("runner may not read the reporter's inbox", func(t *testing.T) {
+		nc, _ := connectAs(t, url, pw, events.RoleRunner, nats.PermissionErrOnSubscribe(true))
+		sub, err := nc.SubscribeSync(events.InboxPrefix(events.RoleReporter) + ".>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Flush()
+		if _, err := sub.NextMsg(2 * time.Second); !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("subscribe to the reporter's inbox: %v, want a permission error", err)
+		}
+		brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if err := events.Explain(nc, errors.New("x")); !strings.Contains(err.Error(), `runner may not subscribe to "_INBOX_reporter.>"`) {
+				return fmt.Errorf("explained: %v", err)
+			}
+			return nil
+		})
+	})
+	t.Run("a wrong password is refused", func(t *testing.T) {
+		_, _, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop(), Role: "runner", Auth: events.Auth{User: "runner", Password: "wrong"}})
+		if err == nil || !strings.Contains(err.Error(), "Authorization Violation") {
+			t.Fatalf("connect with a wrong password: %v", err)
+		}
+		_, _, err = events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+		if err == nil {
+			t.Fatal("connect without credentials: no error")
+		}
+	})
+}
