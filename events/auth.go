@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 	"weak"
@@ -122,9 +123,12 @@ func (e *PermissionError) Unwrap() []error {
 
 func permissionHint(subject string) string {
 	for _, p := range []string{"$JS.API.STREAM.CREATE.", "$JS.API.STREAM.UPDATE."} {
-		if len(subject) > len(p) && subject[:len(p)] == p {
+		if strings.HasPrefix(subject, p) {
 			return "jetci's streams and buckets are created by the admin user: run 'jetci setup' with its credentials"
 		}
+	}
+	if strings.HasPrefix(subject, "_INBOX") {
+		return "each role reads replies only on its own inbox, _INBOX_<role>: connect with the user of this command's role"
 	}
 	return ""
 }

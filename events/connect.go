@@ -30,6 +30,10 @@ type ConnectOptions struct {
 	Auth Auth
 	// Extra options, e.g. nats.InProcessServer.
 	Extra []nats.Option
+	// Ctx, with Wait, makes Connect wait until the server is reached: it
+	// returns an error at once when the server refuses the credentials (a
+	// service would otherwise wait forever), and ctx's error when ctx ends.
+	Ctx context.Context
 }
 
 // Connect dials NATS and opens JetStream.
@@ -40,8 +44,11 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 		return nil, nil, err
 	}
 	who := o.Role
-	if who == "" {
+	switch {
+	case who == "":
 		who = o.Auth.User
+	case o.Auth.User != "" && o.Auth.User != o.Role:
+		who = fmt.Sprintf("user %s (running as %s)", o.Auth.User, o.Role)
 	}
 	if who == "" {
 		who = "this client"
@@ -85,6 +92,12 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
 	}
+	if o.Wait && o.Ctx != nil {
+		if err := waitConnected(o.Ctx, nc, url, log); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("connect to nats at %s as %s: %w", url, who, err)
+		}
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
@@ -113,4 +126,42 @@ func Retry(ctx context.Context, log zerolog.Logger, what string, max time.Durati
 			wait = max
 		}
 	}
+}
+
+// waitConnected waits until nc is connected, the server refused its
+// credentials, or ctx ends.
+func waitConnected(ctx context.Context, nc *nats.Conn, url string, log zerolog.Logger) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	said := time.Now().Add(time.Second)
+	for {
+		if time.Now().After(said) && !nc.IsConnected() {
+			log.Info().Str("url", url).Msg("waiting for the nats server")
+			said = time.Now().Add(time.Minute)
+		}
+		if nc.IsConnected() {
+			return nil
+		}
+		err := nc.LastError()
+		if isAuthError(err) || nc.IsClosed() {
+			if err == nil {
+				err = nats.ErrConnectionClosed
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func isAuthError(err error) bool {
+	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -40,7 +40,7 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--job is required")
 	}
-	nc, js, err := m.connect(nf, "jetci-artifacts", false, zerolog.Nop())
+	nc, js, err := m.connect(ctx, nf, "jetci-artifacts", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

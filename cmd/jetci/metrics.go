@@ -23,6 +23,9 @@ func (m *Main) serve(ctx context.Context, nf *natsFlags, name, maddr string, que
 	run func(nc *nats.Conn, js jetstream.JetStream, m *metrics.Metrics) error) error {
 	nc, js, err := m.connectService(ctx, nf, name, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
 	defer drain(nc, log)

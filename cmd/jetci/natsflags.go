@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -103,11 +104,11 @@ func (n *natsFlags) env() []string {
 
 // connect dials NATS with these flags. The connection is remembered so that Run
 // can explain a failure the server's permissions caused.
-func (m *Main) connect(n *natsFlags, name string, wait bool, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+func (m *Main) connect(ctx context.Context, n *natsFlags, name string, wait bool, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	if err := n.resolve(); err != nil {
 		return nil, nil, err
 	}
-	nc, js, err := events.Connect(n.url, events.ConnectOptions{Name: name, Wait: wait, Log: log, Role: n.role, Auth: n.auth})
+	nc, js, err := events.Connect(n.url, events.ConnectOptions{Name: name, Wait: wait, Log: log, Role: n.role, Auth: n.auth, Ctx: ctx})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -33,7 +33,7 @@ func (m *Main) notify(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo is required")
 	}
-	nc, _, err := m.connect(nf, "jetci-notify", false, zerolog.Nop())
+	nc, _, err := m.connect(ctx, nf, "jetci-notify", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ func (m *Main) recheck(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo and --branch are required")
 	}
-	nc, _, err := m.connect(nf, "jetci-recheck", false, zerolog.Nop())
+	nc, _, err := m.connect(ctx, nf, "jetci-recheck", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	nc, js, err := m.connect(nf, "jetci-results", false, zerolog.Nop())
+	nc, js, err := m.connect(ctx, nf, "jetci-results", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -210,3 +210,68 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 		}
 	})
 }
+
+// TestServiceWithWrongPassword: a service whose credentials the server refuses
+// stops with an error that says so, instead of waiting forever.
+func TestServiceWithWrongPassword(t *testing.T) {
+	url, _ := startShippedBroker(t)
+	var out, errb syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := (&Main{Stdout: &out, Stderr: &errb}).Run(ctx, []string{"runner", "--nats", url, "--nats-user", "runner", "--nats-password", "wrong", "--work", t.TempDir(), "--log-format", "json"})
+	if code == 0 || ctx.Err() != nil {
+		t.Fatalf("runner with a wrong password: code %d, ctx %v", code, ctx.Err())
+	}
+	if !strings.Contains(strings.ToLower(errb.String()), "authorization violation") {
+		t.Fatalf("stderr %q: want it to name the authorization violation", errb.String())
+	}
+}
+
+// TestUpStaysOnLoopback: jetci up's embedded server has no authentication, so
+// it says so at start, and refuses a non-loopback --nats-listen unless told
+// --insecure (checked before anything listens; the tests never listen beyond
+// loopback, so --insecure itself is left to TestIsLoopback).
+func TestUpStaysOnLoopback(t *testing.T) {
+	repo := newGitRepo(t)
+	repo.Commit("first", map[string]string{"tests/test_ok.py": passingTest})
+	var out, errb syncBuffer
+	code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), []string{"up", "--repo", repo.Dir, "--data", t.TempDir(), "--nats-listen", "0.0.0.0:0", "--http", ""})
+	if code == 0 || !strings.Contains(errb.String(), "--insecure") {
+		t.Fatalf("up on 0.0.0.0: code %d, stderr %q; want a refusal naming --insecure", code, errb.String())
+	}
+
+	for _, tt := range []struct {
+		listen string
+		extra  []string
+		want   string
+	}{
+		{"127.0.0.1:0", nil, "the embedded NATS server is open: no authentication, no TLS; it listens on loopback only"},
+	} {
+		logs := &syncBuffer{}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		args := append([]string{"up", "--repo", repo.Dir, "--data", t.TempDir(), "--nats-listen", tt.listen, "--http", "", "--runners", "0", "--log-format", "json"}, tt.extra...)
+		go func() { done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args) }()
+		brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+			if !strings.Contains(logs.String(), tt.want) {
+				return fmt.Errorf("log lacks %q", tt.want)
+			}
+			return nil
+		})
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("up %s exited %d:\n%s", tt.listen, code, logs.String())
+		}
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:4222": true, "localhost:4222": true, "[::1]:4222": true, "127.0.0.2:0": true,
+		"0.0.0.0:4222": false, ":4222": false, "[::]:4222": false, "192.168.1.5:4222": false, "ci.example.com:4222": false, "nope": false,
+	} {
+		if got := isLoopback(addr); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

@@ -110,7 +110,9 @@ func (m *Main) server(ctx context.Context, args []string) error {
 // setupInProcess creates jetci's streams over an in-process connection as the
 // admin; it logs a failure (the server keeps serving) and returns nil then.
 func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *natsFlags, withRetention func(events.Setup) events.Setup, log zerolog.Logger) jetstream.JetStream {
-	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-server", Log: log,
+	// nats://, not the client URL: that is tls:// when the server serves TLS,
+	// and an in-process connection needs none.
+	nc, js, err := events.Connect("nats://in-process", events.ConnectOptions{Name: "jetci-server", Log: log,
 		Role: admin.role, Auth: admin.auth, Extra: []nats.Option{srv.InProcess()}})
 	if err != nil {
 		log.Error().Err(err).Msg("jetci streams not set up: cannot connect as the admin; run 'jetci setup'")
@@ -153,7 +155,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	if _, err := retention(events.DefaultSetup()); err != nil {
 		return err
 	}
-	nc, js, err := m.connect(nf, "jetci-setup", false, log)
+	nc, js, err := m.connect(ctx, nf, "jetci-setup", false, log)
 	if err != nil {
 		return err
 	}

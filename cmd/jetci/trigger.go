@@ -36,7 +36,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo and --branch are required")
 	}
-	nc, _, err := m.connect(nf, "jetci-trigger", false, zerolog.Nop())
+	nc, _, err := m.connect(ctx, nf, "jetci-trigger", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -208,7 +208,7 @@ func drain(nc *nats.Conn, log zerolog.Logger) {
 // connectService connects a long-running service and makes sure jetci's streams
 // exist, waiting for the server if it is not up yet.
 func (m *Main) connectService(ctx context.Context, nf *natsFlags, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, js, err := m.connect(nf, name, true, log)
+	nc, js, err := m.connect(ctx, nf, name, true, log)
 	if err != nil {
 		return nil, nil, err
 	}
