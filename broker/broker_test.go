@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/events"
@@ -30,6 +31,12 @@ func TestStartWithTheRepoConfig(t *testing.T) {
 	for _, r := range events.Roles() {
 		t.Setenv(events.PasswordVar(r.Name), "pw-"+r.Name)
 	}
+	// A variable may hold a bcrypt hash instead, so the server never sees the password.
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw-admin"), 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(events.PasswordVar(events.RoleAdmin), string(hash))
 	srv, err := broker.Start(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -51,6 +51,18 @@
 //	jetci-logs     object full job logs, "<job-id>/<queue-seq>-<attempt>.log" (see LogObject)
 //	jetci-artifacts object files jobs left, "<job-id>/<queue-seq>-<attempt>/<path>" (see ArtifactObject)
 //
+// # Roles and permissions
+//
+// Each kind of process connects as the user of its role ([Roles]: observer,
+// dispatcher, runner, reporter, admin, hook, pool) and reads replies on its own
+// inbox prefix ([InboxPrefix], "_INBOX_<role>"). [Roles] lists the subjects each
+// may publish and subscribe to, JetStream API, ack, KV and object store subjects
+// included; [AccountsConf] renders them as the jetci-accounts.conf that nats.conf
+// includes. Only the admin creates streams and buckets ([Setup.Ensure] is a
+// lookup for the others once they exist). The server refuses a publish
+// silently, so a refused request times out; [Explain] turns that timeout into a
+// [PermissionError] naming the role and the subject.
+//
 // # Messages
 //
 // Every message is a JSON object with a "type" naming it and its version, for example

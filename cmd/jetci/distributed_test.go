@@ -134,6 +134,24 @@ func TestSeparateServices(t *testing.T) {
 		slowID = recs[0].JobID
 		return nil
 	})
+	// Its live log streams from JETCI_LOGS through the reporter.
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	sreq, _ := http.NewRequestWithContext(sctx, "GET", web+"/api/v1/jobs/"+slowID+"/log/stream", nil)
+	sresp, err := http.DefaultClient.Do(sreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen strings.Builder
+	buf := make([]byte, 4096)
+	for !strings.Contains(seen.String(), "started") {
+		n, err := sresp.Body.Read(buf)
+		seen.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("live log: %v after %q", err, seen.String())
+		}
+	}
+	sresp.Body.Close()
+	scancel()
 	req, _ := http.NewRequest("POST", web+"/api/v1/jobs/"+slowID+"/cancel", nil)
 	req.Header.Set("Authorization", "Bearer test-admin-token")
 	resp, err := http.DefaultClient.Do(req)

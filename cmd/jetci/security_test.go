@@ -93,7 +93,9 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 		}
 	}
 	deleteStream := func(name string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
-		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error { return js.DeleteStream(ctx, name) }
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			return js.DeleteStream(ctx, name)
+		}
 	}
 	kvGet := func(bucket, key string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
 		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
@@ -273,5 +275,24 @@ func TestIsLoopback(t *testing.T) {
 		if got := isLoopback(addr); got != want {
 			t.Errorf("isLoopback(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// TestServiceBeforeSetupSaysWhy: a service started before the admin created
+// the streams is refused the creation, and the error says who creates them.
+func TestServiceBeforeSetupSaysWhy(t *testing.T) {
+	pw := setRolePasswords(t)
+	srv, err := broker.Start(broker.Config{ConfigFile: "../../nats.conf", Listen: "127.0.0.1:0", StoreDir: t.TempDir(), HTTP: "127.0.0.1:0"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, js := connectAs(t, srv.ClientURL(), pw, events.RoleObserver)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err = events.Explain(nc, events.DefaultSetup().Ensure(ctx, js))
+	want := `permission denied: observer may not publish to "$JS.API.STREAM.CREATE.` + events.StreamCommits + `" (jetci's streams and buckets are created by the admin user: run 'jetci setup'`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("set-up as the observer: %v, want %q", err, want)
 	}
 }

@@ -33,8 +33,11 @@ for the given repositories, a dispatcher, a reporter with the web UI and API, an
 --runners local runners for this machine's CPU architecture. Every new commit on
 every branch is tested; results survive restarts in --data.
 
-Other machines can join: 'jetci runner --nats nats://HOST:PORT --arch arm64' serves
-jobs for another architecture (listen on a reachable address with --nats-listen).
+Its NATS server has no authentication and no TLS, and says so at start; it
+listens on loopback, so only users of this machine can reach it. Listening on a
+reachable address (--nats-listen) needs --insecure, and then anyone who reaches
+it can queue jobs and read results: for several machines, run 'jetci server
+--config nats.conf' with a user per role instead (README, Security model).
 
 A repo is a local path or a git URL; it is named after its base name without
 ".git", or give the name: --repo name=PATH_OR_URL.
