@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -100,9 +101,14 @@ func TestServerTLS(t *testing.T) {
 	withTLS := []string{"--tls-ca", pki.ca, "--tls-cert", pki.clientCert, "--tls-key", pki.clientKey}
 	admin := append(as(pw, "admin"), withTLS...)
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		_, err := resultsJSON(t, url, admin...) // the server set the streams up as the admin
-		return err
+		if !strings.Contains(logs.String(), "jetci streams ready") {
+			return fmt.Errorf("streams not set up yet")
+		}
+		return nil
 	})
+	if _, err := resultsJSON(t, url, admin...); err != nil { // the server set the streams up as the admin
+		t.Fatal(err)
+	}
 	if !strings.Contains(logs.String(), `"tls":true`) {
 		t.Errorf("the server's ready line does not say it serves TLS")
 	}
