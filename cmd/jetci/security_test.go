@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/broker"
@@ -294,5 +297,31 @@ func TestServiceBeforeSetupSaysWhy(t *testing.T) {
 	want := `permission denied: observer may not publish to "$JS.API.STREAM.CREATE.` + events.StreamCommits + `" (jetci's streams and buckets are created by the admin user: run 'jetci setup'`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("set-up as the observer: %v, want %q", err, want)
+	}
+}
+
+// TestNKeySeed: --nats-nkey signs in with an nkey seed file.
+func TestNKeySeed(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	dir := t.TempDir()
+	seedFile, conf := filepath.Join(dir, "admin.nk"), filepath.Join(dir, "nats.conf")
+	os.WriteFile(seedFile, seed, 0o600)
+	os.WriteFile(conf, []byte(`accounts { JETCI { jetstream: enabled, users: [ { nkey: `+pub+` } ] } }`+"\n"), 0o600)
+	srv, err := broker.Start(broker.Config{ConfigFile: conf, Listen: "127.0.0.1:0", StoreDir: t.TempDir()}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	var out, errb syncBuffer
+	if code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), []string{"setup", "--nats", srv.ClientURL(), "--nats-nkey", seedFile, "--log-format", "json"}); code != 0 {
+		t.Fatalf("jetci setup with an nkey: code %d, %s", code, errb.String())
+	}
+	if _, _, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "test", Log: zerolog.Nop()}); err == nil {
+		t.Fatal("connect without the nkey: no error")
 	}
 }
