@@ -74,7 +74,7 @@ func objWrite(bucket string) []string { return []string{"$O." + bucket + ".>"} }
 // objPut: store new objects — write chunks and metadata, and read metadata
 // (a put first looks for an object of the same name), but no contents.
 func objPut(bucket string) []string {
-	return append(objWrite(bucket), jsAPI("DIRECT.GET.OBJ_%s.$O.%s.M.>", bucket, bucket), jsAPI("STREAM.MSG.GET.OBJ_%s", bucket))
+	return append(objWrite(bucket), jsAPI("DIRECT.GET.OBJ_%s.$O.%s.M.>", bucket, bucket))
 }
 
 // common: every service looks its streams and buckets up at start (stream

@@ -67,6 +67,13 @@ func startShippedBroker(t *testing.T) (string, map[string]string) {
 	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
 		t.Fatalf("admin sets up the streams: %v", events.Explain(nc, err))
 	}
+	logs, err := js.ObjectStore(ctx, events.BucketLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := logs.PutString(ctx, "stored.log", "secret output of another job"); err != nil {
+		t.Fatal(err)
+	}
 	return srv.ClientURL(), pw
 }
 
@@ -123,6 +130,26 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 			return err
 		}
 	}
+	objGet := func(bucket, name string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			obs, err := js.ObjectStore(ctx, bucket)
+			if err != nil {
+				return err
+			}
+			_, err = obs.GetBytes(ctx, name)
+			return err
+		}
+	}
+	objPut := func(bucket, name string) func(context.Context, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			obs, err := js.ObjectStore(ctx, bucket)
+			if err != nil {
+				return err
+			}
+			_, err = obs.PutString(ctx, name, "output")
+			return err
+		}
+	}
 	jobConsumers := func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
 		cons, err := events.EnsureJobConsumers(ctx, js, "default", "amd64")
 		if err != nil {
@@ -134,7 +161,7 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 	for _, tt := range []struct {
 		role, what string
 		do         func(context.Context, *nats.Conn, jetstream.JetStream) error
-		refused    string // "": allowed; else the subject the refusal names
+		refused    string // "": allowed; else the subject (or its start) the refusal names
 	}{
 		{"runner", "publish a result", publish(result), ""},
 		{"runner", "create, look up and pull its job consumers", jobConsumers, ""},
@@ -143,6 +170,9 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 		{"runner", "publish a job", publish(job), job},
 		{"runner", "delete the jobs stream", deleteStream(events.StreamJobs), "$JS.API.STREAM.DELETE." + events.StreamJobs},
 		{"runner", "read another runner's lease", kvGet(events.BucketRunners, events.LeaseKey("r2")), "$JS.API.DIRECT.GET.KV_" + events.BucketRunners + ".$KV." + events.BucketRunners + "." + events.LeaseKey("r2")},
+		{"runner", "store a log", objPut(events.BucketLogs, "new.log"), ""},
+		{"runner", "read a stored log", objGet(events.BucketLogs, "stored.log"), "$JS.API.CONSUMER.CREATE.OBJ_" + events.BucketLogs},
+		{"reporter", "read a stored log", objGet(events.BucketLogs, "stored.log"), ""},
 		{"runner", "write a record", kvPut(events.BucketResults, "x"), "$KV." + events.BucketResults + ".x"},
 		{"observer", "publish a commit", publish(commit), ""},
 		{"observer", "keep the heads", kvPut(events.BucketHeads, "a.b"), ""},
@@ -166,7 +196,11 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 		{"admin", "read a record", kvGet(events.BucketResults, "x"), ""},
 		{"admin", "publish a commit", publish(commit), ""},
 	} {
-		t.Run(tt.role+" may not "+tt.what, func(t *testing.T) {
+		name := tt.role + " may " + tt.what
+		if tt.refused != "" {
+			name = tt.role + " may not " + tt.what
+		}
+		t.Run(name, func(t *testing.T) {
 			nc, js := connectAs(t, url, pw, tt.role)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
@@ -180,7 +214,7 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 			if !errors.Is(err, nats.ErrPermissionViolation) {
 				t.Fatalf("%s: %v, want a permission error", tt.what, err)
 			}
-			want := "permission denied: " + tt.role + ` may not publish to "` + tt.refused + `"`
+			want := "permission denied: " + tt.role + ` may not publish to "` + tt.refused
 			if !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %q, want it to say %q", err, want)
 			}
