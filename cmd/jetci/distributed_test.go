@@ -152,6 +152,12 @@ func TestSeparateServices(t *testing.T) {
 	if body := httpGet(t, web+"/api/v1/jobs/"+jobID+"/log?attempt=1"); !strings.Contains(body, "OK") {
 		t.Fatalf("log of attempt 1: %q", body)
 	}
+	// The queue, runners and metrics pages read the work queue and the leases.
+	for path, want := range map[string]string{"/api/v1/queue": `"partitions"`, "/api/v1/runners": `"runners"`, "/metrics": "jetci_queue_depth"} {
+		if body := httpGet(t, web+path); !strings.Contains(body, want) {
+			t.Errorf("%s lacks %s: %.300s", path, want, body)
+		}
+	}
 	// A long job is cancelled through the API: the reporter asks, the runner stops it.
 	slow := repo.Commit("slow", map[string]string{".jetci.yml": "jobs:\n  test:\n    steps: [echo started; sleep 120]\n"})
 	var slowID string
@@ -163,24 +169,28 @@ func TestSeparateServices(t *testing.T) {
 		slowID = recs[0].JobID
 		return nil
 	})
-	// Its live log streams from JETCI_LOGS through the reporter.
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	sreq, _ := http.NewRequestWithContext(sctx, "GET", web+"/api/v1/jobs/"+slowID+"/log/stream", nil)
-	sresp, err := http.DefaultClient.Do(sreq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seen strings.Builder
-	buf := make([]byte, 4096)
-	for !strings.Contains(seen.String(), "started") {
-		n, err := sresp.Body.Read(buf)
-		seen.Write(buf[:n])
+	// Its live log streams from JETCI_LOGS through the reporter (once the
+	// reporter's view, a moment behind the records, has it running).
+	brokertest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		defer scancel()
+		sreq, _ := http.NewRequestWithContext(sctx, "GET", web+"/api/v1/jobs/"+slowID+"/log/stream", nil)
+		sresp, err := http.DefaultClient.Do(sreq)
 		if err != nil {
-			t.Fatalf("live log: %v after %q", err, seen.String())
+			return err
 		}
-	}
-	sresp.Body.Close()
-	scancel()
+		defer sresp.Body.Close()
+		var seen strings.Builder
+		buf := make([]byte, 4096)
+		for !strings.Contains(seen.String(), "started") {
+			n, err := sresp.Body.Read(buf)
+			seen.Write(buf[:n])
+			if err != nil {
+				return fmt.Errorf("live log: %v after %q", err, seen.String())
+			}
+		}
+		return nil
+	})
 	req, _ := http.NewRequest("POST", web+"/api/v1/jobs/"+slowID+"/cancel", nil)
 	req.Header.Set("Authorization", "Bearer test-admin-token")
 	resp, err := http.DefaultClient.Do(req)
