@@ -359,3 +359,45 @@ func TestNKeySeed(t *testing.T) {
 		t.Fatal("connect without the nkey: no error")
 	}
 }
+
+// TestServerWithoutAdminThenSetup: `jetci server` with the shipped nats.conf
+// but no admin credentials serves and says the streams wait for `jetci setup`;
+// `jetci setup` as the admin then creates them, and refuses another role.
+func TestServerWithoutAdminThenSetup(t *testing.T) {
+	pw := setRolePasswords(t)
+	natsAddr := freeAddr(t)
+	url := "nats://" + natsAddr
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, []string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--monitor", "127.0.0.1:0", "--store", t.TempDir(), "--log-format", "json"})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("jetci server exited %d:\n%s", code, logs.String())
+		}
+	})
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "jetci streams not set up here") {
+			return fmt.Errorf("no word about the streams yet")
+		}
+		return nil
+	})
+	run := func(args ...string) (string, string, int) {
+		var out, errb syncBuffer
+		code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), args)
+		return out.String(), errb.String(), code
+	}
+	if _, errs, code := run(append([]string{"setup", "--nats", url, "--timeout", "5s", "--log-format", "json"}, as(pw, "reporter")...)...); code == 0 ||
+		!strings.Contains(errs, "permission denied: user reporter (running as admin)") {
+		t.Fatalf("setup as the reporter: code %d, %s", code, errs)
+	}
+	if out, errs, code := run(append([]string{"setup", "--nats", url, "--log-format", "json"}, as(pw, "admin")...)...); code != 0 || !strings.Contains(out, "jetci streams and buckets ready") {
+		t.Fatalf("setup as the admin: code %d, out %q, err %s", code, out, errs)
+	}
+	if _, err := resultsJSON(t, url, as(pw, "admin")...); err != nil {
+		t.Fatal(err)
+	}
+}
