@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -26,6 +27,10 @@ type Config struct {
 	StoreDir string
 	// HTTP is an optional monitoring address, host:port; port 0 picks a free one.
 	HTTP string
+	// TLSCert and TLSKey make the server serve TLS to clients (and require it);
+	// with TLSCA too, clients must present a certificate signed by that CA.
+	// They override a tls block of ConfigFile.
+	TLSCert, TLSKey, TLSCA string
 }
 
 // DefaultConfig listens on the loopback NATS port and stores under ./.jetci/nats.
@@ -38,6 +43,12 @@ func (c Config) Validate() error {
 	if c.ConfigFile == "" && c.StoreDir == "" {
 		return errors.New("broker: StoreDir is empty: JetStream needs a directory")
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("broker: TLSCert and TLSKey go together")
+	}
+	if c.TLSCA != "" && c.TLSCert == "" {
+		return errors.New("broker: TLSCA (verify clients) needs TLSCert and TLSKey")
+	}
 	if c.Listen != "" {
 		if _, _, err := splitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("broker: Listen %q: %w", c.Listen, err)
@@ -48,7 +59,8 @@ func (c Config) Validate() error {
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns *server.Server
+	ns   *server.Server
+	opts *server.Options
 }
 
 // Start runs the server and waits until it accepts clients.
@@ -80,6 +92,14 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 			l.Close()
 		}
 	}
+	if cfg.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, CaFile: cfg.TLSCA, Verify: cfg.TLSCA != ""})
+		if err != nil {
+			return nil, fmt.Errorf("broker: TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSVerify = tc, true, cfg.TLSCA != ""
+		opts.TLSCert, opts.TLSKey, opts.TLSCaCert = cfg.TLSCert, cfg.TLSKey, cfg.TLSCA
+	}
 	if cfg.HTTP != "" {
 		host, port, err := splitHostPort(cfg.HTTP)
 		if err != nil {
@@ -100,7 +120,31 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("broker: server not ready on %s within 30s (port in use?)", cfg.Listen)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, opts: opts}, nil
+}
+
+// InProcess is the client option that connects to this server in-process,
+// without the network (and without TLS); credentials are still checked.
+func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.ns) }
+
+// AuthRequired reports whether clients must give credentials.
+func (s *Server) AuthRequired() bool {
+	o := s.opts
+	return o.Username != "" || o.Authorization != "" || len(o.Users) > 0 || len(o.Nkeys) > 0 ||
+		len(o.TrustedOperators) > 0 || len(o.TrustedKeys) > 0 || o.TLSMap
+}
+
+// TLS reports whether the server serves TLS to clients.
+func (s *Server) TLS() bool { return s.opts.TLSConfig != nil }
+
+// Loopback reports whether clients can reach the server only from this machine.
+func (s *Server) Loopback() bool {
+	host := s.opts.Host
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ClientURL is the URL clients connect to.

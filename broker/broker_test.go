@@ -3,25 +3,52 @@ package broker_test
 import (
 	"context"
 	"net"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/jetci/jetci/broker"
+	"github.com/jetci/jetci/events"
 )
 
 // TestStartWithTheRepoConfig starts the embedded server from the repository's
-// nats.conf (the file users run with nats-server -c), on free ports.
+// nats.conf (the file users run with nats-server -c), on free ports. Its users'
+// passwords come from the environment; without them the server does not start,
+// and a client without credentials is refused.
 func TestStartWithTheRepoConfig(t *testing.T) {
-	srv, err := broker.Start(broker.Config{ConfigFile: "../nats.conf", Listen: "127.0.0.1:0", StoreDir: t.TempDir(), HTTP: "127.0.0.1:0"}, zerolog.Nop())
+	cfg := broker.Config{ConfigFile: "../nats.conf", Listen: "127.0.0.1:0", StoreDir: t.TempDir(), HTTP: "127.0.0.1:0"}
+	for _, r := range events.Roles() {
+		os.Unsetenv(events.PasswordVar(r.Name))
+	}
+	if _, err := broker.Start(cfg, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "JETCI_") {
+		t.Fatalf("start without the password variables: %v, want an error naming one", err)
+	}
+	for _, r := range events.Roles() {
+		t.Setenv(events.PasswordVar(r.Name), "pw-"+r.Name)
+	}
+	// A variable may hold a bcrypt hash instead, so the server never sees the password.
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw-admin"), 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(events.PasswordVar(events.RoleAdmin), string(hash))
+	srv, err := broker.Start(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
+	if !srv.AuthRequired() || srv.TLS() || !srv.Loopback() {
+		t.Errorf("auth %v, tls %v, loopback %v: want auth on loopback without TLS", srv.AuthRequired(), srv.TLS(), srv.Loopback())
+	}
+	if _, err := nats.Connect(srv.ClientURL()); err == nil {
+		t.Fatal("a client without credentials got in")
+	}
+	nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", "pw-admin"))
 	if err != nil {
 		t.Fatal(err)
 	}

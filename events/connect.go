@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,13 +21,38 @@ type ConnectOptions struct {
 	// forever. Commands for people (results, trigger) fail fast instead.
 	Wait bool
 	Log  zerolog.Logger
-	// Extra options, e.g. credentials or nats.InProcessServer.
+	// Role is the user role this process connects as (observer, dispatcher,
+	// runner, reporter, admin, hook, pool; see Roles). It sets the inbox prefix
+	// the server lets that role read, and names the role in permission errors.
+	// Empty: the default inbox, for servers without permissions (jetci up).
+	Role string
+	// Auth holds the credentials and TLS settings.
+	Auth Auth
+	// Extra options, e.g. nats.InProcessServer.
 	Extra []nats.Option
+	// Ctx, with Wait, makes Connect wait until the server is reached: it
+	// returns an error at once when the server refuses the credentials (a
+	// service would otherwise wait forever), and ctx's error when ctx ends.
+	Ctx context.Context
 }
 
 // Connect dials NATS and opens JetStream.
 func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
 	log := o.Log
+	authOpts, err := o.Auth.Options()
+	if err != nil {
+		return nil, nil, err
+	}
+	who := o.Role
+	switch {
+	case who == "":
+		who = o.Auth.User
+	case o.Auth.User != "" && o.Auth.User != o.Role:
+		who = fmt.Sprintf("user %s (running as %s)", o.Auth.User, o.Role)
+	}
+	if who == "" {
+		who = "this client"
+	}
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.ReconnectWait(250 * time.Millisecond),
@@ -38,7 +64,13 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("reconnected to nats")
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+		nats.ErrorHandler(func(nc *nats.Conn, s *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				pe := parseViolation(who, err)
+				recordDenial(nc, pe)
+				log.Error().Str("role", o.Role).Str("subject", pe.Subject).Msg(pe.Error())
+				return
+			}
 			ev := log.Error().Err(err)
 			if s != nil {
 				ev = ev.Str("subject", s.Subject)
@@ -51,10 +83,20 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 	} else {
 		opts = append(opts, nats.Timeout(5*time.Second))
 	}
+	if o.Role != "" {
+		opts = append(opts, nats.CustomInboxPrefix(InboxPrefix(o.Role)))
+	}
+	opts = append(opts, authOpts...)
 	opts = append(opts, o.Extra...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	if o.Wait && o.Ctx != nil {
+		if err := waitConnected(o.Ctx, nc, url, log); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("connect to nats at %s as %s: %w", url, who, err)
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -84,4 +126,42 @@ func Retry(ctx context.Context, log zerolog.Logger, what string, max time.Durati
 			wait = max
 		}
 	}
+}
+
+// waitConnected waits until nc is connected, the server refused its
+// credentials, or ctx ends.
+func waitConnected(ctx context.Context, nc *nats.Conn, url string, log zerolog.Logger) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	said := time.Now().Add(time.Second)
+	for {
+		if time.Now().After(said) && !nc.IsConnected() {
+			log.Info().Str("url", url).Msg("waiting for the nats server")
+			said = time.Now().Add(time.Minute)
+		}
+		if nc.IsConnected() {
+			return nil
+		}
+		err := nc.LastError()
+		if isAuthError(err) || nc.IsClosed() {
+			if err == nil {
+				err = nats.ErrConnectionClosed
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func isAuthError(err error) bool {
+	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -54,6 +54,18 @@
 //	jetci-bisect   KV     culprit finding (90 days): b.<repo>.<branch>.<job-id> a Bisection (see BisectKey);
 //	                      c.… the commits and o.… the job outcomes of bisected branches (dispatcher)
 //
+// # Roles and permissions
+//
+// Each kind of process connects as the user of its role ([Roles]: observer,
+// dispatcher, runner, reporter, admin, hook, pool) and reads replies on its own
+// inbox prefix ([InboxPrefix], "_INBOX_<role>"). [Roles] lists the subjects each
+// may publish and subscribe to, JetStream API, ack, KV and object store subjects
+// included; [AccountsConf] renders them as the jetci-accounts.conf that nats.conf
+// includes. Only the admin creates streams and buckets ([Setup.Ensure] is a
+// lookup for the others once they exist). The server refuses a publish
+// silently, so a refused request times out; [Explain] turns that timeout into a
+// [PermissionError] naming the role and the subject.
+//
 // # Messages
 //
 // Every message is a JSON object with a "type" naming it and its version, for example

@@ -29,7 +29,7 @@ files; --attempt N picks another.
 
 func (m *Main) artifacts(ctx context.Context, args []string) error {
 	fs := m.flagSet("artifacts", artifactsUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleAdmin)
 	id := fs.String("job", "", "job id (20 hex digits)")
 	attempt := fs.Uint64("attempt", 0, "attempt whose files to fetch (default: the newest that has any)")
 	out := fs.String("out", ".", "directory to write the files into")
@@ -40,7 +40,7 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--job is required")
 	}
-	nc, js, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-artifacts", Log: zerolog.Nop()})
+	nc, js, err := m.connect(ctx, nf, "jetci-artifacts", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

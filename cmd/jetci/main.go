@@ -15,8 +15,6 @@ import (
 	"syscall"
 
 	"github.com/rs/zerolog"
-
-	"github.com/jetci/jetci/events"
 )
 
 func main() {
@@ -29,6 +27,7 @@ func main() {
 // Main is the program: its subcommands write to Stdout and Stderr.
 type Main struct {
 	Stdout, Stderr io.Writer
+	connState
 }
 
 // NewMain returns a Main on the process's standard streams.
@@ -43,6 +42,7 @@ func commands() []command {
 	return []command{
 		{"up", "run everything in one process on an embedded NATS server", (*Main).up},
 		{"server", "run the NATS server alone (embedded), for separate services", (*Main).server},
+		{"setup", "create jetci's streams and buckets on a NATS server, as the admin", (*Main).setup},
 		{"observer", "watch git repositories and publish their new commits", (*Main).observer},
 		{"dispatcher", "turn commits into jobs", (*Main).dispatcher},
 		{"runner", "run jobs for one CPU architecture and pool", (*Main).runner},
@@ -102,7 +102,7 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		if c.name != name {
 			continue
 		}
-		err := c.run(m, ctx, args[1:])
+		err := m.explain(c.run(m, ctx, args[1:]))
 		switch {
 		case err == nil:
 			return 0
@@ -205,10 +205,6 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
-}
-
-func natsFlag(fs *flag.FlagSet) *string {
-	return fs.String("nats", envOr("JETCI_NATS", events.DefaultURL), "NATS server URL (env JETCI_NATS)")
 }
 
 // listFlag is a flag that may be repeated, or given as a comma-separated list.

@@ -19,10 +19,13 @@ import (
 // serve connects a long-running service to NATS (waiting for the server and
 // setting up jetci's streams), serves its metrics on maddr, runs it, and drains
 // the connection when it returns. queueMetrics adds the queue depth collectors.
-func serve(ctx context.Context, url, name, maddr string, queueMetrics bool, log zerolog.Logger,
+func (m *Main) serve(ctx context.Context, nf *natsFlags, name, maddr string, queueMetrics bool, log zerolog.Logger,
 	run func(nc *nats.Conn, js jetstream.JetStream, m *metrics.Metrics) error) error {
-	nc, js, err := connectService(ctx, url, name, log)
+	nc, js, err := m.connectService(ctx, nf, name, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
 	defer drain(nc, log)
@@ -30,11 +33,11 @@ func serve(ctx context.Context, url, name, maddr string, queueMetrics bool, log 
 	if queueMetrics {
 		qjs = js
 	}
-	m, err := startMetrics(ctx, maddr, qjs, log)
+	mets, err := startMetrics(ctx, maddr, qjs, log)
 	if err != nil {
 		return err
 	}
-	return run(nc, js, m)
+	return run(nc, js, mets)
 }
 
 func metricsFlag(fs *flag.FlagSet) *string {

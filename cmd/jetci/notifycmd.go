@@ -24,7 +24,7 @@ that holds the repository, e.g. hooks/post-receive:
 
 func (m *Main) notify(ctx context.Context, args []string) error {
 	fs := m.flagSet("notify", notifyUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleHook)
 	repo := fs.String("repo", "", "repository name (as jetci names it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -33,7 +33,7 @@ func (m *Main) notify(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo is required")
 	}
-	nc, _, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-notify", Log: zerolog.Nop()})
+	nc, _, err := m.connect(ctx, nf, "jetci-notify", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

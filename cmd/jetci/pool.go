@@ -45,7 +45,7 @@ type poolChild struct {
 
 func (m *Main) pool(ctx context.Context, args []string) error {
 	fs := m.flagSet("pool", poolUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RolePool)
 	minN := fs.Int("min", 0, "runners kept even when idle")
 	maxN := fs.Int("max", runtime.NumCPU(), "runners at most")
 	arch := fs.String("arch", runtime.GOARCH, "CPU architecture the runners serve")
@@ -81,20 +81,21 @@ func (m *Main) pool(ctx context.Context, args []string) error {
 		}
 	}
 	host, _ := os.Hostname()
-	p := &runnerPool{url: *url, exe: exe, arch: *arch, pool: *poolName, slots: *slots, work: *work, idle: *idle,
+	p := &runnerPool{conn: nf, exe: exe, arch: *arch, pool: *poolName, slots: *slots, work: *work, idle: *idle,
 		min: *minN, max: *maxN, log: log, prefix: fmt.Sprintf("%s-pool%d", host, os.Getpid()), children: map[string]*poolChild{}}
-	return serve(ctx, *url, "jetci-pool", "", false, log, func(_ *nats.Conn, js jetstream.JetStream, _ *metrics.Metrics) error {
+	return m.serve(ctx, nf, "jetci-pool", "", false, log, func(_ *nats.Conn, js jetstream.JetStream, _ *metrics.Metrics) error {
 		p.js = js
 		return p.run(ctx, *tick)
 	})
 }
 
 type runnerPool struct {
-	url, exe, arch, pool, work, prefix string
-	slots, min, max                    int
-	idle                               time.Duration
-	js                                 jetstream.JetStream
-	log                                zerolog.Logger
+	exe, arch, pool, work, prefix string
+	conn                          *natsFlags
+	slots, min, max               int
+	idle                          time.Duration
+	js                            jetstream.JetStream
+	log                           zerolog.Logger
 
 	mu       sync.Mutex
 	n        int
@@ -229,10 +230,12 @@ func (p *runnerPool) busy(ctx context.Context) map[string]int {
 func (p *runnerPool) start() error {
 	p.n++
 	id := p.prefix + "-" + strconv.Itoa(p.n)
-	cmd := exec.Command(p.exe, "runner", "--nats", p.url, "--arch", p.arch, "--pool", p.pool, "--slots", strconv.Itoa(p.slots),
+	args := append([]string{"runner"}, p.conn.args()...)
+	args = append(args, "--arch", p.arch, "--pool", p.pool, "--slots", strconv.Itoa(p.slots),
 		"--id", id, "--work", filepath.Join(p.work, id), "--grace", "720h", "--log-format", "json")
+	cmd := exec.Command(p.exe, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.Env = append(os.Environ(), "JETCI_NATS="+p.url)
+	cmd.Env = append(append(os.Environ(), "JETCI_NATS="+p.conn.url), p.conn.env()...)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ not broken it simply runs the head.
 
 func (m *Main) recheck(ctx context.Context, args []string) error {
 	fs := m.flagSet("recheck", recheckUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleAdmin)
 	repo := fs.String("repo", "", "repository name (as in results)")
 	branch := fs.String("branch", "", "branch name")
 	if err := parse(fs, args); err != nil {
@@ -33,7 +33,7 @@ func (m *Main) recheck(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo and --branch are required")
 	}
-	nc, _, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-recheck", Log: zerolog.Nop()})
+	nc, _, err := m.connect(ctx, nf, "jetci-recheck", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

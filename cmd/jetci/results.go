@@ -30,7 +30,7 @@ results carry "tests" and "test_summary".
 
 func (m *Main) results(ctx context.Context, args []string) error {
 	fs := m.flagSet("results", resultsUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleAdmin)
 	repo := fs.String("repo", "", "only this repository (its name)")
 	branch := fs.String("branch", "", "only this branch (needs no --repo)")
 	commit := fs.String("commit", "", "only this commit (full sha or a prefix)")
@@ -40,7 +40,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	nc, js, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-results", Log: zerolog.Nop()})
+	nc, js, err := m.connect(ctx, nf, "jetci-results", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jetci/jetci/broker"
@@ -19,17 +21,26 @@ import (
 )
 
 const serverUsage = `
-Usage: jetci server [--config nats.conf] [--listen ADDR] [--store DIR]
+Usage: jetci server [--config nats.conf] [--listen ADDR] [--store DIR] [--tls-cert F --tls-key F [--tls-ca F]] [--nats-user admin]
 
 Runs the NATS JetStream server alone (embedded in jetci), for deployments where
 the observer, dispatcher, reporter and runners run as separate processes. The
 config file has the syntax of the real nats-server, which accepts the same file:
-'nats-server -c nats.conf'. jetci's streams and buckets are created at start.
+'nats-server -c nats.conf'. The shipped nats.conf has one user per role (see
+README, Security model); its passwords come from the JETCI_<ROLE>_PASSWORD
+variables.
+
+jetci's streams and buckets are created at start, over an in-process
+connection: when the config requires credentials, give the admin's
+(--nats-user admin and $JETCI_NATS_PASSWORD, or --nats-creds), or run
+'jetci setup' later.
+
+With --tls-cert and --tls-key it serves TLS (clients then need --tls-ca); with
+--tls-ca as well, clients must also present a certificate signed by that CA.
 
 For a 3-node JetStream cluster, run one 'jetci server --config nodeN.conf' per
-node, each file with its own server_name, listen, store_dir and a cluster block
-listing all three routes (see nats.conf). On a cluster, streams and buckets get
-3 replicas; give clients every node: --nats nats://a:4222,nats://b:4222,nats://c:4222
+node (see nats-cluster.conf). On a cluster, streams and buckets get 3 replicas;
+give clients every node: --nats nats://a:4222,nats://b:4222,nats://c:4222
 `
 
 func (m *Main) server(ctx context.Context, args []string) error {
@@ -37,6 +48,12 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	config := fs.String("config", "", "nats-server configuration file (e.g. nats.conf)")
 	listen := fs.String("listen", "", "client address host:port (default: the config's, else 127.0.0.1:4222)")
 	store := fs.String("store", "", "JetStream storage directory (default: the config's, else ./.jetci/nats)")
+	monitor := fs.String("monitor", "", "NATS monitoring address host:port, /varz and /jsz (default: the config's http, else none)")
+	tlsCert := fs.String("tls-cert", "", "serve TLS with this certificate (PEM); clients must then use TLS")
+	tlsKey := fs.String("tls-key", "", "the certificate's private key (PEM)")
+	tlsCA := fs.String("tls-ca", "", "CA (PEM) whose client certificates are required (verify clients)")
+	admin := &natsFlags{role: events.RoleAdmin}
+	admin.register(fs, "create jetci's streams")
 	maddr := metricsFlag(fs)
 	retention := retentionFlags(fs)
 	lf := registerLogFlags(fs)
@@ -48,7 +65,10 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	if _, err := retention(events.DefaultSetup()); err != nil {
 		return err
 	}
-	cfg := broker.Config{ConfigFile: *config, Listen: *listen, StoreDir: *store}
+	if err := admin.resolve(); err != nil {
+		return err
+	}
+	cfg := broker.Config{ConfigFile: *config, Listen: *listen, StoreDir: *store, HTTP: *monitor, TLSCert: *tlsCert, TLSKey: *tlsKey, TLSCA: *tlsCA}
 	if *config == "" {
 		def := broker.DefaultConfig()
 		if cfg.Listen == "" {
@@ -63,25 +83,20 @@ func (m *Main) server(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
-	log.Info().Str("url", srv.ClientURL()).Msg("nats server ready")
-	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-server", Wait: true, Log: log})
-	if err != nil {
-		return err
+	log.Info().Str("url", srv.ClientURL()).Bool("tls", srv.TLS()).Bool("auth", srv.AuthRequired()).Msg("nats server ready")
+	if !srv.Loopback() && !srv.AuthRequired() {
+		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see README, Security model)")
 	}
-	// In a cluster JetStream is usable once the nodes have elected a leader.
-	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return withRetention(events.SetupFor(nc)).Ensure(sctx, js)
-	})
-	defer nc.Close()
-	if err != nil {
-		if ctx.Err() != nil {
+	var js jetstream.JetStream
+	switch {
+	case srv.AuthRequired() && !admin.auth.Secured():
+		log.Warn().Msg("jetci streams not set up here: the config requires credentials; give the admin's (--nats-user admin) or run 'jetci setup'")
+	default:
+		js = m.setupInProcess(ctx, srv, admin, withRetention, log)
+		if js == nil && ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("set up streams: %w", err)
 	}
-	log.Info().Msg("jetci streams ready")
 	if *maddr != "" {
 		if _, err := startMetrics(ctx, *maddr, js, log); err != nil {
 			return err
@@ -89,6 +104,83 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	}
 	<-ctx.Done()
 	log.Info().Msg("nats server stopping")
+	return nil
+}
+
+// setupInProcess creates jetci's streams over an in-process connection as the
+// admin; it logs a failure (the server keeps serving) and returns nil then.
+func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *natsFlags, withRetention func(events.Setup) events.Setup, log zerolog.Logger) jetstream.JetStream {
+	// nats://, not the client URL: that is tls:// when the server serves TLS,
+	// and an in-process connection needs none.
+	nc, js, err := events.Connect("nats://in-process", events.ConnectOptions{Name: "jetci-server", Log: log,
+		Role: admin.role, Auth: admin.auth, Extra: []nats.Option{srv.InProcess()}})
+	if err != nil {
+		log.Error().Err(err).Msg("jetci streams not set up: cannot connect as the admin; run 'jetci setup'")
+		return nil
+	}
+	go func() { <-ctx.Done(); nc.Close() }()
+	// In a cluster JetStream is usable once the nodes have elected a leader.
+	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return events.Explain(nc, withRetention(events.SetupFor(nc)).Ensure(sctx, js))
+	})
+	if err != nil {
+		return nil
+	}
+	log.Info().Msg("jetci streams ready")
+	return js
+}
+
+const setupUsage = `
+Usage: jetci setup --nats URL --nats-user admin [--log-retention D] [--artifact-retention D]
+
+Creates jetci's streams and buckets on a NATS server or cluster (three replicas
+on a cluster), as the admin user, and exits. Existing ones are left as they
+are, except that --log-retention and --artifact-retention are applied. The
+services' own users may not create streams: run this once before them (jetci
+server does the same at start when it is given the admin's credentials).
+`
+
+func (m *Main) setup(ctx context.Context, args []string) error {
+	fs := m.flagSet("setup", setupUsage)
+	nf := connFlags(fs, events.RoleAdmin)
+	retention := retentionFlags(fs)
+	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the server (and a cluster's leader)")
+	lf := registerLogFlags(fs)
+	log, err := m.parseLogged(fs, args, lf)
+	if err != nil {
+		return err
+	}
+	if _, err := retention(events.DefaultSetup()); err != nil {
+		return err
+	}
+	nc, js, err := m.connect(ctx, nf, "jetci-setup", false, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	setup, _ := retention(events.SetupFor(nc))
+	var denied error // a permission error ends the retries: it will not pass by itself
+	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
+		sctx, scancel := context.WithTimeout(rctx, 10*time.Second)
+		defer scancel()
+		err := events.Explain(nc, setup.Ensure(sctx, js))
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			denied = err
+			cancel()
+		}
+		return err
+	})
+	if denied != nil {
+		return denied
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(m.Stdout, "jetci streams and buckets ready on %s (%d replicas)\n", nc.ConnectedUrlRedacted(), setup.Replicas)
 	return nil
 }
 
@@ -103,7 +195,7 @@ restarted observer neither misses nor repeats a commit. It also serves
 
 func (m *Main) observer(ctx context.Context, args []string) error {
 	fs := m.flagSet("observer", observerUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleObserver)
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
@@ -129,7 +221,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return serve(ctx, *url, "jetci-observer", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+	return m.serve(ctx, nf, "jetci-observer", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		cfg.Metrics = mets
 		o, err := observer.New(cfg, nc, js, log)
 		if err != nil {
@@ -158,7 +250,7 @@ each tested, and mails its author.
 
 func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	fs := m.flagSet("dispatcher", dispatcherUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleDispatcher)
 	var arch listFlag
 	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
 	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
@@ -180,7 +272,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	return serve(ctx, *url, "jetci-dispatcher", *maddr, true, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+	return m.serve(ctx, nf, "jetci-dispatcher", *maddr, true, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		cfg.Metrics = mets
 		d, err := dispatcher.New(cfg, js, log)
 		if err != nil {
@@ -215,7 +307,7 @@ file apply where they are tighter.
 func (m *Main) runner(ctx context.Context, args []string) error {
 	def := runner.DefaultConfig()
 	fs := m.flagSet("runner", runnerUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleRunner)
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
@@ -241,7 +333,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	log = log.With().Str("runner", cfg.ID).Logger()
-	return serve(ctx, *url, "jetci-runner", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+	return m.serve(ctx, nf, "jetci-runner", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		cfg.Metrics = mets
 		r, err := runner.New(cfg, nc, js, log)
 		if err != nil {
@@ -267,7 +359,7 @@ each exactly once, through an outbox in JetStream. See README, Notifications.
 
 func (m *Main) reporter(ctx context.Context, args []string) error {
 	fs := m.flagSet("reporter", reporterUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleReporter)
 	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
 	adminToken := adminTokenFlags(fs)
 	hookSecret := hookSecretFlag(fs)
@@ -290,7 +382,7 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, *url, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
+	return m.serve(ctx, nf, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log)
 		if err != nil {
 			return err

@@ -25,7 +25,7 @@ repository resolves the commit; the command prints it.
 
 func (m *Main) trigger(ctx context.Context, args []string) error {
 	fs := m.flagSet("trigger", triggerUsage)
-	url := natsFlag(fs)
+	nf := connFlags(fs, events.RoleAdmin)
 	repo := fs.String("repo", "", "repository name (as in results)")
 	branch := fs.String("branch", "", "branch name")
 	commit := fs.String("commit", "", "commit to run (full sha or a prefix); default: the branch head")
@@ -39,7 +39,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errors.New("--repo and --branch are required")
 	}
-	nc, _, err := events.Connect(*url, events.ConnectOptions{Name: "jetci-trigger", Log: zerolog.Nop()})
+	nc, _, err := m.connect(ctx, nf, "jetci-trigger", false, zerolog.Nop())
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -32,8 +33,11 @@ for the given repositories, a dispatcher, a reporter with the web UI and API, an
 --runners local runners for this machine's CPU architecture. Every new commit on
 every branch is tested; results survive restarts in --data.
 
-Other machines can join: 'jetci runner --nats nats://HOST:PORT --arch arm64' serves
-jobs for another architecture (listen on a reachable address with --nats-listen).
+Its NATS server has no authentication and no TLS, and says so at start; it
+listens on loopback, so only users of this machine can reach it. Listening on a
+reachable address (--nats-listen) needs --insecure, and then anyone who reaches
+it can queue jobs and read results: for several machines, run 'jetci server
+--config nats.conf' with a user per role instead (README, Security model).
 
 A repo is a local path or a git URL; it is named after its base name without
 ".git", or give the name: --repo name=PATH_OR_URL.
@@ -44,7 +48,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	var repos, arch listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	data := fs.String("data", "./.jetci", "directory for all state: NATS storage, git caches, runner workspaces")
-	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port)")
+	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port); it has no authentication, so a non-loopback address needs --insecure")
+	insecure := fs.Bool("insecure", false, "allow --nats-listen on a non-loopback address although the embedded server has no authentication or TLS: anyone who reaches it can queue jobs (run code) and read results")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
 	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
 	slots := fs.Int("slots", 1, "parallel jobs per local runner")
@@ -83,6 +88,10 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	hook, err := hookSecret()
 	if err != nil {
 		return err
+	}
+	if !isLoopback(*listen) && !*insecure {
+		return fmt.Errorf("--nats-listen %s is reachable from other machines, and jetci up's NATS server has no authentication or TLS: anyone who reaches it could queue jobs (run code on your runners) and read every result. "+
+			"For several machines run 'jetci server --config nats.conf' with its per-role users (README, Security model), or pass --insecure to accept the risk", *listen)
 	}
 	if *runners < 0 {
 		return fmt.Errorf("--runners %d: want 0 or more", *runners)
@@ -173,6 +182,11 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 	log.Info().Str("nats", srv.ClientURL()).Str("http", rep.Addr()).Int("repos", len(ocfg.Repos)).
 		Int("runners", *runners).Strs("arch", dcfg.Arch).Str("data", *data).Msg("jetci is up")
+	if isLoopback(*listen) {
+		log.Info().Str("nats", srv.ClientURL()).Msg("the embedded NATS server is open: no authentication, no TLS; it listens on loopback only, so only users of this machine can reach it")
+	} else {
+		log.Warn().Str("nats", srv.ClientURL()).Msg("INSECURE: the embedded NATS server listens beyond loopback with no authentication and no TLS; anyone who reaches it can queue jobs and read results")
+	}
 	if *runners > 0 && !slices.Contains(dcfg.Arch, runtime.GOARCH) {
 		log.Warn().Strs("arch", dcfg.Arch).Msg("the local runners serve " + runtime.GOARCH + " only: other architectures need 'jetci runner --arch'")
 	}
@@ -200,19 +214,33 @@ func drain(nc *nats.Conn, log zerolog.Logger) {
 
 // connectService connects a long-running service and makes sure jetci's streams
 // exist, waiting for the server if it is not up yet.
-func connectService(ctx context.Context, url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, js, err := events.Connect(url, events.ConnectOptions{Name: name, Wait: true, Log: log})
+func (m *Main) connectService(ctx context.Context, nf *natsFlags, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := m.connect(ctx, nf, name, true, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	err = events.Retry(ctx, log, "set up jetci streams on "+url, 5*time.Second, func(ctx context.Context) error {
+	err = events.Retry(ctx, log, "set up jetci streams on "+nf.url, 5*time.Second, func(ctx context.Context) error {
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.SetupFor(nc).Ensure(c, js)
+		return events.Explain(nc, events.SetupFor(nc).Ensure(c, js))
 	})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
 	return nc, js, nil
+}
+
+// isLoopback reports whether a listen address host:port is reachable from this
+// machine only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

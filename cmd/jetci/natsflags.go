@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/events"
+)
+
+// natsFlags are the flags of every command that connects to NATS: the URL, the
+// credentials of the command's role, and TLS.
+type natsFlags struct {
+	url          string
+	role         string
+	auth         events.Auth
+	passwordFile string
+}
+
+// connFlags registers --nats and the credential and TLS flags; role is the user
+// role the command connects as (events.Roles), which sets its inbox prefix.
+func connFlags(fs *flag.FlagSet, role string) *natsFlags {
+	n := &natsFlags{role: role}
+	fs.StringVar(&n.url, "nats", envOr("JETCI_NATS", events.DefaultURL), "NATS server URL; several, comma-separated, for a cluster (env JETCI_NATS)")
+	n.register(fs, "connect")
+	return n
+}
+
+// register adds the credential flags (and, unless the command serves TLS
+// itself, the client TLS flags).
+func (n *natsFlags) register(fs *flag.FlagSet, what string) {
+	as := ""
+	if n.role != "" {
+		as = fmt.Sprintf(" (this command's role: %s)", n.role)
+	}
+	fs.StringVar(&n.auth.User, "nats-user", os.Getenv("JETCI_NATS_USER"), "NATS user to "+what+" as"+as+" (env JETCI_NATS_USER)")
+	fs.StringVar(&n.auth.Password, "nats-password", "", "its password; visible to other local users in the process list: prefer $JETCI_NATS_PASSWORD or --nats-password-file")
+	fs.StringVar(&n.passwordFile, "nats-password-file", os.Getenv("JETCI_NATS_PASSWORD_FILE"), "file holding the password (env JETCI_NATS_PASSWORD_FILE)")
+	fs.StringVar(&n.auth.CredsFile, "nats-creds", os.Getenv("JETCI_NATS_CREDS"), "NATS credentials file (JWT and seed) instead of a user (env JETCI_NATS_CREDS)")
+	fs.StringVar(&n.auth.NKeyFile, "nats-nkey", os.Getenv("JETCI_NATS_NKEY"), "file with an nkey seed instead of a user (env JETCI_NATS_NKEY)")
+	if what == "connect" {
+		n.tlsFlags(fs)
+	}
+}
+
+func (n *natsFlags) tlsFlags(fs *flag.FlagSet) {
+	fs.StringVar(&n.auth.TLSCA, "tls-ca", os.Getenv("JETCI_TLS_CA"), "CA certificate (PEM) to check the NATS server's certificate with; turns TLS on (env JETCI_TLS_CA)")
+	fs.StringVar(&n.auth.TLSCert, "tls-cert", os.Getenv("JETCI_TLS_CERT"), "client certificate (PEM), for servers that verify clients (env JETCI_TLS_CERT)")
+	fs.StringVar(&n.auth.TLSKey, "tls-key", os.Getenv("JETCI_TLS_KEY"), "its private key (PEM) (env JETCI_TLS_KEY)")
+}
+
+// resolve reads the password from its file or the environment, and checks the
+// combination.
+func (n *natsFlags) resolve() error {
+	if n.auth.Password == "" && n.passwordFile != "" {
+		b, err := os.ReadFile(n.passwordFile)
+		if err != nil {
+			return fmt.Errorf("--nats-password-file: %w", err)
+		}
+		n.auth.Password = strings.TrimSpace(string(b))
+	}
+	if n.auth.Password == "" {
+		n.auth.Password = os.Getenv("JETCI_NATS_PASSWORD")
+	}
+	if n.auth.User == "" {
+		n.auth.Password = "" // from the environment, for another command
+	}
+	return n.auth.Validate()
+}
+
+// args are the flags that make a child process connect the same way.
+func (n *natsFlags) args() []string {
+	a := []string{"--nats", n.url}
+	add := func(flag, v string) {
+		if v != "" {
+			a = append(a, flag, v)
+		}
+	}
+	add("--nats-user", n.auth.User)
+	add("--nats-password-file", n.passwordFile)
+	add("--nats-creds", n.auth.CredsFile)
+	add("--nats-nkey", n.auth.NKeyFile)
+	add("--tls-ca", n.auth.TLSCA)
+	add("--tls-cert", n.auth.TLSCert)
+	add("--tls-key", n.auth.TLSKey)
+	return a
+}
+
+// env is what a child needs that args cannot carry: a password given on the
+// command line or in the environment goes to it through its environment.
+func (n *natsFlags) env() []string {
+	if n.auth.User != "" && n.auth.Password != "" && n.passwordFile == "" {
+		return []string{"JETCI_NATS_PASSWORD=" + n.auth.Password}
+	}
+	return nil
+}
+
+// connect dials NATS with these flags. The connection is remembered so that Run
+// can explain a failure the server's permissions caused.
+func (m *Main) connect(ctx context.Context, n *natsFlags, name string, wait bool, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	if err := n.resolve(); err != nil {
+		return nil, nil, err
+	}
+	nc, js, err := events.Connect(n.url, events.ConnectOptions{Name: name, Wait: wait, Log: log, Role: n.role, Auth: n.auth, Ctx: ctx})
+	if err != nil {
+		return nil, nil, err
+	}
+	m.mu.Lock()
+	m.conns = append(m.conns, nc)
+	m.mu.Unlock()
+	return nc, js, nil
+}
+
+// explain turns a timeout the server's permissions caused into a permission
+// error naming the role and the subject.
+func (m *Main) explain(err error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, nc := range m.conns {
+		if e := events.Explain(nc, err); e != err {
+			return e
+		}
+	}
+	return err
+}
+
+// connState is the part of Main that remembers connections.
+type connState struct {
+	mu    sync.Mutex
+	conns []*nats.Conn
+}
