@@ -131,9 +131,10 @@ func Roles() []Role {
 		{
 			Name: RoleDispatcher,
 			Doc:  "turns commits into jobs; schedules, gates, ages and cancels superseded jobs; hands back jobs of dead runners",
-			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, "jetci.wake"),
+			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, SubjectBisect, "jetci.wake"),
 				durable(StreamCommits, ConsumerDispatcher), getMsg(StreamCommits),
 				durable(StreamResults, ConsumerGate),
+				durable(StreamResults, ConsumerBisect), durable(StreamCommits, ConsumerBisectCommits), // culprit finding
 				durable(StreamDead, ConsumerDead),
 				[]string{
 					jsAPI("CONSUMER.CREATE.%s.>", StreamJobs), jsAPI("CONSUMER.INFO.%s.*", StreamJobs),
@@ -142,7 +143,7 @@ func Roles() []Role {
 					"$JS.ACK." + StreamJobs + ".>", // hand a dead runner's job back (-NAK)
 				},
 				kvRead(BucketRunners), kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
-				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults)),
+				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect)),
 			Subscribe: sub(SubjectRecheck),
 			Responds:  true,
 		},
@@ -158,13 +159,15 @@ func Roles() []Role {
 			Publish: cat(common, sub(SubjectResults, SubjectCancel, SubjectNotify, SubjectTrigger, SubjectRecheck, SubjectPoke),
 				durable(StreamResults, ConsumerReporter), durable(StreamResults, ConsumerNotifierResults),
 				durable(StreamNotify, ConsumerNotifier), durable(StreamBranch, ConsumerNotifierBranches),
+				durable(StreamBisect, ConsumerNotifierBisect),
 				ordered(StreamLogs),
 				[]string{
 					jsAPI("STREAM.MSG.DELETE.%s", StreamJobs), jsAPI("STREAM.MSG.GET.%s", StreamJobs), // cancel a queued job; queue age
 					jsAPI("CONSUMER.LIST.%s", StreamJobs), jsAPI("CONSUMER.INFO.%s.*", StreamJobs),
 				},
 				kvUse(BucketResults), kvRead(BucketRunners), kvUse(BucketCancel), kvRead(BucketBranches),
-				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts)),
+				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts),
+				kvUse(BucketTests), kvRead(BucketBisect)),
 			Subscribe: sub(SubjectLogs),
 		},
 		{
