@@ -12,9 +12,14 @@ import (
 	"github.com/jetci/jetci/events"
 )
 
+// agingOrder is the ladder aging climbs, highest first: every class but bisect.
+var agingOrder = []events.Class{events.ClassUser, events.ClassFirst, events.ClassSecond, events.ClassPeriodic}
+
 // runAging keeps low classes from starving: a job that has waited AgeAfter in
 // its class, never taken by a runner, moves up one class (periodic → second →
-// first → user). JetStream has no per-message priority, so a move is a copy
+// first → user; agingOrder). The bisect class is outside that ladder: a
+// culprit search's runs are already near the top, and a commit's own check
+// must never turn into one (its result would be taken for a bisection run's). JetStream has no per-message priority, so a move is a copy
 // queued at the higher class and the original deleted; only jobs past the
 // consumer's delivered position are moved, never one a runner holds. (A runner
 // that takes the job in the instant between the look and the delete would run
@@ -39,8 +44,8 @@ func (d *Dispatcher) runAging(ctx context.Context) {
 		}
 		for _, p := range d.partitions(ctx, stream) {
 			pool, arch, _ := strings.Cut(p, "/")
-			for i := len(events.Classes) - 1; i > 0; i-- {
-				if err := d.age(ctx, stream, pool, arch, events.Classes[i], events.Classes[i-1]); err != nil && ctx.Err() == nil {
+			for i := len(agingOrder) - 1; i > 0; i-- {
+				if err := d.age(ctx, stream, pool, arch, agingOrder[i], agingOrder[i-1]); err != nil && ctx.Err() == nil {
 					d.log.Warn().Err(err).Str("pool", pool).Str("arch", arch).Msg("aging")
 				}
 			}

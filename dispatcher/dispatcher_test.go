@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -518,6 +519,19 @@ func TestAgingMovesAWaitingJobUp(t *testing.T) {
 	go func() { defer close(done); _ = d.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
+	var mu sync.Mutex
+	var climbed []events.Class // the classes of the queued events aging publishes
+	sub, err := s.NC.Subscribe(events.SubjectResults+".*.*."+string(events.KindQueued), func(m *nats.Msg) {
+		if q, err := events.DecodeAs[events.JobQueued](m.Data); err == nil {
+			mu.Lock()
+			climbed = append(climbed, q.Class)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
 	job := &events.JobQueued{JobRef: events.JobRef{Repo: "proj", Branch: "main", Commit: "c1", Job: "nightly", Arch: "amd64"},
 		Pool: "default", Class: events.ClassPeriodic, Steps: []string{"true"}}
 	job.JobID = events.JobID(job.Repo, job.Branch, job.Commit, job.Job, job.Arch)
@@ -543,11 +557,21 @@ func TestAgingMovesAWaitingJobUp(t *testing.T) {
 			return nil
 		})
 	}
-	for _, c := range []events.Class{events.ClassPeriodic, events.ClassSecond, events.ClassFirst} {
+	for _, c := range []events.Class{events.ClassPeriodic, events.ClassSecond, events.ClassFirst, events.ClassBisect} {
 		if n := pending(c); n != 0 {
 			t.Errorf("class %s still holds %d", c, n)
 		}
 	}
+	// The ladder skips bisect: a commit's own check never becomes a culprit
+	// search's run.
+	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Equal(climbed, []events.Class{events.ClassSecond, events.ClassFirst, events.ClassUser}) {
+			return fmt.Errorf("aged through %v, want second, first, user", climbed)
+		}
+		return nil
+	})
 }
 
 // TestPeriodicFullCheckFiresOnce: two dispatchers on one schedule queue each
