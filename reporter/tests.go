@@ -212,9 +212,12 @@ func (s *TestStore) Observe(ctx context.Context, e *events.JobFinished) error {
 	if len(e.Tests) == 0 && len(e.FailedTries) == 0 {
 		return nil
 	}
-	key := events.TestsKey(e.Repo, e.Branch, e.Arch, e.Job)
+	// A module's job has its own history ("core/test"): modules' tests may
+	// share names, and must not make each other look flaky.
+	job := events.QualifiedJob(e.Module, e.Job)
+	key := events.TestsKey(e.Repo, e.Branch, e.Arch, job)
 	for {
-		h := &testHistory{Repo: e.Repo, Branch: e.Branch, Arch: e.Arch, Job: e.Job}
+		h := &testHistory{Repo: e.Repo, Branch: e.Branch, Arch: e.Arch, Job: job}
 		var rev uint64
 		entry, err := s.kv.Get(ctx, key)
 		switch {

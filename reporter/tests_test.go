@@ -173,3 +173,31 @@ func jsonSize(v any) (int, error) {
 	data, err := json.Marshal(v)
 	return len(data), err
 }
+
+// TestTestHistoryPerModule: two modules' jobs of one name whose tests share a
+// name have their own histories: one failing and the other passing on the
+// same commit is no flake, and each is listed under its module's job.
+func TestTestHistoryPerModule(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	st, err := OpenTestStore(ctx, s.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core := result("c1", 1, 1, map[string]string{"test_api": events.TestFailed})
+	core.Module, core.JobID = "core", "job-core"
+	app := result("c1", 2, 1, map[string]string{"test_api": events.TestPassed})
+	app.Module, app.JobID = "app", "job-app"
+	for _, e := range []*events.JobFinished{core, app} {
+		if err := st.Observe(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if flaky, err := st.Flaky(ctx, TestFilter{Repo: "proj"}); err != nil || len(flaky) != 0 {
+		t.Fatalf("flaky %+v (%v): two modules' tests of one name are not one flaky test", flaky, err)
+	}
+	slow, err := st.Slowest(ctx, TestFilter{Repo: "proj", Job: "core/unit"})
+	if err != nil || len(slow) != 1 || slow[0].Job != "core/unit" || slow[0].LastStatus != events.TestFailed {
+		t.Fatalf("core/unit's tests: %+v (%v)", slow, err)
+	}
+}
