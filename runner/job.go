@@ -177,8 +177,8 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	out.maskSecrets(masked)
 	var env []string
+	var home, tmp string
 	if serr == nil {
-		var home, tmp string
 		if home, tmp, serr = r.jobDirs(slot, job.Repo); serr == nil {
 			env = r.stepEnv(job, attempt, home, tmp, secrets)
 		}
@@ -197,7 +197,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
-		r.tries(ctx, job, attempt, ws, env, lim, out, res, log)
+		r.tries(ctx, job, attempt, ws, tmp, env, lim, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
 		}

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -24,19 +25,22 @@ const MaxRetry = 3
 // Retrying inside one delivery, rather than queueing the job again, keeps one
 // result per attempt: the broken-build flow and the notifier see only the
 // verdict after the retries, so a flake never breaks a branch.
-func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws string, env []string, lim *jobLimits, out *output, res *events.JobFinished, log zerolog.Logger) {
+func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws, tmp string, env []string, lim *jobLimits, out *output, res *events.JobFinished, log zerolog.Logger) {
 	retries := min(max(job.Retry, 0), MaxRetry)
 	failedBefore := map[string]bool{}
 	var coll *testCollector
 	for try := 0; ; try++ {
 		coll = newTestCollector()
+		coll.mask = out.mask.String
 		t0 := time.Now()
 		r.steps(ctx, job, try, ws, env, lim, out, coll, res)
 		coll.Flush()
 		for _, n := range readReports(ws, job.Reports, coll) {
 			out.Note("[jetci] reports: %s", n)
 		}
-		if res.Status != events.StatusFailed || try >= retries || ctx.Err() != nil {
+		// Only steps that exited non-zero are retried: not an error, a
+		// timeout, a cancel, nor a resource limit's kill (res.Error says so).
+		if res.Status != events.StatusFailed || res.Error != "" || try >= retries || ctx.Err() != nil {
 			break
 		}
 		failed := coll.failedNames(events.MaxFailedTryTests)
@@ -46,6 +50,16 @@ func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint6
 		res.FailedTries = append(res.FailedTries, events.FailedTry{
 			ExitCode: res.ExitCode, DurationMs: time.Since(t0).Milliseconds(), FailedTests: failed})
 		out.Note("[jetci] try %d failed (exit code %d); retry %d of %d on a fresh checkout", try+1, res.ExitCode, try+1, retries)
+		// A retry starts as the first try did: a clean TMPDIR, and the full
+		// CPU limit (as it gets the full timeout).
+		if tmp != "" {
+			if err := removeAll(tmp); err == nil {
+				_ = os.MkdirAll(tmp, 0o700)
+			}
+		}
+		if lim != nil {
+			lim.cpuUsed = 0
+		}
 		if err := r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log); err != nil {
 			// The failure stands: the retry could not even start.
 			out.Note("[jetci] retry not run: checkout failed: %v", err)

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -147,5 +148,42 @@ func TestTestResultsFromLogAndReports(t *testing.T) {
 	}
 	if log := readLog(t, s, r.Log); !strings.Contains(log, `reports: pattern "missing/*.xml" matched no file`) {
 		t.Fatalf("log:\n%s", log)
+	}
+}
+
+// TestRetryStartsClean: a retry gets an empty TMPDIR, like the first try; a
+// job a resource limit killed is not retried; a secret in a test's name is
+// masked in the result, as in the log.
+func TestRetryStartsClean(t *testing.T) {
+	s := brokertest.Run(t)
+	res := watchResults(t, s)
+	repo := newGitRepo(t)
+	c := repo.Commit("c", map[string]string{"a.txt": "a"})
+	const secret = "s3cr3t-in-a-test-name"
+	startRunner(t, s, func(c *Config) {
+		c.Secrets = []Secret{{Name: "TOKEN", Value: secret}}
+	})
+	marker := filepath.Join(t.TempDir(), "failed-once")
+	j := enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Retry = 1; j.Env = map[string]string{"MARKER": marker} },
+		`test ! -e "$TMPDIR/left-by-try-1"`,
+		`touch "$TMPDIR/left-by-try-1"`,
+		`if [ ! -e "$MARKER" ]; then touch "$MARKER"; exit 1; fi`)
+	if r := res.wait(t, j.JobID); r.Status != events.StatusPassed || !r.Flaky || r.Retries != 1 {
+		t.Fatalf("retry after a try that left TMPDIR files: %+v\n%s", r, readLog(t, s, r.Log))
+	}
+
+	if runtime.GOOS == "linux" {
+		j = enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Retry = 1; j.Limits = &events.Limits{Processes: 3} },
+			"for i in 1 2 3 4 5 6; do sleep 30 & done; wait")
+		if r := res.wait(t, j.JobID); r.Status != events.StatusFailed || r.Retries != 0 || !strings.Contains(r.Error, "process limit") {
+			t.Fatalf("a limit's kill: %+v, want failed and not retried", r)
+		}
+	}
+
+	j = enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Secrets = []string{"TOKEN"} },
+		`echo "{\"Action\":\"fail\",\"Package\":\"example.com/p\",\"Test\":\"TestLogin/$TOKEN\",\"Elapsed\":0.1}"; exit 1`)
+	r := res.wait(t, j.JobID)
+	if len(r.Tests) != 1 || strings.Contains(r.Tests[0].Name, secret) || !strings.Contains(r.Tests[0].Name, "***") {
+		t.Fatalf("tests %+v: the secret must be masked in test names", r.Tests)
 	}
 }

@@ -34,6 +34,9 @@ type testCollector struct {
 	results []events.TestResult
 	sources map[string]bool
 	cut     bool
+	// mask hides the job's secrets in test names, which leave the runner in
+	// the result (the log is masked on its own path).
+	mask func(string) string
 }
 
 func newTestCollector() *testCollector {
@@ -95,6 +98,9 @@ func (c *testCollector) parseLine(s string) {
 // add records a result; a test seen twice (go test -count=2, a report and
 // the log) keeps its worst status and its longest duration.
 func (c *testCollector) add(source string, r events.TestResult) {
+	if c.mask != nil {
+		r.Name = c.mask(r.Name)
+	}
 	r.Name = cutName(r.Name)
 	if r.Name == "" {
 		return
