@@ -255,6 +255,16 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	l := c.lock(repo)
 	l.RLock()
 	defer l.RUnlock()
+	if err := c.move(repo, commit, ws); err != nil {
+		return err
+	}
+	// Stamp the index jetci's checkout left, so that the fast path can tell
+	// it from one a job rewrote (git add, git rm --cached).
+	stampIndex(ws)
+	return nil
+}
+
+func (c *caches) move(repo, commit, ws string) error {
 	_, statErr := os.Stat(filepath.Join(ws, ".git", "HEAD"))
 	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
 		return fmt.Errorf("workspace %s: %w", ws, err)

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bytes"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,6 +37,11 @@ func unchanged(ws, commit string) ([]*index.Entry, bool) {
 	}
 	ist, err := os.Stat(filepath.Join(dotGit, "index"))
 	if err != nil {
+		return nil, false
+	}
+	// The index must be the one jetci's last checkout wrote: a job that ran
+	// `git add` would make its own changes look checked out.
+	if stamp, err := os.ReadFile(filepath.Join(dotGit, indexStamp)); err != nil || string(stamp) != indexStampOf(ist) {
 		return nil, false
 	}
 	idx, err := openStorage(dotGit).Index()
@@ -102,6 +108,30 @@ func entryUnchanged(ws string, e *index.Entry, racyFrom time.Time) bool {
 		return false
 	}
 	return plumbing.ComputeHash(plumbing.BlobObject, content) == e.Hash
+}
+
+// indexStamp is the file in a slot's .git that records the stat data of the
+// index as jetci's checkout left it.
+const indexStamp = "jetci-index-stamp"
+
+func indexStampOf(fi os.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d %d %d.%09d %d.%09d", st.Ino, fi.Size(), st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+}
+
+// stampIndex records the index's stat data after a checkout; without a stamp
+// the next job of the commit takes the usual way.
+func stampIndex(ws string) {
+	dotGit := filepath.Join(ws, ".git")
+	fi, err := os.Stat(filepath.Join(dotGit, "index"))
+	if err != nil {
+		_ = os.Remove(filepath.Join(dotGit, indexStamp))
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dotGit, indexStamp), []byte(indexStampOf(fi)), 0o644)
 }
 
 // sameTime compares a file's timestamp with the index's, at the index's

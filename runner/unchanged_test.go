@@ -97,6 +97,8 @@ func TestSameCommitCheckoutRestoresEverything(t *testing.T) {
 			w("build/out/o", "x")
 		}},
 		{"HEAD moved by the job", func() { _ = cliGit(ws, "checkout", "-q", "--detach", c1) }},
+		{"a change staged with git add", func() { w("a.txt", "staged\n"); _ = cliGit(ws, "add", "a.txt") }},
+		{"a file taken out of the index", func() { _ = cliGit(ws, "rm", "-q", "--cached", "dir/b.txt") }},
 		{"old timestamps everywhere", func() {
 			w("a.txt", "q\n")
 			for name := range want {
