@@ -170,7 +170,7 @@ func (r *Reporter) cancel(ctx context.Context, id, by string) (*Record, error) {
 		case err == nil:
 			fin := &events.JobFinished{JobRef: jobRef(&rec), QueueSeq: rec.QueueSeq, Attempt: 0, Status: events.StatusCancelled,
 				ExitCode: -1, Error: "cancelled by " + by + " before it started", FinishedAt: time.Now().UTC(),
-				Author: rec.Author, Subject: rec.Subject}
+				Author: rec.Author, Subject: rec.Subject, Class: rec.Class, TriggerID: rec.TriggerID}
 			if err := r.publishResult(ctx, fin, "cancel"); err != nil {
 				return nil, err
 			}
@@ -187,7 +187,7 @@ func (r *Reporter) cancel(ctx context.Context, id, by string) (*Record, error) {
 }
 
 func jobRef(r *Record) events.JobRef {
-	return events.JobRef{JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Job: r.Job, Arch: r.Arch}
+	return events.JobRef{JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Job: r.Job, Module: r.Module, Arch: r.Arch}
 }
 
 func (r *Reporter) publishResult(ctx context.Context, fin *events.JobFinished, kind string) error {

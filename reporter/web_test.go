@@ -467,13 +467,18 @@ func TestCancelQueuedAndRunningJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A real job in the work queue, as the dispatcher would put it there.
+	// A module's job queued by a culprit search: the cancelled result must
+	// still name its module and its run, or the search would wait for it.
 	q := jref("proj", "main", "3333333333333333333333333333333333333333", "test", "amd64")
-	data, _ := events.Encode(&events.JobQueued{JobRef: q, Pool: "default", Class: events.ClassFirst, Steps: []string{"true"}})
-	ack, err := f.s.JS.Publish(ctx, events.JobSubject("default", "amd64", events.ClassFirst, q.Repo, q.Branch), data)
+	q.Module = "core"
+	q.JobID = events.JobID(q.Repo, q.Branch, q.Commit, q.QualifiedJob(), q.Arch)
+	const trigger = "bisect-0123456789abcdef0123-0"
+	data, _ := events.Encode(&events.JobQueued{JobRef: q, Pool: "default", Class: events.ClassBisect, TriggerID: trigger, Steps: []string{"true"}})
+	ack, err := f.s.JS.Publish(ctx, events.JobSubject("default", "amd64", events.ClassBisect, q.Repo, q.Branch), data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.publish(&events.JobQueued{JobRef: q, Pool: "default", Class: events.ClassFirst, QueueSeq: ack.Sequence, QueuedAt: time.Now()})
+	f.publish(&events.JobQueued{JobRef: q, Pool: "default", Class: events.ClassBisect, TriggerID: trigger, QueueSeq: ack.Sequence, QueuedAt: time.Now()})
 	f.waitFor(q.JobID, func(r Record) bool { return r.Status == events.StatusQueued })
 
 	heard := make(chan *events.CancelRequest, 4)
@@ -492,6 +497,17 @@ func TestCancelQueuedAndRunningJobs(t *testing.T) {
 	}
 	if _, err := f.rep.jobs.GetMsg(ctx, ack.Sequence); err == nil {
 		t.Error("the cancelled job is still in the work queue")
+	}
+	results, err := f.s.JS.Stream(ctx, events.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := results.GetLastMsgForSubject(ctx, events.ResultSubject(q.Repo, q.Branch, events.KindFinished))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fin, err := events.DecodeAs[events.JobFinished](m.Data); err != nil || fin.Module != "core" || fin.Class != events.ClassBisect || fin.TriggerID != trigger {
+		t.Errorf("the cancelled result %+v (%v) lost its module, class or trigger", fin, err)
 	}
 	// A running job: the runner is told, and the request is kept for a runner
 	// that has not looked yet.
