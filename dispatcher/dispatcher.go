@@ -161,7 +161,10 @@ func (d *Dispatcher) Expand(ev *events.CommitDetected) ([]*events.JobQueued, *ev
 			jobs = d.expandJob(jobs, ev, "", j, now)
 		}
 	}
-	if pl.Graph != nil {
+	// A re-check of one repo-wide job (no module named) is that job alone,
+	// not also the job of that name of every module.
+	topLevelOnly := ev.OnlyJob != "" && ev.OnlyModule == "" && pl.hasJob(ev.OnlyJob)
+	if pl.Graph != nil && !topLevelOnly {
 		sel := pl.selectModules(ev)
 		mods := pl.Graph.Modules()
 		for _, i := range sel.Modules {

@@ -161,6 +161,7 @@ func (p *parser) module(k, v *yaml.Node, template []Job) (Module, error) {
 	for _, j := range jobs {
 		j.Steps = replaceAll(r, j.Steps)
 		j.Artifacts = replaceAll(r, j.Artifacts)
+		j.Reports = replaceAll(r, j.Reports)
 		if j.Env != nil {
 			env := make(map[string]string, len(j.Env))
 			for k, v := range j.Env {

@@ -347,3 +347,48 @@ func BenchmarkParse500Modules(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(text)), "bytes")
 }
+
+// TestExpandJobNamedInRepoAndModules: a re-check (or a culprit search's run)
+// of a repo-wide job that shares its name with the modules' jobs runs that
+// job alone; naming a job only modules have still runs it in every module.
+// A module template's reports: are templated like its artifacts.
+func TestExpandJobNamedInRepoAndModules(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Arch = []string{"amd64"}
+	d, err := New(cfg, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipeline := "modules:\n  a: {paths: [a]}\n  b: {paths: [b]}\n" +
+		"module_jobs:\n  test: {steps: x, reports: [\"${module_dir}/out/*.xml\"]}\n  vet: {steps: y}\n" +
+		"jobs:\n  test: {steps: z}\n"
+	for _, tt := range []struct{ only, want string }{
+		{"test", "test"},
+		{"vet", "a/vet b/vet"},
+	} {
+		ev := commit(pipeline)
+		ev.Class, ev.TriggerID, ev.OnlyJob = events.ClassUser, "t-"+tt.only, tt.only
+		jobs, fail := d.Expand(ev)
+		if fail != nil {
+			t.Fatal(fail.Error)
+		}
+		var got []string
+		for _, j := range jobs {
+			got = append(got, j.QualifiedJob())
+		}
+		sort.Strings(got)
+		if strings.Join(got, " ") != tt.want {
+			t.Errorf("re-check of %q: %v, want %s", tt.only, got, tt.want)
+		}
+	}
+	ev := commit(pipeline)
+	jobs, fail := d.Expand(ev)
+	if fail != nil {
+		t.Fatal(fail.Error)
+	}
+	for _, j := range jobs {
+		if j.Module == "a" && j.Job == "test" && (len(j.Reports) != 1 || j.Reports[0] != "a/out/*.xml") {
+			t.Errorf("a/test reports %v, want [a/out/*.xml]", j.Reports)
+		}
+	}
+}

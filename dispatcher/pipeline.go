@@ -37,6 +37,16 @@ type Job struct {
 	Limits    events.Limits // zero: the runner's limits
 }
 
+// hasJob reports whether the file has a repo-wide job of that name.
+func (pl *Pipeline) hasJob(name string) bool {
+	for _, j := range pl.Jobs {
+		if j.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // PipelineError is a problem in a pipeline file, with the line it is on.
 type PipelineError struct {
 	Path   string
