@@ -362,6 +362,21 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 // after both; a failure leaves it to be retried, and the Msg-Ids make the
 // retry's duplicates harmless.
 func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued) error {
+	// In batches: a commit of thousands of jobs must not exceed the client's
+	// limit of asynchronous publishes in flight (4,000).
+	for len(jobs) > enqueueBatch {
+		if err := d.enqueueBatch(ctx, jobs[:enqueueBatch]); err != nil {
+			return err
+		}
+		jobs = jobs[enqueueBatch:]
+	}
+	return d.enqueueBatch(ctx, jobs)
+}
+
+// enqueueBatch bounds the jobs published before their acks are awaited.
+const enqueueBatch = 1000
+
+func (d *Dispatcher) enqueueBatch(ctx context.Context, jobs []*events.JobQueued) error {
 	futs := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, j := range jobs {
 		if err := d.ensureConsumers(ctx, j.Pool, j.Arch); err != nil {

@@ -688,3 +688,37 @@ func TestPassedSince(t *testing.T) {
 		}
 	}
 }
+
+// TestDispatcherQueuesTheLargestCommit: a commit of MaxJobs jobs (more than
+// the client lets be published asynchronously at once) is queued whole, each
+// job with its queued event, in file order.
+func TestDispatcherQueuesTheLargestCommit(t *testing.T) {
+	s := brokertest.Run(t)
+	cfg := DefaultConfig()
+	cfg.Arch = []string{"amd64", "arm64"}
+	runDispatcher(t, s.JS, cfg)
+	publishCommit(t, s.JS, commit("jobs:\n"+manyJobs(MaxJobs/2)))
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		jobs := streamCount(t, s.JS, events.StreamJobs, events.SubjectJobs+".>")
+		queued := streamCount(t, s.JS, events.StreamResults, events.SubjectResults+".*.*."+string(events.KindQueued))
+		if jobs != MaxJobs || queued != MaxJobs {
+			return fmt.Errorf("%d jobs and %d queued events of %d", jobs, queued, MaxJobs)
+		}
+		return nil
+	})
+	st, err := s.JS.Stream(context.Background(), events.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := st.GetMsg(context.Background(), info.State.FirstSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, err := events.DecodeAs[events.JobQueued](first.Data); err != nil || j.Job != "j0" || j.Arch != "amd64" {
+		t.Errorf("first job in the queue %+v (%v), want j0 on amd64", j, err)
+	}
+}
