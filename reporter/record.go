@@ -24,24 +24,27 @@ type Record struct {
 	// Attempt numbers the attempt this record shows, counting every run
 	// (re-checks) and every delivery (a runner died) of the job: 1, 2, 3...
 	// It is 0 while the current run waits in the queue.
-	Attempt      uint64            `json:"attempt"`
-	ExitCode     int               `json:"exit_code"`
-	DurationMs   int64             `json:"duration_ms"`
-	Runner       string            `json:"runner"`
-	Error        string            `json:"error"`
-	FinishedAt   time.Time         `json:"finished_at,omitzero"`
-	QueuedAt     time.Time         `json:"queued_at,omitzero"`
-	StartedAt    time.Time         `json:"started_at,omitzero"`
-	Pool         string            `json:"pool,omitempty"`
-	Class        events.Class      `json:"class,omitempty"`
-	Author       events.Person     `json:"author,omitzero"`
-	Subject      string            `json:"subject,omitempty"`
-	TriggerID    string            `json:"trigger_id,omitempty"`
-	Log          string            `json:"log,omitempty"`
-	LogBytes     int64             `json:"log_bytes,omitempty"`
-	LogTruncated bool              `json:"log_truncated,omitempty"`
-	Artifacts    []events.Artifact `json:"artifacts,omitempty"`
-	QueueSeq     uint64            `json:"queue_seq"`
+	Attempt    uint64    `json:"attempt"`
+	ExitCode   int       `json:"exit_code"`
+	DurationMs int64     `json:"duration_ms"`
+	Runner     string    `json:"runner"`
+	Error      string    `json:"error"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	QueuedAt   time.Time `json:"queued_at,omitzero"`
+	// FirstQueuedAt is when the job was first queued, before any re-check or
+	// culprit-search run of it: where its commit stands in the branch.
+	FirstQueuedAt time.Time         `json:"first_queued_at,omitzero"`
+	StartedAt     time.Time         `json:"started_at,omitzero"`
+	Pool          string            `json:"pool,omitempty"`
+	Class         events.Class      `json:"class,omitempty"`
+	Author        events.Person     `json:"author,omitzero"`
+	Subject       string            `json:"subject,omitempty"`
+	TriggerID     string            `json:"trigger_id,omitempty"`
+	Log           string            `json:"log,omitempty"`
+	LogBytes      int64             `json:"log_bytes,omitempty"`
+	LogTruncated  bool              `json:"log_truncated,omitempty"`
+	Artifacts     []events.Artifact `json:"artifacts,omitempty"`
+	QueueSeq      uint64            `json:"queue_seq"`
 	// Delivery is the current attempt's delivery count within its run.
 	Delivery uint64 `json:"delivery,omitempty"`
 	// Attempts is the history of every attempt, oldest first (at most
@@ -176,6 +179,9 @@ func (r *Record) Apply(ev any) bool {
 	switch e := ev.(type) {
 	case *events.JobQueued:
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
+		if first := r.FirstQueuedAt; !e.QueuedAt.IsZero() && (first.IsZero() || e.QueuedAt.Before(first)) {
+			r.FirstQueuedAt, changed = e.QueuedAt, true
+		}
 		if r.Pool == "" || r.QueuedAt.IsZero() {
 			r.Pool, r.Class, r.QueuedAt, r.TriggerID = e.Pool, e.Class, e.QueuedAt, e.TriggerID
 			changed = true
@@ -199,7 +205,7 @@ func (r *Record) Apply(ev any) bool {
 		}
 		*r = Record{
 			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job, Module: r.Module,
-			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped,
+			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped, FirstQueuedAt: r.FirstQueuedAt,
 			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
 			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
 		}

@@ -108,3 +108,22 @@ func TestRecordHistoryIsBounded(t *testing.T) {
 		t.Fatalf("len %d dropped %d attempt %d first %d", len(r.Attempts), r.Dropped, r.Attempt, r.Attempts[0].N)
 	}
 }
+
+// TestRecordKeepsItsPlaceInTheBranch: a job superseded before it ran (no
+// attempt) and later run by a culprit search keeps the time it was first
+// queued, so the old commit does not move to the top of its branch.
+func TestRecordKeepsItsPlaceInTheBranch(t *testing.T) {
+	var r Record
+	r.Apply(queued(5))
+	cancelled := finished(5, 0, "", events.StatusCancelled)
+	r.Apply(cancelled)
+	later := queued(9)
+	later.Class, later.TriggerID, later.QueuedAt = events.ClassBisect, "bisect-x-0", time.Unix(5000, 0)
+	r.Apply(later)
+	if r.QueueSeq != 9 || !r.QueuedAt.Equal(time.Unix(5000, 0)) {
+		t.Fatalf("the bisection run is the record's current run: %+v", r)
+	}
+	if got := firstSeen(&r); !got.Equal(time.Unix(100, 0)) {
+		t.Fatalf("first seen %v, want the first queue time %v", got, time.Unix(100, 0))
+	}
+}

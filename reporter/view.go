@@ -490,6 +490,9 @@ func firstTime(r *Record) time.Time {
 // firstSeen is when jetci first queued a record's job: a re-check of an old
 // commit does not make it new.
 func firstSeen(r *Record) time.Time {
+	if !r.FirstQueuedAt.IsZero() {
+		return r.FirstQueuedAt
+	}
 	if len(r.Attempts) > 0 && r.Dropped == 0 && !r.Attempts[0].QueuedAt.IsZero() {
 		if t := firstTime(r); !t.IsZero() && t.Before(r.Attempts[0].QueuedAt) {
 			return t
