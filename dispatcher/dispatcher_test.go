@@ -682,8 +682,26 @@ func TestPassedSince(t *testing.T) {
 	mod("m2", "c1", "x", events.StatusFailed, now)
 	mod("m2", "c1", "y", events.StatusPassed, now)
 	mod("m2", "c2", "x", events.StatusPassed, now.Add(time.Second))
-	for branch, want := range map[string]bool{"m1": false, "m2": true} {
-		if got := d.passedSince(ctx, "proj", branch, "c2", since); got != want {
+	// m3: x failed at c3 (the head); a culprit search then ran x on the old c1,
+	// which passed later than the head's failure: x is still broken.
+	mod("m3", "c3", "x", events.StatusFailed, now)
+	mod("m3", "c3", "y", events.StatusPassed, now)
+	bisectRun := func(branch, commit, module string, st events.Status, at time.Time) {
+		id := events.JobID("proj", branch, commit, module+"/test", "amd64")
+		v, _ := json.Marshal(map[string]any{"job_id": id, "commit": commit, "job": "test", "arch": "amd64", "module": module,
+			"status": st, "finished_at": at, "class": events.ClassBisect})
+		if _, err := kv.Put(ctx, events.RecordKey("proj", branch, id), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bisectRun("m3", "c1", "x", events.StatusPassed, now.Add(2*time.Second))
+	mod("m3", "c4", "y", events.StatusPassed, now.Add(3*time.Second))
+	for branch, want := range map[string]bool{"m1": false, "m2": true, "m3": false} {
+		head := "c2"
+		if branch == "m3" {
+			head = "c4"
+		}
+		if got := d.passedSince(ctx, "proj", branch, head, since); got != want {
 			t.Errorf("branch %s: passedSince(c2) = %v, want %v", branch, got, want)
 		}
 	}

@@ -183,6 +183,7 @@ func (d *Dispatcher) passedSince(ctx context.Context, repo, branch, commit strin
 		Module     string        `json:"module"`
 		Status     events.Status `json:"status"`
 		FinishedAt time.Time     `json:"finished_at"`
+		Class      events.Class  `json:"class"`
 	}
 	// A commit checks only the modules it affects, so the head's records do
 	// not speak for the other modules: for those, the latest check of each
@@ -202,6 +203,11 @@ func (d *Dispatcher) passedSince(ctx context.Context, repo, branch, commit strin
 				return false // a check under way
 			}
 			key := events.QualifiedJob(rec.Module, rec.Job) + "\x00" + rec.Arch
+			// A culprit search's run of an old commit is not the module's
+			// latest check, however recently it finished.
+			if rec.Class == events.ClassBisect {
+				continue
+			}
 			if l, ok := latest[key]; !ok || rec.FinishedAt.After(l.FinishedAt) {
 				latest[key] = rec
 			}
