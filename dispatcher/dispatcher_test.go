@@ -702,7 +702,7 @@ func TestPassedSince(t *testing.T) {
 			head = "c4"
 		}
 		if got := d.passedSince(ctx, "proj", branch, head, since); got != want {
-			t.Errorf("branch %s: passedSince(c2) = %v, want %v", branch, got, want)
+			t.Errorf("branch %s: passedSince(%s) = %v, want %v", branch, head, got, want)
 		}
 	}
 }
