@@ -259,7 +259,7 @@ func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished) erro
 			st.State, st.BrokenBy, st.Author = events.BranchBroken, &ref, fin.Author
 			st.WindowEnds = d.now().UTC().Add(d.cfg.FixWindow)
 			st.Reason = fmt.Sprintf("%s failed on %s at %s: later commits wait; a second check of the head runs at %s",
-				fin.Job, fin.Arch, events.Short(fin.Commit), st.WindowEnds.Format(time.RFC3339))
+				fin.QualifiedJob(), fin.Arch, events.Short(fin.Commit), st.WindowEnds.Format(time.RFC3339))
 			return true
 		}
 		return false

@@ -269,7 +269,7 @@ func (n *Notifier) BranchChanged(ctx context.Context, st *events.BranchState) er
 		subject = fmt.Sprintf("[jetci] %s %s is broken: fix it by %s", st.Repo, st.Branch, st.WindowEnds.Local().Format("15:04"))
 		text = fmt.Sprintf("%s on %s failed at %s, so %s %s is broken and later commits wait.\n\n"+
 			"Please fix it before %s: then a second check of the branch head runs. If it passes, the waiting commits\n"+
-			"are checked; if it fails, the branch stays closed until someone presses re-check.\n", b.Job, b.Arch, events.Short(b.Commit),
+			"are checked; if it fails, the branch stays closed until someone presses re-check.\n", b.QualifiedJob(), b.Arch, events.Short(b.Commit),
 			st.Repo, st.Branch, st.WindowEnds.Local().Format(time.RFC1123))
 	case events.BranchFailed:
 		subject = fmt.Sprintf("[jetci] %s %s failed its second check: re-check needed", st.Repo, st.Branch)
