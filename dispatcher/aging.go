@@ -86,7 +86,7 @@ func (d *Dispatcher) age(ctx context.Context, stream jetstream.Stream, pool, arc
 			continue // the runners terminate it
 		}
 		if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
+			if events.MsgGone(err) {
 				continue // taken meanwhile
 			}
 			return err

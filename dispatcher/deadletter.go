@@ -74,7 +74,7 @@ func (r *Reaper) bury(ctx context.Context, jobs jetstream.Stream, data []byte) e
 		r.log.Error().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).Str("commit", events.Short(job.Commit)).
 			Str("job", job.Job).Str("arch", job.Arch).Uint64("attempts", adv.Deliveries).Msg("job gave up: recorded as an error and removed from the queue")
 	}
-	if err := jobs.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := jobs.DeleteMsg(ctx, adv.StreamSeq); err != nil && !events.MsgGone(err) {
 		return err
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,4 +51,20 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 		}
 		handle(m)
 	}
+}
+
+// MsgGone reports whether err says that a stream message is not there (any
+// more): a get that found nothing, or a delete of a message another process
+// deleted or a runner took first. nats.go reports the second as
+// ErrMsgDeleteUnsuccessful with the server's error in text only (its code
+// 10057, "no message found"), not as ErrMsgNotFound.
+func MsgGone(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) &&
+		(strings.Contains(err.Error(), "err_code=10057") || strings.Contains(err.Error(), "no message found"))
 }

@@ -105,3 +105,32 @@ func TestEnsureRetention(t *testing.T) {
 		t.Fatalf("a default Ensure reset log retention to %s", got)
 	}
 }
+
+// TestMsgGone: a delete of a message already deleted (another dispatcher
+// superseded it, a runner took it) and a get of a missing one are "gone";
+// other errors are not.
+func TestMsgGone(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	st, err := s.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "GONE", Subjects: []string{"gone.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := s.JS.Publish(ctx, "gone.x", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, ack.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	err = st.DeleteMsg(ctx, ack.Sequence)
+	if !events.MsgGone(err) {
+		t.Errorf("second delete: %v, want gone", err)
+	}
+	if _, err := st.GetMsg(ctx, ack.Sequence); !events.MsgGone(err) {
+		t.Errorf("get of a deleted message: %v, want gone", err)
+	}
+	if events.MsgGone(nil) || events.MsgGone(errors.New("timeout")) || events.MsgGone(jetstream.ErrStreamNotFound) {
+		t.Error("MsgGone of other errors")
+	}
+}

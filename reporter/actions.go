@@ -174,7 +174,7 @@ func (r *Reporter) cancel(ctx context.Context, id, by string) (*Record, error) {
 			if err := r.publishResult(ctx, fin, "cancel"); err != nil {
 				return nil, err
 			}
-		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case events.MsgGone(err):
 			// A runner took it meanwhile; it sees the request and stops.
 		default:
 			return nil, fmt.Errorf("take job %s out of the queue: %w", id, err)
