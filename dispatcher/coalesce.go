@@ -30,7 +30,11 @@ func (d *Dispatcher) coalesced(repo, branch string) bool {
 // as cancelled, "superseded by <sha>". Jobs already running are left alone,
 // and so are jobs the new commit does not run again (a module it does not
 // check, a job its pipeline dropped): nothing else would check them.
-func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, firstNew uint64, jobs []*events.JobQueued) error {
+//
+// Older means older in the branch (the commit event's sequence), not queued
+// earlier: dispatchers take commits in parallel, so an older commit may be
+// queued after a newer one, and must not cancel the newer one's jobs.
+func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, commitSeq, firstNew uint64, jobs []*events.JobQueued) error {
 	stream, err := d.js.Stream(ctx, events.StreamJobs)
 	if err != nil {
 		return err
@@ -77,11 +81,12 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, f
 				break
 			}
 			job, err := events.DecodeAs[events.JobQueued](raw.Data)
-			if err != nil || job.Commit == ev.Commit || !covered[job.QualifiedJob()+"\x00"+job.Arch] {
+			if err != nil || job.Commit == ev.Commit || !covered[job.QualifiedJob()+"\x00"+job.Arch] ||
+				(commitSeq > 0 && job.CommitSeq >= commitSeq) {
 				continue
 			}
 			if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {
-				if errors.Is(err, jetstream.ErrMsgNotFound) {
+				if events.MsgGone(err) {
 					continue // taken meanwhile: it runs
 				}
 				return err

@@ -296,12 +296,11 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Logger()
 	_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
+	var seq uint64     // the commit's place in its branch
+	if meta, _ := m.Metadata(); meta != nil {
+		seq = meta.Sequence.Stream
+	}
 	if d.gate != nil {
-		meta, _ := m.Metadata()
-		var seq uint64
-		if meta != nil {
-			seq = meta.Sequence.Stream
-		}
 		held, err := d.hold(ctx, ev, seq)
 		if err != nil {
 			log.Warn().Err(err).Msg("broken-build flow; will retry")
@@ -313,7 +312,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 			return
 		}
 	}
-	if err := d.dispatch(ctx, ev, log); err != nil {
+	if err := d.dispatch(ctx, ev, seq, log); err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
 		_ = m.NakWithDelay(time.Second)
 		return
@@ -323,8 +322,11 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	}
 }
 
-func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, log zerolog.Logger) error {
+func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, seq uint64, log zerolog.Logger) error {
 	jobs, fail := d.Expand(ev)
+	for _, j := range jobs {
+		j.CommitSeq = seq
+	}
 	if fail != nil {
 		if err := publish(ctx, d.js, events.ResultSubject(ev.Repo, ev.Branch, events.KindFinished), fail,
 			events.ResultMsgID(fail.JobID, 0, 1, events.KindFinished)); err != nil {
@@ -345,7 +347,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, lo
 		for _, j := range jobs {
 			first = min(first, j.QueueSeq)
 		}
-		if err := d.supersede(ctx, ev, first, jobs); err != nil {
+		if err := d.supersede(ctx, ev, seq, first, jobs); err != nil {
 			return fmt.Errorf("supersede older commits' jobs: %w", err) // retried; the jobs are deduplicated
 		}
 	}

@@ -740,3 +740,60 @@ func TestDispatcherQueuesTheLargestCommit(t *testing.T) {
 		t.Errorf("first job in the queue %+v (%v), want j0 on amd64", j, err)
 	}
 }
+
+// TestSupersedeGoesByCommitOrder: with --coalesce, a newer commit cancels an
+// older commit's waiting job, but an older commit that a dispatcher queues
+// late (dispatchers take commits in parallel) cancels nothing of a newer one.
+func TestSupersedeGoesByCommitOrder(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Arch = []string{"amd64"}
+	cfg.Coalesce = []GateRule{{Repo: "proj"}}
+	d, err := New(cfg, s.JS, brokertest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := func(sha string) *events.CommitDetected {
+		e := commit("jobs:\n  test:\n    steps: [\"true\"]\n")
+		e.Commit = sha
+		return e
+	}
+	waiting := func() map[string]bool {
+		st, _ := s.JS.Stream(ctx, events.StreamJobs)
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+			if m, err := st.GetMsg(ctx, seq); err == nil {
+				j, _ := events.DecodeAs[events.JobQueued](m.Data)
+				out[j.Commit] = true
+			}
+		}
+		return out
+	}
+	log := zerolog.Nop()
+	// The newest commit (sequence 30) is queued first, then an older one (20):
+	// the older one must not cancel the newer one's job.
+	if err := d.dispatch(ctx, ev("c30"), 30, log); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.dispatch(ctx, ev("c20"), 20, log); err != nil {
+		t.Fatal(err)
+	}
+	if w := waiting(); !w["c30"] || !w["c20"] {
+		t.Fatalf("waiting %v: an older commit queued late cancelled a newer one's job (or its own)", w)
+	}
+	// A newer commit (40) still supersedes both.
+	if err := d.dispatch(ctx, ev("c40"), 40, log); err != nil {
+		t.Fatal(err)
+	}
+	if w := waiting(); len(w) != 1 || !w["c40"] {
+		t.Fatalf("waiting %v, want only c40", w)
+	}
+}

@@ -401,7 +401,7 @@ func (d *Dispatcher) release(ctx context.Context, repo, branch string) error {
 		if err == nil {
 			var ev *events.CommitDetected
 			if ev, err = events.DecodeAs[events.CommitDetected](raw.Data); err == nil {
-				err = d.dispatch(ctx, ev, d.log.With().Str("repo", repo).Str("branch", branch).Str("commit", events.Short(ev.Commit)).Logger())
+				err = d.dispatch(ctx, ev, seq, d.log.With().Str("repo", repo).Str("branch", branch).Str("commit", events.Short(ev.Commit)).Logger())
 			}
 		}
 		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !errors.Is(err, events.ErrBadMessage) {

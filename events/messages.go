@@ -171,6 +171,10 @@ type JobQueued struct {
 	// Held marks a queued event for a job that is not dispatched: its branch
 	// is broken; the job is queued for real when the branch opens again.
 	Held bool `json:"held,omitempty"`
+	// CommitSeq is the commit event's sequence in JETCI_COMMITS, which orders
+	// a branch's commits oldest first (0: unknown). Dispatchers may queue
+	// commits out of order; this, not the queue order, says which is older.
+	CommitSeq uint64 `json:"commit_seq,omitempty"`
 	// Reports are the globs of JUnit XML files the runner reads test results
 	// from after the steps (the pipeline's reports:).
 	Reports []string `json:"reports,omitempty"`
