@@ -260,7 +260,7 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	}
 	// Stamp the index jetci's checkout left, so that the fast path can tell
 	// it from one a job rewrote (git add, git rm --cached).
-	stampIndex(ws)
+	stampIndex(ws, commit)
 	return nil
 }
 

@@ -41,7 +41,7 @@ func unchanged(ws, commit string) ([]*index.Entry, bool) {
 	}
 	// The index must be the one jetci's last checkout wrote: a job that ran
 	// `git add` would make its own changes look checked out.
-	if stamp, err := os.ReadFile(filepath.Join(dotGit, indexStamp)); err != nil || string(stamp) != indexStampOf(ist) {
+	if stamp, err := os.ReadFile(filepath.Join(dotGit, indexStamp)); err != nil || string(stamp) != commit+" "+indexStampOf(ist) {
 		return nil, false
 	}
 	idx, err := openStorage(dotGit).Index()
@@ -122,16 +122,18 @@ func indexStampOf(fi os.FileInfo) string {
 	return fmt.Sprintf("%d %d %d.%09d %d.%09d", st.Ino, fi.Size(), st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
 }
 
-// stampIndex records the index's stat data after a checkout; without a stamp
-// the next job of the commit takes the usual way.
-func stampIndex(ws string) {
+// stampIndex records the commit checked out and the index's stat data after
+// a checkout; without a stamp the next job takes the usual way. The commit is
+// in the stamp because a job can move HEAD without touching the index (git
+// reset --soft): HEAD alone does not say what the files are.
+func stampIndex(ws, commit string) {
 	dotGit := filepath.Join(ws, ".git")
 	fi, err := os.Stat(filepath.Join(dotGit, "index"))
 	if err != nil {
 		_ = os.Remove(filepath.Join(dotGit, indexStamp))
 		return
 	}
-	_ = os.WriteFile(filepath.Join(dotGit, indexStamp), []byte(indexStampOf(fi)), 0o644)
+	_ = os.WriteFile(filepath.Join(dotGit, indexStamp), []byte(commit+" "+indexStampOf(fi)), 0o644)
 }
 
 // sameTime compares a file's timestamp with the index's, at the index's

@@ -110,4 +110,16 @@ func TestSameCommitCheckoutRestoresEverything(t *testing.T) {
 		prep()
 		check(tc.name)
 	}
+	// A job that moves HEAD without touching the index (git reset --soft to
+	// the parent), then a job for that parent: the files must be the
+	// parent's (run.sh not executable), not what the index still holds.
+	if err := cliGit(ws, "reset", "-q", "--soft", c1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.prepare(context.Background(), "proj", repo.Dir, c1, ws, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(ws, "run.sh")); err != nil || fi.Mode()&0o100 != 0 {
+		t.Fatalf("after reset --soft and a job for the parent: run.sh is %v (%v), want the parent's 0644", fi.Mode(), err)
+	}
 }
