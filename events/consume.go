@@ -56,8 +56,12 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 // MsgGone reports whether err says that a stream message is not there (any
 // more): a get that found nothing, or a delete of a message another process
 // deleted or a runner took first. nats.go reports the second as
-// ErrMsgDeleteUnsuccessful with the server's error in text only (its code
-// 10057, "no message found"), not as ErrMsgNotFound.
+// ErrMsgDeleteUnsuccessful with the server's error in text only, not as
+// ErrMsgNotFound; the server answers 10037 (message not found), 10043
+// ("sequence N not found": a message inside a block, and any on a memory
+// store) or 10057 with "no message found" or "stream store EOF" (at the ends
+// of a file store). Other 10057 failures (a store write error, a delete not
+// permitted) are not "gone".
 func MsgGone(err error) bool {
 	if err == nil {
 		return false
@@ -65,6 +69,15 @@ func MsgGone(err error) bool {
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return true
 	}
-	return errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) &&
-		(strings.Contains(err.Error(), "err_code=10057") || strings.Contains(err.Error(), "no message found"))
+	if !errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+		return false
+	}
+	text := err.Error()
+	switch {
+	case strings.Contains(text, "err_code=10037"), strings.Contains(text, "err_code=10043"):
+		return true
+	case strings.Contains(text, "err_code=10057"):
+		return strings.Contains(text, "no message found") || strings.Contains(text, "stream store EOF")
+	}
+	return false
 }

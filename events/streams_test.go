@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -107,30 +108,44 @@ func TestEnsureRetention(t *testing.T) {
 }
 
 // TestMsgGone: a delete of a message already deleted (another dispatcher
-// superseded it, a runner took it) and a get of a missing one are "gone";
-// other errors are not.
+// superseded it, a runner took it) and a get of a missing one are "gone",
+// wherever the message was and on either storage; other errors are not.
 func TestMsgGone(t *testing.T) {
 	s := brokertest.Run(t)
 	ctx := context.Background()
-	st, err := s.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "GONE", Subjects: []string{"gone.>"}})
-	if err != nil {
-		t.Fatal(err)
+	for _, storage := range []jetstream.StorageType{jetstream.FileStorage, jetstream.MemoryStorage} {
+		name := "GONE" + storage.String()
+		st, err := s.JS.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Storage: storage,
+			Retention: jetstream.WorkQueuePolicy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seqs []uint64
+		for range 5 {
+			ack, err := s.JS.Publish(ctx, name+".x", []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs = append(seqs, ack.Sequence)
+		}
+		// The first, one in the middle, the last, and one never stored.
+		for _, seq := range []uint64{seqs[0], seqs[2], seqs[4]} {
+			if err := st.DeleteMsg(ctx, seq); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.DeleteMsg(ctx, seq); !events.MsgGone(err) {
+				t.Errorf("%s: second delete of %d: %v, want gone", name, seq, err)
+			}
+			if _, err := st.GetMsg(ctx, seq); !events.MsgGone(err) {
+				t.Errorf("%s: get of deleted %d: %v, want gone", name, seq, err)
+			}
+		}
+		if err := st.DeleteMsg(ctx, seqs[4]+10); !events.MsgGone(err) {
+			t.Errorf("%s: delete of a sequence never stored: %v, want gone", name, err)
+		}
 	}
-	ack, err := s.JS.Publish(ctx, "gone.x", []byte("x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.DeleteMsg(ctx, ack.Sequence); err != nil {
-		t.Fatal(err)
-	}
-	err = st.DeleteMsg(ctx, ack.Sequence)
-	if !events.MsgGone(err) {
-		t.Errorf("second delete: %v, want gone", err)
-	}
-	if _, err := st.GetMsg(ctx, ack.Sequence); !events.MsgGone(err) {
-		t.Errorf("get of a deleted message: %v, want gone", err)
-	}
-	if events.MsgGone(nil) || events.MsgGone(errors.New("timeout")) || events.MsgGone(jetstream.ErrStreamNotFound) {
+	if events.MsgGone(nil) || events.MsgGone(errors.New("timeout")) || events.MsgGone(jetstream.ErrStreamNotFound) ||
+		events.MsgGone(fmt.Errorf("%w: nats: API error: code=500 err_code=10057 description=write failed", jetstream.ErrMsgDeleteUnsuccessful)) {
 		t.Error("MsgGone of other errors")
 	}
 }
