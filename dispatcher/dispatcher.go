@@ -282,7 +282,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		Description:   "turns commits into jobs",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       10 * time.Second, // a commit is dispatched in milliseconds
+		AckWait:       commitAckWait, // a commit is dispatched in milliseconds; handle keeps a long one alive
 	}
 	return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
 }
@@ -312,7 +312,28 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 			return
 		}
 	}
-	if err := d.dispatch(ctx, ev, seq, log); err != nil {
+	// A commit of thousands of jobs can take longer to queue than the commit
+	// consumer's ack wait: keep telling the server it is being worked on, or
+	// it would hand the commit to another handler meanwhile.
+	stopBeat := make(chan struct{})
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		t := time.NewTicker(commitAckWait / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = m.InProgress()
+			case <-stopBeat:
+				return
+			}
+		}
+	}()
+	err = d.dispatch(ctx, ev, seq, log)
+	close(stopBeat)
+	<-beatDone
+	if err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
 		_ = m.NakWithDelay(time.Second)
 		return
@@ -374,6 +395,9 @@ func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued) erro
 	}
 	return d.enqueueBatch(ctx, jobs)
 }
+
+// commitAckWait is the commit consumer's ack wait.
+const commitAckWait = 10 * time.Second
 
 // enqueueBatch bounds the jobs published before their acks are awaited.
 const enqueueBatch = 1000

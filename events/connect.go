@@ -98,7 +98,11 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 			return nil, nil, fmt.Errorf("connect to nats at %s as %s: %w", url, who, err)
 		}
 	}
-	js, err := jetstream.New(nc)
+	// An asynchronous publish whose ack never comes (lost in a leader change)
+	// is given up after a while, so that such losses do not pile up against
+	// the client's limit of publishes in flight; callers retry with the same
+	// Msg-Id.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)

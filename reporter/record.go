@@ -179,6 +179,11 @@ func (r *Record) Apply(ev any) bool {
 	switch e := ev.(type) {
 	case *events.JobQueued:
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
+		if r.FirstQueuedAt.IsZero() && r.JobID != "" && !firstSeen(r).IsZero() {
+			// A record stored before first_queued_at existed: its place
+			// is what firstSeen made of its history, not this run's time.
+			r.FirstQueuedAt, changed = firstSeen(r), true
+		}
 		if first := r.FirstQueuedAt; !e.QueuedAt.IsZero() && (first.IsZero() || e.QueuedAt.Before(first)) {
 			r.FirstQueuedAt, changed = e.QueuedAt, true
 		}

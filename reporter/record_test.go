@@ -127,3 +127,18 @@ func TestRecordKeepsItsPlaceInTheBranch(t *testing.T) {
 		t.Fatalf("first seen %v, want the first queue time %v", got, time.Unix(100, 0))
 	}
 }
+
+// TestRecordFromBeforeFirstQueuedAt: a record stored by a version without
+// first_queued_at keeps its place when a later run of it is queued.
+func TestRecordFromBeforeFirstQueuedAt(t *testing.T) {
+	var r Record
+	r.Apply(queued(5))
+	r.Apply(finished(5, 0, "", events.StatusCancelled))
+	r.FirstQueuedAt = time.Time{} // as the earlier version stored it
+	later := queued(9)
+	later.Class, later.QueuedAt = events.ClassBisect, time.Unix(5000, 0)
+	r.Apply(later)
+	if got := firstSeen(&r); !got.Equal(time.Unix(100, 0)) {
+		t.Fatalf("first seen %v, want %v", got, time.Unix(100, 0))
+	}
+}
