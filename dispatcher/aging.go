@@ -91,6 +91,9 @@ func (d *Dispatcher) age(ctx context.Context, stream jetstream.Stream, pool, arc
 			}
 			return err
 		}
+		if job.Origin == "" {
+			job.Origin = from // what the job is stays: only where it waits changes
+		}
 		job.Class, job.QueueSeq = to, 0
 		ack, err := publishAck(ctx, d.js, events.JobSubject(pool, arch, to, job.Repo, job.Branch), job, fmt.Sprintf("age:%d", raw.Sequence))
 		if err != nil {

@@ -82,7 +82,7 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 			}
 			job, err := events.DecodeAs[events.JobQueued](raw.Data)
 			if err != nil || job.Commit == ev.Commit || !covered[job.QualifiedJob()+"\x00"+job.Arch] ||
-				(commitSeq > 0 && job.CommitSeq >= commitSeq) {
+				(commitSeq > 0 && job.CommitSeq >= commitSeq) || events.Kind(job.Class, job.Origin) != events.ClassFirst {
 				continue
 			}
 			if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {
@@ -93,7 +93,7 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 			}
 			fin := &events.JobFinished{JobRef: job.JobRef, QueueSeq: raw.Sequence, Status: events.StatusCancelled, ExitCode: -1,
 				Error: "superseded by " + events.Short(ev.Commit), FinishedAt: d.now().UTC(), Author: job.Author, Subject: job.Subject,
-				Class: job.Class, TriggerID: job.TriggerID}
+				Class: job.Class, TriggerID: job.TriggerID, Origin: job.Origin}
 			if err := publish(ctx, d.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), fin,
 				events.ResultMsgID(job.JobID, raw.Sequence, 0, "superseded")); err != nil {
 				return fmt.Errorf("record a superseded job: %w", err)

@@ -520,11 +520,11 @@ func TestAgingMovesAWaitingJobUp(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	var mu sync.Mutex
-	var climbed []events.Class // the classes of the queued events aging publishes
+	var climbed, origins []events.Class // the classes and origins of the queued events aging publishes
 	sub, err := s.NC.Subscribe(events.SubjectResults+".*.*."+string(events.KindQueued), func(m *nats.Msg) {
 		if q, err := events.DecodeAs[events.JobQueued](m.Data); err == nil {
 			mu.Lock()
-			climbed = append(climbed, q.Class)
+			climbed, origins = append(climbed, q.Class), append(origins, q.Origin)
 			mu.Unlock()
 		}
 	})
@@ -569,6 +569,9 @@ func TestAgingMovesAWaitingJobUp(t *testing.T) {
 		defer mu.Unlock()
 		if !slices.Equal(climbed, []events.Class{events.ClassSecond, events.ClassFirst, events.ClassUser}) {
 			return fmt.Errorf("aged through %v, want second, first, user", climbed)
+		}
+		if !slices.Equal(origins, []events.Class{events.ClassPeriodic, events.ClassPeriodic, events.ClassPeriodic}) {
+			return fmt.Errorf("origins %v: an aged job is still a periodic one", origins)
 		}
 		return nil
 	})

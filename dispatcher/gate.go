@@ -254,7 +254,7 @@ func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished) erro
 				opened = true
 			}
 			return true
-		case st.State == events.BranchOpen && fin.Class == events.ClassFirst && failing(fin.Status):
+		case st.State == events.BranchOpen && events.Kind(fin.Class, fin.Origin) == events.ClassFirst && failing(fin.Status):
 			ref := fin.JobRef
 			st.State, st.BrokenBy, st.Author = events.BranchBroken, &ref, fin.Author
 			st.WindowEnds = d.now().UTC().Add(d.cfg.FixWindow)

@@ -54,6 +54,15 @@ const (
 	StatusCancelled Status = "cancelled"
 )
 
+// Kind is what a run is for: its Origin class if aging raised it, else its
+// Class.
+func Kind(class, origin Class) Class {
+	if origin != "" {
+		return origin
+	}
+	return class
+}
+
 // Final reports whether s ends a job.
 func (s Status) Final() bool {
 	switch s {
@@ -175,6 +184,10 @@ type JobQueued struct {
 	// a branch's commits oldest first (0: unknown). Dispatchers may queue
 	// commits out of order; this, not the queue order, says which is older.
 	CommitSeq uint64 `json:"commit_seq,omitempty"`
+	// Origin is the class the job was queued at when aging raised Class
+	// (empty: never aged). Class says where it waits; Origin what it is: a
+	// first check aged to user is still the commit's first check.
+	Origin Class `json:"origin,omitempty"`
 	// Reports are the globs of JUnit XML files the runner reads test results
 	// from after the steps (the pipeline's reports:).
 	Reports []string `json:"reports,omitempty"`
@@ -223,9 +236,10 @@ type JobFinished struct {
 	// reports an error before any job was queued.
 	Author  Person `json:"author,omitzero"`
 	Subject string `json:"subject,omitempty"`
-	// The run's class and trigger, as queued.
+	// The run's class and trigger, as queued, and its Origin (JobQueued).
 	Class     Class  `json:"class,omitempty"`
 	TriggerID string `json:"trigger_id,omitempty"`
+	Origin    Class  `json:"origin,omitempty"`
 	// Tests are the test results the runner found (go test -json and Python
 	// unittest -v lines in the output, JUnit XML reports) in the last try of
 	// the steps: at most MaxTests of them, failures first, then the slowest;

@@ -75,7 +75,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	}
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
 	res.Author, res.Subject = job.Author, job.Subject // so a result alone says whose commit it is
-	res.Class, res.TriggerID = job.Class, job.TriggerID
+	res.Class, res.TriggerID, res.Origin = job.Class, job.TriggerID, job.Origin
 	res.FinishedAt = time.Now().UTC()
 	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
 	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).
