@@ -3,7 +3,6 @@ package dispatcher
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/procstat"
 )
 
 // BenchmarkFullCheckEnqueue15k is the build-check system's full check: 5,000
@@ -79,17 +79,6 @@ func BenchmarkFullCheckEnqueue15k(b *testing.B) {
 		<-done
 		b.ReportMetric(took.Seconds(), "enqueue_s")
 		b.ReportMetric(base.Seconds(), "baseline_s")
-		b.ReportMetric(float64(rssKB())/1024, "rss_MB")
+		b.ReportMetric(float64(procstat.MemoryKB(procstat.Self(), "VmHWM"))/1024, "rss_MB")
 	}
-}
-
-func rssKB() int {
-	data, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
 }

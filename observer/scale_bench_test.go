@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/internal/procstat"
 )
 
 // BenchmarkIdlePolling100x10 measures what watching 100 repositories of 10
@@ -76,7 +76,7 @@ func BenchmarkIdlePolling100x10(b *testing.B) {
 		}
 		cpu := cpuTime() - cpu0
 		b.ReportMetric(100*cpu.Seconds()/time.Since(wall0).Seconds(), "cpu_pct_of_core")
-		b.ReportMetric(float64(rssKB())/1024, "rss_MB")
+		b.ReportMetric(float64(procstat.MemoryKB(procstat.Self(), "VmRSS"))/1024, "rss_MB")
 	}
 }
 
@@ -91,17 +91,6 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func rssKB() int {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
 }
 
 func contextWithCancel() (context.Context, context.CancelFunc) {

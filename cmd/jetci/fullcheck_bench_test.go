@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/procstat"
 	"github.com/jetci/jetci/reporter"
 )
 
@@ -171,8 +171,8 @@ func BenchmarkFullCheck15k(b *testing.B) {
 		b.ReportMetric(basePublish.Seconds(), "base_publish_s")
 		b.ReportMetric(baseSteps.Seconds(), "base_steps_s")
 		for name, c := range procs {
-			b.ReportMetric(float64(peakRSS(c.cmd.Process.Pid))/1024, name+"_MB")
-			b.ReportMetric(cpuSeconds(c.cmd.Process.Pid), name+"_cpu_s")
+			b.ReportMetric(float64(procstat.MemoryKB(c.cmd.Process.Pid, "VmHWM"))/1024, name+"_MB")
+			b.ReportMetric(procstat.CPUSeconds(c.cmd.Process.Pid), name+"_cpu_s")
 		}
 	}
 }
@@ -284,40 +284,4 @@ func spawnFloor(tb testing.TB, n, par int) time.Duration {
 		}
 	}
 	return time.Since(t0)
-}
-
-// peakRSS is a process's peak resident set in KiB (VmHWM), 0 if unknown.
-func peakRSS(pid int) int {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
-}
-
-// cpuSeconds is the CPU time a process and its waited-for children used, from
-// /proc/<pid>/stat (utime, stime, cutime, cstime, in clock ticks of 1/100 s).
-func cpuSeconds(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
-	if len(f) < 15 {
-		return 0
-	}
-	var ticks float64
-	for _, k := range []int{11, 12, 13, 14} { // fields 14-17
-		n, _ := strconv.ParseFloat(f[k], 64)
-		ticks += n
-	}
-	return ticks / 100
 }
