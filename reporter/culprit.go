@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"text/template"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -114,29 +113,8 @@ func (n *Notifier) objectTail(ctx context.Context, object string, lines int) str
 
 // consumeBisections hands every bisection state change to the notifier.
 func (r *Reporter) consumeBisections(ctx context.Context) error {
-	if r.cfg.Notify.Mail.SMTP == "" {
-		return nil
-	}
-	cfg := jetstream.ConsumerConfig{
-		Durable:       events.ConsumerNotifierBisect,
-		Description:   "bisection state changes, for culprit mails",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckWait:       30 * time.Second,
-	}
-	return events.Consume(ctx, r.js, events.StreamBisect, cfg, 16, r.log, func(m jetstream.Msg) {
-		b, err := events.DecodeAs[events.Bisection](m.Data())
-		if err != nil {
-			_ = m.Term()
-			return
-		}
-		if err := r.notifier.BisectionChanged(ctx, b); err != nil {
-			r.log.Warn().Err(err).Msg("notification for a bisection; will retry")
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		_ = m.Ack()
-	})
+	return consumeForMail(ctx, r, events.StreamBisect, events.ConsumerNotifierBisect, "bisection state changes, for culprit mails",
+		"a bisection", r.notifier.BisectionChanged)
 }
 
 // Bisections lists the bisections of a repo (and branch, if given), newest

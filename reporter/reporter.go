@@ -306,24 +306,33 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 // to fix it within the fix window, and says when the branch failed its second
 // check, through the notifier's outbox.
 func (r *Reporter) consumeBranchStates(ctx context.Context) error {
+	return consumeForMail(ctx, r, events.StreamBranch, events.ConsumerNotifierBranches, "branch state changes, for notifications",
+		"a branch state", r.notifier.BranchChanged)
+}
+
+// consumeForMail feeds the notifier from a stream of state changes through
+// its own durable consumer, when mail is configured: a message that does not
+// decode is terminated, one the notifier could not take is retried.
+func consumeForMail[T any](ctx context.Context, r *Reporter, stream, durable, description, what string,
+	handle func(context.Context, *T) error) error {
 	if r.cfg.Notify.Mail.SMTP == "" {
 		return nil
 	}
 	cfg := jetstream.ConsumerConfig{
-		Durable:       events.ConsumerNotifierBranches,
-		Description:   "branch state changes, for notifications",
+		Durable:       durable,
+		Description:   description,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckWait:       30 * time.Second,
 	}
-	return events.Consume(ctx, r.js, events.StreamBranch, cfg, 16, r.log, func(m jetstream.Msg) {
-		st, err := events.DecodeAs[events.BranchState](m.Data())
+	return events.Consume(ctx, r.js, stream, cfg, 16, r.log, func(m jetstream.Msg) {
+		v, err := events.DecodeAs[T](m.Data())
 		if err != nil {
 			_ = m.Term()
 			return
 		}
-		if err := r.notifier.BranchChanged(ctx, st); err != nil {
-			r.log.Warn().Err(err).Msg("notification for a branch state; will retry")
+		if err := handle(ctx, v); err != nil {
+			r.log.Warn().Err(err).Msg("notification for " + what + "; will retry")
 			_ = m.NakWithDelay(time.Second)
 			return
 		}
