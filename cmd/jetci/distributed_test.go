@@ -40,25 +40,8 @@ func TestSeparateServices(t *testing.T) {
 	t.Cleanup(hookSrv.Close)
 	secret := filepath.Join(data, "hook-secret")
 	os.WriteFile(secret, []byte("webhook-secret"), 0o600)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	logs := &syncBuffer{}
-	start := func(args ...string) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if code := (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args); code != 0 {
-				t.Errorf("jetci %s exited %d", args[0], code)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
+	ctx, startIn, logs := serviceGroup(t)
+	start := func(args ...string) { startIn(ctx, args...) }
 	start(append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--monitor", "127.0.0.1:0", "--store", data + "/nats", "--log-format", "json"}, as(pw, "admin")...)...)
 	admin := as(pw, "admin")
 	// The services start once the admin has set up every stream and bucket: the

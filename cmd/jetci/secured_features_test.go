@@ -50,25 +50,7 @@ func TestSecuredModulesCulpritAndTests(t *testing.T) {
 	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
 	url := "nats://" + natsAddr
 	data := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	logs := &syncBuffer{}
-	start := func(ctx context.Context, args ...string) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if code := (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args); code != 0 {
-				t.Errorf("jetci %s exited %d", args[0], code)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
+	ctx, start, logs := serviceGroup(t)
 	start(ctx, append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--store", data + "/nats", "--log-format", "json"}, as(pw, "admin")...)...)
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(logs.String(), "jetci streams ready") {
@@ -188,4 +170,32 @@ func TestSecuredModulesCulpritAndTests(t *testing.T) {
 			}
 		}
 	}
+}
+
+// serviceGroup runs jetci commands in this process, as separate services
+// would run: start(ctx, args...) runs one until ctx (or the test) ends. When
+// the test ends every one is stopped and waited for, and their shared log is
+// printed if the test failed.
+func serviceGroup(t *testing.T) (context.Context, func(ctx context.Context, args ...string), *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	logs := &syncBuffer{}
+	start := func(ctx context.Context, args ...string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := (&Main{Stdout: logs, Stderr: logs}).Run(ctx, args); code != 0 {
+				t.Errorf("jetci %s exited %d", args[0], code)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	return ctx, start, logs
 }
