@@ -95,17 +95,7 @@ func TestArtifactsAreStoredWithinLimits(t *testing.T) {
 
 func enqueueWith(t *testing.T, s *brokertest.Server, repo *gitRepo, commit string, artifacts []string, steps ...string) *events.JobQueued {
 	t.Helper()
-	jobN++
-	j := &events.JobQueued{
-		JobRef:  events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"},
-		RepoURL: repo.Dir, Pool: "default", Class: events.ClassFirst, Steps: steps, TimeoutMs: 60000, Artifacts: artifacts,
-	}
-	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
-	data, _ := events.Encode(j)
-	if _, err := s.JS.Publish(context.Background(), events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main"), data); err != nil {
-		t.Fatal(err)
-	}
-	return j
+	return publishJob(t, s, commit, &events.JobQueued{RepoURL: repo.Dir, Steps: steps, TimeoutMs: 60000, Artifacts: artifacts}, nil)
 }
 
 func TestCancelARunningJob(t *testing.T) {

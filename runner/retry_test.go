@@ -1,11 +1,9 @@
 package runner
 
 import (
-	"context"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -33,15 +31,8 @@ class T(unittest.TestCase):
 
 func enqueueJob(t *testing.T, s *brokertest.Server, commit string, timeoutMs int64, j *events.JobQueued) *events.JobQueued {
 	t.Helper()
-	jobN++
-	j.JobRef = events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"}
-	j.Pool, j.Class, j.TimeoutMs = "default", events.ClassFirst, timeoutMs
-	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
-	data, _ := events.Encode(j)
-	if _, err := s.JS.Publish(context.Background(), events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main"), data); err != nil {
-		t.Fatal(err)
-	}
-	return j
+	j.Class, j.TimeoutMs = events.ClassFirst, timeoutMs
+	return publishJob(t, s, commit, j, nil)
 }
 
 func testNamed(tests []events.TestResult, name string) (events.TestResult, bool) {

@@ -73,17 +73,29 @@ var jobN int
 
 func enqueue(t *testing.T, s *brokertest.Server, repo *gitRepo, commit string, class events.Class, steps ...string) *events.JobQueued {
 	t.Helper()
+	return publishJob(t, s, commit, &events.JobQueued{RepoURL: repo.Dir, Class: class, Steps: steps, TimeoutMs: 20000}, nil)
+}
+
+// publishJob names j (job jN of proj main on amd64, at commit), lets mod
+// change it, and puts it in the work queue at its class, as the dispatcher
+// would. Every enqueue helper of these tests goes through it.
+func publishJob(t *testing.T, s *brokertest.Server, commit string, j *events.JobQueued, mod func(*events.JobQueued)) *events.JobQueued {
+	t.Helper()
 	jobN++
-	j := &events.JobQueued{
-		JobRef:  events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"},
-		RepoURL: repo.Dir, Pool: "default", Class: class, Steps: steps, TimeoutMs: 20000,
+	j.JobRef = events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"}
+	j.Pool = "default"
+	if j.Class == "" {
+		j.Class = events.ClassFirst
+	}
+	if mod != nil {
+		mod(j)
 	}
 	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
 	data, err := events.Encode(j)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.JS.Publish(context.Background(), events.JobSubject("default", "amd64", class, "proj", "main"), data); err != nil {
+	if _, err := s.JS.Publish(context.Background(), events.JobSubject(j.Pool, j.Arch, j.Class, j.Repo, j.Branch), data); err != nil {
 		t.Fatal(err)
 	}
 	return j

@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,20 +18,7 @@ import (
 // enqueueJob publishes a job after mod has set what the test needs.
 func enqueueMod(t *testing.T, s *brokertest.Server, repo *gitRepo, commit string, mod func(*events.JobQueued), steps ...string) *events.JobQueued {
 	t.Helper()
-	jobN++
-	j := &events.JobQueued{
-		JobRef:  events.JobRef{Repo: "proj", Branch: "main", Commit: commit, Job: "j" + strconv.Itoa(jobN), Arch: "amd64"},
-		RepoURL: repo.Dir, Pool: "default", Class: events.ClassFirst, Steps: steps, TimeoutMs: 60000,
-	}
-	if mod != nil {
-		mod(j)
-	}
-	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
-	data, _ := events.Encode(j)
-	if _, err := s.JS.Publish(context.Background(), events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main"), data); err != nil {
-		t.Fatal(err)
-	}
-	return j
+	return publishJob(t, s, commit, &events.JobQueued{RepoURL: repo.Dir, Steps: steps, TimeoutMs: 60000}, mod)
 }
 
 // liveLog collects the live log chunks of a job.
