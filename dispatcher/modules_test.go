@@ -137,38 +137,6 @@ func TestAffected(t *testing.T) {
 	}
 }
 
-// dependents is the reference: the changed modules and every module that
-// depends on them, by a breadth-first search over the generator's graph.
-func dependents(g *modtest.Graph, changed []int) []string {
-	rdeps := map[int][]int{}
-	for i, ds := range g.Deps {
-		for _, d := range ds {
-			rdeps[d] = append(rdeps[d], i)
-		}
-	}
-	seen := map[int]bool{}
-	queue := append([]int(nil), changed...)
-	for _, c := range changed {
-		seen[c] = true
-	}
-	for len(queue) > 0 {
-		m := queue[0]
-		queue = queue[1:]
-		for _, d := range rdeps[m] {
-			if !seen[d] {
-				seen[d] = true
-				queue = append(queue, d)
-			}
-		}
-	}
-	out := []string{}
-	for m := range seen {
-		out = append(out, g.Names[m])
-	}
-	sort.Strings(out)
-	return out
-}
-
 func TestAffectedLayeredAgainstBFS(t *testing.T) {
 	g := modtest.Layered(7, 10, 40, 90, 160, 210)
 	pl, err := ParsePipeline(".jetci.yml", []byte(g.Pipeline()))
@@ -190,7 +158,7 @@ func TestAffectedLayeredAgainstBFS(t *testing.T) {
 		mods, shared := pl.Graph.Affected(paths)
 		got := names(pl, mods)
 		sort.Strings(got)
-		if want := dependents(g, changed); shared != "" || !slices.Equal(got, want) {
+		if want := g.Dependents(changed...); shared != "" || !slices.Equal(got, want) {
 			t.Fatalf("changed %q: got %d modules %v (shared %q), want %d %v", paths, len(got), got, shared, len(want), want)
 		}
 	}

@@ -20,41 +20,6 @@ import (
 	"github.com/jetci/jetci/reporter"
 )
 
-// reverseBFS is the test's own reference: the changed modules and every
-// module that depends on them, transitively, from the generator's edges.
-func reverseBFS(g *modtest.Graph, changed ...int) []string {
-	users := make([][]int, len(g.Names))
-	for m, deps := range g.Deps {
-		for _, d := range deps {
-			users[d] = append(users[d], m)
-		}
-	}
-	seen := map[int]bool{}
-	var queue []int
-	for _, c := range changed {
-		if !seen[c] {
-			seen[c] = true
-			queue = append(queue, c)
-		}
-	}
-	for len(queue) > 0 {
-		m := queue[0]
-		queue = queue[1:]
-		for _, u := range users[m] {
-			if !seen[u] {
-				seen[u] = true
-				queue = append(queue, u)
-			}
-		}
-	}
-	var out []string
-	for m := range seen {
-		out = append(out, g.Names[m])
-	}
-	sort.Strings(out)
-	return out
-}
-
 // TestModulesAffectedSet runs jetci up (observer, dispatcher, reporter; no
 // runners, so jobs stay queued) on a generated repository of 510 modules in
 // five layers, and checks which module jobs each commit queued, per arch,
@@ -120,7 +85,7 @@ func TestModulesAffectedSet(t *testing.T) {
 		sort.Strings(out)
 		return out
 	}
-	all := jobsOf(reverseBFS(g, g.All()...))
+	all := jobsOf(g.Dependents(g.All()...))
 	if len(all) != 2*len(g.Names) {
 		t.Fatalf("%d jobs in all", len(all))
 	}
@@ -149,7 +114,7 @@ func TestModulesAffectedSet(t *testing.T) {
 			files[g.File(m, fmt.Sprintf("change%d.go", i))] = "x"
 		}
 		sha := repo.Commit(c.name, files)
-		want := reverseBFS(g, c.changed...)
+		want := g.Dependents(c.changed...)
 		queued(sha, jobsOf(want))
 		if slices.Contains(want, leaf) {
 			leafRuns++
@@ -251,9 +216,9 @@ func TestModulesAffectedSet(t *testing.T) {
 		fmt.Sprintf(".jetci.yml:%d: path glob %q of module %q matches no file at this commit\n%5d | %s", deadLine, g.Dir(gone)+"/**", g.Names[gone], deadLine, lines[deadLine-1]))
 
 	// A cycle: core module 0 depends on one of its dependents.
-	dependent := reverseBFS(g, 0)[0]
+	dependent := g.Dependents(0)[0]
 	if dependent == g.Names[0] {
-		dependent = reverseBFS(g, 0)[1]
+		dependent = g.Dependents(0)[1]
 	}
 	cyc := strings.Replace(files[".jetci.yml"], "  "+g.Names[0]+":\n    paths: [\""+g.Dir(0)+"/**\"]\n",
 		"  "+g.Names[0]+":\n    paths: [\""+g.Dir(0)+"/**\"]\n    depends: ["+dependent+"]\n", 1)

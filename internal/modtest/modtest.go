@@ -112,3 +112,40 @@ func (g *Graph) All() []int {
 	}
 	return all
 }
+
+// Dependents is the tests' reference for an affected set: the changed
+// modules and every module that depends on them, transitively, by a
+// breadth-first search over the generator's own edges (not the dispatcher's
+// code), sorted by name.
+func (g *Graph) Dependents(changed ...int) []string {
+	users := make([][]int, len(g.Names))
+	for m, deps := range g.Deps {
+		for _, d := range deps {
+			users[d] = append(users[d], m)
+		}
+	}
+	seen := map[int]bool{}
+	var queue []int
+	for _, c := range changed {
+		if !seen[c] {
+			seen[c] = true
+			queue = append(queue, c)
+		}
+	}
+	for len(queue) > 0 {
+		m := queue[0]
+		queue = queue[1:]
+		for _, u := range users[m] {
+			if !seen[u] {
+				seen[u] = true
+				queue = append(queue, u)
+			}
+		}
+	}
+	out := []string{}
+	for m := range seen {
+		out = append(out, g.Names[m])
+	}
+	slices.Sort(out)
+	return out
+}
