@@ -255,16 +255,6 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	l := c.lock(repo)
 	l.RLock()
 	defer l.RUnlock()
-	if err := c.move(repo, commit, ws); err != nil {
-		return err
-	}
-	// Stamp the index jetci's checkout left, so that the fast path can tell
-	// it from one a job rewrote (git add, git rm --cached).
-	stampIndex(ws, commit)
-	return nil
-}
-
-func (c *caches) move(repo, commit, ws string) error {
 	_, statErr := os.Stat(filepath.Join(ws, ".git", "HEAD"))
 	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
 		return fmt.Errorf("workspace %s: %w", ws, err)
@@ -272,14 +262,27 @@ func (c *caches) move(repo, commit, ws string) error {
 	if statErr == nil {
 		// The slot is on this commit already and the last job changed no
 		// tracked file (several jobs of one commit, a re-run): removing what
-		// the job added is all there is to do, without a git process.
+		// the job added is all there is to do, without a git process (and
+		// the stamp stays as it is).
 		if entries, ok := unchanged(ws, commit); ok {
 			if err := clean(ws, entries); err == nil {
 				return nil
 			}
 		}
 	}
-	if statErr == nil && gitCLI() != "" {
+	if err := c.move(repo, commit, ws, statErr == nil); err != nil {
+		return err
+	}
+	// Stamp the index jetci's checkout left, so that the fast path can tell
+	// it from one a job rewrote (git add, git rm --cached, reset --soft).
+	stampIndex(ws, commit)
+	return nil
+}
+
+// move checks commit out into ws with the git CLI (an existing workspace)
+// or go-git, and removes every file not in the commit.
+func (c *caches) move(repo, commit, ws string, exists bool) error {
+	if exists && gitCLI() != "" {
 		// A workspace that exists moves with the git CLI when there is one: it
 		// compares the index with the files by their stat data and rewrites
 		// only what changed, about ten times faster than go-git's checkout on
