@@ -201,6 +201,11 @@ type JobQueued struct {
 	// Limits bounds the job's CPU time, memory and processes; nil: the
 	// runner's own limits, if any.
 	Limits *Limits `json:"limits,omitempty"`
+	// Image is the container image the steps run in (the pipeline's
+	// image:); "": the runner's backend decides.
+	Image string `json:"image,omitempty"`
+	// Network is "none" for a job without network (network: none).
+	Network string `json:"network,omitempty"`
 }
 
 // JobStarted says a runner began an attempt of a job.
@@ -252,6 +257,11 @@ type JobFinished struct {
 	Retries     int         `json:"retries,omitempty"`
 	Flaky       bool        `json:"flaky,omitempty"`
 	FailedTries []FailedTry `json:"failed_tries,omitempty"`
+	// Exec is how the steps ran: host, sandbox or container. Emulation
+	// says the runner ran a foreign architecture's binaries under an
+	// emulator ("qemu-aarch64 user emulation (binfmt_misc) on amd64").
+	Exec      string `json:"exec,omitempty"`
+	Emulation string `json:"emulation,omitempty"`
 }
 
 // Test statuses, as TestResult.Status.

@@ -255,6 +255,9 @@ func (c *caches) checkout(repo, commit, ws string) error {
 	l := c.lock(repo)
 	l.RLock()
 	defer l.RUnlock()
+	if err := resetGitDir(ws); err != nil { // what the last job planted
+		return fmt.Errorf("workspace %s: %w", ws, err)
+	}
 	_, statErr := os.Stat(filepath.Join(ws, ".git", "HEAD"))
 	if err := linkObjects(filepath.Join(ws, ".git"), c.path(repo)); err != nil {
 		return fmt.Errorf("workspace %s: %w", ws, err)

@@ -43,14 +43,18 @@ func passes(patterns []string, name string) bool {
 	return false
 }
 
-// jobDirs are a job's HOME, kept between the jobs of a repo on a slot (tool
-// caches live there), and TMPDIR, emptied before each job. Both are outside
-// the workspace and the git cache.
+// jobDirs are a job's HOME and TMPDIR, both emptied before each job: nothing a
+// job leaves there (a ~/.gitconfig, a shell profile, a poisoned tool cache)
+// reaches a later job, of another branch say. Both are outside the workspace
+// and the git cache.
 func (r *Runner) jobDirs(slot int, repo string) (home, tmp string, err error) {
 	home = filepath.Join(r.cfg.WorkDir, "home", strconv.Itoa(slot), events.Token(repo))
 	tmp = filepath.Join(r.cfg.WorkDir, "tmp", strconv.Itoa(slot))
 	if err := removeAll(tmp); err != nil {
 		return "", "", fmt.Errorf("empty TMPDIR: %w", err)
+	}
+	if err := removeAll(home); err != nil {
+		return "", "", fmt.Errorf("empty HOME: %w", err)
 	}
 	for _, d := range []string{home, tmp} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -100,6 +104,10 @@ func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp string
 		}
 	}
 	vars["HOME"], vars["TMPDIR"] = home, tmp
+	if r.emulated != "" {
+		// Go builds for the emulated architecture; the job's env may say otherwise.
+		vars["GOARCH"], vars["JETCI_EMULATED"] = job.Arch, r.emulated
+	}
 	for k, v := range job.Env {
 		vars[k] = v
 	}

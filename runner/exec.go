@@ -23,20 +23,37 @@ var drainWait = 2 * time.Second
 // exits, whatever it left running in its group is killed too. Under limits
 // (lim not nil, set) the group is measured while it runs and killed when the
 // job goes over one; the error is then a *limitError.
-func runStep(ctx context.Context, dir string, env []string, step string, out io.Writer, deadline time.Time, lim *jobLimits) (int, error) {
+//
+// Under the sandbox or container backend (x.mode) the step runs isolated:
+// the kernel enforces memory and process limits through the step's cgroup,
+// and ending the step ends every process it started (isolate_*.go).
+func runStep(ctx context.Context, x *stepExec, step string, out io.Writer, deadline time.Time, lim *jobLimits) (int, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return -1, err
 	}
-	cmd := exec.Command("sh", "-c", step)
-	cmd.Dir, cmd.Env = dir, env
-	cmd.Stdin = nil
-	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
-		return -1, fmt.Errorf("start step: %w", err)
+	var cmd *exec.Cmd
+	var iso *isolatedStep
+	if x.mode != ExecHost {
+		iso, err = startIsolated(x, step, pw, lim)
+		if err != nil {
+			pr.Close()
+			pw.Close()
+			return -1, err
+		}
+		cmd = iso.cmd
+		defer iso.cleanup()
+	} else {
+		cmd = exec.Command("sh", "-c", step)
+		cmd.Dir, cmd.Env = x.ws, x.env
+		cmd.Stdin = nil
+		cmd.Stdout, cmd.Stderr = pw, pw
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			pr.Close()
+			pw.Close()
+			return -1, fmt.Errorf("start step: %w", err)
+		}
 	}
 	pw.Close() // the children hold the write end now
 	copied := make(chan struct{})
@@ -49,7 +66,15 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var overLimit <-chan *limitError
 	stopWatch := make(chan struct{})
-	if lim != nil && !lim.IsZero() && limitsEnforced {
+	switch {
+	case iso != nil:
+		kill = iso.kill
+		if lim != nil && lim.CPUMs > 0 && iso.cg != nil {
+			// Memory and processes the kernel enforces; CPU time it counts
+			// for the whole group, and the runner kills at the limit.
+			overLimit = lim.watchCPU(iso.cpu, kill, stopWatch)
+		}
+	case lim != nil && !lim.IsZero() && limitsEnforced:
 		capForks(cmd.Process.Pid, lim.Limits)
 		overLimit = lim.watch(cmd.Process.Pid, kill, stopWatch)
 	}
@@ -68,6 +93,9 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 		kill()
 		waitErr = <-exited
 	}
+	if iso != nil {
+		iso.done.Store(true)
+	}
 	kill() // background children of the step
 	close(stopWatch)
 	if overLimit != nil {
@@ -75,7 +103,15 @@ func runStep(ctx context.Context, dir string, env []string, step string, out io.
 			why = e
 		}
 	}
-	if lim != nil && cmd.ProcessState != nil {
+	if iso != nil {
+		iso.waitEmpty(ctx)
+		if e := iso.over(lim); e != nil && why == nil {
+			why = e
+		}
+	}
+	if lim != nil && iso != nil && iso.cg != nil {
+		lim.cpuUsed += iso.cpu()
+	} else if lim != nil && cmd.ProcessState != nil {
 		lim.cpuUsed += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	select {

@@ -188,6 +188,21 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	if serr == nil {
 		err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
 	}
+	var x *stepExec
+	if serr == nil && err == nil {
+		x, serr = r.newStepExec(slot, job, ws, home, tmp, env)
+	}
+	if x != nil {
+		res.Exec, res.Emulation = x.mode, r.emulated
+		note := "[jetci] steps run " + map[string]string{ExecHost: "on the host", ExecSandbox: "in a sandbox", ExecContainer: "in container image " + x.image}[x.mode]
+		if !x.network {
+			note += ", without network"
+		}
+		if r.emulated != "" {
+			note += "; " + job.Arch + " emulated: " + r.emulated
+		}
+		out.Note("%s", note)
+	}
 	switch {
 	case serr != nil:
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+serr.Error()
@@ -197,7 +212,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
-		r.tries(ctx, job, attempt, ws, tmp, env, lim, out, res, log)
+		r.tries(ctx, job, attempt, ws, tmp, x, lim, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
 		}
@@ -231,13 +246,14 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 // steps runs the job's steps in order, stopping at the first failure. Their
 // output goes to out and, when tap is set, to tap as well (the test parsers);
 // retry numbers the try (JETCI_RETRY: 0, then 1 on a retry...).
-func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, ws string, env []string, lim *jobLimits, out *output, tap io.Writer, res *events.JobFinished) {
+func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x *stepExec, lim *jobLimits, out *output, tap io.Writer, res *events.JobFinished) {
 	timeout := time.Duration(job.TimeoutMs) * time.Millisecond
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	env = append(env[:len(env):len(env)], "JETCI_RETRY="+strconv.Itoa(retry))
+	xr := *x
+	xr.env = append(x.env[:len(x.env):len(x.env)], "JETCI_RETRY="+strconv.Itoa(retry))
 	var w io.Writer = out
 	if tap != nil {
 		w = tee{out, tap}
@@ -245,7 +261,7 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, ws
 	res.Status = events.StatusPassed
 	for _, step := range job.Steps {
 		out.Note("$ %s", step)
-		code, err := runStep(ctx, ws, env, step, w, deadline, lim)
+		code, err := runStep(ctx, &xr, step, w, deadline, lim)
 		var over *limitError
 		switch {
 		case errors.As(err, &over):

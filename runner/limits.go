@@ -66,3 +66,27 @@ func (l *jobLimits) watch(pgid int, kill func(), stop <-chan struct{}) <-chan *l
 	}()
 	return hit
 }
+
+// watchCPU checks the CPU time cpu reports (the step's cgroup, as the kernel
+// counts it) every limitPoll until stop is closed, as watch does.
+func (l *jobLimits) watchCPU(cpu func() time.Duration, kill func(), stop <-chan struct{}) <-chan *limitError {
+	hit := make(chan *limitError, 1)
+	go func() {
+		defer close(hit)
+		t := time.NewTicker(limitPoll)
+		defer t.Stop()
+		for {
+			if e := l.over(groupUsage{cpu: cpu()}); e != nil {
+				kill()
+				hit <- e
+				return
+			}
+			select {
+			case <-t.C:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return hit
+}

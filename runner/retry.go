@@ -25,7 +25,7 @@ const MaxRetry = 3
 // Retrying inside one delivery, rather than queueing the job again, keeps one
 // result per attempt: the broken-build flow and the notifier see only the
 // verdict after the retries, so a flake never breaks a branch.
-func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws, tmp string, env []string, lim *jobLimits, out *output, res *events.JobFinished, log zerolog.Logger) {
+func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint64, ws, tmp string, x *stepExec, lim *jobLimits, out *output, res *events.JobFinished, log zerolog.Logger) {
 	retries := min(max(job.Retry, 0), MaxRetry)
 	failedBefore := map[string]bool{}
 	var coll *testCollector
@@ -33,7 +33,7 @@ func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint6
 		coll = newTestCollector()
 		coll.mask = out.mask.String
 		t0 := time.Now()
-		r.steps(ctx, job, try, ws, env, lim, out, coll, res)
+		r.steps(ctx, job, try, x, lim, out, coll, res)
 		coll.Flush()
 		for _, n := range readReports(ws, job.Reports, coll) {
 			out.Note("[jetci] reports: %s", n)
@@ -63,6 +63,11 @@ func (r *Runner) tries(ctx context.Context, job *events.JobQueued, attempt uint6
 		if err := r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log); err != nil {
 			// The failure stands: the retry could not even start.
 			out.Note("[jetci] retry not run: checkout failed: %v", err)
+			res.FailedTries = res.FailedTries[:len(res.FailedTries)-1]
+			break
+		}
+		if err := x.own(); err != nil {
+			out.Note("[jetci] retry not run: %v", err)
 			res.FailedTries = res.FailedTries[:len(res.FailedTries)-1]
 			break
 		}

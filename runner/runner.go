@@ -79,6 +79,17 @@ type Config struct {
 	// Limits are every job's default and maximum resource limits: a job's
 	// own limits apply where they are tighter.
 	Limits events.Limits
+	// Exec is how steps run: host, sandbox or container ("": sandbox on
+	// Linux, host elsewhere). See backend.go.
+	Exec string
+	// HostFallback lets a runner whose machine allows no sandbox run its
+	// steps on the host (with a warning at start) instead of refusing to start.
+	HostFallback bool
+	// SandboxUID is the first user id steps run as when the runner is root
+	// (slot N: SandboxUID+N; 0: DefaultSandboxUID).
+	SandboxUID int
+	// Image is the container image of jobs that name none (--exec container).
+	Image string
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
@@ -133,6 +144,12 @@ func (c Config) Validate() error {
 			return fmt.Errorf("runner: PassEnv: %w", err)
 		}
 	}
+	if err := validExec(c.Exec); err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	if c.SandboxUID < 0 || c.SandboxUID > 1<<31-1-256 {
+		return fmt.Errorf("runner: SandboxUID %d: want 0 (the default) or a user id", c.SandboxUID)
+	}
 	return nil
 }
 
@@ -145,6 +162,13 @@ type Runner struct {
 	log    zerolog.Logger
 	caches *caches
 	wake   *notifier
+	// How steps run (backend.go): the backend in use, the container engine
+	// ("" when none, engineErr says why) and the emulation of a foreign
+	// architecture ("" natively).
+	mode      string
+	engine    string
+	engineErr string
+	emulated  string
 
 	mu    sync.Mutex
 	busy  map[int]events.LeasedJob // slot -> the job it runs
@@ -170,7 +194,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
 		}
 	}
+	if cfg.execMode() != ExecHost {
+		// The work dir holds every slot's workspace, the caches and the
+		// outbox: steps run as other users and must not reach it by name.
+		if err := os.Chmod(cfg.WorkDir, 0o700); err != nil {
+			return nil, fmt.Errorf("runner: WorkDir: %w", err)
+		}
+	}
+	x, err := chooseExec(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	return &Runner{
+		mode: x.mode, engine: x.engine, engineErr: x.engineErr, emulated: x.emulated,
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
 		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),

@@ -156,8 +156,8 @@ func TestMissingSecretIsAnError(t *testing.T) {
 	}
 }
 
-// TestJobDirs: HOME is kept between the jobs of a repo on a slot, TMPDIR is
-// emptied, and neither is in the workspace.
+// TestJobDirs: HOME and TMPDIR are emptied before each job (nothing one job
+// leaves there reaches the next), and neither is in the workspace.
 func TestJobDirs(t *testing.T) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
@@ -168,7 +168,7 @@ func TestJobDirs(t *testing.T) {
 	if fin := res.wait(t, j1.JobID); fin.Status != events.StatusPassed {
 		t.Fatalf("job 1 %+v\n%s", fin, readLog(t, s, fin.Log))
 	}
-	j2 := enqueueMod(t, s, repo, c, nil, `test -e "$HOME/kept"`, `test ! -e "$TMPDIR/gone"`, "test ! -e kept && test ! -e gone")
+	j2 := enqueueMod(t, s, repo, c, nil, `test ! -e "$HOME/kept"`, `test ! -e "$TMPDIR/gone"`, "test ! -e kept && test ! -e gone")
 	if fin := res.wait(t, j2.JobID); fin.Status != events.StatusPassed {
 		t.Fatalf("job 2 %+v\n%s", fin, readLog(t, s, fin.Log))
 	}

@@ -1,0 +1,365 @@
+package runner
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kernel-enforced limits: every sandboxed step runs in a cgroup of its own,
+// where the kernel caps memory (the OOM killer acts inside it alone) and the
+// number of processes (fork fails at pids.max), and counts CPU time for the
+// whole tree, whatever setsid or double forks it did.
+//
+// Two layouts exist. cgroup v2 ("unified", one hierarchy) where it is mounted
+// with the memory and pids controllers; otherwise the v1 controllers, each
+// mounted on its own (memory, pids, cpu,cpuacct). Hybrid hosts mount both:
+// v1 controllers beside an empty cgroup2 at /sys/fs/cgroup/unified, where the
+// v1 ones are used.
+
+// cgroupLayout is where this machine's cgroup controllers are.
+type cgroupLayout struct {
+	v2     string            // the cgroup2 directory jetci uses ("": v1)
+	v1     map[string]string // controller → the directory jetci uses under it
+	reason string            // why there are none
+}
+
+var (
+	cgOnce sync.Once
+	cgHere cgroupLayout
+)
+
+// cgroups returns this machine's layout, found once.
+func cgroups() cgroupLayout {
+	cgOnce.Do(func() { cgHere = detectCgroups("/proc/self/mountinfo", "/proc/self/cgroup") })
+	return cgHere
+}
+
+// detectCgroups reads the mounts and this process's own cgroups. jetci's
+// groups go under the cgroup the runner is in ("jetci-<pid>" beside it in v2,
+// where a cgroup with processes cannot enable controllers for its children).
+func detectCgroups(mountinfo, self string) cgroupLayout {
+	own := map[string]string{} // controller ("" for v2) → own path
+	if f, err := os.Open(self); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			parts := strings.SplitN(sc.Text(), ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			if parts[1] == "" {
+				own[""] = parts[2]
+			}
+			for _, c := range strings.Split(parts[1], ",") {
+				own[c] = parts[2]
+			}
+		}
+		f.Close()
+	}
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return cgroupLayout{reason: err.Error()}
+	}
+	defer f.Close()
+	var l cgroupLayout
+	l.v1 = map[string]string{}
+	var v2mount, v2root string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint opts ... - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, x := range fields {
+			if x == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+3 >= len(fields) || len(fields) < 5 {
+			continue
+		}
+		root, mnt, fstype, super := fields[3], fields[4], fields[sep+1], fields[sep+3]
+		switch fstype {
+		case "cgroup2":
+			if v2mount == "" {
+				v2mount, v2root = mnt, root
+			}
+		case "cgroup":
+			for _, c := range strings.Split(super, ",") {
+				if c == "memory" || c == "pids" || c == "cpuacct" {
+					if _, ok := l.v1[c]; !ok {
+						l.v1[c] = filepath.Join(mnt, strings.TrimPrefix(own[c], root))
+					}
+				}
+			}
+		}
+	}
+	if v2mount != "" {
+		dir := filepath.Join(v2mount, strings.TrimPrefix(own[""], v2root))
+		b, _ := os.ReadFile(filepath.Join(v2mount, "cgroup.controllers"))
+		ctl := " " + strings.TrimSpace(string(b)) + " "
+		if strings.Contains(ctl, " memory ") && strings.Contains(ctl, " pids ") {
+			return cgroupLayout{v2: dir}
+		}
+	}
+	if l.v1["memory"] != "" && l.v1["pids"] != "" {
+		return l
+	}
+	return cgroupLayout{reason: "neither cgroup v2 with the memory and pids controllers nor the v1 memory and pids controllers are mounted"}
+}
+
+// String says which layout is used, for the runner's start message.
+func (l cgroupLayout) String() string {
+	switch {
+	case l.v2 != "":
+		return "cgroup v2 at " + l.v2
+	case len(l.v1) > 0:
+		return fmt.Sprintf("cgroup v1 (memory %s, pids %s)", l.v1["memory"], l.v1["pids"])
+	}
+	return "no cgroups: " + l.reason
+}
+
+func (l cgroupLayout) ok() bool { return l.v2 != "" || len(l.v1) > 0 }
+
+var (
+	v2Once sync.Once
+	v2Base string
+	v2Err  error
+)
+
+// v2Parent is the cgroup jetci's step groups go under in v2: a sibling of the
+// runner's own group, with memory, pids and cpu enabled for its children.
+func (l cgroupLayout) v2Parent() (string, error) {
+	v2Once.Do(func() {
+		base := filepath.Join(filepath.Dir(l.v2), "jetci-"+strconv.Itoa(os.Getpid()))
+		if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			v2Err = err
+			return
+		}
+		// Each ancestor up from the mount must delegate the controllers.
+		for _, d := range []string{filepath.Dir(base), base} {
+			for _, c := range []string{"+memory", "+pids", "+cpu"} {
+				_ = os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte(c), 0)
+			}
+		}
+		b, _ := os.ReadFile(filepath.Join(base, "cgroup.subtree_control"))
+		if !strings.Contains(string(b), "memory") || !strings.Contains(string(b), "pids") {
+			v2Err = fmt.Errorf("cgroup %s: cannot enable the memory and pids controllers (%s)", base, strings.TrimSpace(string(b)))
+			return
+		}
+		v2Base = base
+	})
+	return v2Base, v2Err
+}
+
+// stepCgroup is the cgroup (one per controller in v1) of one step.
+type stepCgroup struct {
+	v2   string
+	v1   map[string]string // controller → directory
+	dirs []string
+}
+
+var cgSeq struct {
+	sync.Mutex
+	n int
+}
+
+// newStepCgroup makes the cgroup of one step with its memory and process
+// limits (0: none).
+func newStepCgroup(memory int64, procs int) (*stepCgroup, error) {
+	l := cgroups()
+	if !l.ok() {
+		return nil, errors.New(l.reason)
+	}
+	cgSeq.Lock()
+	cgSeq.n++
+	name := fmt.Sprintf("jetci-%d-step-%d", os.Getpid(), cgSeq.n)
+	cgSeq.Unlock()
+	cg := &stepCgroup{}
+	if l.v2 != "" {
+		parent, err := l.v2Parent()
+		if err != nil {
+			return nil, err
+		}
+		cg.v2 = filepath.Join(parent, name)
+		cg.dirs = []string{cg.v2}
+	} else {
+		cg.v1 = map[string]string{}
+		for c, d := range l.v1 {
+			cg.v1[c] = filepath.Join(d, name)
+			cg.dirs = append(cg.dirs, cg.v1[c])
+		}
+	}
+	for _, d := range cg.dirs {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			cg.remove()
+			return nil, fmt.Errorf("make cgroup: %w", err)
+		}
+	}
+	set := func(dir, file, v string) error {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(v), 0); err != nil {
+			return fmt.Errorf("cgroup %s: %w", file, err)
+		}
+		return nil
+	}
+	var err error
+	if cg.v2 != "" {
+		if memory > 0 {
+			err = errors.Join(set(cg.v2, "memory.max", strconv.FormatInt(memory, 10)),
+				set(cg.v2, "memory.swap.max", "0"))
+			if errors.Is(err, os.ErrNotExist) { // no swap accounting
+				err = nil
+			}
+		}
+		if procs > 0 && err == nil {
+			err = set(cg.v2, "pids.max", strconv.Itoa(procs))
+		}
+	} else {
+		if memory > 0 {
+			err = set(cg.v1["memory"], "memory.limit_in_bytes", strconv.FormatInt(memory, 10))
+			// With swap accounting, swap counts too: the limit is on memory
+			// and swap together (absent without swap accounting).
+			_ = set(cg.v1["memory"], "memory.memsw.limit_in_bytes", strconv.FormatInt(memory, 10))
+		}
+		if procs > 0 && err == nil {
+			err = set(cg.v1["pids"], "pids.max", strconv.Itoa(procs))
+		}
+	}
+	if err != nil {
+		cg.remove()
+		return nil, err
+	}
+	return cg, nil
+}
+
+// add puts process pid (and so everything it starts from now on) in the group.
+func (cg *stepCgroup) add(pid int) error {
+	for _, d := range cg.dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("join cgroup: %w", err)
+		}
+	}
+	return nil
+}
+
+// pids lists the processes in the group.
+func (cg *stepCgroup) pids() []int {
+	b, _ := os.ReadFile(filepath.Join(cg.dirs[0], "cgroup.procs"))
+	var out []int
+	for _, s := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(s); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// kill ends every process in the group, those that moved to a session or
+// process group of their own included: the v2 cgroup.kill where there is one,
+// else SIGKILL to each until none is left (the group is frozen-free, so a
+// fork racing the kill is caught by the next round).
+func (cg *stepCgroup) kill() {
+	if cg.v2 != "" && os.WriteFile(filepath.Join(cg.v2, "cgroup.kill"), []byte("1"), 0) == nil {
+		return
+	}
+	for round := 0; round < 100; round++ {
+		ps := cg.pids()
+		if len(ps) == 0 {
+			return
+		}
+		for _, p := range ps {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+}
+
+// empty reports whether no process is left in the group.
+func (cg *stepCgroup) empty() bool { return len(cg.pids()) == 0 }
+
+// cpu is the CPU time the group's processes used, as the kernel counts it.
+func (cg *stepCgroup) cpu() time.Duration {
+	if cg.v2 != "" {
+		b, _ := os.ReadFile(filepath.Join(cg.v2, "cpu.stat"))
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return time.Duration(n) * time.Microsecond
+			}
+		}
+		return 0
+	}
+	if d := cg.v1["cpuacct"]; d != "" {
+		b, _ := os.ReadFile(filepath.Join(d, "cpuacct.usage"))
+		n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		return time.Duration(n)
+	}
+	return 0
+}
+
+// oomKilled reports whether the kernel killed a process of the group for
+// going over its memory limit.
+func (cg *stepCgroup) oomKilled() bool {
+	file := filepath.Join(cg.v2, "memory.events")
+	if cg.v2 == "" {
+		file = filepath.Join(cg.v1["memory"], "memory.oom_control")
+	}
+	b, _ := os.ReadFile(file)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n > 0
+		}
+	}
+	return false
+}
+
+// peakMemory is the most memory the group held (0: unknown).
+func (cg *stepCgroup) peakMemory() int64 {
+	file := filepath.Join(cg.v2, "memory.peak")
+	if cg.v2 == "" {
+		file = filepath.Join(cg.v1["memory"], "memory.max_usage_in_bytes")
+	}
+	b, _ := os.ReadFile(file)
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// remove kills what is left and removes the group's directories.
+func (cg *stepCgroup) remove() {
+	cg.kill()
+	for _, d := range cg.dirs {
+		for i := 0; i < 50; i++ {
+			err := unix.Rmdir(d)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			time.Sleep(2 * time.Millisecond) // killed processes are still exiting
+			cg.kill()
+		}
+	}
+}
+
+// pidsRefused is how many forks the kernel refused at pids.max.
+func (cg *stepCgroup) pidsRefused() int {
+	dir := cg.v2
+	if dir == "" {
+		dir = cg.v1["pids"]
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "pids.events"))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "max "); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}

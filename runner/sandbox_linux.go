@@ -1,0 +1,343 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jetci/jetci/events"
+)
+
+// Why bubblewrap and not namespaces set up from Go: a mount namespace with a
+// read-only root, fresh /proc and /tmp and a few binds must be built in the
+// child between clone and exec, and Go runs no code there (SysProcAttr gives
+// the clone flags and id maps, not mounts). Doing it ourselves means the
+// runner re-executing itself as a setup helper: a few hundred lines of
+// security-critical code that bubblewrap (Flatpak's sandbox, in Debian) has
+// already, reviewed and maintained, with a PID-1 that reaps and, when it
+// ends, takes the namespace's processes with it. It costs one exec per step
+// (a few ms, BENCHMARKS.md). cgroups jetci sets up itself, around bubblewrap.
+
+// gateScript holds the step's first process until the runner has put it in
+// the step's cgroup (it reads a byte on fd 3), so that nothing it starts
+// runs outside the group even for a moment.
+const gateScript = `read _ <&3; exec 3<&-; exec "$@"`
+
+// bwrapPath is bubblewrap, or "" when it is not installed.
+func bwrapPath() string {
+	p, _ := exec.LookPath("bwrap")
+	return p
+}
+
+// probeSandbox checks that a sandbox can start here, as the user uid (-1: the
+// runner's): bubblewrap is installed and the kernel allows user, PID and mount
+// namespaces. The error says what is missing.
+func probeSandbox(uid int) error {
+	bw := bwrapPath()
+	if bw == "" {
+		return errors.New("bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)")
+	}
+	cmd := exec.Command(bw, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true")
+	if uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("the kernel allows no sandbox here (bwrap --unshare-all: %v: %s)", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// containerEngine finds podman (preferred) or docker.
+func containerEngine() (string, error) {
+	for _, e := range []string{"podman", "docker"} {
+		if p, err := exec.LookPath(e); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("neither podman nor docker is installed")
+}
+
+// under reports whether p is dir or inside it.
+func under(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// bwrapArgs are bubblewrap's arguments for a step; binds are the host
+// directories bound in (bubblewrap reaches them by path as the step's user:
+// stepExec.own makes their parents searchable).
+func (x *stepExec) bwrapArgs(step string) (args []string, binds []string) {
+	args = []string{"--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+		"--hostname", "jetci", "--die-with-parent", "--new-session", "--disable-userns"}
+	if !x.network {
+		args = append(args, "--unshare-net")
+	}
+	args = append(args, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--tmpfs", "/run")
+	// The runner's work dir (caches, every slot's workspace, logs, the
+	// outbox) and the runner user's home are hidden; the job's own
+	// directories are bound back in.
+	wd, _ := filepath.Abs(x.workDir)
+	if !under(wd, "/tmp") {
+		args = append(args, "--tmpfs", wd)
+	}
+	if h, err := os.UserHomeDir(); err == nil && h != "/" && !under(wd, h) && !under(h, "/tmp") {
+		args = append(args, "--tmpfs", h)
+	}
+	bind := func(flag, dir string) {
+		abs, _ := filepath.Abs(dir)
+		args = append(args, flag, abs, abs)
+		binds = append(binds, abs)
+	}
+	if _, err := os.Stat(x.cache); err == nil {
+		bind("--ro-bind", x.cache)
+	}
+	bind("--bind", x.ws)
+	bind("--bind", x.home)
+	bind("--bind", x.tmp)
+	ws, _ := filepath.Abs(x.ws)
+	args = append(args, "--chdir", ws, "--", "sh", "-c", step)
+	return args, binds
+}
+
+// containerSeq numbers this process's containers.
+var containerSeq atomic.Int64
+
+// containerArgs are the engine's arguments for a step in container name.
+func (x *stepExec) containerArgs(name, step string, lim *jobLimits) []string {
+	ws, _ := filepath.Abs(x.ws)
+	home, _ := filepath.Abs(x.home)
+	tmp, _ := filepath.Abs(x.tmp)
+	args := []string{"run", "--name", name, "--init", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "all",
+		"--security-opt", "no-new-privileges", "--pull", "never", "--log-driver", "none",
+		"-v", ws + ":" + ws, "-v", home + ":" + home, "-v", tmp + ":" + tmp, "-w", ws}
+	if cache, err := filepath.Abs(x.cache); err == nil {
+		if _, err := os.Stat(cache); err == nil {
+			args = append(args, "-v", cache+":"+cache+":ro")
+		}
+	}
+	if !x.network {
+		args = append(args, "--network", "none")
+	}
+	if x.uid >= 0 {
+		args = append(args, "--user", strconv.Itoa(x.uid)+":"+strconv.Itoa(x.gid))
+	}
+	// Engines set RLIMIT_NOFILE and RLIMIT_NPROC above what this process may
+	// have by default, which fails without CAP_SYS_RESOURCE: ask for what we have.
+	var nofile unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile) == nil && nofile.Max < 1<<20 {
+		args = append(args, "--ulimit", fmt.Sprintf("nofile=%d:%d", nofile.Max, nofile.Max))
+	}
+	if lim != nil && lim.MemoryBytes > 0 {
+		m := strconv.FormatInt(lim.MemoryBytes, 10)
+		args = append(args, "--memory", m, "--memory-swap", m)
+	}
+	procs := 4096
+	if lim != nil && lim.Processes > 0 {
+		procs = lim.Processes
+		args = append(args, "--pids-limit", strconv.Itoa(lim.Processes))
+	}
+	args = append(args, "--ulimit", fmt.Sprintf("nproc=%d:%d", procs, procs))
+	// Variables go by name: their values (secrets) stay out of the engine's
+	// command line, which every user can read.
+	for _, kv := range x.env {
+		k, _, _ := strings.Cut(kv, "=")
+		args = append(args, "-e", k)
+	}
+	return append(args, x.image, "sh", "-c", step)
+}
+
+// hybridUnified is the empty cgroup2 mount of a hybrid host, "" otherwise.
+// crun refuses to run where it is mounted ("cgroups in hybrid mode not
+// supported, drop all controllers from cgroupv2"), so podman runs in a mount
+// namespace of its own without it.
+func hybridUnified() string {
+	l := cgroups()
+	if l.v2 != "" || len(l.v1) == 0 {
+		return ""
+	}
+	var st unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup/unified", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return "/sys/fs/cgroup/unified"
+	}
+	return ""
+}
+
+// engineCommand is the command that runs the engine with args.
+func (x *stepExec) engineCommand(args ...string) *exec.Cmd {
+	if u := hybridUnified(); u != "" && os.Geteuid() == 0 && filepath.Base(x.engine) == "podman" {
+		if unshare, err := exec.LookPath("unshare"); err == nil {
+			return exec.Command(unshare, append([]string{"--mount", "--propagation", "private", "sh", "-c",
+				`umount "$0" 2>/dev/null; exec "$@"`, u, x.engine}, args...)...)
+		}
+	}
+	return exec.Command(x.engine, args...)
+}
+
+// isolatedStep is a step started under the sandbox or in a container.
+type isolatedStep struct {
+	cmd    *exec.Cmd
+	cg     *stepCgroup // sandbox: the step's cgroup (nil without limits or cgroups)
+	name   string      // container: its name
+	x      *stepExec
+	closed []*os.File
+	done   atomic.Bool // the step's first process exited
+}
+
+// startIsolated starts step under x's backend, its output to pw.
+func startIsolated(x *stepExec, step string, pw *os.File, lim *jobLimits) (*isolatedStep, error) {
+	s := &isolatedStep{x: x}
+	if x.mode == ExecContainer {
+		s.name = fmt.Sprintf("jetci-%d-%d", os.Getpid(), containerSeq.Add(1))
+		s.cmd = x.engineCommand(x.containerArgs(s.name, step, lim)...)
+		s.cmd.Env = x.env
+		s.cmd.Stdout, s.cmd.Stderr = pw, pw
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := s.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start container: %w", err)
+		}
+		return s, nil
+	}
+	var err error
+	if cg := cgroups(); cg.ok() {
+		var mem int64
+		var procs int
+		if lim != nil {
+			mem, procs = lim.MemoryBytes, lim.Processes
+		}
+		if s.cg, err = newStepCgroup(mem, procs); err != nil && lim != nil && !lim.IsZero() {
+			return nil, fmt.Errorf("limits cannot be enforced: %w", err)
+		}
+	} else if lim != nil && !lim.IsZero() {
+		return nil, fmt.Errorf("limits cannot be enforced: %s", cg.reason)
+	}
+	gr, gw, err := os.Pipe()
+	if err != nil {
+		s.cleanup()
+		return nil, err
+	}
+	s.closed = append(s.closed, gr)
+	args, _ := x.bwrapArgs(step)
+	files := []*os.File{gr}
+	s.cmd = exec.Command("sh", append([]string{"-c", gateScript, "jetci-step", bwrapPath()}, args...)...)
+	s.cmd.Dir, s.cmd.Env = "/", x.env
+	s.cmd.Stdout, s.cmd.Stderr = pw, pw
+	s.cmd.ExtraFiles = files
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if x.uid >= 0 {
+		s.cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(x.uid), Gid: uint32(x.gid)}
+	}
+	if err := s.cmd.Start(); err != nil {
+		gw.Close()
+		s.cleanup()
+		return nil, fmt.Errorf("start sandbox: %w", err)
+	}
+	for _, f := range s.closed {
+		f.Close()
+	}
+	s.closed = nil
+	if s.cg != nil {
+		if err := s.cg.add(s.cmd.Process.Pid); err != nil {
+			gw.Close()
+			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			_ = s.cmd.Wait()
+			s.cleanup()
+			return nil, err
+		}
+	}
+	_, _ = gw.Write([]byte{'\n'})
+	gw.Close()
+	return s, nil
+}
+
+// kill ends the step: everything in its process group and cgroup (the
+// sandbox's PID namespace goes with its init), or the container.
+func (s *isolatedStep) kill() {
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	if s.cg != nil {
+		s.cg.kill()
+	}
+	if s.name != "" && !s.done.Load() {
+		_ = s.x.engineCommand("kill", s.name).Run()
+	}
+}
+
+// cpu is the CPU time the step used so far, as the kernel counts it (0: not
+// known; the caller then counts the process's own rusage).
+func (s *isolatedStep) cpu() time.Duration {
+	if s.cg != nil {
+		return s.cg.cpu()
+	}
+	return 0
+}
+
+// over says which kernel-enforced limit the step hit, after it ended.
+func (s *isolatedStep) over(lim *jobLimits) *limitError {
+	if lim == nil {
+		return nil
+	}
+	if s.name != "" {
+		out, err := s.x.engineCommand("inspect", "--format", "{{.State.OOMKilled}}", s.name).Output()
+		if err == nil && bytes.Equal(bytes.TrimSpace(out), []byte("true")) && lim.MemoryBytes > 0 {
+			return memoryOver(lim.MemoryBytes, 0)
+		}
+		return nil
+	}
+	if s.cg == nil {
+		return nil
+	}
+	if lim.MemoryBytes > 0 && s.cg.oomKilled() {
+		return memoryOver(lim.MemoryBytes, s.cg.peakMemory())
+	}
+	if lim.Processes > 0 {
+		if n := s.cg.pidsRefused(); n > 0 {
+			return &limitError{"processes", fmt.Sprintf("process limit of %d exceeded: the kernel refused %d fork(s)", lim.Processes, n)}
+		}
+	}
+	return nil
+}
+
+func memoryOver(limit, peak int64) *limitError {
+	held := ""
+	if peak > 0 {
+		held = fmt.Sprintf(" (the job's processes held %s)", mib(peak))
+	}
+	return &limitError{"memory", fmt.Sprintf("memory limit of %s exceeded%s: killed by the kernel", events.FormatSize(limit), held)}
+}
+
+// cleanup removes the step's cgroup or container.
+func (s *isolatedStep) cleanup() {
+	for _, f := range s.closed {
+		f.Close()
+	}
+	if s.cg != nil {
+		s.cg.remove()
+	}
+	if s.name != "" {
+		_ = s.x.engineCommand("rm", "-f", s.name).Run()
+	}
+}
+
+// waitEmpty waits until no process is left in the step's cgroup.
+func (s *isolatedStep) waitEmpty(ctx context.Context) {
+	if s.cg == nil {
+		return
+	}
+	for i := 0; i < 500 && !s.cg.empty(); i++ {
+		s.cg.kill()
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// cgroupsSummary says which cgroups limit sandboxed steps.
+func cgroupsSummary() string { return cgroups().String() }
