@@ -107,6 +107,10 @@ func startRunner(t *testing.T, s *brokertest.Server, mod func(*Config)) (*Runner
 	// One slot unless a test asks for more: the default follows the CPUs,
 	// and tests about one workspace need the same slot every time.
 	cfg.Arch, cfg.WorkDir, cfg.IdlePoll, cfg.Slots = "amd64", t.TempDir(), 50*time.Millisecond, 1
+	// The runner's mechanics are tested on the host backend: those tests
+	// watch marker files outside the workspace, which a sandbox forbids.
+	// The backends' own tests (sandbox_test.go) set Exec.
+	cfg.Exec = ExecHost
 	if mod != nil {
 		mod(&cfg)
 	}
