@@ -216,6 +216,7 @@ func (d *Dispatcher) expandJob(jobs []*events.JobQueued, ev *events.CommitDetect
 			Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
 			Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
 			Reports: j.Reports, Retry: j.Retry, Secrets: j.Secrets, Limits: limitsOf(j.Limits),
+			Image: j.Image, Network: j.Network,
 		})
 	}
 	return jobs

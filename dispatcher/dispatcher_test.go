@@ -137,7 +137,7 @@ func TestExpandCarriesTheCommit(t *testing.T) {
 			Commit: "c0ffee00", Job: "pipeline", Arch: "any"},
 		Attempt: 1, Runner: "dispatcher", Status: events.StatusError, ExitCode: -1, FinishedAt: now, Author: ev.Author, Subject: "change",
 		Class: events.ClassFirst,
-		Error: ".jetci.yml:3: unknown field \"stesp\" in job \"build\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)\n    3 |     stesp: x",
+		Error: ".jetci.yml:3: unknown field \"stesp\" in job \"build\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits, image, network)\n    3 |     stesp: x",
 	}
 	if jobs != nil || !reflect.DeepEqual(fail, wantFail) {
 		t.Fatalf("got %v,\n %+v\nwant %+v", jobs, fail, wantFail)

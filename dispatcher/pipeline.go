@@ -35,6 +35,8 @@ type Job struct {
 	Retry     int           // runs again after a failure (0: never)
 	Secrets   []string      // names of runner-side secrets put in the steps' environment
 	Limits    events.Limits // zero: the runner's limits
+	Image     string        // container image the steps run in ("": the runner's backend decides)
+	Network   string        // "none": no network; "": the default
 }
 
 // hasJob reports whether the file has a repo-wide job of that name.
@@ -243,8 +245,16 @@ func (p *parser) job(k, v *yaml.Node) (Job, error) {
 			job.Secrets, err = p.secrets(vn, where)
 		case "limits":
 			job.Limits, err = p.limits(vn, where)
+		case "image":
+			job.Image, err = p.image(vn, where)
+		case "network":
+			if vn.Kind != yaml.ScalarNode || (vn.Value != "none" && vn.Value != "default") {
+				err = p.errNode(vn, "network of %s: want none or default", where)
+			} else if vn.Value == "none" {
+				job.Network = "none"
+			}
 		default:
-			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)", key, name)
+			err = p.errNode(kn, "unknown field %q in job %q (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits, image, network)", key, name)
 		}
 		return err
 	})
@@ -318,6 +328,17 @@ func (p *parser) name(n *yaml.Node, kind string) (string, error) {
 	}
 	if err := events.ValidName(kind, n.Value); err != nil {
 		return "", p.errNode(n, "%v", err)
+	}
+	return n.Value, nil
+}
+
+// imageRE is an image reference: [registry[:port]/]path[:tag][@digest].
+var imageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._:/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$`)
+
+// image reads a container image reference (image:).
+func (p *parser) image(n *yaml.Node, where string) (string, error) {
+	if n.Kind != yaml.ScalarNode || len(n.Value) > 255 || !imageRE.MatchString(n.Value) {
+		return "", p.errNode(n, "image of %s: want an image reference like debian:12 or registry.example.com/team/build:1.4", where)
 	}
 	return n.Value, nil
 }

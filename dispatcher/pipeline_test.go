@@ -32,6 +32,10 @@ jobs:
     steps: ./deploy.sh
     secrets: [DEPLOY_TOKEN, NPM_TOKEN]
     limits: {cpu: 10m, memory: 2GiB, processes: 256}
+  contained:
+    steps: make
+    image: registry.example.com/team/build:1.4
+    network: none
 `
 	pl, err := ParsePipeline(".jetci.yml", []byte(src))
 	if err != nil {
@@ -43,6 +47,8 @@ jobs:
 			Timeout: 10 * time.Minute, Env: map[string]string{"GOFLAGS": "-mod=mod", "N": "3", "ON": "true", "EMPTY": ""}, Artifacts: []string{"bin/*"}},
 		{Name: "deploy", Steps: []string{"./deploy.sh"}, Arch: []string{"amd64", "arm64"}, Pool: "default",
 			Secrets: []string{"DEPLOY_TOKEN", "NPM_TOKEN"}, Limits: events.Limits{CPUMs: 600000, MemoryBytes: 2 << 30, Processes: 256}},
+		{Name: "contained", Steps: []string{"make"}, Arch: []string{"amd64", "arm64"}, Pool: "default",
+			Image: "registry.example.com/team/build:1.4", Network: "none"},
 	}
 	if !reflect.DeepEqual(pl.Jobs, want) {
 		t.Fatalf("got %+v\nwant %+v", pl.Jobs, want)
@@ -73,6 +79,9 @@ func TestParsePipelineBad(t *testing.T) {
 		{"no steps", "jobs:\n  test:\n    arch: [amd64]\n", 2, "has no steps"},
 		{"empty steps", "jobs:\n  test:\n    steps: []\n", 3, "has no steps"},
 		{"empty step", "jobs:\n  test:\n    steps:\n      - make\n      - \"\"\n", 5, "empty"},
+		{"bad image", "jobs:\n  t:\n    steps: x\n    image: \"Debian 12; rm -rf\"\n", 4, "image of job"},
+		{"image a list", "jobs:\n  t:\n    steps: x\n    image: [a]\n", 4, "image of job"},
+		{"bad network", "jobs:\n  t:\n    steps: x\n    network: host\n", 4, "want none or default"},
 		{"steps a map", "jobs:\n  test:\n    steps: {a: b}\n", 3, "list of strings"},
 		{"null step", "jobs:\n  test:\n    steps:\n      -\n", 4, "must be a string"},
 		{"job not a map", "jobs:\n  test: make\n", 2, "must be a mapping"},
@@ -163,7 +172,7 @@ func TestParsePipelineSyntaxErrorLines(t *testing.T) {
 
 func TestPipelineErrorQuotesTheLine(t *testing.T) {
 	_, err := ParsePipeline(".jetci.yml", []byte("jobs:\n  test:\n    stesp: [true]\n"))
-	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits)\n    3 |     stesp: [true]"
+	want := ".jetci.yml:3: unknown field \"stesp\" in job \"test\" (want steps, arch, pool, timeout, env, artifacts, reports, retry, secrets, limits, image, network)\n    3 |     stesp: [true]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)
 	}
@@ -198,6 +207,7 @@ func FuzzParsePipeline(f *testing.F) {
 		"module_jobs: {t: {steps: x}}\nmodules:\n  a: {paths: [\"**/*.proto\", \"x/[\"]}\njobs: {u: {steps: y}}\n",
 		"jobs:\n  t:\n    steps: x\n    secrets: [A, B]\n    limits: {cpu: 1m, memory: 64MiB, processes: 8}\n",
 		"jobs:\n  t:\n    steps: x\n    secrets: A\n    env: {A: 1}\n    limits: {memory: 99999999999T}\n",
+		"jobs:\n  t:\n    steps: x\n    image: localhost/jetci-busybox:1@sha256:" + strings.Repeat("a", 64) + "\n    network: none\n",
 	} {
 		f.Add([]byte(s))
 	}

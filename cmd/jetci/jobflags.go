@@ -20,7 +20,12 @@ func jobFlags(fs *flag.FlagSet) func(*runner.Config) error {
 	var memory sizeFlag
 	fs.Var(&memory, "limit-memory", "resident memory each job's processes may hold together (e.g. 2GiB; 0: none; Linux)")
 	procs := fs.Int("limit-processes", 0, "processes each job may run at once (0: none; Linux)")
+	exec := fs.String("exec", "", "how steps run: sandbox (default on Linux: namespaces, read-only host, cgroup limits), container (podman or docker, in the job's image: or --image), or host (the runner's own user; trusted jobs only)")
+	hostFallback := fs.Bool("host-fallback", false, "where the kernel allows no sandbox, run steps on the host (with a warning) instead of refusing to start")
+	sandboxUID := fs.Int("sandbox-uid", 0, fmt.Sprintf("when run as root: the first user id sandboxed steps run as, slot N as this+N (default %d)", runner.DefaultSandboxUID))
+	image := fs.String("image", "", "with --exec container: the image of jobs whose pipeline names no image:")
 	return func(c *runner.Config) error {
+		c.Exec, c.HostFallback, c.SandboxUID, c.Image = *exec, *hostFallback, *sandboxUID, *image
 		for _, spec := range secrets {
 			s, err := runner.ParseSecret(spec)
 			if err != nil {
