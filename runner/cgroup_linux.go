@@ -45,8 +45,7 @@ func cgroups() cgroupLayout {
 }
 
 // detectCgroups reads the mounts and this process's own cgroups. jetci's
-// groups go under the cgroup the runner is in ("jetci-<pid>" beside it in v2,
-// where a cgroup with processes cannot enable controllers for its children).
+// groups go under the cgroup the runner is in (see v2Parent for v2).
 func detectCgroups(mountinfo, self string) cgroupLayout {
 	own := map[string]string{} // controller ("" for v2) → own path
 	if f, err := os.Open(self); err == nil {
@@ -136,25 +135,37 @@ var (
 	v2Err  error
 )
 
-// v2Parent is the cgroup jetci's step groups go under in v2: a sibling of the
-// runner's own group, with memory, pids and cpu enabled for its children.
+// v2Parent is the cgroup jetci's step groups go under in v2: the runner's
+// own group (delegated to it: systemd's Delegate=yes, a container's
+// cgroup namespace), with memory, pids and cpu enabled for its children. A
+// v2 group with processes cannot enable controllers for its children, so the
+// runner first moves itself into a leaf of its own, jetci-runner.
 func (l cgroupLayout) v2Parent() (string, error) {
 	v2Once.Do(func() {
-		base := filepath.Join(filepath.Dir(l.v2), "jetci-"+strconv.Itoa(os.Getpid()))
-		if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			v2Err = err
-			return
-		}
-		// Each ancestor up from the mount must delegate the controllers.
-		for _, d := range []string{filepath.Dir(base), base} {
+		base := l.v2
+		enable := func() error {
+			var errs []error
 			for _, c := range []string{"+memory", "+pids", "+cpu"} {
-				_ = os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte(c), 0)
+				if err := os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte(c), 0); err != nil && c != "+cpu" {
+					errs = append(errs, err)
+				}
 			}
+			return errors.Join(errs...)
 		}
-		b, _ := os.ReadFile(filepath.Join(base, "cgroup.subtree_control"))
-		if !strings.Contains(string(b), "memory") || !strings.Contains(string(b), "pids") {
-			v2Err = fmt.Errorf("cgroup %s: cannot enable the memory and pids controllers (%s)", base, strings.TrimSpace(string(b)))
-			return
+		if err := enable(); err != nil {
+			leaf := filepath.Join(base, "jetci-runner")
+			if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				v2Err = fmt.Errorf("cgroup %s: %w", leaf, err)
+				return
+			}
+			if err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+				v2Err = fmt.Errorf("cgroup %s: move the runner in: %w", leaf, err)
+				return
+			}
+			if err := enable(); err != nil {
+				v2Err = fmt.Errorf("cgroup %s: cannot enable the memory and pids controllers (is it delegated to the runner?): %w", base, err)
+				return
+			}
 		}
 		v2Base = base
 	})

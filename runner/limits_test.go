@@ -32,6 +32,17 @@ func TestLimitsEndTheJob(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("limits are enforced on Linux only")
 	}
+	for _, mode := range []string{ExecHost, ExecSandbox} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == ExecSandbox {
+				requireSandbox(t)
+			}
+			testLimitsEndTheJob(t, mode)
+		})
+	}
+}
+
+func testLimitsEndTheJob(t *testing.T, mode string) {
 	s := brokertest.Run(t)
 	res := watchResults(t, s)
 	repo := newGitRepo(t)
@@ -39,7 +50,7 @@ func TestLimitsEndTheJob(t *testing.T) {
 		"hog.py":  "import time\nb = []\nfor _ in range(64):\n    b.append(bytearray(16 << 20))\n    time.sleep(0.02)\n",
 		"burn.py": "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < float(sys.argv[1]):\n    pass\n",
 	})
-	startRunner(t, s, func(c *Config) { c.Slots = 2 })
+	startRunner(t, s, func(c *Config) { c.Slots, c.Exec = 2, mode })
 	limited := func(l events.Limits) func(*events.JobQueued) {
 		return func(j *events.JobQueued) { j.Limits = &l }
 	}

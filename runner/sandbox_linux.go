@@ -34,9 +34,12 @@ import (
 // runs outside the group even for a moment.
 const gateScript = `read _ <&3; exec 3<&-; exec "$@"`
 
+// bwrapName is bubblewrap's command (a variable for tests).
+var bwrapName = "bwrap"
+
 // bwrapPath is bubblewrap, or "" when it is not installed.
 func bwrapPath() string {
-	p, _ := exec.LookPath("bwrap")
+	p, _ := exec.LookPath(bwrapName)
 	return p
 }
 
@@ -341,3 +344,11 @@ func (s *isolatedStep) waitEmpty(ctx context.Context) {
 
 // cgroupsSummary says which cgroups limit sandboxed steps.
 func cgroupsSummary() string { return cgroups().String() }
+
+// cgroupsReady says why cgroup limits cannot be set here (nil: they can).
+func cgroupsReady() error {
+	if l := cgroups(); !l.ok() {
+		return errors.New(l.reason)
+	}
+	return nil
+}

@@ -19,31 +19,6 @@ import (
 	"github.com/jetci/jetci/events"
 )
 
-// requireEnv: in CI (JETCI_REQUIRE_SANDBOX=1, set by .ci/run) a machine that
-// cannot run a backend fails its tests; elsewhere they are skipped.
-func requireEnv(t *testing.T, what string, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("JETCI_REQUIRE_SANDBOX") != "" {
-		t.Fatalf("%s: %v (JETCI_REQUIRE_SANDBOX is set)", what, err)
-	}
-	t.Skipf("%s: %v", what, err)
-}
-
-func requireSandbox(t *testing.T) {
-	t.Helper()
-	uid := -1
-	if os.Geteuid() == 0 {
-		uid = DefaultSandboxUID
-	}
-	requireEnv(t, "sandbox", probeSandbox(uid))
-	if !cgroups().ok() {
-		requireEnv(t, "cgroups", fmt.Errorf("%s", cgroups().reason))
-	}
-}
-
 // hostProcs lists the host's processes whose command line contains s.
 func hostProcs(s string) []int {
 	var pids []int
@@ -342,5 +317,26 @@ func TestArm64JobRunsEmulated(t *testing.T) {
 	log := readLog(t, s, fin.Log)
 	if fin.Status != events.StatusPassed || !strings.Contains(log, "hello from arm64\n") || !strings.Contains(fin.Emulation, "qemu-aarch64") {
 		t.Fatalf("result %+v\n%s", fin, log)
+	}
+}
+
+// TestNoSandboxRefusesToStart: where no sandbox can start, a sandbox runner
+// refuses to start and says why, unless told to fall back to the host, which
+// it then says in its results.
+func TestNoSandboxRefusesToStart(t *testing.T) {
+	old := bwrapName
+	bwrapName = "jetci-no-such-bwrap"
+	t.Cleanup(func() { bwrapName = old })
+	s := brokertest.Run(t)
+	cfg := DefaultConfig()
+	cfg.WorkDir, cfg.Exec = t.TempDir(), ExecSandbox
+	_, err := New(cfg, s.NC, s.JS, brokertest.Logger(t))
+	if err == nil || !strings.Contains(err.Error(), "bubblewrap (bwrap) is not installed") || !strings.Contains(err.Error(), "--host-fallback") {
+		t.Fatalf("New without bubblewrap: %v", err)
+	}
+	cfg.HostFallback = true
+	r, err := New(cfg, s.NC, s.JS, brokertest.Logger(t))
+	if err != nil || r.mode != ExecHost {
+		t.Fatalf("New with HostFallback: %v, mode %q", err, r.mode)
 	}
 }
