@@ -50,6 +50,8 @@ type stepExec struct {
 	ws      string // the workspace, where steps start
 	home    string // fresh per job
 	tmp     string // fresh per job
+	// cacheHome is XDG_CACHE_HOME, kept between the jobs of a branch ("": none).
+	cacheHome string
 	cache   string // the repo's git cache (objects the workspace's .git borrows), read-only
 	workDir string // the runner's work dir, hidden from steps
 	uid     int    // the user steps run as (-1: the runner's)
@@ -57,6 +59,8 @@ type stepExec struct {
 	network bool   // false: no network (network: none)
 	image   string // container: the image
 	engine  string // container: podman or docker
+	// slotCgroup returns the cgroup sandboxed steps run in (nil: none).
+	slotCgroup func() (*stepCgroup, error)
 }
 
 // execMode returns the backend the runner uses: Config.Exec, or the default.
@@ -87,8 +91,8 @@ const DefaultSandboxUID = 2_000_000_000
 
 // newStepExec sets up how job's steps run on slot: its backend, and its
 // directories owned by the user it runs as.
-func (r *Runner) newStepExec(slot int, job *events.JobQueued, ws, home, tmp string, env []string) (*stepExec, error) {
-	x := &stepExec{mode: r.mode, env: env, ws: ws, home: home, tmp: tmp, uid: -1, gid: -1,
+func (r *Runner) newStepExec(slot int, job *events.JobQueued, ws, home, tmp, cacheHome string, env []string) (*stepExec, error) {
+	x := &stepExec{mode: r.mode, env: env, ws: ws, home: home, tmp: tmp, cacheHome: cacheHome, uid: -1, gid: -1,
 		cache: r.caches.path(job.Repo), workDir: r.cfg.WorkDir, network: job.Network != "none"}
 	if job.Image != "" || x.mode == ExecContainer {
 		x.image = job.Image
@@ -112,6 +116,9 @@ func (r *Runner) newStepExec(slot int, job *events.JobQueued, ws, home, tmp stri
 	if x.mode != ExecHost && os.Geteuid() == 0 {
 		x.uid, x.gid = r.cfg.sandboxUID(slot), r.cfg.sandboxUID(slot)
 	}
+	if x.mode == ExecSandbox && cgroupsReady() == nil {
+		x.slotCgroup = func() (*stepCgroup, error) { return r.slotCgroup(slot) }
+	}
 	return x, x.own()
 }
 
@@ -121,19 +128,28 @@ func (x *stepExec) own() error {
 	if x.uid < 0 {
 		return nil
 	}
-	for _, d := range []string{x.ws, x.home, x.tmp} {
+	for _, d := range x.writable() {
 		if err := chownTree(d, x.uid, x.gid); err != nil {
 			return fmt.Errorf("give the job its directories: %w", err)
 		}
 	}
 	// bubblewrap binds them by path, as the step's user: their parents must
 	// let it pass (search, not list). Inside, the work dir is hidden.
-	for _, d := range []string{x.ws, x.home, x.tmp, x.cache} {
+	for _, d := range append(x.writable(), x.cache) {
 		if err := searchable(d); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writable are the directories the job's steps may write.
+func (x *stepExec) writable() []string {
+	d := []string{x.ws, x.home, x.tmp}
+	if x.cacheHome != "" {
+		d = append(d, x.cacheHome)
+	}
+	return d
 }
 
 // searchable adds search permission for others (o+x) to every parent of dir

@@ -7,7 +7,7 @@ import (
 
 // requireEnv: in CI (JETCI_REQUIRE_SANDBOX=1, set by .ci/run) a machine that
 // cannot run a backend fails its tests; elsewhere they are skipped.
-func requireEnv(t *testing.T, what string, err error) {
+func requireEnv(t testing.TB, what string, err error) {
 	t.Helper()
 	if err == nil {
 		return
@@ -18,7 +18,7 @@ func requireEnv(t *testing.T, what string, err error) {
 	t.Skipf("%s: %v", what, err)
 }
 
-func requireSandbox(t *testing.T) {
+func requireSandbox(t testing.TB) {
 	t.Helper()
 	uid := -1
 	if os.Geteuid() == 0 {

@@ -172,29 +172,26 @@ func (l cgroupLayout) v2Parent() (string, error) {
 	return v2Base, v2Err
 }
 
-// stepCgroup is the cgroup (one per controller in v1) of one step.
+// stepCgroup is the cgroup (one per controller in v1) steps run in. Each
+// slot has one, made on its first step and reused (making and removing a
+// memory cgroup costs milliseconds): before each step its limits are set
+// anew and its counters read, so that each step's figures are its own.
 type stepCgroup struct {
 	v2   string
 	v1   map[string]string // controller → directory
 	dirs []string
+	// The counters when the step started.
+	oomBase, pidsBase int
+	cpuBase           time.Duration
 }
 
-var cgSeq struct {
-	sync.Mutex
-	n int
-}
-
-// newStepCgroup makes the cgroup of one step with its memory and process
-// limits (0: none).
-func newStepCgroup(memory int64, procs int) (*stepCgroup, error) {
+// newSlotCgroup makes the cgroup of a slot's steps: name is unique to the
+// runner process and slot.
+func newSlotCgroup(name string) (*stepCgroup, error) {
 	l := cgroups()
 	if !l.ok() {
 		return nil, errors.New(l.reason)
 	}
-	cgSeq.Lock()
-	cgSeq.n++
-	name := fmt.Sprintf("jetci-%d-step-%d", os.Getpid(), cgSeq.n)
-	cgSeq.Unlock()
 	cg := &stepCgroup{}
 	if l.v2 != "" {
 		parent, err := l.v2Parent()
@@ -205,51 +202,66 @@ func newStepCgroup(memory int64, procs int) (*stepCgroup, error) {
 		cg.dirs = []string{cg.v2}
 	} else {
 		cg.v1 = map[string]string{}
-		for c, d := range l.v1 {
-			cg.v1[c] = filepath.Join(d, name)
-			cg.dirs = append(cg.dirs, cg.v1[c])
+		for _, c := range []string{"memory", "pids", "cpuacct"} {
+			if d := l.v1[c]; d != "" {
+				cg.v1[c] = filepath.Join(d, name)
+				cg.dirs = append(cg.dirs, cg.v1[c])
+			}
 		}
 	}
 	for _, d := range cg.dirs {
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			cg.remove()
 			return nil, fmt.Errorf("make cgroup: %w", err)
 		}
 	}
+	return cg, nil
+}
+
+// start readies the group for a step with these memory and process limits
+// (0: none): it must be empty.
+func (cg *stepCgroup) start(memory int64, procs int) error {
 	set := func(dir, file, v string) error {
 		if err := os.WriteFile(filepath.Join(dir, file), []byte(v), 0); err != nil {
 			return fmt.Errorf("cgroup %s: %w", file, err)
 		}
 		return nil
 	}
+	pidsMax := "max"
+	if procs > 0 {
+		pidsMax = strconv.Itoa(procs)
+	}
 	var err error
 	if cg.v2 != "" {
+		mem := "max"
 		if memory > 0 {
-			err = errors.Join(set(cg.v2, "memory.max", strconv.FormatInt(memory, 10)),
-				set(cg.v2, "memory.swap.max", "0"))
-			if errors.Is(err, os.ErrNotExist) { // no swap accounting
-				err = nil
-			}
+			mem = strconv.FormatInt(memory, 10)
 		}
-		if procs > 0 && err == nil {
-			err = set(cg.v2, "pids.max", strconv.Itoa(procs))
+		err = set(cg.v2, "memory.max", mem)
+		if memory > 0 {
+			_ = set(cg.v2, "memory.swap.max", "0") // absent without swap accounting
+		}
+		if err == nil {
+			err = set(cg.v2, "pids.max", pidsMax)
 		}
 	} else {
+		mem := "-1"
 		if memory > 0 {
-			err = set(cg.v1["memory"], "memory.limit_in_bytes", strconv.FormatInt(memory, 10))
-			// With swap accounting, swap counts too: the limit is on memory
-			// and swap together (absent without swap accounting).
-			_ = set(cg.v1["memory"], "memory.memsw.limit_in_bytes", strconv.FormatInt(memory, 10))
+			mem = strconv.FormatInt(memory, 10)
 		}
-		if procs > 0 && err == nil {
-			err = set(cg.v1["pids"], "pids.max", strconv.Itoa(procs))
+		// memory+swap may never be below memory: lift it, set memory, then
+		// bound it too (it is absent without swap accounting).
+		d := cg.v1["memory"]
+		_ = set(d, "memory.memsw.limit_in_bytes", "-1")
+		err = set(d, "memory.limit_in_bytes", mem)
+		_ = set(d, "memory.memsw.limit_in_bytes", mem)
+		_ = set(d, "memory.max_usage_in_bytes", "0")
+		if err == nil {
+			err = set(cg.v1["pids"], "pids.max", pidsMax)
 		}
 	}
-	if err != nil {
-		cg.remove()
-		return nil, err
-	}
-	return cg, nil
+	cg.oomBase, cg.pidsBase, cg.cpuBase = cg.oomKills(), cg.pidsMaxEvents(), cg.cpuTotal()
+	return err
 }
 
 // add puts process pid (and so everything it starts from now on) in the group.
@@ -296,8 +308,10 @@ func (cg *stepCgroup) kill() {
 // empty reports whether no process is left in the group.
 func (cg *stepCgroup) empty() bool { return len(cg.pids()) == 0 }
 
-// cpu is the CPU time the group's processes used, as the kernel counts it.
-func (cg *stepCgroup) cpu() time.Duration {
+// cpu is the CPU time the step's processes used, as the kernel counts it.
+func (cg *stepCgroup) cpu() time.Duration { return cg.cpuTotal() - cg.cpuBase }
+
+func (cg *stepCgroup) cpuTotal() time.Duration {
 	if cg.v2 != "" {
 		b, _ := os.ReadFile(filepath.Join(cg.v2, "cpu.stat"))
 		for _, line := range strings.Split(string(b), "\n") {
@@ -316,9 +330,11 @@ func (cg *stepCgroup) cpu() time.Duration {
 	return 0
 }
 
-// oomKilled reports whether the kernel killed a process of the group for
+// oomKilled reports whether the kernel killed a process of the step for
 // going over its memory limit.
-func (cg *stepCgroup) oomKilled() bool {
+func (cg *stepCgroup) oomKilled() bool { return cg.oomKills() > cg.oomBase }
+
+func (cg *stepCgroup) oomKills() int {
 	file := filepath.Join(cg.v2, "memory.events")
 	if cg.v2 == "" {
 		file = filepath.Join(cg.v1["memory"], "memory.oom_control")
@@ -327,10 +343,10 @@ func (cg *stepCgroup) oomKilled() bool {
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n > 0
+			return n
 		}
 	}
-	return false
+	return 0
 }
 
 // peakMemory is the most memory the group held (0: unknown).
@@ -359,8 +375,10 @@ func (cg *stepCgroup) remove() {
 	}
 }
 
-// pidsRefused is how many forks the kernel refused at pids.max.
-func (cg *stepCgroup) pidsRefused() int {
+// pidsRefused is how many forks of the step the kernel refused at pids.max.
+func (cg *stepCgroup) pidsRefused() int { return cg.pidsMaxEvents() - cg.pidsBase }
+
+func (cg *stepCgroup) pidsMaxEvents() int {
 	dir := cg.v2
 	if dir == "" {
 		dir = cg.v1["pids"]

@@ -47,21 +47,27 @@ func passes(patterns []string, name string) bool {
 // job leaves there (a ~/.gitconfig, a shell profile, a poisoned tool cache)
 // reaches a later job, of another branch say. Both are outside the workspace
 // and the git cache.
-func (r *Runner) jobDirs(slot int, repo string) (home, tmp string, err error) {
+//
+// caches is the job's XDG_CACHE_HOME (Go's build cache, pip's, ...): kept
+// between jobs, but one per slot, repo and branch, so that what a job of one
+// branch leaves there (a poisoned build cache entry) reaches only later jobs
+// of that same branch, never those of main.
+func (r *Runner) jobDirs(slot int, repo, branch string) (home, tmp, caches string, err error) {
 	home = filepath.Join(r.cfg.WorkDir, "home", strconv.Itoa(slot), events.Token(repo))
 	tmp = filepath.Join(r.cfg.WorkDir, "tmp", strconv.Itoa(slot))
+	caches = filepath.Join(r.cfg.WorkDir, "cache-home", strconv.Itoa(slot), events.Token(repo), events.Token(branch))
 	if err := removeAll(tmp); err != nil {
-		return "", "", fmt.Errorf("empty TMPDIR: %w", err)
+		return "", "", "", fmt.Errorf("empty TMPDIR: %w", err)
 	}
 	if err := removeAll(home); err != nil {
-		return "", "", fmt.Errorf("empty HOME: %w", err)
+		return "", "", "", fmt.Errorf("empty HOME: %w", err)
 	}
-	for _, d := range []string{home, tmp} {
+	for _, d := range []string{home, tmp, caches} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return "", "", err
+			return "", "", "", err
 		}
 	}
-	return home, tmp, nil
+	return home, tmp, caches, nil
 }
 
 // secretsFor returns the values of the secrets the job asks for, or an error
@@ -94,7 +100,7 @@ func (r *Runner) secretsFor(job *events.JobQueued) (map[string]string, error) {
 // stepEnv is the environment of a job's steps, from a clean slate: the passed
 // runner variables, HOME and TMPDIR, the job's env, jetci's variables, and the
 // secrets (which nothing overrides).
-func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp string, secrets map[string]string) []string {
+func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp, caches string, secrets map[string]string) []string {
 	vars := map[string]string{"PATH": defaultPath}
 	patterns := append(append([]string(nil), defaultPassEnv...), r.cfg.PassEnv...)
 	for _, kv := range os.Environ() {
@@ -104,6 +110,7 @@ func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp string
 		}
 	}
 	vars["HOME"], vars["TMPDIR"] = home, tmp
+	vars["XDG_CACHE_HOME"] = caches
 	if r.emulated != "" {
 		// Go builds for the emulated architecture; the job's env may say otherwise.
 		vars["GOARCH"], vars["JETCI_EMULATED"] = job.Arch, r.emulated
@@ -125,3 +132,4 @@ func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp string
 	sort.Strings(env)
 	return env
 }
+

@@ -177,10 +177,10 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	out.maskSecrets(masked)
 	var env []string
-	var home, tmp string
+	var home, tmp, cacheHome string
 	if serr == nil {
-		if home, tmp, serr = r.jobDirs(slot, job.Repo); serr == nil {
-			env = r.stepEnv(job, attempt, home, tmp, secrets)
+		if home, tmp, cacheHome, serr = r.jobDirs(slot, job.Repo, job.Branch); serr == nil {
+			env = r.stepEnv(job, attempt, home, tmp, cacheHome, secrets)
 		}
 	}
 	lim := r.limitsFor(job, out)
@@ -190,7 +190,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	var x *stepExec
 	if serr == nil && err == nil {
-		x, serr = r.newStepExec(slot, job, ws, home, tmp, env)
+		x, serr = r.newStepExec(slot, job, ws, home, tmp, cacheHome, env)
 	}
 	if x != nil {
 		res.Exec, res.Emulation = x.mode, r.emulated

@@ -169,6 +169,8 @@ type Runner struct {
 	engine    string
 	engineErr string
 	emulated  string
+	cgMu      sync.Mutex
+	cgs       map[int]*stepCgroup // slot -> the cgroup its sandboxed steps run in
 
 	mu    sync.Mutex
 	busy  map[int]events.LeasedJob // slot -> the job it runs
@@ -216,6 +218,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 // Run takes and runs jobs until ctx ends. Then it takes no more; jobs still
 // running get Grace to finish, and are then killed and handed back to the queue.
 func (r *Runner) Run(ctx context.Context) error {
+	defer r.removeCgroups()
 	var cons []jetstream.Consumer
 	err := events.Retry(ctx, r.log, "create job consumers", 5*time.Second, func(ctx context.Context) error {
 		var err error

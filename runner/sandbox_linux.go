@@ -105,9 +105,9 @@ func (x *stepExec) bwrapArgs(step string) (args []string, binds []string) {
 	if _, err := os.Stat(x.cache); err == nil {
 		bind("--ro-bind", x.cache)
 	}
-	bind("--bind", x.ws)
-	bind("--bind", x.home)
-	bind("--bind", x.tmp)
+	for _, d := range x.writable() {
+		bind("--bind", d)
+	}
 	ws, _ := filepath.Abs(x.ws)
 	args = append(args, "--chdir", ws, "--", "sh", "-c", step)
 	return args, binds
@@ -119,18 +119,24 @@ var containerSeq atomic.Int64
 // containerArgs are the engine's arguments for a step in container name.
 func (x *stepExec) containerArgs(name, step string, lim *jobLimits) []string {
 	ws, _ := filepath.Abs(x.ws)
-	home, _ := filepath.Abs(x.home)
-	tmp, _ := filepath.Abs(x.tmp)
 	args := []string{"run", "--name", name, "--init", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "all",
-		"--security-opt", "no-new-privileges", "--pull", "never", "--log-driver", "none",
-		"-v", ws + ":" + ws, "-v", home + ":" + home, "-v", tmp + ":" + tmp, "-w", ws}
+		"--security-opt", "no-new-privileges", "--pull", "never", "--log-driver", "none", "-w", ws}
+	for _, d := range x.writable() {
+		abs, _ := filepath.Abs(d)
+		args = append(args, "-v", abs+":"+abs)
+	}
 	if cache, err := filepath.Abs(x.cache); err == nil {
 		if _, err := os.Stat(cache); err == nil {
 			args = append(args, "-v", cache+":"+cache+":ro")
 		}
 	}
-	if !x.network {
+	switch {
+	case !x.network:
 		args = append(args, "--network", "none")
+	case filepath.Base(x.engine) == "podman":
+		// User-mode networking: needs no netavark or CNI set-up, and the
+		// job reaches the network without a door into the host's.
+		args = append(args, "--network", "slirp4netns")
 	}
 	if x.uid >= 0 {
 		args = append(args, "--user", strconv.Itoa(x.uid)+":"+strconv.Itoa(x.gid))
@@ -212,17 +218,22 @@ func startIsolated(x *stepExec, step string, pw *os.File, lim *jobLimits) (*isol
 		return s, nil
 	}
 	var err error
-	if cg := cgroups(); cg.ok() {
+	if x.slotCgroup != nil {
 		var mem int64
 		var procs int
 		if lim != nil {
 			mem, procs = lim.MemoryBytes, lim.Processes
 		}
-		if s.cg, err = newStepCgroup(mem, procs); err != nil && lim != nil && !lim.IsZero() {
-			return nil, fmt.Errorf("limits cannot be enforced: %w", err)
+		cg, cerr := x.slotCgroup()
+		if cerr == nil {
+			cerr = cg.start(mem, procs)
 		}
-	} else if lim != nil && !lim.IsZero() {
-		return nil, fmt.Errorf("limits cannot be enforced: %s", cg.reason)
+		switch {
+		case cerr == nil:
+			s.cg = cg
+		case lim != nil && !lim.IsZero():
+			return nil, fmt.Errorf("limits cannot be enforced: %w", cerr)
+		}
 	}
 	gr, gw, err := os.Pipe()
 	if err != nil {
@@ -318,13 +329,14 @@ func memoryOver(limit, peak int64) *limitError {
 	return &limitError{"memory", fmt.Sprintf("memory limit of %s exceeded%s: killed by the kernel", events.FormatSize(limit), held)}
 }
 
-// cleanup removes the step's cgroup or container.
+// cleanup ends what is left of the step in its cgroup, or removes its
+// container.
 func (s *isolatedStep) cleanup() {
 	for _, f := range s.closed {
 		f.Close()
 	}
 	if s.cg != nil {
-		s.cg.remove()
+		s.cg.kill()
 	}
 	if s.name != "" {
 		_ = s.x.engineCommand("rm", "-f", s.name).Run()
@@ -336,9 +348,13 @@ func (s *isolatedStep) waitEmpty(ctx context.Context) {
 	if s.cg == nil {
 		return
 	}
-	for i := 0; i < 500 && !s.cg.empty(); i++ {
+	// The kernel takes the namespace's processes down after its init died:
+	// a few milliseconds, polled finely at first.
+	wait := 100 * time.Microsecond
+	for deadline := time.Now().Add(5 * time.Second); !s.cg.empty() && time.Now().Before(deadline); {
 		s.cg.kill()
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(wait)
+		wait = min(2*wait, 5*time.Millisecond)
 	}
 }
 
@@ -351,4 +367,32 @@ func cgroupsReady() error {
 		return errors.New(l.reason)
 	}
 	return nil
+}
+
+// slotCgroup returns the cgroup of slot's steps, made on first use.
+func (r *Runner) slotCgroup(slot int) (*stepCgroup, error) {
+	r.cgMu.Lock()
+	defer r.cgMu.Unlock()
+	if cg := r.cgs[slot]; cg != nil {
+		return cg, nil
+	}
+	cg, err := newSlotCgroup(fmt.Sprintf("jetci-%d-%s-slot-%d", os.Getpid(), r.id, slot))
+	if err != nil {
+		return nil, err
+	}
+	if r.cgs == nil {
+		r.cgs = map[int]*stepCgroup{}
+	}
+	r.cgs[slot] = cg
+	return cg, nil
+}
+
+// removeCgroups removes the slots' cgroups when the runner stops.
+func (r *Runner) removeCgroups() {
+	r.cgMu.Lock()
+	defer r.cgMu.Unlock()
+	for slot, cg := range r.cgs {
+		cg.remove()
+		delete(r.cgs, slot)
+	}
 }

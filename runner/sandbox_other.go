@@ -38,3 +38,6 @@ func startIsolated(*stepExec, string, *os.File, *jobLimits) (*isolatedStep, erro
 }
 
 func cgroupsReady() error { return errNoIsolation }
+
+func (r *Runner) slotCgroup(int) (*stepCgroup, error) { return nil, errNoIsolation }
+func (r *Runner) removeCgroups()                      {}

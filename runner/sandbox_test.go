@@ -173,8 +173,8 @@ func TestSandboxLimits(t *testing.T) {
 }
 
 // TestWipCannotPlantForMain: a job of branch wip writes the workspace's git
-// config and hooks and its HOME; the next job of the slot, of main, runs git
-// and none of it runs.
+// config and hooks, its HOME and its cache dir; the next job of the slot, of
+// main, runs git and none of it runs or is there.
 func TestWipCannotPlantForMain(t *testing.T) {
 	for _, mode := range []string{ExecHost, ExecSandbox} {
 		t.Run(mode, func(t *testing.T) {
@@ -196,7 +196,8 @@ mkdir -p .git/hooks .git/info
 for h in post-checkout pre-commit post-index-change; do printf '#!/bin/sh\ntouch PLANTED\n' >.git/hooks/$h; chmod +x .git/hooks/$h; done
 echo '* filter=evil' >.git/info/attributes; git config filter.evil.smudge 'touch PLANTED; cat'
 printf '[alias]\n\tlog = !touch PLANTED\n[core]\n\tfsmonitor = touch PLANTED\n' >"$HOME/.gitconfig"
-echo 'touch PLANTED' >"$HOME/.profile"`
+echo 'touch PLANTED' >"$HOME/.profile"
+echo 'touch PLANTED' >"$XDG_CACHE_HOME/poisoned"`
 			wip := enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Branch = "wip" }, plant)
 			if fin := res.wait(t, wip.JobID); fin.Status != events.StatusPassed {
 				t.Fatalf("wip job %+v\n%s", fin, readLog(t, s, fin.Log))
@@ -214,7 +215,7 @@ echo 'touch PLANTED' >"$HOME/.profile"`
 
 // buildImage builds a local image from the busybox binary (Debian's
 // busybox-static): no registry is needed. It returns the image's name.
-func buildImage(t *testing.T, engine string) string {
+func buildImage(t testing.TB, engine string) string {
 	t.Helper()
 	bb, err := exec.LookPath("busybox")
 	requireEnv(t, "busybox-static", err)
