@@ -192,6 +192,7 @@ func newSlotCgroup(name string) (*stepCgroup, error) {
 	if !l.ok() {
 		return nil, errors.New(l.reason)
 	}
+	reapOnce.Do(func() { reapStale(l) })
 	cg := &stepCgroup{}
 	if l.v2 != "" {
 		parent, err := l.v2Parent()
@@ -391,4 +392,32 @@ func (cg *stepCgroup) pidsMaxEvents() int {
 		}
 	}
 	return 0
+}
+
+var reapOnce sync.Once
+
+// reapStale removes the empty step groups of runners that are gone (killed
+// before they could remove them): jetci-<pid>-... whose pid is not alive.
+func reapStale(l cgroupLayout) {
+	parents := []string{l.v2}
+	if l.v2 == "" {
+		parents = nil
+		for _, d := range l.v1 {
+			parents = append(parents, d)
+		}
+	}
+	for _, p := range parents {
+		ents, _ := os.ReadDir(p)
+		for _, e := range ents {
+			rest, ok := strings.CutPrefix(e.Name(), "jetci-")
+			if !ok || !e.IsDir() {
+				continue
+			}
+			pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+			if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM) {
+				continue
+			}
+			_ = unix.Rmdir(filepath.Join(p, e.Name())) // fails, harmlessly, when not empty
+		}
+	}
 }
