@@ -297,6 +297,14 @@ the job is handed to another within seconds (its lease expires). On SIGTERM a
 runner takes no more jobs, lets running ones finish within --grace, hands back
 the rest, and exits 0.
 
+Steps run in a sandbox by default (--exec sandbox, Linux: bubblewrap namespaces,
+the host read-only, only the workspace, TMPDIR, HOME and the branch's cache dir
+writable, limits enforced by cgroups, every process gone when the step ends); a
+job's image: runs in a container (podman or docker); --exec host runs steps as
+this user (trusted set-ups only). Without a usable sandbox the runner refuses to
+start unless --host-fallback. --arch other than this machine's runs through QEMU
+user emulation (qemu-user-static's binfmt_misc handlers).
+
 Steps start from a clean environment: none of this process's variables reach
 them but PATH, LANG, LC_*, TZ, USER, LOGNAME and the --pass-env names. A job
 gets the --secret values its pipeline file names (secrets: [NAME]), masked as
