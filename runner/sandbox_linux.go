@@ -117,10 +117,16 @@ func (x *stepExec) bwrapArgs(step string) (args []string, binds []string) {
 var containerSeq atomic.Int64
 
 // containerArgs are the engine's arguments for a step in container name.
-func (x *stepExec) containerArgs(name, step string, lim *jobLimits) []string {
+//
+// keep leaves the container after it exits (no --rm), for the runner to ask
+// whether the kernel killed it for memory.
+func (x *stepExec) containerArgs(name, step string, lim *jobLimits, keep bool) []string {
 	ws, _ := filepath.Abs(x.ws)
 	args := []string{"run", "--name", name, "--init", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "all",
 		"--security-opt", "no-new-privileges", "--pull", "never", "--log-driver", "none", "-w", ws}
+	if !keep {
+		args = append(args, "--rm")
+	}
 	for _, d := range x.writable() {
 		abs, _ := filepath.Abs(d)
 		args = append(args, "-v", abs+":"+abs)
@@ -201,6 +207,11 @@ type isolatedStep struct {
 	x      *stepExec
 	closed []*os.File
 	done   atomic.Bool // the step's first process exited
+	// container: keep says it was started without --rm (it has a memory
+	// limit: after a failure the runner asks whether it was OOM-killed);
+	// killed that the runner stopped it, and the engine may not remove it.
+	keep   bool
+	killed atomic.Bool
 }
 
 // startIsolated starts step under x's backend, its output to pw.
@@ -208,7 +219,8 @@ func startIsolated(x *stepExec, step string, pw *os.File, lim *jobLimits) (*isol
 	s := &isolatedStep{x: x}
 	if x.mode == ExecContainer {
 		s.name = fmt.Sprintf("jetci-%d-%d", os.Getpid(), containerSeq.Add(1))
-		s.cmd = x.engineCommand(x.containerArgs(s.name, step, lim)...)
+		s.keep = lim != nil && lim.MemoryBytes > 0
+		s.cmd = x.engineCommand(x.containerArgs(s.name, step, lim, s.keep)...)
 		s.cmd.Env = x.env
 		s.cmd.Stdout, s.cmd.Stderr = pw, pw
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -282,6 +294,7 @@ func (s *isolatedStep) kill() {
 		s.cg.kill()
 	}
 	if s.name != "" && !s.done.Load() {
+		s.killed.Store(true)
 		_ = s.x.engineCommand("kill", s.name).Run()
 	}
 }
@@ -301,9 +314,20 @@ func (s *isolatedStep) over(lim *jobLimits) *limitError {
 		return nil
 	}
 	if s.name != "" {
+		if !s.keep || s.cmd.ProcessState == nil || s.cmd.ProcessState.ExitCode() == 0 {
+			return nil
+		}
 		out, err := s.x.engineCommand("inspect", "--format", "{{.State.OOMKilled}}", s.name).Output()
-		if err == nil && bytes.Equal(bytes.TrimSpace(out), []byte("true")) && lim.MemoryBytes > 0 {
+		if err == nil && bytes.Equal(bytes.TrimSpace(out), []byte("true")) {
 			return memoryOver(lim.MemoryBytes, 0)
+		}
+		// conmon does not see OOM kills on hybrid cgroup hosts: a step the
+		// runner did not kill that died of SIGKILL under a memory limit was
+		// killed by the kernel's OOM killer (nothing else sends it there).
+		if code := s.cmd.ProcessState.ExitCode(); code == 128+int(syscall.SIGKILL) && !s.killed.Load() {
+			e := memoryOver(lim.MemoryBytes, 0)
+			e.msg = fmt.Sprintf("memory limit of %s exceeded: a process of the step was killed with SIGKILL at its memory limit", events.FormatSize(lim.MemoryBytes))
+			return e
 		}
 		return nil
 	}
@@ -338,7 +362,7 @@ func (s *isolatedStep) cleanup() {
 	if s.cg != nil {
 		s.cg.kill()
 	}
-	if s.name != "" {
+	if s.name != "" && (s.keep || s.killed.Load()) {
 		_ = s.x.engineCommand("rm", "-f", s.name).Run()
 	}
 }

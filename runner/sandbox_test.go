@@ -233,7 +233,7 @@ func buildImage(t testing.TB, engine string) string {
 	}
 	_ = tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin))})
 	_, _ = tw.Write(bin)
-	for _, a := range []string{"sh", "ls", "cat", "echo", "id", "touch", "test", "uname", "sleep", "grep", "true", "false", "wc", "tr", "mkdir", "rm", "env"} {
+	for _, a := range []string{"sh", "ls", "cat", "echo", "id", "touch", "test", "uname", "sleep", "grep", "true", "false", "wc", "tr", "mkdir", "rm", "env", "sort", "head"} {
 		_ = tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	etc := "jetci test image\n"
@@ -282,6 +282,23 @@ func TestImageJob(t *testing.T) {
 	if !strings.Contains(log, "in container image "+image+", without network") {
 		t.Errorf("log does not say the image:\n%s", log)
 	}
+	// Over its memory limit (sort holds its whole input), and over its timeout.
+	hog := enqueueMod(t, s, repo, c, func(j *events.JobQueued) {
+		j.Image, j.Limits = image, &events.Limits{MemoryBytes: 32 << 20}
+	}, "head -c 200000000 /dev/zero | tr '\\0' a | sort >/dev/null", "echo never-runs")
+	slow := enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Image, j.TimeoutMs = image, 1500 }, "sleep 300.4714")
+	if fin := res.wait(t, hog.JobID); fin.Status != events.StatusFailed || !strings.Contains(fin.Error, "memory limit of 32MiB exceeded") {
+		t.Errorf("memory hog in a container: %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
+	if fin := res.wait(t, slow.JobID); fin.Status != events.StatusError || !strings.Contains(fin.Error, "timeout") {
+		t.Errorf("slow job in a container: %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
+	brokertest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if ps := hostProcs("sleep\x00300.4714"); len(ps) > 0 {
+			return fmt.Errorf("the timed-out container's processes are left: %v", ps)
+		}
+		return nil
+	})
 }
 
 // TestArm64JobRunsEmulated: an arm64 runner on an amd64 machine runs an
