@@ -14,15 +14,21 @@ import (
 
 // BenchmarkStepStart measures what running one trivial step (`true`) costs
 // on each backend, start to exit and clean-up: the per-step overhead a job
-// pays over the host. The container figure uses a local image.
+// pays over the host, with and without a network namespace (network: none).
+// The container figures use a local image.
 //
 //	go test -run '^$' -bench StepStart -benchtime 200x ./runner
 func BenchmarkStepStart(b *testing.B) {
-	for _, mode := range []string{ExecHost, ExecSandbox, ExecContainer} {
-		b.Run(mode, func(b *testing.B) {
+	for _, bc := range []struct {
+		name, mode string
+		network    bool
+	}{{"host", ExecHost, true}, {"sandbox", ExecSandbox, true}, {"sandbox-nonet", ExecSandbox, false},
+		{"container-nonet", ExecContainer, false}, {"container", ExecContainer, true}} {
+		mode := bc.mode
+		b.Run(bc.name, func(b *testing.B) {
 			work := b.TempDir()
 			x := &stepExec{mode: mode, ws: filepath.Join(work, "ws"), home: filepath.Join(work, "home"), tmp: filepath.Join(work, "tmp"),
-				cache: filepath.Join(work, "cache"), workDir: work, uid: -1, gid: -1, network: true,
+				cache: filepath.Join(work, "cache"), workDir: work, uid: -1, gid: -1, network: bc.network,
 				env: []string{"PATH=" + defaultPath, "HOME=" + filepath.Join(work, "home")}}
 			for _, d := range []string{x.ws, x.home, x.tmp} {
 				if err := os.MkdirAll(d, 0o700); err != nil {

@@ -202,6 +202,9 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 			note += "; " + job.Arch + " emulated: " + r.emulated
 		}
 		out.Note("%s", note)
+		if x.mode == ExecContainer && lim != nil && lim.CPUMs > 0 {
+			out.Note("[jetci] the cpu limit is not enforced in containers (memory and processes are)")
+		}
 	}
 	switch {
 	case serr != nil:
