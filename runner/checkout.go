@@ -364,7 +364,10 @@ func cliGit(ws string, args ...string) error {
 			env = append(env, kv)
 		}
 	}
-	cmd := exec.Command(gitCLI(), append([]string{"-C", ws}, args...)...)
+	// Under the sandbox the workspace belongs to the slot's user, not the
+	// runner's, and git would refuse it ("dubious ownership"); its config
+	// is jetci's own again by now (resetGitDir), so it can be trusted.
+	cmd := exec.Command(gitCLI(), append([]string{"-c", "safe.directory=*", "-C", ws}, args...)...)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
