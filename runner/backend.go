@@ -45,20 +45,20 @@ func validExec(e string) error {
 // stepExec is how one job's steps run: the backend, the directories it may
 // write, its environment and its limits.
 type stepExec struct {
-	mode    string // host, sandbox, container
-	env     []string
-	ws      string // the workspace, where steps start
-	home    string // fresh per job
-	tmp     string // fresh per job
+	mode string // host, sandbox, container
+	env  []string
+	ws   string // the workspace, where steps start
+	home string // fresh per job
+	tmp  string // fresh per job
 	// cacheHome is XDG_CACHE_HOME, kept between the jobs of a branch ("": none).
 	cacheHome string
-	cache   string // the repo's git cache (objects the workspace's .git borrows), read-only
-	workDir string // the runner's work dir, hidden from steps
-	uid     int    // the user steps run as (-1: the runner's)
-	gid     int
-	network bool   // false: no network (network: none)
-	image   string // container: the image
-	engine  string // container: podman or docker
+	cache     string // the repo's git cache (objects the workspace's .git borrows), read-only
+	workDir   string // the runner's work dir, hidden from steps
+	uid       int    // the user steps run as (-1: the runner's)
+	gid       int
+	network   bool   // false: no network (network: none)
+	image     string // container: the image
+	engine    string // container: podman or docker
 	// slotCgroup returns the cgroup sandboxed steps run in (nil: none).
 	slotCgroup func() (*stepCgroup, error)
 }

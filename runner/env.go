@@ -132,4 +132,3 @@ func (r *Runner) stepEnv(job *events.JobQueued, attempt uint64, home, tmp, cache
 	sort.Strings(env)
 	return env
 }
-
