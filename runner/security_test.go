@@ -102,14 +102,15 @@ func TestStepEnvironmentIsCleanAndSecretsMasked(t *testing.T) {
 	}
 	home := filepath.Join(r.cfg.WorkDir, "home", "1", events.Token("proj"))
 	for k, want := range map[string]string{"PASSED_VAR": "passed-on", "GOPASS_ONE": "prefix-passed", "FROM_PIPELINE": "yes",
-		"DEPLOY_TOKEN": "***", "CI": "true", "JETCI_JOB_ID": j.JobID, "HOME": home, "TMPDIR": filepath.Join(r.cfg.WorkDir, "tmp", "1"), "PATH": os.Getenv("PATH")} {
+		"DEPLOY_TOKEN": "***", "CI": "true", "JETCI_JOB_ID": j.JobID, "HOME": home, "TMPDIR": filepath.Join(r.cfg.WorkDir, "tmp", "1"), "PATH": os.Getenv("PATH"),
+		"XDG_CACHE_HOME": filepath.Join(r.cfg.WorkDir, "cache-home", "1", events.Token("proj"), events.Token("main"))} {
 		if env[k] != want {
 			t.Errorf("%s=%q in the step, want %q", k, env[k], want)
 		}
 	}
 	// Nothing but these names: the runner's environment did not leak.
 	allowed := map[string]bool{"PASSED_VAR": true, "GOPASS_ONE": true, "FROM_PIPELINE": true, "DEPLOY_TOKEN": true, "CI": true,
-		"HOME": true, "TMPDIR": true, "PATH": true, "PWD": true, "SHLVL": true, "_": true, "OLDPWD": true, "LANG": true, "TZ": true, "USER": true, "LOGNAME": true}
+		"HOME": true, "TMPDIR": true, "XDG_CACHE_HOME": true, "PATH": true, "PWD": true, "SHLVL": true, "_": true, "OLDPWD": true, "LANG": true, "TZ": true, "USER": true, "LOGNAME": true}
 	for k := range env {
 		if !allowed[k] && !strings.HasPrefix(k, "JETCI_") && !strings.HasPrefix(k, "LC_") {
 			t.Errorf("unexpected variable %s in the step", k)
