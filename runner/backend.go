@@ -259,6 +259,9 @@ func chooseExec(cfg Config, log zerolog.Logger) (execChoice, error) {
 	ev := log.Info().Str("exec", c.mode)
 	if c.mode == ExecSandbox {
 		ev = ev.Str("cgroups", cgroupsSummary())
+		if err := cgroupsReady(); err != nil {
+			log.Warn().Err(err).Msg("no cgroups: jobs with limits will end in error (limits cannot be enforced); others run sandboxed without")
+		}
 	}
 	if c.engine != "" {
 		ev = ev.Str("container_engine", c.engine)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -385,12 +386,24 @@ func (s *isolatedStep) waitEmpty(ctx context.Context) {
 // cgroupsSummary says which cgroups limit sandboxed steps.
 func cgroupsSummary() string { return cgroups().String() }
 
-// cgroupsReady says why cgroup limits cannot be set here (nil: they can).
+var (
+	cgReadyOnce sync.Once
+	cgReadyErr  error
+)
+
+// cgroupsReady says why cgroup limits cannot be set here (nil: they can):
+// the controllers are mounted and this process may make groups (it makes
+// and removes one to know).
 func cgroupsReady() error {
-	if l := cgroups(); !l.ok() {
-		return errors.New(l.reason)
-	}
-	return nil
+	cgReadyOnce.Do(func() {
+		cg, err := newSlotCgroup(fmt.Sprintf("jetci-%d-probe", os.Getpid()))
+		if err != nil {
+			cgReadyErr = err
+			return
+		}
+		cg.remove()
+	})
+	return cgReadyErr
 }
 
 // slotCgroup returns the cgroup of slot's steps, made on first use.
