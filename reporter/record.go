@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"cmp"
 	"slices"
 	"sort"
 	"time"
@@ -64,6 +65,54 @@ type Record struct {
 	Flaky       bool                `json:"flaky,omitempty"`
 	Retries     int                 `json:"retries,omitempty"`
 	FailedTries []events.FailedTry  `json:"failed_tries,omitempty"`
+	// Waiting are the runs of the job queued and not started yet, oldest
+	// first (at most MaxWaiting): a trigger may queue a run of a job whose
+	// periodic run still waits, and each run's attempt keeps its own class,
+	// trigger and queue time.
+	Waiting []WaitingRun `json:"waiting,omitempty"`
+}
+
+// WaitingRun is a queued run of a job that no runner has started.
+type WaitingRun struct {
+	QueueSeq  uint64       `json:"queue_seq"`
+	Class     events.Class `json:"class,omitempty"`
+	TriggerID string       `json:"trigger_id,omitempty"`
+	QueuedAt  time.Time    `json:"queued_at,omitzero"`
+}
+
+// MaxWaiting bounds Record.Waiting.
+const MaxWaiting = 10
+
+// wait notes a queued run; started forgets it and says how it was queued.
+func (r *Record) wait(e *events.JobQueued) bool {
+	if e.QueueSeq == 0 || slices.ContainsFunc(r.Waiting, func(w WaitingRun) bool { return w.QueueSeq == e.QueueSeq }) {
+		return false
+	}
+	for i := range r.Attempts {
+		if r.Attempts[i].QueueSeq == e.QueueSeq {
+			return false // started already
+		}
+	}
+	r.Waiting = append(r.Waiting, WaitingRun{QueueSeq: e.QueueSeq, Class: e.Class, TriggerID: e.TriggerID, QueuedAt: e.QueuedAt})
+	slices.SortFunc(r.Waiting, func(a, b WaitingRun) int { return cmp.Compare(a.QueueSeq, b.QueueSeq) })
+	if len(r.Waiting) > MaxWaiting {
+		r.Waiting = r.Waiting[len(r.Waiting)-MaxWaiting:]
+	}
+	return true
+}
+
+func (r *Record) started(seq uint64, a *Attempt) {
+	i := slices.IndexFunc(r.Waiting, func(w WaitingRun) bool { return w.QueueSeq == seq })
+	if i < 0 {
+		return
+	}
+	if w := r.Waiting[i]; a.Class == "" {
+		a.Class, a.TriggerID, a.QueuedAt = w.Class, w.TriggerID, w.QueuedAt
+	}
+	r.Waiting = slices.Delete(r.Waiting, i, i+1)
+	if len(r.Waiting) == 0 {
+		r.Waiting = nil
+	}
 }
 
 // Name is the job's name with its module, "core/test" (the job's name alone
@@ -196,6 +245,13 @@ func (r *Record) Apply(ev any) bool {
 				a.Class, a.TriggerID, a.QueuedAt, changed = e.Class, e.TriggerID, e.QueuedAt, true
 			}
 		}
+		if e.Held && e.QueueSeq != 0 && e.QueueSeq == r.QueueSeq && r.Phase == 0 && r.Status == events.StatusQueued {
+			// Withdrawn from the queue before a runner took it: its branch
+			// broke (the broken-build flow pauses later commits).
+			r.Status = events.StatusHeld
+			r.started(e.QueueSeq, &Attempt{})
+			return true
+		}
 		if e.Held && e.QueueSeq == 0 {
 			// Not dispatched (its branch is broken): shown as held until the
 			// real queued event comes.
@@ -205,12 +261,15 @@ func (r *Record) Apply(ev any) bool {
 			}
 			return changed
 		}
+		if !e.Held && r.wait(e) {
+			changed = true
+		}
 		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
 			return changed
 		}
 		*r = Record{
 			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job, Module: r.Module,
-			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped, FirstQueuedAt: r.FirstQueuedAt,
+			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped, FirstQueuedAt: r.FirstQueuedAt, Waiting: r.Waiting,
 			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
 			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
 		}
@@ -223,6 +282,9 @@ func (r *Record) Apply(ev any) bool {
 			if e.QueueSeq == r.QueueSeq {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
+		}
+		if len(r.Waiting) > 0 {
+			r.started(e.QueueSeq, a)
 		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
 			r.syncAttempt()
@@ -253,6 +315,10 @@ func (r *Record) Apply(ev any) bool {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
 			changed = true
+		}
+		if len(r.Waiting) > 0 {
+			// Started, or ended in the queue (cancelled, superseded).
+			r.started(e.QueueSeq, a)
 		}
 		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
 			r.syncAttempt()
