@@ -277,7 +277,14 @@ type TestResult struct {
 	DurationMs int64  `json:"duration_ms"`
 	// Flaky: the test failed in an earlier try of this job and passed in this one.
 	Flaky bool `json:"flaky,omitempty"`
+	// Message is a failing test's message, as its report gives it (a JUnit
+	// <failure message>, or the start of its text), at most MaxTestMessage
+	// bytes.
+	Message string `json:"message,omitempty"`
 }
+
+// MaxTestMessage bounds TestResult.Message.
+const MaxTestMessage = 300
 
 // Failing reports whether a test status is a failure (failed or error).
 func Failing(status string) bool { return status == TestFailed || status == TestError }
