@@ -20,9 +20,9 @@ const (
 
 // junitCase is a <testcase> of a JUnit XML report.
 type junitCase struct {
-	Name      string   `xml:"name,attr"`
-	ClassName string   `xml:"classname,attr"`
-	Time      string   `xml:"time,attr"`
+	Name      string         `xml:"name,attr"`
+	ClassName string         `xml:"classname,attr"`
+	Time      string         `xml:"time,attr"`
 	Failure   []junitFailure `xml:"failure"`
 	Error     []junitFailure `xml:"error"`
 	Skipped   *xmlAny        `xml:"skipped"`
