@@ -264,7 +264,7 @@ func openBranch(st *events.BranchState, now time.Time) {
 	c := st.Check
 	fix := events.BranchFix{FixedBy: c.Commit, Kind: c.Kind, Before: c.CommitSeq, Released: st.Held, At: now}
 	if st.BrokenBy != nil {
-		fix.BrokenBy = st.BrokenBy.Commit
+		fix.BrokenBy, fix.Author = st.BrokenBy.Commit, st.Author
 	}
 	if fix.BrokenBy != "" {
 		st.Fixes = append(st.Fixes, fix)

@@ -407,7 +407,8 @@ const MaxCoveredCommits = 500
 
 // BranchFix is one opening of a broken or failed branch.
 type BranchFix struct {
-	BrokenBy string    `json:"broken_by"`         // the commit whose first check failed
+	BrokenBy string    `json:"broken_by"`
+	Author   Person    `json:"author,omitzero"`   // of BrokenBy         // the commit whose first check failed
 	FixedBy  string    `json:"fixed_by"`          // the commit whose passing check opened the branch
 	Kind     string    `json:"kind"`              // second, recheck or trigger
 	Before   uint64    `json:"before"`            // FixedBy's commit sequence: held commits below it are older, and reached by it
