@@ -57,6 +57,11 @@ type Record struct {
 	// Reason says why a queued job waits. It is worked out when records are
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
+	// Label names a failing job of a gated branch in the broken-build
+	// flow's words ("first check failed", "second check failed", "fixed by
+	// <commit>", "broken by <commit>, fixed by <commit>"); worked out when
+	// records are read, from the branch's state, not stored.
+	Label string `json:"label,omitempty"`
 	// The current attempt's test results (see events.JobFinished): status
 	// stays one of the job statuses, a pass on retry is passed with flaky
 	// true ("passed (flaky)" on the pages).

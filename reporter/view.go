@@ -206,6 +206,8 @@ func (v *View) List(f Filter) []Record {
 				st = &g
 			}
 			r.Reason = holdReason(st)
+		} else if g, ok := v.gates[events.BranchKey(r.Repo, r.Branch)]; ok && failing(r.Status) {
+			r.Label = gateLabel(r, &g)
 		}
 	}
 	v.mu.RUnlock()
