@@ -249,7 +249,11 @@ func (d *Dispatcher) RunGate(ctx context.Context) error {
 			_ = m.Term()
 			return
 		}
-		if err := d.onResult(ctx, fin); err != nil {
+		var seq uint64 // the result's place in JETCI_RESULTS: what started after it started after the break
+		if meta, _ := m.Metadata(); meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		if err := d.onResult(ctx, fin, seq); err != nil {
 			d.log.Warn().Err(err).Msg("broken-build flow: a result; will retry")
 			_ = m.NakWithDelay(time.Second)
 			return
@@ -281,8 +285,19 @@ func openBranch(st *events.BranchState, now time.Time) {
 	st.Head, st.HeadSeq, st.FailedCheck = "", 0, ""
 }
 
-func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished) error {
-	if !d.gated(fin.Repo, fin.Branch) || fin.Status == events.StatusCancelled {
+func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished, resultSeq uint64) error {
+	if !d.gated(fin.Repo, fin.Branch) {
+		return nil
+	}
+	if fin.Status == events.StatusCancelled {
+		if strings.HasPrefix(fin.Error, "cancelled by "+pausedBy) {
+			// A job the flow stopped at the break: it shows as paused.
+			// (Its pool is not in the result; the record has it already.)
+			j := &events.JobQueued{JobRef: fin.JobRef, Pool: d.cfg.Pool, Class: fin.Class, Origin: fin.Origin, TriggerID: fin.TriggerID,
+				Author: fin.Author, Subject: fin.Subject, QueueSeq: fin.QueueSeq, Held: true}
+			return publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindQueued), j,
+				events.ResultMsgID(j.JobID, j.QueueSeq, 0, "paused"))
+		}
 		return nil
 	}
 	opened, broke := false, false
@@ -337,7 +352,7 @@ func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished) erro
 		return err
 	}
 	if broke {
-		if err := d.withdraw(ctx, fin); err != nil {
+		if err := d.withdraw(ctx, fin, resultSeq); err != nil {
 			return err
 		}
 	}
@@ -347,27 +362,49 @@ func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished) erro
 	return nil
 }
 
+// pausedBy names the broken-build flow in the cancel requests it makes.
+const pausedBy = "the broken-build flow"
+
 // withdraw holds the later commits of a branch that just broke whose first
-// checks wait in the queue, not taken by a runner yet: the seed pauses every
-// later change, not only those that arrive after the break. Each such commit
-// is held (as if it had come now) before its waiting jobs leave the queue, so
-// that a crash in between runs a job twice at worst, never loses one. A job a
-// runner took meanwhile runs.
-func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished) error {
+// checks had not started when it broke: the seed pauses every later change,
+// not only those that arrive after the break. A job still waiting in the
+// queue is taken out of it; one a runner started after the breaking result
+// was published (with one runner slot, the next job starts at once) is
+// cancelled. Each such commit is held (as if it had come now) before its
+// jobs are touched, so that a crash in between runs a job twice at worst,
+// never loses one. A job that was running before the break runs on.
+func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished, resultSeq uint64) error {
 	stream, err := d.js.Stream(ctx, events.StreamJobs)
 	if err != nil {
 		return err
 	}
-	type waiting struct {
-		seq uint64
-		job *events.JobQueued
+	later := func(job *events.JobQueued, seq uint64) bool {
+		return seq > fin.QueueSeq && job.Commit != fin.Commit && job.Repo == fin.Repo && job.Branch == fin.Branch &&
+			job.CommitSeq != 0 && events.Kind(job.Class, job.Origin) == events.ClassFirst
 	}
-	var found []waiting
+	type paused struct {
+		seq     uint64
+		job     *events.JobQueued
+		running bool
+	}
+	var found []paused
 	for _, p := range d.partitions(ctx, stream) {
 		pool, arch, _ := strings.Cut(p, "/")
 		for _, class := range []events.Class{events.ClassFirst, events.ClassUser} { // a first check may have aged to user
+			cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, class))
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return err
+			}
+			// Above the consumer's delivered sequence: no runner has it.
 			subject := events.JobSubject(pool, arch, class, fin.Repo, fin.Branch)
-			for seq := fin.QueueSeq + 1; ; {
+			for seq := max(fin.QueueSeq, info.Delivered.Stream) + 1; ; {
 				raw, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 				if errors.Is(err, jetstream.ErrMsgNotFound) {
 					break
@@ -376,18 +413,51 @@ func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished) erro
 					return err
 				}
 				seq = raw.Sequence + 1
-				job, err := events.DecodeAs[events.JobQueued](raw.Data)
-				if err != nil || job.Commit == fin.Commit || job.Repo != fin.Repo || job.Branch != fin.Branch ||
-					job.CommitSeq == 0 || events.Kind(job.Class, job.Origin) != events.ClassFirst {
-					continue
+				if job, err := events.DecodeAs[events.JobQueued](raw.Data); err == nil && later(job, raw.Sequence) {
+					found = append(found, paused{seq: raw.Sequence, job: job})
 				}
-				found = append(found, waiting{raw.Sequence, job})
+			}
+		}
+	}
+	if resultSeq > 0 {
+		// Started after the breaking result was published.
+		results, err := d.js.Stream(ctx, events.StreamResults)
+		if err != nil {
+			return err
+		}
+		subject := events.ResultSubject(fin.Repo, fin.Branch, events.KindStarted)
+		for seq := resultSeq + 1; ; {
+			raw, err := results.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			seq = raw.Sequence + 1
+			st, err := events.DecodeAs[events.JobStarted](raw.Data)
+			if err != nil || st.QueueSeq <= fin.QueueSeq {
+				continue
+			}
+			jm, err := stream.GetMsg(ctx, st.QueueSeq)
+			if err != nil {
+				continue // acked: it finished already
+			}
+			if job, err := events.DecodeAs[events.JobQueued](jm.Data); err == nil && later(job, st.QueueSeq) {
+				found = append(found, paused{seq: st.QueueSeq, job: job, running: true})
 			}
 		}
 	}
 	if len(found) == 0 {
 		return nil
 	}
+	// A job seen waiting and then started (the consumer's delivered
+	// sequence was read before its delivery) is cancelled, not deleted.
+	running := map[uint64]bool{}
+	for _, w := range found {
+		running[w.seq] = running[w.seq] || w.running
+	}
+	found = slices.DeleteFunc(found, func(w paused) bool { return running[w.seq] && !w.running })
 	// Hold each commit once.
 	held := map[uint64]bool{}
 	for _, w := range found {
@@ -411,15 +481,35 @@ func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished) erro
 			return err
 		}
 	}
+	cancels, err := d.js.KeyValue(ctx, events.BucketCancel)
+	if err != nil {
+		return err
+	}
 	n := 0
 	for _, w := range found {
+		j := *w.job
+		if w.running {
+			req := &events.CancelRequest{JobID: j.JobID, QueueSeq: w.seq, At: d.now().UTC(),
+				By: fmt.Sprintf("%s: %s broke at %s", pausedBy, fin.Branch, events.Short(fin.Commit))}
+			data, err := events.Encode(req)
+			if err != nil {
+				return err
+			}
+			if _, err := cancels.Put(ctx, j.JobID, data); err != nil {
+				return fmt.Errorf("pause a started job: %w", err)
+			}
+			if err := d.js.Conn().Publish(events.CancelSubject(j.JobID), data); err != nil {
+				return fmt.Errorf("pause a started job: %w", err)
+			}
+			n++
+			continue
+		}
 		if err := stream.DeleteMsg(ctx, w.seq); err != nil {
 			if events.MsgGone(err) {
 				continue // taken meanwhile: it runs
 			}
 			return err
 		}
-		j := *w.job
 		j.QueueSeq, j.Held = w.seq, true
 		if err := publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindQueued), &j,
 			events.ResultMsgID(j.JobID, w.seq, 0, "withdrawn")); err != nil {
@@ -428,7 +518,7 @@ func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished) erro
 		n++
 	}
 	d.log.Info().Str("repo", fin.Repo).Str("branch", fin.Branch).Str("broken_by", events.Short(fin.Commit)).Int("commits", len(held)).
-		Int("jobs", n).Msg("waiting jobs of later commits paused")
+		Int("jobs", n).Msg("jobs of later commits paused")
 	return nil
 }
 

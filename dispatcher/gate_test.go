@@ -141,7 +141,7 @@ func (h *gateHarness) finish(j *events.JobQueued, status events.Status) {
 	h.t.Helper()
 	fin := &events.JobFinished{JobRef: j.JobRef, QueueSeq: j.QueueSeq, Attempt: 1, Status: status, FinishedAt: time.Now().UTC(),
 		Author: j.Author, Subject: j.Subject, Class: j.Class, TriggerID: j.TriggerID, Origin: j.Origin}
-	if err := h.d.onResult(h.ctx, fin); err != nil {
+	if err := h.d.onResult(h.ctx, fin, 0); err != nil {
 		h.t.Fatal(err)
 	}
 }

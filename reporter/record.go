@@ -246,13 +246,14 @@ func (r *Record) Apply(ev any) bool {
 			changed = true
 		}
 		for i := range r.Attempts {
-			if a := &r.Attempts[i]; a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID || a.QueuedAt.IsZero()) {
+			if a := &r.Attempts[i]; !e.Held && a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID || a.QueuedAt.IsZero()) {
 				a.Class, a.TriggerID, a.QueuedAt, changed = e.Class, e.TriggerID, e.QueuedAt, true
 			}
 		}
-		if e.Held && e.QueueSeq != 0 && e.QueueSeq == r.QueueSeq && r.Phase == 0 && r.Status == events.StatusQueued {
-			// Withdrawn from the queue before a runner took it: its branch
-			// broke (the broken-build flow pauses later commits).
+		if e.Held && e.QueueSeq != 0 && e.QueueSeq == r.QueueSeq && (r.Phase == 0 && r.Status == events.StatusQueued || r.Status == events.StatusCancelled) {
+			// Withdrawn from the queue before a runner took it, or stopped
+			// as it started: its branch broke (the broken-build flow pauses
+			// later commits).
 			r.Status = events.StatusHeld
 			r.started(e.QueueSeq, &Attempt{})
 			return true
