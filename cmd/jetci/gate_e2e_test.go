@@ -408,3 +408,68 @@ func TestBrokenBuildFlowOnTheBinary(t *testing.T) {
 		}
 	}
 }
+
+// TestTriggerBesideAWaitingPeriodicRun: a trigger queues a run of a job
+// whose periodic run still waits (same job id). Both run, and each is an
+// attempt of the record with its own class and queue time.
+func TestTriggerBesideAWaitingPeriodicRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	c := repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0", "--periodic", "@every 1s"}, repo.Dir)
+	// No runner: the first check and the periodic run wait.
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		rec, err := recordOf(t, url, c)
+		if err != nil {
+			return err
+		}
+		if rec.Class != events.ClassPeriodic || len(rec.Waiting) < 2 {
+			return fmt.Errorf("class %s, waiting %+v: want the periodic run queued behind the first check", rec.Class, rec.Waiting)
+		}
+		return nil
+	})
+	var out, errb strings.Builder
+	if code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(), []string{"trigger", "--nats", url, "--repo", "proj", "--branch", "main"}); code != 0 {
+		t.Fatalf("jetci trigger exited %d: %s", code, errb.String())
+	}
+	brokertest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		rec, err := recordOf(t, url, c)
+		if err != nil {
+			return err
+		}
+		if len(rec.Waiting) != 3 {
+			return fmt.Errorf("waiting %+v: want the first check, the periodic run and the trigger's", rec.Waiting)
+		}
+		return nil
+	})
+	runnerProcess(t, bin, url, "r1", t.TempDir())
+	var rec reporter.Record
+	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		if rec, err = recordOf(t, url, c); err != nil {
+			return err
+		}
+		if len(rec.Attempts) < 3 || len(rec.Waiting) != 0 {
+			return fmt.Errorf("%d attempts, %d waiting", len(rec.Attempts), len(rec.Waiting))
+		}
+		for _, a := range rec.Attempts {
+			if !a.Status.Final() {
+				return fmt.Errorf("attempt %d %s", a.N, a.Status)
+			}
+		}
+		return nil
+	})
+	classes := map[events.Class]int{}
+	for _, a := range rec.Attempts {
+		if a.Class == "" || a.QueuedAt.IsZero() || a.Status != events.StatusPassed {
+			t.Errorf("attempt %d (queue seq %d): class %q queued at %v, %s", a.N, a.QueueSeq, a.Class, a.QueuedAt, a.Status)
+		}
+		classes[a.Class]++
+	}
+	if classes[events.ClassFirst] != 1 || classes[events.ClassPeriodic] < 1 || classes[events.ClassUser] != 1 {
+		t.Errorf("attempts by class %v, want one first, one user, the periodic run(s)", classes)
+	}
+}
