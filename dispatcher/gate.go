@@ -298,6 +298,18 @@ func (d *Dispatcher) onResult(ctx context.Context, fin *events.JobFinished, resu
 			return publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindQueued), j,
 				events.ResultMsgID(j.JobID, j.QueueSeq, 0, "paused"))
 		}
+		if fin.TriggerID != "" {
+			// A check cancelled by someone decides nothing: drop it, so
+			// that the next second check or re-check can run.
+			_, _, err := d.updateBranch(ctx, fin.Repo, fin.Branch, func(st *events.BranchState) bool {
+				if st.Check == nil || st.Check.TriggerID != fin.TriggerID {
+					return false
+				}
+				st.Check = nil
+				return true
+			})
+			return err
+		}
 		return nil
 	}
 	opened, broke := false, false

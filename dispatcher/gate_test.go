@@ -412,3 +412,28 @@ func TestTriggerOfTheHeadOpensAFailedBranch(t *testing.T) {
 		t.Errorf("released %v", got)
 	}
 }
+
+// TestCancelledCheckDecidesNothing: a check whose run someone cancels is
+// dropped, so that the second check can run when the window ends.
+func TestCancelledCheckDecidesNothing(t *testing.T) {
+	h := newGateHarness(t)
+	bad, seq := h.commit("main", "break")
+	h.arrive(bad, seq)
+	h.finish(h.take("main", "break"), events.StatusFailed)
+	if _, _, err := h.d.updateBranch(h.ctx, "proj", "main", func(st *events.BranchState) bool {
+		st.Check = &events.BranchCheck{Kind: "second", TriggerID: "t-cancelled"}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ref := events.JobRef{Repo: "proj", Branch: "main", Commit: "break", Job: "test", Arch: "amd64"}
+	ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
+	fin := &events.JobFinished{JobRef: ref, QueueSeq: 99, Attempt: 1, Status: events.StatusCancelled, Error: "cancelled by admin",
+		Class: events.ClassSecond, TriggerID: "t-cancelled", FinishedAt: time.Now().UTC()}
+	if err := h.d.onResult(h.ctx, fin, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.state("main"); st.State != events.BranchBroken || st.Check != nil {
+		t.Fatalf("after a cancelled check: %s, check %+v", st.State, st.Check)
+	}
+}
