@@ -33,6 +33,7 @@ type gateSystem struct {
 	web     string
 	repo    *gitRepo
 	sink    *smtptest.Sink
+	pw      map[string]string // per-role passwords: each service runs as its role
 	dispArg []string
 	disp    *child
 	logs    map[string]*syncBuffer
@@ -54,33 +55,44 @@ func startGateSystem(t *testing.T, window time.Duration) *gateSystem {
 	if testing.Short() {
 		t.Skip("builds the binary and runs every service")
 	}
-	g := &gateSystem{t: t, bin: jetciBinary(t), repo: newGitRepo(t), sink: smtptest.Start(t), logs: map[string]*syncBuffer{}}
+	g := &gateSystem{t: t, bin: jetciBinary(t), repo: newGitRepo(t), sink: smtptest.Start(t), logs: map[string]*syncBuffer{}, pw: setRolePasswords(t)}
 	data := t.TempDir()
 	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
 	g.url, g.web = "nats://"+natsAddr, "http://"+httpAddr
 	t.Cleanup(func() {
-		if t.Failed() {
-			for name, l := range g.logs {
+		for name, l := range g.logs {
+			if s := l.String(); strings.Contains(s, "Violation") || strings.Contains(s, "permission denied") {
+				t.Errorf("%s was refused something its role needs:\n%s", name, s)
+			}
+			if t.Failed() {
 				t.Logf("%s log:\n%s", name, l.String())
 			}
 		}
 	})
-	g.start("server", "server", "--listen", natsAddr, "--store", data+"/nats")
+	g.start("server", append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--store", data + "/nats"}, as(g.pw, "admin")...)...)
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		_, err := resultsJSON(t, g.url)
-		return err
+		if !strings.Contains(g.logs["server"].String(), "jetci streams ready") {
+			return fmt.Errorf("streams not set up yet")
+		}
+		return nil
 	})
 	g.repo.Commit("tests pass", map[string]string{"tests/test_ok.py": passingTest})
 	g.repo.Git("branch", "dev")
 	g.repo.Git("branch", "rel")
-	g.start("observer", "observer", "--nats", g.url, "--repo", g.repo.Dir, "--poll", "100ms", "--cache", data+"/obs")
-	g.start("reporter", "reporter", "--nats", g.url, "--http", httpAddr, "--admin-token", "gate-e2e-token",
+	g.start("observer", append([]string{"observer", "--nats", g.url, "--repo", g.repo.Dir, "--poll", "100ms", "--cache", data + "/obs"}, as(g.pw, "observer")...)...)
+	g.start("reporter", append([]string{"reporter", "--nats", g.url, "--http", httpAddr, "--admin-token", "gate-e2e-token",
 		"--smtp", g.sink.Addr, "--smtp-tls", "none", "--mail-from", "ci@example.com", "--mail-to", "proj=boss@example.com",
-		"--mail-results", "all", "--mail-managers", "all-failures", "--public-url", g.web)
-	g.dispArg = []string{"dispatcher", "--nats", g.url, "--gate", "proj", "--fix-window", window.String()}
+		"--mail-results", "all", "--mail-managers", "all-failures", "--public-url", g.web}, as(g.pw, "reporter")...)...)
+	g.dispArg = append([]string{"dispatcher", "--nats", g.url, "--gate", "proj", "--fix-window", window.String()}, as(g.pw, "dispatcher")...)
 	g.disp = g.start("dispatcher", g.dispArg...)
-	g.start("runner", "runner", "--nats", g.url, "--work", data+"/r1", "--slots", "1")
+	g.start("runner", append([]string{"runner", "--nats", g.url, "--work", data + "/r1", "--slots", "1"}, as(g.pw, "runner")...)...)
 	return g
+}
+
+// admin is how the test itself connects: as the admin role.
+func (g *gateSystem) admin() events.ConnectOptions {
+	return events.ConnectOptions{Name: "test", Role: events.RoleAdmin, Log: zerolog.Nop(),
+		Auth: events.Auth{User: events.RoleAdmin, Password: g.pw[events.RoleAdmin]}}
 }
 
 // commitAs commits on branch as author (name, name@example.com).
@@ -138,7 +150,7 @@ func (g *gateSystem) waitStatus(branch, commit string, st events.Status) reporte
 
 func (g *gateSystem) branch(branch string) events.BranchState {
 	var st events.BranchState
-	nc, js, err := events.Connect(g.url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	nc, js, err := events.Connect(g.url, g.admin())
 	if err != nil {
 		return st
 	}
@@ -278,7 +290,7 @@ func TestBrokenBuildFlowOnTheBinary(t *testing.T) {
 
 	// The window ends; the second check of the head passes and the branch
 	// opens: kill the dispatcher while it releases, and start another.
-	nc, js, err := events.Connect(g.url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	nc, js, err := events.Connect(g.url, g.admin())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,10 +383,10 @@ func TestBrokenBuildFlowOnTheBinary(t *testing.T) {
 	g.waitStatus("dev", devFix, events.StatusHeld)
 	g.waitStatus("rel", relFix, events.StatusHeld)
 	// dev opens by a re-check, rel by a trigger of its head: the same rule.
-	if out := g.jetci("recheck", "--nats", g.url, "--repo", "proj", "--branch", "dev"); !strings.Contains(out, devFix) {
+	if out := g.jetci(append([]string{"recheck", "--nats", g.url, "--repo", "proj", "--branch", "dev"}, as(g.pw, "admin")...)...); !strings.Contains(out, devFix) {
 		t.Errorf("jetci recheck: %s", out)
 	}
-	g.jetci("trigger", "--nats", g.url, "--repo", "proj", "--branch", "rel")
+	g.jetci(append([]string{"trigger", "--nats", g.url, "--repo", "proj", "--branch", "rel"}, as(g.pw, "admin")...)...)
 	for b, fixCommit := range map[string]string{"dev": devFix, "rel": relFix} {
 		st := g.waitBranch(b, events.BranchOpen)
 		if len(st.Fixes) != 1 || st.Fixes[0].FixedBy != fixCommit {
