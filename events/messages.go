@@ -399,11 +399,14 @@ type BranchState struct {
 	Fixes []BranchFix `json:"fixes,omitempty"`
 }
 
-// MaxBranchFixes bounds BranchState.Fixes.
-const MaxBranchFixes = 10
-
-// MaxCoveredCommits bounds BranchFix.Covered.
-const MaxCoveredCommits = 500
+// MaxBranchFixes bounds BranchState.Fixes, and MaxCoveredCommits each
+// fix's Covered list, so that a branch's state (published at every change)
+// stays under 50 KB: a failure of a commit released beyond them is counted
+// as its own.
+const (
+	MaxBranchFixes    = 5
+	MaxCoveredCommits = 200
+)
 
 // BranchFix is one opening of a broken or failed branch.
 type BranchFix struct {
