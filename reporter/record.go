@@ -81,6 +81,7 @@ type Record struct {
 type WaitingRun struct {
 	QueueSeq  uint64       `json:"queue_seq"`
 	Class     events.Class `json:"class,omitempty"`
+	Origin    events.Class `json:"origin,omitempty"` // the class it was first queued at, when aging moved it
 	TriggerID string       `json:"trigger_id,omitempty"`
 	QueuedAt  time.Time    `json:"queued_at,omitzero"`
 }
@@ -98,7 +99,14 @@ func (r *Record) wait(e *events.JobQueued) bool {
 			return false // started already
 		}
 	}
-	r.Waiting = append(r.Waiting, WaitingRun{QueueSeq: e.QueueSeq, Class: e.Class, TriggerID: e.TriggerID, QueuedAt: e.QueuedAt})
+	w := WaitingRun{QueueSeq: e.QueueSeq, Class: e.Class, Origin: e.Origin, TriggerID: e.TriggerID, QueuedAt: e.QueuedAt}
+	if e.Origin != "" {
+		// Aging moved a waiting run up a class: the same run, queued anew.
+		r.Waiting = slices.DeleteFunc(r.Waiting, func(o WaitingRun) bool {
+			return o.QueueSeq < e.QueueSeq && o.TriggerID == e.TriggerID && events.Kind(o.Class, o.Origin) == e.Origin
+		})
+	}
+	r.Waiting = append(r.Waiting, w)
 	slices.SortFunc(r.Waiting, func(a, b WaitingRun) int { return cmp.Compare(a.QueueSeq, b.QueueSeq) })
 	if len(r.Waiting) > MaxWaiting {
 		r.Waiting = r.Waiting[len(r.Waiting)-MaxWaiting:]

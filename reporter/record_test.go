@@ -196,3 +196,20 @@ func TestRecordWithdrawnJobIsPaused(t *testing.T) {
 		t.Fatalf("a started job was paused: %s", r.Status)
 	}
 }
+
+// TestRecordAgedRunIsTheSameRun: aging queues a waiting run anew at a higher
+// class; the record waits for it once, not for both queue entries.
+func TestRecordAgedRunIsTheSameRun(t *testing.T) {
+	var r Record
+	periodic := queued(5)
+	periodic.Class = events.ClassPeriodic
+	first := queued(6)
+	r.Apply(periodic)
+	r.Apply(first)
+	aged := queued(9)
+	aged.Class, aged.Origin = events.ClassFirst, events.ClassPeriodic
+	r.Apply(aged)
+	if len(r.Waiting) != 2 || r.Waiting[0].QueueSeq != 6 || r.Waiting[1].QueueSeq != 9 || r.Waiting[1].Origin != events.ClassPeriodic {
+		t.Fatalf("waiting %+v", r.Waiting)
+	}
+}
