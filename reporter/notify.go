@@ -186,6 +186,13 @@ func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 			// does not move (the fix was mailed already).
 			n.log.Info().Str("job_id", r.JobID).Str("broken_by", events.Short(fix.BrokenBy)).Str("fixed_by", events.Short(fix.FixedBy)).
 				Msg("a released commit older than the fix fails with the break: no mail")
+			for _, w := range n.cfg.Webhooks {
+				if w.Events == "finished" { // every finished job, this one too; no transition
+					if err := n.enqueue(ctx, n.webhook(r, w.URL, EventFinished, "", nil)); err != nil {
+						return err
+					}
+				}
+			}
 			return nil
 		}
 	}
