@@ -331,7 +331,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 			}
 		}
 	}()
-	err = d.dispatch(ctx, ev, seq, log)
+	err = d.dispatch(ctx, ev, seq, "", log)
 	close(stopBeat)
 	<-beatDone
 	if err != nil {
@@ -344,7 +344,10 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	}
 }
 
-func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, seq uint64, log zerolog.Logger) error {
+// dispatch queues a commit's jobs. salt, when set, makes their Msg-Ids new: a
+// released commit whose jobs were queued once already (and withdrawn when its
+// branch broke) must not be taken for a duplicate of that first queueing.
+func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, seq uint64, salt string, log zerolog.Logger) error {
 	jobs, fail := d.Expand(ev)
 	for _, j := range jobs {
 		j.CommitSeq = seq
@@ -356,11 +359,18 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, se
 		}
 		log.Warn().Str("error", fail.Error).Msg("commit has no runnable pipeline")
 		if d.gate != nil {
-			return d.noteCheckJobs(ctx, ev, 0)
+			return d.noteCheckJobs(ctx, ev, seq, 0)
 		}
 		return nil
 	}
-	if err := d.enqueue(ctx, jobs); err != nil {
+	if d.gate != nil {
+		// Before the jobs are queued, so that a run the flow adopts as a
+		// check is known before any of its results can come.
+		if err := d.noteCheckJobs(ctx, ev, seq, len(jobs)); err != nil {
+			return err
+		}
+	}
+	if err := d.enqueue(ctx, jobs, salt); err != nil {
 		return err
 	}
 	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
@@ -373,9 +383,6 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, se
 			return fmt.Errorf("supersede older commits' jobs: %w", err) // retried; the jobs are deduplicated
 		}
 	}
-	if d.gate != nil {
-		return d.noteCheckJobs(ctx, ev, len(jobs))
-	}
 	return nil
 }
 
@@ -385,16 +392,16 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, se
 // two round trips per commit instead of two per job. The commit is acked only
 // after both; a failure leaves it to be retried, and the Msg-Ids make the
 // retry's duplicates harmless.
-func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued) error {
+func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued, salt string) error {
 	// In batches: a commit of thousands of jobs must not exceed the client's
 	// limit of asynchronous publishes in flight (4,000).
 	for len(jobs) > enqueueBatch {
-		if err := d.enqueueBatch(ctx, jobs[:enqueueBatch]); err != nil {
+		if err := d.enqueueBatch(ctx, jobs[:enqueueBatch], salt); err != nil {
 			return err
 		}
 		jobs = jobs[enqueueBatch:]
 	}
-	return d.enqueueBatch(ctx, jobs)
+	return d.enqueueBatch(ctx, jobs, salt)
 }
 
 // commitAckWait is the commit consumer's ack wait.
@@ -403,13 +410,13 @@ const commitAckWait = 10 * time.Second
 // enqueueBatch bounds the jobs published before their acks are awaited.
 const enqueueBatch = 1000
 
-func (d *Dispatcher) enqueueBatch(ctx context.Context, jobs []*events.JobQueued) error {
+func (d *Dispatcher) enqueueBatch(ctx context.Context, jobs []*events.JobQueued, salt string) error {
 	futs := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, j := range jobs {
 		if err := d.ensureConsumers(ctx, j.Pool, j.Arch); err != nil {
 			return err
 		}
-		f, err := publishAsync(d.js, events.JobSubject(j.Pool, j.Arch, j.Class, j.Repo, j.Branch), j, events.JobMsgID(j.JobID, j.TriggerID))
+		f, err := publishAsync(d.js, events.JobSubject(j.Pool, j.Arch, j.Class, j.Repo, j.Branch), j, events.JobMsgID(j.JobID, j.TriggerID)+salt)
 		if err != nil {
 			return err
 		}

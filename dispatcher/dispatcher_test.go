@@ -783,17 +783,17 @@ func TestSupersedeGoesByCommitOrder(t *testing.T) {
 	log := zerolog.Nop()
 	// The newest commit (sequence 30) is queued first, then an older one (20):
 	// the older one must not cancel the newer one's job.
-	if err := d.dispatch(ctx, ev("c30"), 30, log); err != nil {
+	if err := d.dispatch(ctx, ev("c30"), 30, "", log); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.dispatch(ctx, ev("c20"), 20, log); err != nil {
+	if err := d.dispatch(ctx, ev("c20"), 20, "", log); err != nil {
 		t.Fatal(err)
 	}
 	if w := waiting(); !w["c30"] || !w["c20"] {
 		t.Fatalf("waiting %v: an older commit queued late cancelled a newer one's job (or its own)", w)
 	}
 	// A newer commit (40) still supersedes both.
-	if err := d.dispatch(ctx, ev("c40"), 40, log); err != nil {
+	if err := d.dispatch(ctx, ev("c40"), 40, "", log); err != nil {
 		t.Fatal(err)
 	}
 	if w := waiting(); len(w) != 1 || !w["c40"] {

@@ -33,7 +33,7 @@ func TestAgedFirstCheckStillBreaksTheBranch(t *testing.T) {
 		ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.Job, ref.Arch)
 		fin := &events.JobFinished{JobRef: ref, QueueSeq: 7, Attempt: 1, Status: events.StatusFailed, ExitCode: 1,
 			FinishedAt: time.Now().UTC(), Class: class, Origin: origin}
-		if err := d.onResult(ctx, fin); err != nil {
+		if err := d.onResult(ctx, fin, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -286,7 +287,14 @@ type TestResult struct {
 	DurationMs int64  `json:"duration_ms"`
 	// Flaky: the test failed in an earlier try of this job and passed in this one.
 	Flaky bool `json:"flaky,omitempty"`
+	// Message is a failing test's message, as its report gives it (a JUnit
+	// <failure message>, or the start of its text), at most MaxTestMessage
+	// bytes.
+	Message string `json:"message,omitempty"`
 }
+
+// MaxTestMessage bounds TestResult.Message.
+const MaxTestMessage = 300
 
 // Failing reports whether a test status is a failure (failed or error).
 func Failing(status string) bool { return status == TestFailed || status == TestError }
@@ -386,12 +394,63 @@ type BranchState struct {
 	WindowEnds time.Time    `json:"window_ends,omitzero"`
 	Check      *BranchCheck `json:"check,omitempty"` // the second check or re-check under way
 	Held       int          `json:"held"`            // commits waiting for the branch to open
+	// Head is the newest commit seen on the branch since it broke (held, or
+	// the one a check ran), and HeadSeq its sequence in JETCI_COMMITS: a
+	// full passing run of Head (a second check, a re-check or `jetci
+	// trigger` of the head) opens a broken or failed branch.
+	Head    string `json:"head,omitempty"`
+	HeadSeq uint64 `json:"head_seq,omitempty"`
+	// FailedCheck is the commit whose second check (or re-check) failed
+	// while the branch is failed.
+	FailedCheck string `json:"failed_check,omitempty"`
+	// Fixes are the branch's last openings (at most MaxBranchFixes), oldest
+	// first: what broke it, which commit's check opened it, and the released
+	// commits that run the break as well.
+	Fixes []BranchFix `json:"fixes,omitempty"`
+}
+
+// MaxBranchFixes bounds BranchState.Fixes, and MaxCoveredCommits each
+// fix's Covered list, so that a branch's state (published at every change)
+// stays under 50 KB: a failure of a commit released beyond them is counted
+// as its own.
+const (
+	MaxBranchFixes    = 5
+	MaxCoveredCommits = 200
+)
+
+// BranchFix is one opening of a broken or failed branch.
+type BranchFix struct {
+	BrokenBy string    `json:"broken_by"`
+	Author   Person    `json:"author,omitzero"`   // of BrokenBy         // the commit whose first check failed
+	FixedBy  string    `json:"fixed_by"`          // the commit whose passing check opened the branch
+	Kind     string    `json:"kind"`              // second, recheck or trigger
+	Before   uint64    `json:"before"`            // FixedBy's commit sequence: held commits below it are older, and reached by it
+	Released int       `json:"released"`          // held commits released when it opened
+	Covered  []string  `json:"covered,omitempty"` // released commits older than FixedBy: a failure of theirs is BrokenBy's, not theirs
+	At       time.Time `json:"at"`
+}
+
+// Covers reports whether a failure of commit is this fix's break, not the
+// commit's own (a released commit older than FixedBy).
+func (f BranchFix) Covers(commit string) bool {
+	return commit != f.FixedBy && slices.Contains(f.Covered, commit)
+}
+
+// CoveredBy returns the fix whose break a failure of commit is, or nil.
+func (s *BranchState) CoveredBy(commit string) *BranchFix {
+	for i := len(s.Fixes) - 1; i >= 0; i-- {
+		if s.Fixes[i].Covers(commit) {
+			return &s.Fixes[i]
+		}
+	}
+	return nil
 }
 
 // BranchCheck is a run that decides whether a broken branch opens again.
 type BranchCheck struct {
-	Kind      string    `json:"kind"` // second or recheck
+	Kind      string    `json:"kind"` // second, recheck, or trigger (a user's full run of the head)
 	Commit    string    `json:"commit,omitempty"`
+	CommitSeq uint64    `json:"commit_seq,omitempty"` // the check's commit event in JETCI_COMMITS
 	TriggerID string    `json:"trigger_id,omitempty"`
 	Jobs      int       `json:"jobs,omitempty"` // 0 until the dispatcher queued them
 	Passed    []string  `json:"passed,omitempty"`

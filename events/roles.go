@@ -143,7 +143,9 @@ func Roles() []Role {
 					"$JS.ACK." + StreamJobs + ".>", // hand a dead runner's job back (-NAK)
 				},
 				kvRead(BucketRunners), kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
-				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect)),
+				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect),
+				// the broken-build flow pauses later commits' jobs that started after the break
+				sub(SubjectCancel), getMsg(StreamResults), kvUse(BucketCancel)),
 			Subscribe: sub(SubjectRecheck),
 			Responds:  true,
 		},

@@ -39,9 +39,17 @@ type mailData struct {
 	Tail                                                   string
 	First                                                  *failRef
 	FirstShort                                             string
+	// Failing are the failing tests (at most maxMailTests), FailingMore
+	// how many more there are.
+	Failing     []events.TestResult
+	FailingMore int
 }
 
+// maxMailTests bounds the failing tests a mail lists.
+const maxMailTests = 20
+
 var mailText = template.Must(template.New("text").Parse(`{{if eq .Event "failed"}}{{.Job}} on {{.Arch}} FAILED on {{.Repo}} {{.Branch}}.
+{{else if eq .Event "passed"}}{{.Job}} on {{.Arch}} passed on {{.Repo}} {{.Branch}}.
 {{else if eq .Event "fixed"}}{{.Job}} on {{.Arch}} passes again on {{.Repo}} {{.Branch}}: fixed.
 {{else}}{{.Job}} on {{.Arch}} fails on {{.Repo}} {{.Branch}}, which was already broken.
 {{end}}
@@ -54,6 +62,11 @@ Result:  {{.Status}}{{if .Error}}: {{.Error}}{{else if ne .Status "passed"}}, ex
 It had been broken since {{$.FirstShort}} by {{.Author.Name}}: {{.Subject}}
 {{else if eq $.Event "still-failing"}}
 The branch was already broken by {{$.FirstShort}} ({{.Author.Name}}: {{.Subject}}); this mail is only for you, the author of a later commit that fails too. The first failure's author has been told.
+{{end}}{{end}}{{with .Failing}}
+Failing tests:
+{{range .}}  {{.Name}} ({{.Status}}){{with .Message}}
+    {{.}}{{end}}
+{{end}}{{if $.FailingMore}}  … and {{$.FailingMore}} more
 {{end}}{{end}}{{with .Tail}}
 Last lines of the log:
 
@@ -64,7 +77,7 @@ jetci
 `))
 
 var mailHTML = htmltemplate.Must(htmltemplate.New("html").Parse(`<!doctype html><html><body style="font-family:system-ui,sans-serif;font-size:14px">
-<p>{{if eq .Event "failed"}}<b style="color:#c62828">{{.Job}} on {{.Arch}} failed</b> on {{.Repo}} {{.Branch}}.{{else if eq .Event "fixed"}}<b style="color:#1a7f37">{{.Job}} on {{.Arch}} passes again</b> on {{.Repo}} {{.Branch}}.{{else}}<b style="color:#c62828">{{.Job}} on {{.Arch}} fails</b> on {{.Repo}} {{.Branch}}, which was already broken.{{end}}</p>
+<p>{{if eq .Event "failed"}}<b style="color:#c62828">{{.Job}} on {{.Arch}} failed</b> on {{.Repo}} {{.Branch}}.{{else if eq .Event "passed"}}<b style="color:#1a7f37">{{.Job}} on {{.Arch}} passed</b> on {{.Repo}} {{.Branch}}.{{else if eq .Event "fixed"}}<b style="color:#1a7f37">{{.Job}} on {{.Arch}} passes again</b> on {{.Repo}} {{.Branch}}.{{else}}<b style="color:#c62828">{{.Job}} on {{.Arch}} fails</b> on {{.Repo}} {{.Branch}}, which was already broken.{{end}}</p>
 <table style="border-collapse:collapse">
 <tr><td style="color:#666;padding-right:1em">Commit</td><td><code>{{.Commit}}</code></td></tr>
 <tr><td style="color:#666;padding-right:1em">Author</td><td>{{.Author.Name}} &lt;{{.Author.Email}}&gt;</td></tr>
@@ -73,12 +86,16 @@ var mailHTML = htmltemplate.Must(htmltemplate.New("html").Parse(`<!doctype html>
 </table>
 {{with .URL}}<p><a href="{{.}}">Open the job</a></p>{{end}}
 {{with .First}}{{if eq $.Event "fixed"}}<p>It had been broken since <code>{{$.FirstShort}}</code> by {{.Author.Name}}: {{.Subject}}</p>{{else if eq $.Event "still-failing"}}<p>The branch was already broken by <code>{{$.FirstShort}}</code> ({{.Author.Name}}: {{.Subject}}); this mail is only for you, the author of a later commit that fails too.</p>{{end}}{{end}}
+{{with .Failing}}<p>Failing tests:</p><ul>{{range .}}<li><code>{{.Name}}</code> ({{.Status}}){{with .Message}}<br><pre style="margin:.2em 0;white-space:pre-wrap">{{.}}</pre>{{end}}</li>{{end}}{{if $.FailingMore}}<li>… and {{$.FailingMore}} more</li>{{end}}</ul>{{end}}
 {{with .Tail}}<p>Last lines of the log:</p><pre style="background:#111;color:#eee;padding:.6em;white-space:pre-wrap">{{.}}</pre>{{end}}
 </body></html>
 `))
 
-// mail renders the mail for a transition, or nil when it has no recipient.
-func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *failRef) *Notification {
+// mail renders the mail for a result, or nil when it has no recipient.
+// transition says the result changed the branch's state (failed, fixed,
+// still failing); with mail results: all, other results are mailed too,
+// to the author (and failures to the managers with managers: all-failures).
+func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *failRef, transition bool) *Notification {
 	var to []string
 	add := func(addrs ...string) {
 		for _, a := range addrs {
@@ -87,10 +104,13 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 			}
 		}
 	}
+	allFailures := n.cfg.Mail.Managers == MailAllFailures
 	switch event {
 	case EventFailed:
 		add(r.Author.Email)
-		add(n.cfg.Mail.extra(r.Repo, r.Branch)...)
+		if transition || allFailures {
+			add(n.cfg.Mail.extra(r.Repo, r.Branch)...)
+		}
 	case EventFixed:
 		add(r.Author.Email)
 		if first != nil {
@@ -98,7 +118,12 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 		}
 		add(n.cfg.Mail.extra(r.Repo, r.Branch)...)
 	case EventStillFailing:
-		add(r.Author.Email) // the managers heard of the first failure
+		add(r.Author.Email) // the managers heard of the first failure…
+		if allFailures {
+			add(n.cfg.Mail.extra(r.Repo, r.Branch)...) // …unless they asked for every one
+		}
+	case EventPassed:
+		add(r.Author.Email)
 	}
 	if len(to) == 0 {
 		n.log.Info().Str("job_id", r.JobID).Str("event", event).Msg("no one to mail: the commit's author has no address and no extra recipients match")
@@ -110,10 +135,23 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 	if first != nil {
 		d.FirstShort = events.Short(first.Commit)
 	}
-	if event != EventFixed {
+	if event != EventFixed && event != EventPassed {
+		for _, t := range r.Tests {
+			if !events.Failing(t.Status) {
+				continue
+			}
+			if len(d.Failing) == maxMailTests {
+				d.FailingMore++
+				continue
+			}
+			d.Failing = append(d.Failing, t)
+		}
+		if s := r.TestSummary; s != nil && s.Failed > len(d.Failing)+d.FailingMore {
+			d.FailingMore = s.Failed - len(d.Failing) // not every test travels in the result
+		}
 		d.Tail = n.logTail(ctx, r, 50)
 	}
-	word := map[string]string{EventFailed: "FAILED", EventFixed: "FIXED", EventStillFailing: "still failing"}[event]
+	word := map[string]string{EventFailed: "FAILED", EventFixed: "FIXED", EventStillFailing: "still failing", EventPassed: "passed"}[event]
 	subject := fmt.Sprintf("[jetci] %s: %s %s %s/%s at %s: %s", word, r.Repo, r.Branch, r.Name(), r.Arch, d.Short, d.Subject)
 	var text, html bytes.Buffer
 	_ = mailText.Execute(&text, d)
@@ -242,27 +280,25 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// BranchChanged mails the author of the commit that broke a gated branch when
-// it becomes broken (fix it before the window ends) or failed (its second
-// check failed; a re-check is needed). Other changes send nothing.
+// BranchChanged mails the author of the commit that broke a gated branch
+// (and the --mail-to recipients) when it becomes broken (fix it before the
+// window ends), failed (its second check failed; a re-check is needed) and
+// open again (its held commits are released). Other changes send nothing.
 func (n *Notifier) BranchChanged(ctx context.Context, st *events.BranchState) error {
-	if n.cfg.Mail.SMTP == "" || st.BrokenBy == nil || st.State == events.BranchOpen || st.Check != nil {
+	if n.cfg.Mail.SMTP == "" || st.Check != nil {
 		return nil
 	}
-	var to []string
-	for _, a := range append([]string{st.Author.Email}, n.cfg.Mail.extra(st.Repo, st.Branch)...) {
-		if p, err := mail.ParseAddress(a); err == nil && !slices.Contains(to, p.Address) {
-			to = append(to, p.Address)
-		}
+	if st.State == events.BranchOpen {
+		return n.branchOpened(ctx, st)
 	}
+	if st.BrokenBy == nil {
+		return nil
+	}
+	to := n.branchRecipients(st.Author, st.Repo, st.Branch)
 	if len(to) == 0 {
 		return nil
 	}
 	b := st.BrokenBy
-	link := ""
-	if n.cfg.PublicURL != "" {
-		link = strings.TrimRight(n.cfg.PublicURL, "/") + "/branch?" + url.Values{"repo": {st.Repo}, "branch": {st.Branch}}.Encode()
-	}
 	var subject, text string
 	switch st.State {
 	case events.BranchBroken:
@@ -273,17 +309,66 @@ func (n *Notifier) BranchChanged(ctx context.Context, st *events.BranchState) er
 			st.Repo, st.Branch, st.WindowEnds.Local().Format(time.RFC1123))
 	case events.BranchFailed:
 		subject = fmt.Sprintf("[jetci] %s %s failed its second check: re-check needed", st.Repo, st.Branch)
-		text = fmt.Sprintf("%s\n\nNothing runs on %s %s until someone re-checks it (jetci recheck --repo %s --branch %s, or the\n"+
-			"Re-check branch button). %d commit(s) wait.\n", st.Reason, st.Repo, st.Branch, st.Repo, st.Branch, st.Held)
+		text = fmt.Sprintf("%s\n\nNothing runs on %s %s until a full run of its head passes: press Re-check branch, or run\n"+
+			"jetci recheck --repo %s --branch %s (or jetci trigger of the head). %d commit(s) wait.\n", st.Reason, st.Repo, st.Branch, st.Repo, st.Branch, st.Held)
 	default:
 		return nil
 	}
-	if link != "" {
-		text += "\n" + link + "\n"
+	return n.enqueue(ctx, n.branchMail(st, fmt.Sprintf("branch.%s.%s.%d", st.State, events.BranchKey(st.Repo, st.Branch), st.Since.UnixNano()),
+		"branch-"+st.State, b.JobID, to, subject, text))
+}
+
+// branchOpened mails "open again" once per opening of a broken or failed
+// branch (the state is published again as held commits are released; the
+// notification's id is the opening's).
+func (n *Notifier) branchOpened(ctx context.Context, st *events.BranchState) error {
+	if len(st.Fixes) == 0 {
+		return nil
 	}
-	note := &Notification{ID: fmt.Sprintf("branch.%s.%s.%d", st.State, events.BranchKey(st.Repo, st.Branch), st.Since.UnixNano()),
-		Event: "branch-" + st.State, JobID: b.JobID,
+	f := st.Fixes[len(st.Fixes)-1]
+	if st.Since.Before(f.At) {
+		return nil // an older state, published late
+	}
+	to := n.branchRecipients(f.Author, st.Repo, st.Branch)
+	if len(to) == 0 {
+		return nil
+	}
+	subject := fmt.Sprintf("[jetci] %s %s is open again; %d held commit(s) released", st.Repo, st.Branch, f.Released)
+	text := fmt.Sprintf("%s is open again; %d held commits released.\n\nIt was broken by %s and is fixed by %s: its %s passed.\n"+
+		"The released commits are checked now, oldest first. A failure of one older than %s fails with the break:\n"+
+		"it is recorded as \"broken by %s, fixed by %s\", and neither breaks the branch again nor is mailed to its author.\n",
+		st.Branch, f.Released, events.Short(f.BrokenBy), events.Short(f.FixedBy), checkWord(f.Kind), events.Short(f.FixedBy),
+		events.Short(f.BrokenBy), events.Short(f.FixedBy))
+	return n.enqueue(ctx, n.branchMail(st, fmt.Sprintf("branch.open.%s.%d", events.BranchKey(st.Repo, st.Branch), f.At.UnixNano()),
+		"branch-open", "", to, subject, text))
+}
+
+func checkWord(kind string) string {
+	switch kind {
+	case "recheck":
+		return "re-check"
+	case "trigger":
+		return "triggered run"
+	}
+	return "second check"
+}
+
+// branchRecipients are the author of the break and the managers.
+func (n *Notifier) branchRecipients(author events.Person, repo, branch string) []string {
+	var to []string
+	for _, a := range append([]string{author.Email}, n.cfg.Mail.extra(repo, branch)...) {
+		if p, err := mail.ParseAddress(a); err == nil && !slices.Contains(to, p.Address) {
+			to = append(to, p.Address)
+		}
+	}
+	return to
+}
+
+func (n *Notifier) branchMail(st *events.BranchState, id, event, jobID string, to []string, subject, text string) *Notification {
+	if n.cfg.PublicURL != "" {
+		text += "\n" + strings.TrimRight(n.cfg.PublicURL, "/") + "/branch?" + url.Values{"repo": {st.Repo}, "branch": {st.Branch}}.Encode() + "\n"
+	}
+	return &Notification{ID: id, Event: event, JobID: jobID,
 		Mail: &MailMessage{To: to, Subject: subject, Text: text + "\n-- \njetci\n",
 			HTML: "<pre style=\"font-family:system-ui,sans-serif;white-space:pre-wrap\">" + htmltemplate.HTMLEscapeString(text) + "</pre>"}}
-	return n.enqueue(ctx, note)
 }

@@ -24,6 +24,7 @@ const (
 	EventFixed        = "fixed"         // … and back to passing
 	EventStillFailing = "still-failing" // a later commit fails on a branch already broken
 	EventFinished     = "finished"      // any finished job (webhooks only)
+	EventPassed       = "passed"        // a passing result that changes nothing (mail with results: all)
 )
 
 // TypeNotification is the version of the outbox's messages.
@@ -85,6 +86,7 @@ type Notifier struct {
 	js      jetstream.JetStream
 	state   jetstream.KeyValue
 	sent    jetstream.KeyValue
+	gates   jetstream.KeyValue // the broken-build flow's branch states; nil: none
 	logs    jetstream.ObjectStore
 	log     zerolog.Logger
 	metrics *metrics.Metrics
@@ -110,6 +112,9 @@ func NewNotifier(ctx context.Context, cfg NotifyConfig, js jetstream.JetStream, 
 	}
 	if n.logs, err = js.ObjectStore(ctx, events.BucketLogs); err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.BucketLogs, err)
+	}
+	if n.gates, err = js.KeyValue(ctx, events.BucketBranches); err != nil {
+		n.gates = nil // no broken-build flow on this system
 	}
 	n.sendMail = cfg.Mail.send
 	return n, nil
@@ -173,6 +178,24 @@ func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 	if !r.Status.Final() || r.Status == events.StatusCancelled || !n.cfg.Enabled() {
 		return nil
 	}
+	if failing(r.Status) {
+		if fix := n.coveredBy(ctx, r); fix != nil {
+			// A commit released by the broken-build flow, older than the
+			// commit whose check opened the branch: it fails with the
+			// break. Its author is not blamed, and the branch's state here
+			// does not move (the fix was mailed already).
+			n.log.Info().Str("job_id", r.JobID).Str("broken_by", events.Short(fix.BrokenBy)).Str("fixed_by", events.Short(fix.FixedBy)).
+				Msg("a released commit older than the fix fails with the break: no mail")
+			for _, w := range n.cfg.Webhooks {
+				if w.Events == "finished" { // every finished job, this one too; no transition
+					if err := n.enqueue(ctx, n.webhook(r, w.URL, EventFinished, "", nil)); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+	}
 	key := stateKey(r)
 	for {
 		var st *branchState
@@ -190,13 +213,27 @@ func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 			return fmt.Errorf("notification state %s: %w", key, err)
 		}
 		next, event, changed := decide(st, r, n.now().UTC())
+		all := n.cfg.Mail.Results == MailAll && n.cfg.Mail.SMTP != ""
 		if !changed {
+			if all && st != nil && !(st.JobID == r.JobID && r.Attempt <= st.Attempt) {
+				// Every result goes to its author: one of an older commit
+				// too. A redelivered one has the same id, and goes once.
+				if m := n.mail(ctx, r, resultEvent(r), nil, false); m != nil {
+					return n.enqueue(ctx, m)
+				}
+			}
 			return nil
 		}
 		var notes []*Notification
-		if event != "" && n.cfg.Mail.SMTP != "" {
-			if m := n.mail(ctx, r, event, next.FirstFail); m != nil {
-				notes = append(notes, m)
+		if n.cfg.Mail.SMTP != "" {
+			mailEvent, first := event, next.FirstFail
+			if mailEvent == "" && all {
+				mailEvent, first = resultEvent(r), nil
+			}
+			if mailEvent != "" {
+				if m := n.mail(ctx, r, mailEvent, first, event != ""); m != nil {
+					notes = append(notes, m)
+				}
 			}
 		}
 		for _, w := range n.cfg.Webhooks {
@@ -254,6 +291,31 @@ func (n *Notifier) enqueue(ctx context.Context, note *Notification) error {
 	}
 	n.log.Debug().Str("id", note.ID).Str("event", note.Event).Msg("notification queued")
 	return nil
+}
+
+// resultEvent names a result that is no transition, for mail with results: all.
+func resultEvent(r *Record) string {
+	if failing(r.Status) {
+		return EventFailed
+	}
+	return EventPassed
+}
+
+// coveredBy returns the broken-build fix whose break a failing record's
+// commit carries (see events.BranchFix), or nil.
+func (n *Notifier) coveredBy(ctx context.Context, r *Record) *events.BranchFix {
+	if n.gates == nil {
+		return nil
+	}
+	e, err := n.gates.Get(ctx, events.BranchKey(r.Repo, r.Branch))
+	if err != nil {
+		return nil
+	}
+	st, err := events.DecodeAs[events.BranchState](e.Value())
+	if err != nil {
+		return nil
+	}
+	return st.CoveredBy(r.Commit)
 }
 
 func kindOf(note *Notification) string {

@@ -445,3 +445,108 @@ func TestSMTPWithTLSAndAuth(t *testing.T) {
 		t.Errorf("plain server with starttls: %v", err)
 	}
 }
+
+// TestMailResultsAllAndManagersAllFailures: with results: all every result
+// goes to its author, passing ones too; with managers: all-failures the
+// managers get every failure mail, still failing too. A failure mail lists
+// the failing tests with their messages before the log.
+func TestMailResultsAllAndManagersAllFailures(t *testing.T) {
+	sink := smtptest.Start(t)
+	f, _ := newNotifyFixture(t, nil, NotifyConfig{Mail: MailConfig{SMTP: sink.Addr, TLS: "none", From: "ci@example.com",
+		Results: MailAll, Managers: MailAllFailures, Recipients: []RecipientRule{{Repo: "proj", To: []string{"boss@example.com"}}}}})
+	commitResult(f, 1, sha('a'), "Alice", events.StatusPassed, "ok\n")
+	mails := waitMails(t, f, sink, 1)
+	if m := mails[0]; strings.Join(m.To, ",") != "alice@example.com" || !strings.Contains(m.Subject, "passed") {
+		t.Errorf("passing mail to %v: %q", m.To, m.Subject)
+	}
+	// Bob's commit fails two tests.
+	ref := jref("proj", "main", sha('b'), "test", "amd64")
+	bob := events.Person{Name: "Bob", Email: "bob@example.com"}
+	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: 2, QueuedAt: time.Now(), Author: bob, Subject: "Bob's change"})
+	fin := &events.JobFinished{JobRef: ref, QueueSeq: 2, Attempt: 1, Runner: "r1", Status: events.StatusFailed, ExitCode: 1, FinishedAt: time.Now(),
+		Author: bob, Subject: "Bob's change", Log: events.LogObject(ref.JobID, 2, 1),
+		Tests: []events.TestResult{{Name: "pkg.TestOK", Status: events.TestPassed}, {Name: "pkg.TestAdd", Status: events.TestFailed, Message: "expected 4, got 5"},
+			{Name: "pkg.TestSub", Status: events.TestError, Message: "panic: boom"}}}
+	if _, err := f.rep.logs.PutString(context.Background(), fin.Log, "running\nFAIL pkg\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(fin)
+	mails = waitMails(t, f, sink, 2)
+	m := mails[1]
+	if strings.Join(m.To, ",") != "bob@example.com,boss@example.com" || !strings.Contains(m.Subject, "FAILED") {
+		t.Errorf("failed mail to %v: %q", m.To, m.Subject)
+	}
+	m.Text = strings.ReplaceAll(m.Text, "\r\n", "\n")
+	add, sub, log := strings.Index(m.Text, "pkg.TestAdd (failed)\n    expected 4, got 5"), strings.Index(m.Text, "pkg.TestSub (error)\n    panic: boom"),
+		strings.Index(m.Text, "Last lines of the log")
+	if add < 0 || sub < 0 || log < 0 || add > log || sub > log || strings.Contains(m.Text, "TestOK") {
+		t.Errorf("failing tests not listed before the log:\n%s", m.Text)
+	}
+	if !strings.Contains(m.HTML, "<code>pkg.TestAdd</code>") {
+		t.Errorf("html lacks the failing tests:\n%s", m.HTML)
+	}
+	// Carol's commit fails too: still failing, to her and the managers.
+	commitResult(f, 3, sha('c'), "Carol", events.StatusFailed, "FAIL again\n")
+	mails = waitMails(t, f, sink, 3)
+	if m := mails[2]; strings.Join(m.To, ",") != "carol@example.com,boss@example.com" || !strings.Contains(m.Subject, "still failing") {
+		t.Errorf("still-failing mail to %v: %q", m.To, m.Subject)
+	}
+}
+
+// TestCoveredFailureIsNotBlamedAndOpeningIsMailed: a released commit older
+// than the commit whose check opened a gated branch fails with the break:
+// no mail to its author, and the branch's notification state does not move
+// (the next pass is no "fixed"). Opening the branch mails the break's author
+// and the managers once, however often the state is published.
+func TestCoveredFailureIsNotBlamedAndOpeningIsMailed(t *testing.T) {
+	sink := smtptest.Start(t)
+	f, _ := newNotifyFixture(t, nil, NotifyConfig{Mail: MailConfig{SMTP: sink.Addr, TLS: "none", From: "ci@example.com",
+		Recipients: []RecipientRule{{Repo: "proj", To: []string{"boss@example.com"}}}}})
+	kv, err := f.s.JS.KeyValue(f.ctx, events.BucketBranches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC()
+	st := &events.BranchState{Repo: "proj", Branch: "main", State: events.BranchOpen, Since: at.Add(time.Millisecond), Held: 2,
+		Reason: "broken by bbbbbbbbbb, fixed by dddddddddd",
+		Fixes: []events.BranchFix{{BrokenBy: sha('b'), Author: events.Person{Name: "Bob", Email: "bob@example.com"}, FixedBy: sha('d'),
+			Kind: "second", Released: 2, Covered: []string{sha('c')}, At: at}}}
+	data, _ := events.Encode(st)
+	if _, err := kv.Put(f.ctx, events.BranchKey("proj", "main"), data); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // published again as each held commit is released
+		if _, err := f.s.JS.Publish(f.ctx, events.BranchSubject("proj", "main"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mails := waitMails(t, f, sink, 1)
+	if m := mails[0]; strings.Join(m.To, ",") != "bob@example.com,boss@example.com" ||
+		m.Subject != "[jetci] proj main is open again; 2 held commit(s) released" || !strings.Contains(m.Text, "main is open again; 2 held commits released") {
+		t.Errorf("open mail to %v %q\n%s", m.To, m.Subject, m.Text)
+	}
+	commitResult(f, 5, sha('d'), "Dave", events.StatusPassed, "ok\n")
+	commitResult(f, 6, sha('c'), "Carol", events.StatusFailed, "FAIL: the break\n") // covered: not Carol's
+	commitResult(f, 7, sha('e'), "Eve", events.StatusPassed, "ok\n")
+	waitMails(t, f, sink, 1)
+}
+
+func TestMailResultsAndManagersSettings(t *testing.T) {
+	base := func() NotifyConfig {
+		return NotifyConfig{Mail: MailConfig{SMTP: "127.0.0.1:25", TLS: "none", From: "ci@example.com"}}
+	}
+	c := base()
+	if err := c.Resolve(); err != nil || c.Mail.Results != MailTransitions || c.Mail.Managers != MailTransitions {
+		t.Fatalf("defaults: %v %q %q", err, c.Mail.Results, c.Mail.Managers)
+	}
+	for _, bad := range []func(*MailConfig){
+		func(m *MailConfig) { m.Results = "every" },
+		func(m *MailConfig) { m.Managers = "all" },
+	} {
+		c := base()
+		bad(&c.Mail)
+		if err := c.Resolve(); err == nil || !strings.Contains(err.Error(), "want") {
+			t.Errorf("%+v: %v", c.Mail, err)
+		}
+	}
+}

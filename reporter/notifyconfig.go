@@ -35,7 +35,22 @@ type MailConfig struct {
 	// Recipients are extra people (managers) told of every failure and fix
 	// of a repo, or of the branches matching a pattern.
 	Recipients []RecipientRule `yaml:"recipients"`
+	// Results is what a commit's author is mailed: "transitions" (the
+	// default: failed, fixed, still failing) or "all" (every final result,
+	// passing too).
+	Results string `yaml:"results"`
+	// Managers is what the Recipients are mailed: "transitions" (the
+	// default: a branch's first failure and its fix) or "all-failures"
+	// (every failure mail, still failing ones too).
+	Managers string `yaml:"managers"`
 }
+
+// Mail settings' values.
+const (
+	MailTransitions = "transitions"
+	MailAll         = "all"
+	MailAllFailures = "all-failures"
+)
 
 // RecipientRule adds recipients for one repo (or "*") and, optionally, the
 // branches matching a path.Match pattern such as release/*.
@@ -82,6 +97,12 @@ func (c *NotifyConfig) Resolve() error {
 			return fmt.Errorf("mail password_file: %w", err)
 		}
 		m.Password, m.PasswordFile = strings.TrimRight(string(b), "\r\n"), ""
+	}
+	if m.Results == "" {
+		m.Results = MailTransitions
+	}
+	if m.Managers == "" {
+		m.Managers = MailTransitions
 	}
 	if m.TLS == "" && m.SMTP != "" {
 		m.TLS = "starttls"
@@ -135,6 +156,12 @@ func (c NotifyConfig) Validate() error {
 		if m.Username != "" && m.Password == "" {
 			return errors.New("mail: username without a password (password, password_file or $JETCI_SMTP_PASSWORD)")
 		}
+	}
+	if m.Results != "" && m.Results != MailTransitions && m.Results != MailAll {
+		return fmt.Errorf("mail results %q: want transitions or all", m.Results)
+	}
+	if m.Managers != "" && m.Managers != MailTransitions && m.Managers != MailAllFailures {
+		return fmt.Errorf("mail managers %q: want transitions or all-failures", m.Managers)
 	}
 	for _, r := range m.Recipients {
 		if r.Repo == "" {

@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"cmp"
 	"slices"
 	"sort"
 	"time"
@@ -56,6 +57,11 @@ type Record struct {
 	// Reason says why a queued job waits. It is worked out when records are
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
+	// Label names a failing job of a gated branch in the broken-build
+	// flow's words ("first check failed", "second check failed", "fixed by
+	// <commit>", "broken by <commit>, fixed by <commit>"); worked out when
+	// records are read, from the branch's state, not stored.
+	Label string `json:"label,omitempty"`
 	// The current attempt's test results (see events.JobFinished): status
 	// stays one of the job statuses, a pass on retry is passed with flaky
 	// true ("passed (flaky)" on the pages).
@@ -64,6 +70,62 @@ type Record struct {
 	Flaky       bool                `json:"flaky,omitempty"`
 	Retries     int                 `json:"retries,omitempty"`
 	FailedTries []events.FailedTry  `json:"failed_tries,omitempty"`
+	// Waiting are the runs of the job queued and not started yet, oldest
+	// first (at most MaxWaiting): a trigger may queue a run of a job whose
+	// periodic run still waits, and each run's attempt keeps its own class,
+	// trigger and queue time.
+	Waiting []WaitingRun `json:"waiting,omitempty"`
+}
+
+// WaitingRun is a queued run of a job that no runner has started.
+type WaitingRun struct {
+	QueueSeq  uint64       `json:"queue_seq"`
+	Class     events.Class `json:"class,omitempty"`
+	Origin    events.Class `json:"origin,omitempty"` // the class it was first queued at, when aging moved it
+	TriggerID string       `json:"trigger_id,omitempty"`
+	QueuedAt  time.Time    `json:"queued_at,omitzero"`
+}
+
+// MaxWaiting bounds Record.Waiting.
+const MaxWaiting = 10
+
+// wait notes a queued run; started forgets it and says how it was queued.
+func (r *Record) wait(e *events.JobQueued) bool {
+	if e.QueueSeq == 0 || slices.ContainsFunc(r.Waiting, func(w WaitingRun) bool { return w.QueueSeq == e.QueueSeq }) {
+		return false
+	}
+	for i := range r.Attempts {
+		if r.Attempts[i].QueueSeq == e.QueueSeq {
+			return false // started already
+		}
+	}
+	w := WaitingRun{QueueSeq: e.QueueSeq, Class: e.Class, Origin: e.Origin, TriggerID: e.TriggerID, QueuedAt: e.QueuedAt}
+	if e.Origin != "" {
+		// Aging moved a waiting run up a class: the same run, queued anew.
+		r.Waiting = slices.DeleteFunc(r.Waiting, func(o WaitingRun) bool {
+			return o.QueueSeq < e.QueueSeq && o.TriggerID == e.TriggerID && events.Kind(o.Class, o.Origin) == e.Origin
+		})
+	}
+	r.Waiting = append(r.Waiting, w)
+	slices.SortFunc(r.Waiting, func(a, b WaitingRun) int { return cmp.Compare(a.QueueSeq, b.QueueSeq) })
+	if len(r.Waiting) > MaxWaiting {
+		r.Waiting = r.Waiting[len(r.Waiting)-MaxWaiting:]
+	}
+	return true
+}
+
+func (r *Record) started(seq uint64, a *Attempt) {
+	i := slices.IndexFunc(r.Waiting, func(w WaitingRun) bool { return w.QueueSeq == seq })
+	if i < 0 {
+		return
+	}
+	if w := r.Waiting[i]; a.Class == "" {
+		a.Class, a.TriggerID, a.QueuedAt = w.Class, w.TriggerID, w.QueuedAt
+	}
+	r.Waiting = slices.Delete(r.Waiting, i, i+1)
+	if len(r.Waiting) == 0 {
+		r.Waiting = nil
+	}
 }
 
 // Name is the job's name with its module, "core/test" (the job's name alone
@@ -192,9 +254,17 @@ func (r *Record) Apply(ev any) bool {
 			changed = true
 		}
 		for i := range r.Attempts {
-			if a := &r.Attempts[i]; a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID || a.QueuedAt.IsZero()) {
+			if a := &r.Attempts[i]; !e.Held && a.QueueSeq == e.QueueSeq && (a.Class == "" || a.TriggerID != e.TriggerID || a.QueuedAt.IsZero()) {
 				a.Class, a.TriggerID, a.QueuedAt, changed = e.Class, e.TriggerID, e.QueuedAt, true
 			}
+		}
+		if e.Held && e.QueueSeq != 0 && e.QueueSeq == r.QueueSeq && (r.Phase == 0 && r.Status == events.StatusQueued || r.Status == events.StatusCancelled) {
+			// Withdrawn from the queue before a runner took it, or stopped
+			// as it started: its branch broke (the broken-build flow pauses
+			// later commits).
+			r.Status = events.StatusHeld
+			r.started(e.QueueSeq, &Attempt{})
+			return true
 		}
 		if e.Held && e.QueueSeq == 0 {
 			// Not dispatched (its branch is broken): shown as held until the
@@ -205,12 +275,15 @@ func (r *Record) Apply(ev any) bool {
 			}
 			return changed
 		}
+		if !e.Held && r.wait(e) {
+			changed = true
+		}
 		if !(position{e.QueueSeq, 0, 0}).after(r.position()) {
 			return changed
 		}
 		*r = Record{
 			JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Arch: r.Arch, Job: r.Job, Module: r.Module,
-			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped, FirstQueuedAt: r.FirstQueuedAt,
+			Author: r.Author, Subject: r.Subject, Attempts: r.Attempts, Dropped: r.Dropped, FirstQueuedAt: r.FirstQueuedAt, Waiting: r.Waiting,
 			Status: events.StatusQueued, QueueSeq: e.QueueSeq, Pool: e.Pool, Class: e.Class,
 			QueuedAt: e.QueuedAt, TriggerID: e.TriggerID,
 		}
@@ -223,6 +296,9 @@ func (r *Record) Apply(ev any) bool {
 			if e.QueueSeq == r.QueueSeq {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
+		}
+		if len(r.Waiting) > 0 {
+			r.started(e.QueueSeq, a)
 		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
 			r.syncAttempt()
@@ -253,6 +329,10 @@ func (r *Record) Apply(ev any) bool {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
 			changed = true
+		}
+		if len(r.Waiting) > 0 {
+			// Started, or ended in the queue (cancelled, superseded).
+			r.started(e.QueueSeq, a)
 		}
 		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
 			r.syncAttempt()

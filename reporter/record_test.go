@@ -142,3 +142,74 @@ func TestRecordFromBeforeFirstQueuedAt(t *testing.T) {
 		t.Fatalf("first seen %v, want %v", got, time.Unix(100, 0))
 	}
 }
+
+// TestRecordKeepsEachWaitingRunsClass: a trigger queues a run of a job whose
+// periodic run still waits; the trigger's run goes first. Both runs are
+// attempts with their own class, trigger and queue time, and nothing waits
+// after both ran.
+func TestRecordKeepsEachWaitingRunsClass(t *testing.T) {
+	var r Record
+	periodic := queued(5)
+	periodic.Class, periodic.QueuedAt = events.ClassPeriodic, time.Unix(50, 0)
+	user := queued(9)
+	user.Class, user.TriggerID, user.QueuedAt = events.ClassUser, "t1", time.Unix(90, 0)
+	r.Apply(periodic)
+	r.Apply(user)
+	if len(r.Waiting) != 2 || r.Class != events.ClassUser {
+		t.Fatalf("waiting %+v class %s", r.Waiting, r.Class)
+	}
+	for _, ev := range []any{started(9, 1, "a"), finished(9, 1, "a", events.StatusPassed), started(5, 1, "a"), finished(5, 1, "a", events.StatusFailed)} {
+		r.Apply(ev)
+	}
+	if len(r.Attempts) != 2 || len(r.Waiting) != 0 {
+		t.Fatalf("attempts %+v waiting %+v", r.Attempts, r.Waiting)
+	}
+	p, u := r.Attempts[0], r.Attempts[1]
+	if p.QueueSeq != 5 || p.Class != events.ClassPeriodic || !p.QueuedAt.Equal(time.Unix(50, 0)) || p.Status != events.StatusFailed {
+		t.Errorf("the periodic run's attempt: %+v", p)
+	}
+	if u.QueueSeq != 9 || u.Class != events.ClassUser || u.TriggerID != "t1" || !u.QueuedAt.Equal(time.Unix(90, 0)) {
+		t.Errorf("the triggered run's attempt: %+v", u)
+	}
+}
+
+// TestRecordWithdrawnJobIsPaused: a queued job withdrawn from the queue when
+// its branch broke shows as paused, and as queued again when released.
+func TestRecordWithdrawnJobIsPaused(t *testing.T) {
+	var r Record
+	r.Apply(queued(5))
+	w := queued(5)
+	w.Held = true
+	if !r.Apply(w) || r.Status != events.StatusHeld || len(r.Waiting) != 0 {
+		t.Fatalf("withdrawn: %s waiting %+v", r.Status, r.Waiting)
+	}
+	r.Apply(queued(8))
+	if r.Status != events.StatusQueued || r.QueueSeq != 8 {
+		t.Fatalf("released: %s at %d", r.Status, r.QueueSeq)
+	}
+	// A withdrawn event for a run that started is too late: it runs.
+	r.Apply(started(8, 1, "a"))
+	w8 := queued(8)
+	w8.Held = true
+	r.Apply(w8)
+	if r.Status != events.StatusRunning {
+		t.Fatalf("a started job was paused: %s", r.Status)
+	}
+}
+
+// TestRecordAgedRunIsTheSameRun: aging queues a waiting run anew at a higher
+// class; the record waits for it once, not for both queue entries.
+func TestRecordAgedRunIsTheSameRun(t *testing.T) {
+	var r Record
+	periodic := queued(5)
+	periodic.Class = events.ClassPeriodic
+	first := queued(6)
+	r.Apply(periodic)
+	r.Apply(first)
+	aged := queued(9)
+	aged.Class, aged.Origin = events.ClassFirst, events.ClassPeriodic
+	r.Apply(aged)
+	if len(r.Waiting) != 2 || r.Waiting[0].QueueSeq != 6 || r.Waiting[1].QueueSeq != 9 || r.Waiting[1].Origin != events.ClassPeriodic {
+		t.Fatalf("waiting %+v", r.Waiting)
+	}
+}

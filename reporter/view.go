@@ -206,6 +206,8 @@ func (v *View) List(f Filter) []Record {
 				st = &g
 			}
 			r.Reason = holdReason(st)
+		} else if g, ok := v.gates[events.BranchKey(r.Repo, r.Branch)]; ok && failing(r.Status) {
+			r.Label = gateLabel(r, &g)
 		}
 	}
 	v.mu.RUnlock()
@@ -453,6 +455,18 @@ func (v *View) Queue(now time.Time) []Partition {
 		p.Runners++
 	}
 	for _, r := range recs {
+		// Every waiting run: a job may wait twice (a trigger beside its
+		// periodic run), each run at its own class.
+		for _, w := range r.Waiting {
+			if r.Status == events.StatusQueued && w.QueueSeq == r.QueueSeq {
+				continue // the record's own run, listed below
+			}
+			run := r
+			run.Status, run.QueueSeq, run.Class, run.TriggerID, run.QueuedAt, run.Reason = events.StatusQueued, w.QueueSeq, w.Class, w.TriggerID, w.QueuedAt, ""
+			p := get(r.Pool, r.Arch)
+			p.Classes[run.Class]++
+			p.Jobs = append(p.Jobs, Waiting{Record: run, Waited: now.Sub(run.QueuedAt)})
+		}
 		if r.Status != events.StatusQueued {
 			continue
 		}

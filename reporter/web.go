@@ -107,6 +107,7 @@ type branchPage struct {
 	Repo, Branch string
 	Commits      []Commit
 	Gate         *events.BranchState
+	Paused       []Commit // the branch's commits paused by the broken-build flow, newest first
 	Bisections   []*events.Bisection
 }
 
@@ -124,6 +125,7 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 	data := branchPage{Repo: repo, Branch: branch, Commits: r.view.Commits(repo, branch, "", limit)}
 	if st, ok := r.view.Gate(repo, branch); ok {
 		data.Gate = &st
+		data.Paused = pausedCommits(data.Commits)
 	}
 	data.Bisections = r.branchBisections(req.Context(), repo, branch)
 	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
@@ -162,6 +164,9 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.withAllTests(req.Context(), &rec)
+	if st, ok := r.view.Gate(rec.Repo, rec.Branch); ok {
+		rec.Label = gateLabel(&rec, &st)
+	}
 	data := jobPage{Record: rec, Shown: rec.Attempt}
 	if n, err := strconv.ParseUint(req.URL.Query().Get("attempt"), 10, 64); err == nil && rec.Find(n) != nil {
 		data.Shown = n

@@ -655,3 +655,30 @@ func TestARecheckDoesNotMakeAnOldCommitNew(t *testing.T) {
 		t.Fatalf("head %s, want the newest commit", events.Short(rs[0].Branches[0].Head))
 	}
 }
+
+// TestQueueListsEveryWaitingRun: a job that waits twice (a trigger beside its
+// periodic run) is two entries of the queue, each at its class.
+func TestQueueListsEveryWaitingRun(t *testing.T) {
+	f := newWebFixture(t, "")
+	ref := jref("proj", "main", sha('a'), "test", "amd64")
+	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassPeriodic, QueueSeq: 3, QueuedAt: time.Now()})
+	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassUser, TriggerID: "t1", QueueSeq: 4, QueuedAt: time.Now()})
+	f.waitFor(ref.JobID, func(r Record) bool { return len(r.Waiting) == 2 })
+	var queue struct{ Partitions []Partition }
+	f.getJSON("/api/v1/queue", &queue)
+	if len(queue.Partitions) != 1 {
+		t.Fatalf("partitions %+v", queue.Partitions)
+	}
+	p := queue.Partitions[0]
+	if len(p.Jobs) != 2 || p.Jobs[0].Class != events.ClassUser || p.Jobs[1].Class != events.ClassPeriodic || p.Jobs[1].QueueSeq != 3 ||
+		p.Classes[events.ClassUser] != 1 || p.Classes[events.ClassPeriodic] != 1 {
+		t.Errorf("queue %+v", p)
+	}
+	// The triggered run starts: the periodic run still waits.
+	f.publish(&events.JobStarted{JobRef: ref, QueueSeq: 4, Attempt: 1, Runner: "r1", StartedAt: time.Now()})
+	f.waitFor(ref.JobID, func(r Record) bool { return r.Status == events.StatusRunning })
+	f.getJSON("/api/v1/queue", &queue)
+	if p := queue.Partitions[0]; len(p.Jobs) != 1 || p.Jobs[0].Class != events.ClassPeriodic {
+		t.Errorf("queue after the trigger's run started %+v", p.Jobs)
+	}
+}

@@ -20,15 +20,36 @@ const (
 
 // junitCase is a <testcase> of a JUnit XML report.
 type junitCase struct {
-	Name      string   `xml:"name,attr"`
-	ClassName string   `xml:"classname,attr"`
-	Time      string   `xml:"time,attr"`
-	Failure   []xmlAny `xml:"failure"`
-	Error     []xmlAny `xml:"error"`
-	Skipped   *xmlAny  `xml:"skipped"`
+	Name      string         `xml:"name,attr"`
+	ClassName string         `xml:"classname,attr"`
+	Time      string         `xml:"time,attr"`
+	Failure   []junitFailure `xml:"failure"`
+	Error     []junitFailure `xml:"error"`
+	Skipped   *xmlAny        `xml:"skipped"`
 }
 
 type xmlAny struct{}
+
+// junitFailure is a <failure> or <error>: its message attribute, else the
+// start of its text, is the test's message.
+type junitFailure struct {
+	Message string `xml:"message,attr"`
+	Text    string `xml:",chardata"`
+}
+
+func failureMessage(fs []junitFailure) string {
+	if len(fs) == 0 {
+		return ""
+	}
+	m := strings.TrimSpace(fs[0].Message)
+	if m == "" {
+		m = strings.TrimSpace(fs[0].Text)
+	}
+	if len(m) > events.MaxTestMessage {
+		m = strings.ToValidUTF8(m[:events.MaxTestMessage], "") + "…"
+	}
+	return m
+}
 
 // parseJUnit reads the <testcase> elements of a JUnit XML document, whatever
 // their root (<testsuites>, <testsuite>, nested suites), and hands each to add:
@@ -71,16 +92,16 @@ func parseJUnit(r io.Reader, add func(events.TestResult)) (int, error) {
 		if name == "" {
 			continue
 		}
-		status := events.TestPassed
+		status, message := events.TestPassed, ""
 		switch {
 		case len(c.Failure) > 0:
-			status = events.TestFailed
+			status, message = events.TestFailed, failureMessage(c.Failure)
 		case len(c.Error) > 0:
-			status = events.TestError
+			status, message = events.TestError, failureMessage(c.Error)
 		case c.Skipped != nil:
 			status = events.TestSkipped
 		}
-		add(events.TestResult{Name: name, Status: status, DurationMs: junitTime(c.Time)})
+		add(events.TestResult{Name: name, Status: status, DurationMs: junitTime(c.Time), Message: message})
 		n++
 	}
 }

@@ -100,6 +100,9 @@ func (c *testCollector) parseLine(s string) {
 func (c *testCollector) add(source string, r events.TestResult) {
 	if c.mask != nil {
 		r.Name = c.mask(r.Name)
+		if r.Message != "" {
+			r.Message = c.mask(r.Message) // a failure message may quote a secret
+		}
 	}
 	r.Name = cutName(r.Name)
 	if r.Name == "" {
@@ -115,6 +118,9 @@ func (c *testCollector) add(source string, r events.TestResult) {
 			old.Status = r.Status
 		}
 		old.DurationMs = max(old.DurationMs, r.DurationMs)
+		if old.Message == "" {
+			old.Message = r.Message
+		}
 		return
 	}
 	if len(c.results) >= maxCollected {

@@ -340,3 +340,27 @@ func TestParseJUnitFormats(t *testing.T) {
 		wantStatuses(t, got, want)
 	}
 }
+
+// TestParseJUnitFailureMessages: a failing case keeps its message (the
+// message attribute, else the start of the text), bounded, for the mail.
+func TestParseJUnitFailureMessages(t *testing.T) {
+	doc := `<testsuite><testcase classname="s" name="attr"><failure message="expected 2, got 3">trace</failure></testcase>
+<testcase classname="s" name="text"><error>  boom
+at line 4</error></testcase>
+<testcase classname="s" name="long"><failure message="` + strings.Repeat("x", 2*events.MaxTestMessage) + `"/></testcase>
+<testcase classname="s" name="ok"/></testsuite>`
+	c := newTestCollector()
+	if _, err := parseJUnit(strings.NewReader(doc), func(r events.TestResult) { c.add("junit", r) }); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range c.results {
+		got[r.Name] = r.Message
+	}
+	if got["s.attr"] != "expected 2, got 3" || got["s.text"] != "boom\nat line 4" || got["s.ok"] != "" {
+		t.Errorf("messages %q", got)
+	}
+	if l := len(got["s.long"]); l > events.MaxTestMessage+len("…") || l < events.MaxTestMessage {
+		t.Errorf("a long message kept %d bytes", l)
+	}
+}

@@ -18,7 +18,8 @@ Usage: jetci recheck --nats URL --repo R --branch B
 Re-checks a branch under the broken-build flow (dispatcher --gate): runs its head
 now as user-triggered; if every job passes, the branch opens again and the
 commits held while it was broken are checked, oldest first. On a branch that is
-not broken it simply runs the head.
+not broken it simply runs the head. (Any full passing run of the head of a broken
+or failed branch opens it: "jetci trigger" of the head does the same.)
 `
 
 func (m *Main) recheck(ctx context.Context, args []string) error {

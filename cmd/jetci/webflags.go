@@ -73,6 +73,8 @@ func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
 	fs.Var(&to, "mail-to", "extra recipients of failures and fixes: REPO[:BRANCH_PATTERN]=addr[,addr…] (repeat; REPO * for all)")
 	fs.Var(&hooks, "webhook", "URL to POST finished jobs to, signed with --webhook-secret-file (repeat)")
 	hookSecret := fs.String("webhook-secret-file", "", "file holding the webhooks' HMAC secret (or $JETCI_WEBHOOK_SECRET)")
+	results := fs.String("mail-results", "", "what authors are mailed: transitions (failed, fixed, still failing; the default) or all (every result, passing too)")
+	managers := fs.String("mail-managers", "", "what --mail-to recipients are mailed: transitions (a branch's failure and fix; the default) or all-failures (every failure mail, still failing too)")
 	hookEvents := fs.String("webhook-events", "finished", "finished (every finished job) or transitions (failed, fixed, still-failing)")
 	return func() (reporter.NotifyConfig, error) {
 		var c reporter.NotifyConfig
@@ -90,6 +92,12 @@ func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
 			if flagValue != "" {
 				*field = flagValue
 			}
+		}
+		if *results != "" {
+			m.Results = *results
+		}
+		if *managers != "" {
+			m.Managers = *managers
 		}
 		if m.Username != "" && m.Password == "" && m.PasswordFile == "" {
 			m.Password = os.Getenv("JETCI_SMTP_PASSWORD")
