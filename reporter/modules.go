@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"sort"
@@ -51,7 +52,10 @@ type ModuleCount struct {
 // Modules returns the module grid of repo, on one branch if branch is set;
 // nil when the repo has no module jobs.
 func (v *View) Modules(repo, branch string) *ModuleGrid {
-	recs := v.List(Filter{Repo: repo, Branch: branch, All: true})
+	recs, err := v.latest(context.Background(), repo, branch)
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model: modules")
+	}
 	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
 	type rk struct{ module, job string }
 	rows := map[rk]*ModuleRow{}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/metrics"
+	"github.com/jetci/jetci/reporter/readmodel"
 )
 
 // Config configures a reporter.
@@ -46,6 +47,13 @@ type Config struct {
 	// Notify says who hears of failures and fixes (mail, webhooks); it must be
 	// resolved (NotifyConfig.Resolve). Empty sends nothing.
 	Notify NotifyConfig
+	// DB is the read model: a postgres:// URL, or the path of a SQLite file
+	// (created, and rebuilt from the streams when missing). Empty: a SQLite
+	// file in a new temporary directory, removed when Run ends (tests).
+	DB string
+	// HistoryRetention, when set, deletes finished records from the read
+	// model once they are older than this (0: keep everything).
+	HistoryRetention time.Duration
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.
@@ -77,6 +85,8 @@ type Reporter struct {
 	ln        net.Listener
 	closing   chan struct{} // closed when Run ends, to end event streams
 	notifier  *Notifier     // nil when nothing is to be sent
+	db        *readmodel.DB
+	dbTemp    string // a temporary directory holding db, removed at the end
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -105,12 +115,16 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if r.jobs, err = js.Stream(ctx, events.StreamJobs); err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.StreamJobs, err)
 	}
-	r.view = NewView(store.kv, store.runners, log)
+	if err := r.openDB(ctx); err != nil {
+		return nil, err
+	}
+	r.view = NewView(r.db, js, store.runners, log)
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			r.closeDB()
 			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)
 		}
 	}
@@ -123,6 +137,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 			if r.ln != nil {
 				r.ln.Close()
 			}
+			r.closeDB()
 			return nil, err
 		}
 	}
@@ -158,6 +173,7 @@ func (r *Reporter) ready() bool {
 // Run consumes results and serves HTTP until ctx ends.
 func (r *Reporter) Run(ctx context.Context) error {
 	defer close(r.closing)
+	defer r.closeDB()
 	errc := make(chan error, 8)
 	// spawn runs a part of the reporter; only its failure ends Run (a part
 	// with nothing to do returns nil at once).
@@ -187,6 +203,10 @@ func (r *Reporter) Run(ctx context.Context) error {
 		}()
 	}
 	spawn(func() error { return r.consume(ctx) })
+	spawn(func() error { return r.queryService(ctx) })
+	if r.cfg.HistoryRetention > 0 {
+		go r.prune(vctx)
+	}
 	if r.notifier != nil {
 		spawn(func() error { return r.notifier.RunOutbox(ctx) })
 		spawn(func() error { return r.consumeForNotifier(ctx) })

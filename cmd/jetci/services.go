@@ -364,10 +364,14 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	adminToken := adminTokenFlags(fs)
 	hookSecret := hookSecretFlag(fs)
 	notify := notifyFlags(fs)
+	dbf := readModelFlags(fs, "a SQLite file in a temporary directory, folded anew at each start")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
+		return err
+	}
+	if err := dbf.check(); err != nil {
 		return err
 	}
 	token, err := adminToken()
@@ -383,7 +387,8 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 		return err
 	}
 	return m.serve(ctx, nf, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log)
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook,
+			DB: dbf.dsn(""), HistoryRetention: *dbf.retention}, js, log)
 		if err != nil {
 			return err
 		}
