@@ -167,7 +167,7 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 	if err != nil {
 		return nil, st, err
 	}
-	var changed []*Record
+	var changed, finals []*Record
 	err = v.db.Apply(ctx, events.StreamResults, last, func(tx *readmodel.Tx, applied uint64) error {
 		st, changed = FoldStats{}, nil
 		items := make([]item, 0, len(batch))
@@ -210,6 +210,11 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 			recs[id] = r
 		}
 		dirty := map[string]bool{}
+		wasFinal := map[string]bool{}
+		for id, r := range recs {
+			wasFinal[id] = r.Status.Final()
+		}
+		finals = finals[:0]
 		var order []string
 		for _, it := range items {
 			ref, _ := refOf(it.ev)
@@ -233,10 +238,61 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 			}
 			rows = append(rows, row)
 			changed = append(changed, r)
+			if r.Status.Final() && !wasFinal[id] {
+				finals = append(finals, r)
+			}
+		}
+		if err := v.mirror(ctx, changed); err != nil {
+			return err
 		}
 		return tx.Put(ctx, rows)
 	})
+	if err == nil {
+		for _, rec := range finals {
+			v.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
+				Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
+				Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
+		}
+	}
 	return changed, st, err
+}
+
+// mirror writes changed records to the jetci-results bucket, where the
+// dispatcher and `jetci artifacts` read them, before the batch commits: a
+// crash in between folds the batch again and writes the same records again.
+// The writes are pipelined (one round trip for the batch, not one per
+// record).
+func (v *View) mirror(ctx context.Context, recs []*Record) error {
+	if v.results == nil || len(recs) == 0 {
+		return nil
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(recs))
+	for _, r := range recs {
+		c := *r
+		c.Reason = ""
+		data, err := json.Marshal(&c)
+		if err != nil {
+			return err
+		}
+		f, err := v.js.PublishAsync("$KV."+v.results.Bucket()+"."+events.RecordKey(r.Repo, r.Branch, r.JobID), data)
+		if err != nil {
+			return fmt.Errorf("write record %s: %w", r.JobID, err)
+		}
+		futures = append(futures, f)
+	}
+	timeout := time.After(30 * time.Second)
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("write record: %w", err)
+		case <-timeout:
+			return errors.New("write records: no acknowledgement in 30s")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // decodeResult decodes a result event; anything else is an error.

@@ -119,6 +119,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 		return nil, err
 	}
 	r.view = NewView(r.db, js, store.runners, log)
+	r.view.results = store.kv
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}
@@ -229,12 +230,14 @@ func (r *Reporter) Run(ctx context.Context) error {
 	return err
 }
 
-// consume folds every result event into the records; it acks an event only after
-// its record is written.
+// consume feeds the per-test history from every finished event (the records
+// themselves are folded by the read model, fold.go, which also writes them
+// to the jetci-results bucket); it acks an event only after it is stored.
 func (r *Reporter) consume(ctx context.Context) error {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       events.ConsumerReporter,
-		Description:   "folds job events into records",
+		Description:   "finished jobs, for the test history",
+		FilterSubject: events.SubjectResults + ".*.*." + events.KindFinished,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       10 * time.Second, // an event is folded in in milliseconds
@@ -255,23 +258,15 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	rec, changed, err := r.store.Apply(ctx, ev)
-	if err != nil {
-		r.log.Warn().Err(err).Msg("storing a result; will retry")
-		_ = m.NakWithDelay(time.Second)
+	fin, ok := ev.(*events.JobFinished)
+	if !ok {
+		_ = m.Ack() // the consumer of a server set up before the filter: not for this one
 		return
 	}
-	if fin, ok := ev.(*events.JobFinished); ok {
-		if err := r.tests.Observe(ctx, fin); err != nil {
-			r.log.Warn().Err(err).Msg("storing test history; will retry")
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-	}
-	if changed && rec.Status.Final() {
-		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
-			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
-			Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
+	if err := r.tests.Observe(ctx, fin); err != nil {
+		r.log.Warn().Err(err).Msg("storing test history; will retry")
+		_ = m.NakWithDelay(time.Second)
+		return
 	}
 	if err := m.Ack(); err != nil {
 		r.log.Debug().Err(err).Msg("ack result")

@@ -31,6 +31,7 @@ type View struct {
 	js       jetstream.JetStream
 	runners  jetstream.KeyValue
 	branches jetstream.KeyValue // the broken-build flow's states; nil: none
+	results  jetstream.KeyValue // the records' bucket, written as the fold goes; nil: not written
 	log      zerolog.Logger
 
 	mu     sync.RWMutex
