@@ -261,7 +261,7 @@ func (r *Reporter) dbError(w http.ResponseWriter, err error) {
 }
 
 func (r *Reporter) apiRepos(w http.ResponseWriter, req *http.Request) {
-	rs, err := r.view.ReposErr(req.Context(), req.URL.Query().Get("repo"))
+	rs, err := r.view.ReposErr(req.Context(), req.URL.Query().Get("repo"), req.URL.Query().Get("modules") == "1")
 	if err != nil {
 		r.dbError(w, err)
 		return
@@ -275,7 +275,7 @@ func (r *Reporter) apiBranches(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R")
 		return
 	}
-	rs, err := r.view.ReposErr(req.Context(), repo)
+	rs, err := r.view.ReposErr(req.Context(), repo, req.URL.Query().Get("modules") == "1")
 	if err != nil {
 		r.dbError(w, err)
 		return
@@ -287,16 +287,13 @@ func (r *Reporter) apiBranches(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"repo": repo, "columns": rs[0].Columns, "branches": rs[0].Branches})
 }
 
-// MaxCommitJobs bounds the jobs of the commits of one /api/v1/commits page.
-const MaxCommitJobs = 1000
-
 func (r *Reporter) apiCommits(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
 	if q.Get("repo") == "" || q.Get("branch") == "" {
 		writeError(w, http.StatusBadRequest, "want ?repo=R&branch=B")
 		return
 	}
-	p, err := pageOf(req, DefaultPage)
+	p, err := pageOf(req, DefaultCommitsPage)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

@@ -239,9 +239,14 @@ func (v *View) Job(id string) (Record, bool) {
 // Page sizes of lists: a list answer holds at most MaxPage items and about
 // MaxPageBytes of records, whatever limit asked for; the rest is a page away.
 const (
-	DefaultPage  = 100
-	MaxPage      = 1000
-	MaxPageBytes = 400 << 10
+	DefaultPage = 100
+	// DefaultCommitsPage is the commits of a branch a list holds by default.
+	DefaultCommitsPage = 20
+	// MaxCommitJobs bounds the jobs of the commits of one page of commits:
+	// the page ends at the commit that passes it.
+	MaxCommitJobs = 400
+	MaxPage       = 1000
+	MaxPageBytes  = 400 << 10
 )
 
 // Results returns one page of the records f selects, oldest first (by when
@@ -287,6 +292,14 @@ func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget i
 	}
 	v.explain(out)
 	return out, pg, nil
+}
+
+// Listed is the record as lists show it: without its attempts' history,
+// tests, log, artifacts and failed tries, which the job's own page and
+// /api/v1/jobs/{id} have.
+func (r Record) Listed() Record {
+	r.Attempts, r.Tests, r.FailedTries, r.Artifacts, r.Log = nil, nil, nil, nil, ""
+	return r
 }
 
 // explain sets the Reason of held and queued records.
@@ -416,15 +429,18 @@ func (b BranchSummary) Cell(c Column) (Record, bool) {
 // Repos summarises every repository, or one when repo is set: for each
 // branch, its newest commit and the latest record of each cell.
 func (v *View) Repos(repo string) []RepoSummary {
-	out, err := v.ReposErr(context.Background(), repo)
+	out, err := v.ReposErr(context.Background(), repo, false)
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model: repos")
 	}
 	return out
 }
 
-// ReposErr is Repos, saying when the read model fails.
-func (v *View) ReposErr(ctx context.Context, repo string) ([]RepoSummary, error) {
+// ReposErr is Repos, saying when the read model fails. The cells hold
+// listed records (Record.Listed); the cells of module jobs are left out
+// (BranchSummary.Modules counts them; the module grid has them) unless
+// modules is set: a branch has hundreds of them.
+func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoSummary, error) {
 	brs, err := v.db.Branches(ctx, repo)
 	if err != nil {
 		return nil, err
@@ -454,7 +470,7 @@ func (v *View) ReposErr(ctx context.Context, repo string) ([]RepoSummary, error)
 			return nil, err
 		}
 		for _, r := range recs {
-			b.Cells[CellKey(r.Name(), r.Arch)] = r
+			b.Cells[CellKey(r.Name(), r.Arch)] = r.Listed()
 			if r.Commit == b.Head && b.Author == (events.Person{}) {
 				b.Author = r.Author
 				if b.Subject == "" {
@@ -468,6 +484,13 @@ func (v *View) ReposErr(ctx context.Context, repo string) ([]RepoSummary, error)
 		b.Status = worst(b.Cells)
 		b.Modules = moduleCount(b.Cells)
 		s.Modules = s.Modules || b.Modules != nil
+		if !modules {
+			for k, r := range b.Cells {
+				if r.Module != "" {
+					delete(b.Cells, k)
+				}
+			}
+		}
 		if st, ok := v.Gate(br.Repo, b.Branch); ok {
 			b.Gate = &st
 		}
@@ -537,7 +560,11 @@ func (v *View) Commits(repo, branch, commit string, limit int) []Commit {
 	if limit <= 0 {
 		limit = DefaultPage
 	}
-	cs, _, err := v.CommitsPage(context.Background(), repo, branch, commit, readmodel.Page{Limit: limit}, 0)
+	maxJobs := MaxCommitJobs
+	if commit != "" {
+		maxJobs = 0 // one commit, all of its jobs
+	}
+	cs, _, err := v.CommitsPage(context.Background(), repo, branch, commit, readmodel.Page{Limit: limit}, maxJobs)
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model: commits")
 	}
@@ -567,7 +594,7 @@ func (v *View) CommitsPage(ctx context.Context, repo, branch, commit string, p r
 		if err != nil {
 			return nil, pg, err
 		}
-		by[r.Commit] = append(by[r.Commit], r)
+		by[r.Commit] = append(by[r.Commit], r.Listed())
 	}
 	out := make([]Commit, 0, len(rows))
 	n := 0

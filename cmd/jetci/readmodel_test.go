@@ -35,7 +35,7 @@ func publishSynthetic(t testing.TB, js jetstream.JetStream, from, n int) uint64 
 				t.Fatal(err)
 			}
 		}
-		if i%2000 == 0 {
+		if i%1000 == 0 {
 			<-js.PublishAsyncComplete()
 		}
 	}
