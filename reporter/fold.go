@@ -311,12 +311,10 @@ func decodeResult(data []byte) (any, error) {
 	return ev, nil
 }
 
-// rowOf is a record as the read model stores it. The stored record keeps the
-// failing and flaky tests only (the full list is in the jetci-tests history
-// and the job's record in jetci-results).
+// rowOf is a record as the read model stores it (every test it carried;
+// lists show the failing and flaky ones, Record.Listed).
 func rowOf(r *Record) (readmodel.Row, error) {
 	s := *r
-	s.Tests = viewTests(r.Tests)
 	s.Reason = ""
 	data, err := json.Marshal(&s)
 	if err != nil {

@@ -251,6 +251,9 @@ func (r *Reporter) apiResults(w http.ResponseWriter, req *http.Request) {
 		r.dbError(w, err)
 		return
 	}
+	for i := range recs {
+		recs[i].Tests = viewTests(recs[i].Tests) // every test: /api/v1/jobs/ID and jetci results
+	}
 	writeJSON(w, http.StatusOK, paged(map[string]any{"results": nonNil(recs)}, pg, p.Limit))
 }
 

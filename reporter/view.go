@@ -294,11 +294,12 @@ func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget i
 	return out, pg, nil
 }
 
-// Listed is the record as lists show it: without its attempts' history,
-// tests, log, artifacts and failed tries, which the job's own page and
-// /api/v1/jobs/{id} have.
+// Listed is the record as lists of jobs show it: its failing and flaky tests
+// only, without its attempts' history, log, artifacts and failed tries,
+// which the job's own page and /api/v1/jobs/{id} have.
 func (r Record) Listed() Record {
-	r.Attempts, r.Tests, r.FailedTries, r.Artifacts, r.Log = nil, nil, nil, nil, ""
+	r.Tests = viewTests(r.Tests)
+	r.Attempts, r.FailedTries, r.Artifacts, r.Log = nil, nil, nil, ""
 	return r
 }
 
