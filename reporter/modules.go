@@ -134,9 +134,9 @@ func (r *Reporter) apiModules(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R (and optionally &branch=B)")
 		return
 	}
-	// Paged by rows: ?limit= rows (default 20, at most 200) from ?after=
+	// Paged by rows: ?limit= rows (default 10, at most 200) from ?after=
 	// (the next of an earlier answer: a row number).
-	limit, from := 20, 0
+	limit, from := 10, 0
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 {

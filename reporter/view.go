@@ -581,29 +581,25 @@ func (v *View) CommitsPage(ctx context.Context, repo, branch, commit string, p r
 	if err != nil {
 		return nil, pg, err
 	}
-	shas := make([]string, len(rows))
-	for i, c := range rows {
-		shas[i] = c.Commit
-	}
-	jobs, err := v.db.CommitJobs(ctx, repo, branch, shas)
-	if err != nil {
-		return nil, pg, err
-	}
-	by := map[string][]Record{}
-	for _, row := range jobs {
-		r, err := recordOf(row)
-		if err != nil {
-			return nil, pg, err
-		}
-		by[r.Commit] = append(by[r.Commit], r.Listed())
-	}
 	out := make([]Commit, 0, len(rows))
 	n := 0
 	for i, cr := range rows {
-		recs := by[cr.Commit]
-		if n += len(recs); maxJobs > 0 && n > maxJobs && i > 0 {
+		// Commit by commit, so that a page that ends early read no more.
+		jobs, err := v.db.CommitJobs(ctx, repo, branch, []string{cr.Commit})
+		if err != nil {
+			return nil, pg, err
+		}
+		if n += len(jobs); maxJobs > 0 && n > maxJobs && i > 0 {
 			pg.Next = readmodel.Cursor{Time: rows[i-1].FirstSeen, ID: rows[i-1].Commit}
 			break
+		}
+		recs := make([]Record, 0, len(jobs))
+		for _, row := range jobs {
+			r, err := recordOf(row)
+			if err != nil {
+				return nil, pg, err
+			}
+			recs = append(recs, r.Listed())
 		}
 		v.explain(recs)
 		c := Commit{Repo: cr.Repo, Branch: cr.Branch, Commit: cr.Commit, Subject: cr.Subject, Jobs: recs}
@@ -649,13 +645,13 @@ type Partition struct {
 
 // Queue returns the waiting jobs by partition.
 func (v *View) Queue(now time.Time) []Partition {
-	rows, err := v.db.Live(context.Background(), []string{string(events.StatusQueued)})
+	rows, err := v.db.Live(context.Background())
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model: queue")
 	}
 	recs := make([]Record, 0, len(rows))
 	for _, row := range rows {
-		if r, err := recordOf(row); err == nil {
+		if r, err := recordOf(row); err == nil && r.Status == events.StatusQueued {
 			recs = append(recs, r)
 		}
 	}

@@ -364,14 +364,10 @@ func (db *DB) Head(ctx context.Context, repo, branch string) (CommitRow, error) 
 	return c, err
 }
 
-// Live returns the records in the given (live) statuses: queued, running,
-// held. There are as many as jobs waiting or running, not history.
-func (db *DB) Live(ctx context.Context, statuses []string) ([]Row, error) {
-	args := make([]any, len(statuses))
-	for i, s := range statuses {
-		args[i] = s
-	}
-	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE status IN (`+marks(len(statuses))+`) ORDER BY first_seen, job_id`, args...)
+// Live returns the records of jobs queued, running or held, by when they
+// were first queued: as many as jobs wait or run, not history.
+func (db *DB) Live(ctx context.Context) ([]Row, error) {
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE status IN ('queued', 'running', 'held') ORDER BY first_seen, job_id`)
 }
 
 // Count returns how many records there are.
