@@ -344,13 +344,16 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 }
 
 const reporterUsage = `
-Usage: jetci reporter --nats URL [--http ADDR] [--admin-token-file FILE]
+Usage: jetci reporter --nats URL [--http ADDR] [--admin-token-file FILE] [--db postgres://…|FILE]
 
-Consumes every job event into one record per job (kept in JetStream), and serves
+Folds every job event into one record per job, in its read model (--db: a SQLite
+file, or a PostgreSQL database several reporters may share; it resumes after the
+last event it applied, and is rebuilt from the streams when missing), and serves
 the web UI (overview, branch history, jobs with live logs and artifacts, runners,
-queue) and the JSON API under /api/v1/. With an admin token, the UI and API can
-also trigger, re-check and cancel jobs; without one they are read-only. Several
-reporters may run at once; they share the records.
+queue), the JSON API under /api/v1/ and the results service of jetci results.
+With an admin token, the UI and API can also trigger, re-check and cancel jobs;
+without one they are read-only. Several reporters may run at once. See README,
+History: the read model.
 
 With --smtp or --webhook (or --notify-config) it also mails the author (and the
 --mail-to recipients) when a branch breaks or is fixed, and POSTs signed webhooks;
