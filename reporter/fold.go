@@ -29,6 +29,8 @@ const foldBatchWait = 5 * time.Millisecond
 // FoldStats counts what a fold did, for benchmarks and logs.
 type FoldStats struct {
 	Applied, Bad, Batches int
+	// From and To are the positions before and after (ApplyBatch).
+	From, To uint64 `json:"-"`
 }
 
 // fold keeps the read model current until ctx ends, starting again from the
@@ -126,6 +128,9 @@ func (v *View) foldOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if st.To > st.From {
+			v.cells.update(st.From, st.To, changed)
+		}
 		v.setHealth(nil)
 		v.statsMu.Lock()
 		v.stats.Applied += st.Applied
@@ -169,7 +174,7 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 	}
 	var changed, finals []*Record
 	err = v.db.Apply(ctx, events.StreamResults, last, func(tx *readmodel.Tx, applied uint64) error {
-		st, changed = FoldStats{}, nil
+		st, changed = FoldStats{From: applied, To: last}, nil
 		items := make([]item, 0, len(batch))
 		var ids []string
 		seen := map[string]bool{}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,8 +147,10 @@ func TestFoldResumesAndRebuildEqualsLive(t *testing.T) {
 		}
 		publishJobs(t, s.JS, 300, 20)
 		r1, stop1 := runReporter(t, s.JS, dsn, "")
+		r1.View().Repos("") // loads the cells early: the fold then keeps them
 		<-r1.View().Ready()
 		waitApplied(t, s.JS, r1.View().DB())
+		sameCells(t, r1.View())
 		if n := count(t, r1.View().DB()); n != 320 {
 			t.Fatalf("%d records, want 320", n)
 		}
@@ -158,6 +162,7 @@ func TestFoldResumesAndRebuildEqualsLive(t *testing.T) {
 
 		publishJobs(t, s.JS, 320, 100)
 		r2, stop2 := runReporter(t, s.JS, dsn, "")
+		r2.View().Repos("")
 		<-r2.View().Ready()
 		waitApplied(t, s.JS, r2.View().DB())
 		if st := r2.View().Stats(); st.Applied != 300 || st.Bad != 0 {
@@ -166,6 +171,7 @@ func TestFoldResumesAndRebuildEqualsLive(t *testing.T) {
 		if n := count(t, r2.View().DB()); n != 420 {
 			t.Fatalf("%d records, want 420", n)
 		}
+		sameCells(t, r2.View())
 		// What the pages read agrees with what was published.
 		recs, _, err := r2.View().Results(ctx, Filter{Status: []events.Status{events.StatusFailed}}, readmodel.Page{Limit: 1000}, 1<<30)
 		if err != nil || len(recs) != 420/7 {
@@ -223,6 +229,14 @@ func TestTwoReportersOnePostgres(t *testing.T) {
 			t.Fatalf("record %d: %s %s against %s %s", i, ra[i].JobID, ra[i].Status, rb[i].JobID, rb[i].Status)
 		}
 	}
+	// Each one's cells (in memory) follow what the other applied.
+	brokertest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if ca, cb := cellsOf(a.View()), cellsOf(b.View()); ca != cb {
+			return fmt.Errorf("the two reporters' cells differ:\n%.300s\n%.300s", ca, cb)
+		}
+		return nil
+	})
+	sameCells(t, a.View())
 	live := dump(t, dsn)
 	other := pg.NewDB()
 	if _, err := Reindex(ctx, s.JS, other, brokertest.Logger(t)); err != nil {
@@ -358,5 +372,34 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", url, err)
+	}
+}
+
+// cellsOf is the overview's cells, as text.
+func cellsOf(v *View) string {
+	var out []string
+	recs, err := v.latest(context.Background(), "", "")
+	if err != nil {
+		return err.Error()
+	}
+	for _, c := range recs {
+		out = append(out, fmt.Sprintf("%s %s %s/%s/%s %s %s %d", c.Repo, c.Branch, c.Module, c.Job, c.Arch, c.JobID, c.Status, c.Attempt))
+	}
+	for _, r := range v.Repos("") {
+		for _, b := range r.Branches {
+			out = append(out, fmt.Sprintf("%s %s head %s %+v", r.Repo, b.Branch, b.Head, b.Modules))
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
+}
+
+// sameCells checks that a view's cells, kept by its fold, are those a view
+// loading them from the database now sees.
+func sameCells(t *testing.T, v *View) {
+	t.Helper()
+	fresh := NewView(v.db, nil, nil, v.log)
+	if got, want := cellsOf(v), cellsOf(fresh); got != want || got == "" {
+		t.Fatalf("the cells kept by the fold differ from the database's:\n%.500s\nwant\n%.500s", got, want)
 	}
 }

@@ -46,6 +46,8 @@ type View struct {
 
 	statsMu sync.Mutex
 	stats   FoldStats
+
+	cells cellCache
 }
 
 // Change is one update a subscriber hears of.
@@ -338,28 +340,15 @@ func finalStatuses() []string {
 }
 
 // latest returns the latest record of every module × job × arch of repo's
-// branches (one branch when branch is set).
+// branches (one branch when branch is set), listed (Record.Listed).
 func (v *View) latest(ctx context.Context, repo, branch string) ([]Record, error) {
-	brs, err := v.db.Branches(ctx, repo)
+	_, per, err := v.cells.latest(ctx, v.db, repo, branch)
 	if err != nil {
 		return nil, err
 	}
 	var out []Record
-	for _, b := range brs {
-		if branch != "" && b.Branch != branch {
-			continue
-		}
-		rows, err := v.db.Cells(ctx, b.Repo, b.Branch)
-		if err != nil {
-			return nil, err
-		}
-		for _, row := range rows {
-			r, err := recordOf(row)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, r)
-		}
+	for _, recs := range per {
+		out = append(out, recs...)
 	}
 	v.explain(out)
 	return out, nil
@@ -442,14 +431,14 @@ func (v *View) Repos(repo string) []RepoSummary {
 // (BranchSummary.Modules counts them; the module grid has them) unless
 // modules is set: a branch has hundreds of them.
 func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoSummary, error) {
-	brs, err := v.db.Branches(ctx, repo)
+	brs, per, err := v.cells.latest(ctx, v.db, repo, "")
 	if err != nil {
 		return nil, err
 	}
 	byRepo := map[string]*RepoSummary{}
 	var out []*RepoSummary
 	cols := map[string]map[Column]bool{}
-	for _, br := range brs {
+	for i, br := range brs {
 		s := byRepo[br.Repo]
 		if s == nil {
 			s = &RepoSummary{Repo: br.Repo}
@@ -457,10 +446,8 @@ func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoS
 			out = append(out, s)
 			cols[br.Repo] = map[Column]bool{}
 		}
-		recs, err := v.latest(ctx, br.Repo, br.Branch)
-		if err != nil {
-			return nil, err
-		}
+		recs := per[i]
+		v.explain(recs)
 		b := BranchSummary{Branch: br.Branch, Cells: make(map[string]Record, len(recs))}
 		if h, err := v.db.Head(ctx, br.Repo, br.Branch); err == nil {
 			b.Head, b.Subject, b.Time = h.Commit, h.Subject, time.Unix(0, h.FirstSeen)
@@ -471,7 +458,7 @@ func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoS
 			return nil, err
 		}
 		for _, r := range recs {
-			b.Cells[CellKey(r.Name(), r.Arch)] = r.Listed()
+			b.Cells[CellKey(r.Name(), r.Arch)] = r
 			if r.Commit == b.Head && b.Author == (events.Person{}) {
 				b.Author = r.Author
 				if b.Subject == "" {
