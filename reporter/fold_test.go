@@ -403,3 +403,23 @@ func sameCells(t *testing.T, v *View) {
 		t.Fatalf("the cells kept by the fold differ from the database's:\n%.500s\nwant\n%.500s", got, want)
 	}
 }
+
+func TestCutToSize(t *testing.T) {
+	var recs []Record
+	for i := range 10 {
+		recs = append(recs, Record{JobID: fmt.Sprintf("%020x", i), QueuedAt: t0.Add(time.Duration(i) * time.Second), Error: strings.Repeat("x", 1000)})
+	}
+	one, _ := json.MarshalIndent(&recs[0], "    ", "  ")
+	three := 3*(len(one)+6) + 10
+	got, pg := cutToSize(recs, readmodel.Paged{}, false, three)
+	if len(got) != 3 || pg.Next != (readmodel.Cursor{Time: recs[2].QueuedAt.UnixNano(), ID: recs[2].JobID}) {
+		t.Fatalf("forward: %d records, next %+v", len(got), pg.Next)
+	}
+	got, pg = cutToSize(recs, readmodel.Paged{}, true, three)
+	if len(got) != 3 || got[0].JobID != recs[7].JobID || pg.Prev != (readmodel.Cursor{Time: recs[7].QueuedAt.UnixNano(), ID: recs[7].JobID}) {
+		t.Fatalf("backwards: %d records from %s, prev %+v", len(got), got[0].JobID, pg.Prev)
+	}
+	if got, _ := cutToSize(recs[:1], readmodel.Paged{}, false, 10); len(got) != 1 {
+		t.Fatal("a page too big for one record must still hold it")
+	}
+}

@@ -254,7 +254,36 @@ func (r *Reporter) apiResults(w http.ResponseWriter, req *http.Request) {
 	for i := range recs {
 		recs[i].Tests = viewTests(recs[i].Tests) // every test: /api/v1/jobs/ID and jetci results
 	}
+	recs, pg = cutToSize(recs, pg, p.Before != (readmodel.Cursor{}), MaxAnswerBytes)
 	writeJSON(w, http.StatusOK, paged(map[string]any{"results": nonNil(recs)}, pg, p.Limit))
+}
+
+// MaxAnswerBytes bounds the records of one list answer, as written.
+const MaxAnswerBytes = 400 << 10
+
+// cutToSize shortens a page of records to what fits in max bytes of JSON
+// (at least one record), moving the cursor to continue after the last one
+// kept; going backwards, the records nearest the cursor are kept.
+func cutToSize(recs []Record, pg readmodel.Paged, backwards bool, max int) ([]Record, readmodel.Paged) {
+	size := 0
+	for n := range recs {
+		i := n
+		if backwards {
+			i = len(recs) - 1 - n
+		}
+		b, _ := json.MarshalIndent(&recs[i], "    ", "  ")
+		if size += len(b) + 6; size > max && n > 0 {
+			if backwards {
+				kept := recs[i+1:]
+				pg.Prev = readmodel.Cursor{Time: nanos(firstSeen(&kept[0])), ID: kept[0].JobID}
+				return kept, pg
+			}
+			last := &recs[i-1]
+			pg.Next = readmodel.Cursor{Time: nanos(firstSeen(last)), ID: last.JobID}
+			return recs[:i], pg
+		}
+	}
+	return recs, pg
 }
 
 // dbError answers a request the read model failed.

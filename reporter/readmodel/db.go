@@ -183,7 +183,7 @@ var migrations = []func(d Dialect) []string{
 			// Only live records by status: nearly every record is final, and an
 			// index on every status would lead the planner to sort the whole
 			// history for a page of final ones.
-			`CREATE INDEX records_live ON records (first_seen) WHERE status IN ('queued', 'running', 'held')`,
+			`CREATE INDEX records_live ON records (first_seen, job_id) WHERE status IN ('queued', 'running', 'held')`,
 			`CREATE TABLE commits (
 				repo TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL,
 				first_seen BIGINT NOT NULL, subject TEXT NOT NULL, author TEXT NOT NULL,
