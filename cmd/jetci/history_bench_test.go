@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
@@ -60,6 +62,23 @@ func BenchmarkHistory(b *testing.B) {
 	<-s.JS.PublishAsyncComplete()
 	last := lastSeqOf(b, s)
 	b.Logf("published %d jobs (%d events) in %v", n, last, time.Since(start).Round(time.Millisecond))
+	// The baseline: reading the whole stream, in order, doing nothing with it.
+	readStart := time.Now()
+	cons, err := s.JS.OrderedConsumer(context.Background(), events.StreamResults, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for read := uint64(0); read < last; read++ {
+		if _, err := it.Next(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	it.Stop()
+	baseRead := time.Since(readStart)
 	for range b.N {
 		dsn := filepath.Join(b.TempDir(), reporter.DBFile)
 		if backend == "postgres" {
@@ -148,6 +167,7 @@ func BenchmarkHistory(b *testing.B) {
 			dsnKind(dsn), n, fold.Round(time.Millisecond), float64(n)/fold.Seconds(), rssAfterFold>>20, peak>>20, rssAfterPages>>20, peak2>>20,
 			restart.Round(time.Millisecond), rs[len(rs)/2].Round(time.Millisecond))
 		b.ReportMetric(float64(n)/fold.Seconds(), "fold_jobs/s")
+		b.ReportMetric(float64(n)/baseRead.Seconds(), "base_read_jobs/s")
 		b.ReportMetric(float64(max(peak, peak2)>>20), "rss_peak_MB")
 		b.ReportMetric(float64(rssAfterPages>>20), "rss_MB")
 		b.ReportMetric(restart.Seconds(), "restart_s")
