@@ -165,9 +165,12 @@ func TestFoldResumesAndRebuildEqualsLive(t *testing.T) {
 		r2.View().Repos("")
 		<-r2.View().Ready()
 		waitApplied(t, s.JS, r2.View().DB())
-		if st := r2.View().Stats(); st.Applied != 300 || st.Bad != 0 {
-			t.Fatalf("the restarted reporter folded %+v, want only the 300 new events", st)
-		}
+		brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if st := r2.View().Stats(); st.Applied != 300 || st.Bad != 0 {
+				return fmt.Errorf("the restarted reporter folded %+v, want only the 300 new events", st)
+			}
+			return nil
+		})
 		if n := count(t, r2.View().DB()); n != 420 {
 			t.Fatalf("%d records, want 420", n)
 		}
@@ -212,9 +215,13 @@ func TestTwoReportersOnePostgres(t *testing.T) {
 	if n := count(t, b.View().DB()); n != 600 {
 		t.Fatalf("%d records, want 600", n)
 	}
-	if sa, sb := a.View().Stats(), b.View().Stats(); sa.Applied+sb.Applied != 1800 {
-		t.Fatalf("the two reporters applied %d + %d events, want 1800 in all", sa.Applied, sb.Applied)
-	}
+	// Their counts move just after their commits.
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if sa, sb := a.View().Stats(), b.View().Stats(); sa.Applied+sb.Applied != 1800 {
+			return fmt.Errorf("the two reporters applied %d + %d events, want 1800 in all", sa.Applied, sb.Applied)
+		}
+		return nil
+	})
 	ctx := context.Background()
 	ra, _, err := a.View().Results(ctx, Filter{Repo: "proj", Branch: "b1"}, readmodel.Page{Limit: 50}, 0)
 	if err != nil {
