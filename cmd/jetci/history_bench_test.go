@@ -111,6 +111,11 @@ func BenchmarkHistory(b *testing.B) {
 		})
 		fold := time.Since(t0)
 		watch.Close()
+		b.Cleanup(func() {
+			if b.Failed() {
+				b.Logf("reporter log:\n%.3000s", c.logs.String())
+			}
+		})
 		rssAfterFold, peak := rssOf(b, c.cmd.Process.Pid)
 		// Pages and API lists.
 		sha := syntheticCommit(b, s.URL, base)
@@ -267,9 +272,11 @@ func getJSONb(b *testing.B, u string, v any) {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if err := jsonDecode(resp.Body, v); err != nil {
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		b.Fatalf("%s: %d %.500s", u, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
 		b.Fatalf("%s: %v", u, err)
 	}
 }
-
-func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
