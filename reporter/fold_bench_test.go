@@ -64,6 +64,15 @@ func BenchmarkFold(b *testing.B) {
 		stop()
 		db.Close()
 		b.ReportMetric(float64(n)/took.Seconds(), "jobs/s")
+		if !readmodel.IsPostgres(dsn) {
+			var size int64
+			for _, suffix := range []string{"", "-wal"} {
+				if fi, err := os.Stat(dsn + suffix); err == nil {
+					size += fi.Size()
+				}
+			}
+			b.ReportMetric(float64(size)/float64(n), "db_bytes/job")
+		}
 	}
 }
 
