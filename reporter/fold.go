@@ -345,5 +345,3 @@ func recordOf(row readmodel.Row) (Record, error) {
 	}
 	return r, nil
 }
-
-var errNoDB = errors.New("reporter: no read model")

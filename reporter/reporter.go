@@ -1,13 +1,18 @@
 // Package reporter is the end of the pipeline: it consumes the queued, started and
 // finished events of every job from JETCI_RESULTS, folds them into exactly one
-// record per job in the jetci-results KV bucket, and serves those records to
-// people: `jetci results`, a JSON API under /api/v1/ and a web page.
+// record per job (record.go), and serves those records to people: `jetci
+// results`, a JSON API under /api/v1/ and a web page.
 //
-// The record lives in JetStream, not in the reporter's memory, so a reporter can be
-// restarted, or run several times, without losing or doubling a result: each event
-// is folded in with a compare-and-swap on the record, and events older than what
-// the record holds (a late report from a runner whose job was redelivered) are
-// ignored.
+// The records live in a SQL read model (package readmodel: a SQLite file, or
+// PostgreSQL), folded from the stream in batched transactions that also store
+// the stream sequence applied (fold.go), so a reporter can be restarted, or
+// run several times, without losing or doubling a result; events older than
+// what a record holds (a late report from a runner whose job was redelivered)
+// change nothing. The fold also writes each record to the jetci-results
+// bucket, for the dispatcher and `jetci artifacts`. Pages and the API read
+// the read model through indexes, page by page (view.go); only live things
+// (runners, branch states, the latest cell of each module × job × arch) are
+// kept in memory.
 //
 // Finished events with test results also feed the per-test history in the
 // jetci-tests bucket (tests.go): per repo × branch × arch × job, each test's
