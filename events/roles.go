@@ -162,7 +162,7 @@ func Roles() []Role {
 				durable(StreamResults, ConsumerReporter), durable(StreamResults, ConsumerNotifierResults),
 				durable(StreamNotify, ConsumerNotifier), durable(StreamBranch, ConsumerNotifierBranches),
 				durable(StreamBisect, ConsumerNotifierBisect),
-				ordered(StreamLogs),
+				ordered(StreamLogs), ordered(StreamResults), // the read model's fold
 				[]string{
 					jsAPI("STREAM.MSG.DELETE.%s", StreamJobs), jsAPI("STREAM.MSG.GET.%s", StreamJobs), // cancel a queued job; queue age
 					jsAPI("CONSUMER.LIST.%s", StreamJobs), jsAPI("CONSUMER.INFO.%s.*", StreamJobs),
@@ -170,7 +170,9 @@ func Roles() []Role {
 				kvUse(BucketResults), kvRead(BucketRunners), kvUse(BucketCancel), kvRead(BucketBranches),
 				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts),
 				kvUse(BucketTests), kvRead(BucketBisect)),
-			Subscribe: sub(SubjectLogs),
+			// The results service: its subject, and the micro discovery subjects.
+			Subscribe: cat(sub(SubjectLogs), []string{SubjectQueryResults, "$SRV.>"}),
+			Responds:  true,
 		},
 		{
 			Name:    RoleAdmin,

@@ -72,6 +72,11 @@ const (
 	// log is in the logs bucket once the job is done.
 	LiveLogAge   = 24 * time.Hour
 	LiveLogBytes = 1 << 30
+	// RebuildWindow is how long JETCI_RESULTS keeps job events and the
+	// jetci-results bucket a record nothing wrote to since: the reporters'
+	// read models keep history beyond it, and a read model rebuilt from the
+	// stream (jetci reindex) holds the jobs of this window.
+	RebuildWindow = 90 * 24 * time.Hour
 	// OutboxMax bounds the notifications waiting to be sent (JETCI_NOTIFY);
 	// beyond it new ones are refused and counted as failed.
 	OutboxMax = 10000
@@ -126,7 +131,7 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 		{
 			Name: StreamResults, Subjects: []string{SubjectResults + ".>"},
 			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
-			Duplicates:  DedupWindow,
+			Duplicates: DedupWindow, MaxAge: RebuildWindow,
 			Description: "queued, started and finished events of every job",
 		},
 		{
@@ -177,7 +182,7 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	}
 	kvs := []jetstream.KeyValueConfig{
 		{Bucket: BucketHeads, Description: "last published head per repo and branch", Storage: s.Storage, Replicas: s.Replicas},
-		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas, TTL: RebuildWindow},
 		{Bucket: BucketRunners, Description: "live runners and the jobs they hold (leases)", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: LeaseTTL, LimitMarkerTTL: 10 * time.Second},
 		{Bucket: BucketReaped, Description: "who decided the fate of jobs under expired leases", Storage: s.Storage, Replicas: s.Replicas,

@@ -22,6 +22,9 @@ const (
 	SubjectRecheck = "jetci.recheck"
 	SubjectPoke    = "jetci.poke"
 	SubjectBisect  = "jetci.bisect"
+	// SubjectQueryResults is the reporter's results service (request and
+	// reply, a NATS micro service): a page of job records from its read model.
+	SubjectQueryResults = "jetci.query.results"
 )
 
 // Result kinds: the last token of a result subject.

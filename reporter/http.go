@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter/readmodel"
 )
 
 // Handler serves the pages, the JSON API and the actions. See README.md
@@ -27,10 +30,11 @@ import (
 //	GET  /login, POST /login, POST /logout
 //	POST /action/{trigger,recheck,cancel}   form posts (session + CSRF field)
 //
-//	GET  /api/v1/repos | branches?repo= | commits?repo=&branch=&limit= | commits/{sha}?repo=&branch=
+//	GET  /api/v1/repos | branches?repo= | commits?repo=&branch=&limit=&after=&before= | commits/{sha}?repo=&branch=
 //	GET  /api/v1/jobs/{id} | jobs/{id}/log[?attempt=N] | jobs/{id}/log/stream (SSE)
 //	GET  /api/v1/jobs/{id}/artifacts[?attempt=N] | jobs/{id}/artifacts/{path...}
-//	GET  /api/v1/runners | queue | results?repo=&branch=&commit=&all=1 | events (SSE)
+//	GET  /api/v1/runners | queue | events (SSE)
+//	GET  /api/v1/results?repo=&branch=&commit=&module=&job=&arch=&status=&author=&q=&since=&until=&all=1&limit=&after=&before=
 //	GET  /api/v1/logs/{job}/{attempt}
 //	GET  /api/v1/tests/flaky | tests/slowest  [?repo=&branch=&arch=&job=&limit=]
 //	POST /api/v1/trigger {repo,branch,commit?,job?,arch?} | jobs/{id}/recheck | jobs/{id}/cancel
@@ -78,7 +82,7 @@ func (r *Reporter) Handler() http.Handler {
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", r.healthz)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		h, pattern := mux.Handler(req)
 		if pattern != "" {
@@ -112,6 +116,19 @@ func (r *Reporter) Handler() http.Handler {
 	})
 }
 
+// healthz answers 503 while the read model cannot be read or kept current
+// (say, PostgreSQL is down), and logs why.
+func (r *Reporter) healthz(w http.ResponseWriter, req *http.Request) {
+	if err := r.view.Health(req.Context()); err != nil {
+		r.log.Warn().Err(err).Msg("healthz: not healthy")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, err.Error()+"\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
+
 func needsView(p string) bool {
 	return p != "/healthz" && p != "/metrics" && !strings.HasPrefix(p, "/login") && p != "/logout" && p != "/hooks/git"
 }
@@ -126,17 +143,162 @@ func (p *statusProbe) Header() http.Header         { return p.header }
 func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
 func (p *statusProbe) WriteHeader(code int)        { p.code = code }
 
-func filterOf(req *http.Request) Filter {
+// filterOf reads a list's filters from the query: repo, branch, commit (a
+// sha prefix), module, job, arch, status (comma-separated), author, q (text
+// in subjects and authors), since and until (RFC 3339 or a Unix time), all.
+func filterOf(req *http.Request) (Filter, error) {
 	q := req.URL.Query()
-	return Filter{Repo: q.Get("repo"), Branch: q.Get("branch"), Commit: q.Get("commit"), Module: q.Get("module"), All: q.Get("all") != "" && q.Get("all") != "0"}
+	f := Filter{Repo: q.Get("repo"), Branch: q.Get("branch"), Commit: q.Get("commit"), Module: q.Get("module"),
+		All: q.Get("all") != "" && q.Get("all") != "0", Job: q.Get("job"), Arch: q.Get("arch"), Author: q.Get("author"), Text: q.Get("q")}
+	if c := strings.ToLower(f.Commit); strings.Trim(c, "0123456789abcdef") != "" || len(c) > 64 {
+		return f, fmt.Errorf("commit %q is not a sha or a prefix of one", f.Commit)
+	}
+	if len(f.Text) > 200 || len(f.Author) > 200 {
+		return f, errors.New("q and author are at most 200 bytes")
+	}
+	if s := q.Get("status"); s != "" {
+		for _, st := range strings.Split(s, ",") {
+			switch status := events.Status(strings.TrimSpace(st)); status {
+			case events.StatusQueued, events.StatusRunning, events.StatusHeld, events.StatusPassed, events.StatusFailed,
+				events.StatusError, events.StatusCancelled:
+				f.Status = append(f.Status, status)
+			default:
+				return f, fmt.Errorf("status %q: want queued, running, held, passed, failed, error or cancelled", st)
+			}
+		}
+	}
+	var err error
+	if f.Since, err = timeParam(q.Get("since")); err != nil {
+		return f, fmt.Errorf("since: %w", err)
+	}
+	if f.Until, err = timeParam(q.Get("until")); err != nil {
+		return f, fmt.Errorf("until: %w", err)
+	}
+	return f, nil
+}
+
+// timeParam reads a time: RFC 3339, a Unix time in seconds, or a duration
+// before now ("24h").
+func timeParam(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0), nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return time.Now().Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time (RFC 3339, Unix seconds, or a duration like 24h)", s)
+}
+
+// pageOf reads limit, after and before (cursors from an earlier answer's
+// next and prev). limit is at most MaxPage; 0 or none is def.
+func pageOf(req *http.Request, def int) (readmodel.Page, error) {
+	q := req.URL.Query()
+	p := readmodel.Page{Limit: def}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return p, fmt.Errorf("limit must be a number ≥ 0 (0: %d; at most %d)", def, MaxPage)
+		}
+		if n > 0 {
+			p.Limit = min(n, MaxPage)
+		}
+	}
+	var err error
+	if p.After, err = readmodel.ParseCursor(q.Get("after")); err != nil {
+		return p, err
+	}
+	if p.Before, err = readmodel.ParseCursor(q.Get("before")); err != nil {
+		return p, err
+	}
+	if q.Get("after") != "" && q.Get("before") != "" {
+		return p, errors.New("give after or before, not both")
+	}
+	return p, nil
+}
+
+// paged adds a list answer's paging fields: next and prev, cursors for
+// ?after= and ?before= (absent at either end), and the limit applied.
+func paged(m map[string]any, pg readmodel.Paged, limit int) map[string]any {
+	if s := pg.Next.String(); s != "" {
+		m["next"] = s
+	}
+	if s := pg.Prev.String(); s != "" {
+		m["prev"] = s
+	}
+	m["limit"] = limit
+	return m
 }
 
 func (r *Reporter) apiResults(w http.ResponseWriter, req *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"results": r.view.List(filterOf(req))})
+	f, err := filterOf(req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	p, err := pageOf(req, DefaultPage)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	recs, pg, err := r.view.Results(req.Context(), f, p, 0)
+	if err != nil {
+		r.dbError(w, err)
+		return
+	}
+	for i := range recs {
+		recs[i].Tests = viewTests(recs[i].Tests) // every test: /api/v1/jobs/ID and jetci results
+	}
+	recs, pg = cutToSize(recs, pg, p.Before != (readmodel.Cursor{}), MaxAnswerBytes)
+	writeJSON(w, http.StatusOK, paged(map[string]any{"results": nonNil(recs)}, pg, p.Limit))
+}
+
+// MaxAnswerBytes bounds the records of one list answer, as written.
+const MaxAnswerBytes = 400 << 10
+
+// cutToSize shortens a page of records to what fits in max bytes of JSON
+// (at least one record), moving the cursor to continue after the last one
+// kept; going backwards, the records nearest the cursor are kept.
+func cutToSize(recs []Record, pg readmodel.Paged, backwards bool, max int) ([]Record, readmodel.Paged) {
+	size := 0
+	for n := range recs {
+		i := n
+		if backwards {
+			i = len(recs) - 1 - n
+		}
+		b, _ := json.MarshalIndent(&recs[i], "    ", "  ")
+		if size += len(b) + 6; size > max && n > 0 {
+			if backwards {
+				kept := recs[i+1:]
+				pg.Prev = readmodel.Cursor{Time: nanos(firstSeen(&kept[0])), ID: kept[0].JobID}
+				return kept, pg
+			}
+			last := &recs[i-1]
+			pg.Next = readmodel.Cursor{Time: nanos(firstSeen(last)), ID: last.JobID}
+			return recs[:i], pg
+		}
+	}
+	return recs, pg
+}
+
+// dbError answers a request the read model failed.
+func (r *Reporter) dbError(w http.ResponseWriter, err error) {
+	r.log.Warn().Err(err).Str("db", r.db.Where()).Msg("read model")
+	writeError(w, http.StatusServiceUnavailable, "the read model does not answer: "+err.Error())
 }
 
 func (r *Reporter) apiRepos(w http.ResponseWriter, req *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"repos": nonNil(r.view.Repos(""))})
+	rs, err := r.view.ReposErr(req.Context(), req.URL.Query().Get("repo"), req.URL.Query().Get("modules") == "1")
+	if err != nil {
+		r.dbError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"repos": nonNil(rs)})
 }
 
 func (r *Reporter) apiBranches(w http.ResponseWriter, req *http.Request) {
@@ -145,7 +307,11 @@ func (r *Reporter) apiBranches(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R")
 		return
 	}
-	rs := r.view.Repos(repo)
+	rs, err := r.view.ReposErr(req.Context(), repo, req.URL.Query().Get("modules") == "1")
+	if err != nil {
+		r.dbError(w, err)
+		return
+	}
 	if len(rs) == 0 {
 		writeError(w, http.StatusNotFound, "no results for a repo named "+strconv.Quote(repo))
 		return
@@ -159,16 +325,17 @@ func (r *Reporter) apiCommits(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R&branch=B")
 		return
 	}
-	limit := 100
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			writeError(w, http.StatusBadRequest, "limit must be a number ≥ 0 (0: all)")
-			return
-		}
-		limit = n
+	p, err := pageOf(req, DefaultCommitsPage)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"commits": nonNil(r.view.Commits(q.Get("repo"), q.Get("branch"), "", limit))})
+	cs, pg, err := r.view.CommitsPage(req.Context(), q.Get("repo"), q.Get("branch"), "", p, MaxCommitJobs)
+	if err != nil {
+		r.dbError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, paged(map[string]any{"commits": nonNil(cs)}, pg, p.Limit))
 }
 
 func (r *Reporter) apiCommit(w http.ResponseWriter, req *http.Request) {
@@ -178,7 +345,15 @@ func (r *Reporter) apiCommit(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R&branch=B")
 		return
 	}
-	cs := r.view.Commits(q.Get("repo"), q.Get("branch"), sha, 0)
+	if c := strings.ToLower(sha); strings.Trim(c, "0123456789abcdef") != "" || len(c) > 64 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a sha or a prefix of one", sha))
+		return
+	}
+	cs, _, err := r.view.CommitsPage(req.Context(), q.Get("repo"), q.Get("branch"), sha, readmodel.Page{Limit: 2}, 0)
+	if err != nil {
+		r.dbError(w, err)
+		return
+	}
 	switch len(cs) {
 	case 0:
 		writeError(w, http.StatusNotFound, "no results for commit "+sha)

@@ -1,9 +1,11 @@
 package reporter
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 
 	"github.com/jetci/jetci/events"
 )
@@ -51,7 +53,10 @@ type ModuleCount struct {
 // Modules returns the module grid of repo, on one branch if branch is set;
 // nil when the repo has no module jobs.
 func (v *View) Modules(repo, branch string) *ModuleGrid {
-	recs := v.List(Filter{Repo: repo, Branch: branch, All: true})
+	recs, err := v.latest(context.Background(), repo, branch)
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model: modules")
+	}
 	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
 	type rk struct{ module, job string }
 	rows := map[rk]*ModuleRow{}
@@ -65,7 +70,7 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 			row = &ModuleRow{Module: r.Module, Job: r.Job, Cells: map[string]Record{}}
 			rows[rk{r.Module, r.Job}] = row
 		}
-		row.Cells[CellKey(r.Branch, r.Arch)] = r
+		row.Cells[CellKey(r.Branch, r.Arch)] = r.Listed()
 		cols[ModuleColumn{r.Branch, r.Arch}] = true
 	}
 	if len(rows) == 0 {
@@ -129,12 +134,45 @@ func (r *Reporter) apiModules(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "want ?repo=R (and optionally &branch=B)")
 		return
 	}
+	// Paged by rows: ?limit= rows (default 10, at most 200) from ?after=
+	// (the next of an earlier answer: a row number).
+	limit, from := 10, 0
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, "limit must be a number ≥ 0")
+			return
+		}
+		if n > 0 {
+			limit = min(n, 200)
+		}
+	}
+	if s := q.Get("after"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, "after must be the next of an earlier answer")
+			return
+		}
+		from = n
+	}
 	g := r.view.Modules(q.Get("repo"), q.Get("branch"))
 	if g == nil {
 		writeError(w, http.StatusNotFound, "no module results for "+q.Get("repo"))
 		return
 	}
-	writeJSON(w, http.StatusOK, g)
+	out := struct {
+		*ModuleGrid
+		Total int    `json:"total"`
+		Limit int    `json:"limit"`
+		Next  string `json:"next,omitempty"`
+	}{ModuleGrid: g, Total: len(g.Rows), Limit: limit}
+	rows := g.Rows[min(from, len(g.Rows)):]
+	if len(rows) > limit {
+		rows = rows[:limit]
+		out.Next = strconv.Itoa(from + limit)
+	}
+	g.Rows = rows
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (r *Reporter) pageModules(w http.ResponseWriter, req *http.Request) {

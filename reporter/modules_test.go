@@ -4,18 +4,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/jetci/jetci/events"
 )
 
 func TestModuleGrid(t *testing.T) {
-	v := NewView(nil, nil, zerolog.Nop())
+	v := testView(t)
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	add := func(branch, commit, module, arch string, st events.Status, at time.Duration) {
 		id := events.JobID("proj", branch, commit, events.QualifiedJob(module, "test"), arch)
-		v.recs[id] = &Record{JobID: id, Repo: "proj", Branch: branch, Commit: commit, Job: "test", Module: module, Arch: arch,
-			Status: st, QueuedAt: t0.Add(at)}
+		putRecords(t, v, &Record{JobID: id, Repo: "proj", Branch: branch, Commit: commit, Job: "test", Module: module, Arch: arch,
+			Status: st, QueuedAt: t0.Add(at)})
 	}
 	add("main", "c1", "core", "amd64", events.StatusPassed, 0)
 	add("main", "c1", "net", "amd64", events.StatusFailed, 0)

@@ -1,13 +1,18 @@
 // Package reporter is the end of the pipeline: it consumes the queued, started and
 // finished events of every job from JETCI_RESULTS, folds them into exactly one
-// record per job in the jetci-results KV bucket, and serves those records to
-// people: `jetci results`, a JSON API under /api/v1/ and a web page.
+// record per job (record.go), and serves those records to people: `jetci
+// results`, a JSON API under /api/v1/ and a web page.
 //
-// The record lives in JetStream, not in the reporter's memory, so a reporter can be
-// restarted, or run several times, without losing or doubling a result: each event
-// is folded in with a compare-and-swap on the record, and events older than what
-// the record holds (a late report from a runner whose job was redelivered) are
-// ignored.
+// The records live in a SQL read model (package readmodel: a SQLite file, or
+// PostgreSQL), folded from the stream in batched transactions that also store
+// the stream sequence applied (fold.go), so a reporter can be restarted, or
+// run several times, without losing or doubling a result; events older than
+// what a record holds (a late report from a runner whose job was redelivered)
+// change nothing. The fold also writes each record to the jetci-results
+// bucket, for the dispatcher and `jetci artifacts`. Pages and the API read
+// the read model through indexes, page by page (view.go); only live things
+// (runners, branch states, the latest cell of each module × job × arch) are
+// kept in memory.
 //
 // Finished events with test results also feed the per-test history in the
 // jetci-tests bucket (tests.go): per repo × branch × arch × job, each test's
@@ -29,6 +34,7 @@ import (
 
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/metrics"
+	"github.com/jetci/jetci/reporter/readmodel"
 )
 
 // Config configures a reporter.
@@ -46,6 +52,13 @@ type Config struct {
 	// Notify says who hears of failures and fixes (mail, webhooks); it must be
 	// resolved (NotifyConfig.Resolve). Empty sends nothing.
 	Notify NotifyConfig
+	// DB is the read model: a postgres:// URL, or the path of a SQLite file
+	// (created, and rebuilt from the streams when missing). Empty: a SQLite
+	// file in a new temporary directory, removed when Run ends (tests).
+	DB string
+	// HistoryRetention, when set, deletes finished records from the read
+	// model once they are older than this (0: keep everything).
+	HistoryRetention time.Duration
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.
@@ -77,6 +90,8 @@ type Reporter struct {
 	ln        net.Listener
 	closing   chan struct{} // closed when Run ends, to end event streams
 	notifier  *Notifier     // nil when nothing is to be sent
+	db        *readmodel.DB
+	dbTemp    string // a temporary directory holding db, removed at the end
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -105,12 +120,17 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if r.jobs, err = js.Stream(ctx, events.StreamJobs); err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.StreamJobs, err)
 	}
-	r.view = NewView(store.kv, store.runners, log)
+	if err := r.openDB(ctx); err != nil {
+		return nil, err
+	}
+	r.view = NewView(r.db, js, store.runners, log)
+	r.view.results = store.kv
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			r.closeDB()
 			return nil, fmt.Errorf("reporter: listen %s: %w", cfg.HTTP, err)
 		}
 	}
@@ -123,6 +143,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 			if r.ln != nil {
 				r.ln.Close()
 			}
+			r.closeDB()
 			return nil, err
 		}
 	}
@@ -158,6 +179,7 @@ func (r *Reporter) ready() bool {
 // Run consumes results and serves HTTP until ctx ends.
 func (r *Reporter) Run(ctx context.Context) error {
 	defer close(r.closing)
+	defer r.closeDB()
 	errc := make(chan error, 8)
 	// spawn runs a part of the reporter; only its failure ends Run (a part
 	// with nothing to do returns nil at once).
@@ -187,6 +209,10 @@ func (r *Reporter) Run(ctx context.Context) error {
 		}()
 	}
 	spawn(func() error { return r.consume(ctx) })
+	spawn(func() error { return r.queryService(ctx) })
+	if r.cfg.HistoryRetention > 0 {
+		go r.prune(vctx)
+	}
 	if r.notifier != nil {
 		spawn(func() error { return r.notifier.RunOutbox(ctx) })
 		spawn(func() error { return r.consumeForNotifier(ctx) })
@@ -209,12 +235,14 @@ func (r *Reporter) Run(ctx context.Context) error {
 	return err
 }
 
-// consume folds every result event into the records; it acks an event only after
-// its record is written.
+// consume feeds the per-test history from every finished event (the records
+// themselves are folded by the read model, fold.go, which also writes them
+// to the jetci-results bucket); it acks an event only after it is stored.
 func (r *Reporter) consume(ctx context.Context) error {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       events.ConsumerReporter,
-		Description:   "folds job events into records",
+		Description:   "finished jobs, for the test history",
+		FilterSubject: events.SubjectResults + ".*.*." + events.KindFinished,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       10 * time.Second, // an event is folded in in milliseconds
@@ -235,23 +263,15 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	rec, changed, err := r.store.Apply(ctx, ev)
-	if err != nil {
-		r.log.Warn().Err(err).Msg("storing a result; will retry")
-		_ = m.NakWithDelay(time.Second)
+	fin, ok := ev.(*events.JobFinished)
+	if !ok {
+		_ = m.Ack() // the consumer of a server set up before the filter: not for this one
 		return
 	}
-	if fin, ok := ev.(*events.JobFinished); ok {
-		if err := r.tests.Observe(ctx, fin); err != nil {
-			r.log.Warn().Err(err).Msg("storing test history; will retry")
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-	}
-	if changed && rec.Status.Final() {
-		r.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
-			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
-			Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
+	if err := r.tests.Observe(ctx, fin); err != nil {
+		r.log.Warn().Err(err).Msg("storing test history; will retry")
+		_ = m.NakWithDelay(time.Second)
+		return
 	}
 	if err := m.Ack(); err != nil {
 		r.log.Debug().Err(err).Msg("ack result")

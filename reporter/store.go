@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -111,6 +112,12 @@ type Filter struct {
 	Module               string // only this pipeline module's jobs
 	// All includes queued and running jobs; by default only finished ones.
 	All bool
+	// The read model's filters (View.Results; Store.List ignores them).
+	Job, Arch    string
+	Status       []events.Status // any of these (overrides All)
+	Author       string          // the commit author's name or mail
+	Since, Until time.Time       // first queued in [Since, Until)
+	Text         string          // in the commit subject or author, ignoring case
 }
 
 // List returns the records that match f, oldest first.

@@ -15,24 +15,39 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter/readmodel"
 )
 
-// View is a reporter's live, in-memory picture of every record and every live
-// runner, kept current by watching the jetci-results and jetci-runners buckets.
-// The pages and the API read it, and it tells subscribers (the pages' event
-// streams) what changed. Every reporter has its own; all of them watch the same
-// buckets, so they agree whichever reporter wrote a record.
+// View is a reporter's picture of the records and the live runners. The
+// records are in the read model (a SQL database, package readmodel), which
+// the view keeps current by folding JETCI_RESULTS (fold.go); in memory it
+// holds only what is live and small: the runners' leases and the branches'
+// broken-build states, watched in their buckets. The pages and the API read
+// it, and it tells subscribers (the pages' event streams) what changed.
+// Reporters sharing one PostgreSQL database share the records; each has its
+// own SQLite file otherwise, folded from the same stream, so they agree.
 type View struct {
-	results, runners jetstream.KeyValue
-	branches         jetstream.KeyValue // the broken-build flow's states; nil: none
-	log              zerolog.Logger
+	db       *readmodel.DB
+	js       jetstream.JetStream
+	runners  jetstream.KeyValue
+	branches jetstream.KeyValue // the broken-build flow's states; nil: none
+	results  jetstream.KeyValue // the records' bucket, written as the fold goes; nil: not written
+	log      zerolog.Logger
 
 	mu     sync.RWMutex
-	recs   map[string]*Record            // by job id
 	leases map[string]events.Lease       // by runner id
 	gates  map[string]events.BranchState // by events.BranchKey
 	subs   map[chan Change]struct{}
 	ready  chan struct{}
+	once   sync.Once
+
+	healthMu sync.Mutex
+	health   error // why the read model is not current; nil: fine
+
+	statsMu sync.Mutex
+	stats   FoldStats
+
+	cells cellCache
 }
 
 // Change is one update a subscriber hears of.
@@ -43,26 +58,71 @@ type Change struct {
 	Branch *events.BranchState `json:"-"`
 }
 
-// NewView returns a view of the two buckets; Run fills and updates it.
-func NewView(results, runners jetstream.KeyValue, log zerolog.Logger) *View {
-	return &View{results: results, runners: runners, log: log,
-		recs: map[string]*Record{}, leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
+// NewView returns a view of the read model db, folded from js's results
+// stream, and of the runners bucket; Run fills and updates it.
+func NewView(db *readmodel.DB, js jetstream.JetStream, runners jetstream.KeyValue, log zerolog.Logger) *View {
+	return &View{db: db, js: js, runners: runners, log: log,
+		leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
 }
 
-// Ready is closed once the view holds every record that existed when it started.
+// DB is the read model.
+func (v *View) DB() *readmodel.DB { return v.db }
+
+// Ready is closed once the read model holds every result event that was in
+// the stream when the view started.
 func (v *View) Ready() <-chan struct{} { return v.ready }
 
-// Run watches both buckets until ctx ends, starting a watch again if it breaks.
-func (v *View) Run(ctx context.Context) {
-	var once sync.Once
-	go v.watch(ctx, v.runners, events.LeaseKey("*"), nil, v.applyLease)
-	if v.branches != nil {
-		go v.watch(ctx, v.branches, ">", nil, v.applyBranch)
+func (v *View) caughtUp() { v.once.Do(func() { close(v.ready) }) }
+
+func (v *View) isReady() bool {
+	select {
+	case <-v.ready:
+		return true
+	default:
+		return false
 	}
-	v.watch(ctx, v.results, ">", func() { once.Do(func() { close(v.ready) }) }, v.applyRecord)
 }
 
-func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, caughtUp func(), apply func(jetstream.KeyValueEntry)) {
+func (v *View) setHealth(err error) {
+	v.healthMu.Lock()
+	v.health = err
+	v.healthMu.Unlock()
+}
+
+// Health says why the read model cannot be read or kept current (nil: it
+// can): the database does not answer, or the fold fails.
+func (v *View) Health(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := v.db.Ping(ctx); err != nil {
+		return fmt.Errorf("read model %s: %w", v.db.Where(), err)
+	}
+	v.healthMu.Lock()
+	defer v.healthMu.Unlock()
+	if v.health != nil {
+		return fmt.Errorf("read model %s: %w", v.db.Where(), v.health)
+	}
+	return nil
+}
+
+// Stats returns what the fold has done since the view started.
+func (v *View) Stats() FoldStats {
+	v.statsMu.Lock()
+	defer v.statsMu.Unlock()
+	return v.stats
+}
+
+// Run folds results into the read model and watches the runners and
+// branches until ctx ends, starting a watch again if it breaks.
+func (v *View) Run(ctx context.Context) {
+	go v.watch(ctx, v.runners, events.LeaseKey("*"), v.applyLease)
+	if v.branches != nil {
+		go v.watch(ctx, v.branches, ">", v.applyBranch)
+	}
+	v.fold(ctx)
+}
+
+func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, apply func(jetstream.KeyValueEntry)) {
 	for ctx.Err() == nil {
 		w, err := kv.Watch(ctx, keys)
 		if err != nil {
@@ -77,32 +137,12 @@ func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, ca
 			continue
 		}
 		for e := range w.Updates() {
-			if e == nil {
-				if caughtUp != nil {
-					caughtUp()
-				}
-				continue
+			if e != nil {
+				apply(e)
 			}
-			apply(e)
 		}
 		_ = w.Stop()
 	}
-}
-
-func (v *View) applyRecord(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		return // records are not deleted by jetci; an operator's purge is left alone
-	}
-	var r Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil || r.JobID == "" {
-		v.log.Debug().Str("key", e.Key()).Msg("skipping an entry that is not a record")
-		return
-	}
-	r.Tests = viewTests(r.Tests)
-	v.mu.Lock()
-	v.recs[r.JobID] = &r
-	v.notify(Change{Kind: "record", Record: &r})
-	v.mu.Unlock()
 }
 
 func (v *View) applyLease(e jetstream.KeyValueEntry) {
@@ -180,24 +220,94 @@ func (v *View) Subscribe() (<-chan Change, func()) {
 
 // Job returns a copy of one job's record.
 func (v *View) Job(id string) (Record, bool) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	r, ok := v.recs[id]
-	if !ok {
+	if !events.ValidJobID(id) {
 		return Record{}, false
 	}
-	return *r, true
+	row, err := v.db.Job(context.Background(), id)
+	if err != nil {
+		if !errors.Is(err, readmodel.ErrNotFound) {
+			v.log.Warn().Err(err).Str("job", id).Msg("read model: read a job")
+		}
+		return Record{}, false
+	}
+	r, err := recordOf(row)
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model")
+		return Record{}, false
+	}
+	return r, true
 }
 
-// List returns the records f selects, oldest first, with queued jobs' reasons.
-func (v *View) List(f Filter) []Record {
-	v.mu.RLock()
-	out := make([]Record, 0, 64)
-	for _, r := range v.recs {
-		if f.match(r) {
-			out = append(out, *r)
-		}
+// Page sizes of lists: a list answer holds at most MaxPage items and about
+// MaxPageBytes of records, whatever limit asked for; the rest is a page away.
+const (
+	DefaultPage = 100
+	// DefaultCommitsPage is the commits of a branch a list holds by default.
+	DefaultCommitsPage = 20
+	// MaxCommitJobs bounds the jobs of the commits of one page of commits:
+	// the page ends at the commit that passes it.
+	MaxCommitJobs = 400
+	MaxPage       = 1000
+	MaxPageBytes  = 400 << 10
+)
+
+// Results returns one page of the records f selects, oldest first (by when
+// each job was first queued), with queued and held jobs' reasons. The page
+// ends early when its records pass budget bytes (0: MaxPageBytes); Paged.Next
+// then continues after the last one returned.
+func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget int) ([]Record, readmodel.Paged, error) {
+	if budget <= 0 {
+		budget = MaxPageBytes
 	}
+	p.Limit = min(max(p.Limit, 1), MaxPage)
+	rows, pg, err := v.db.Records(ctx, f.model(), p)
+	if err != nil {
+		return nil, pg, err
+	}
+	out := make([]Record, 0, len(rows))
+	size := 0
+	for i, row := range rows {
+		if size += len(row.Data); size > budget && i > 0 {
+			if p.Before != (readmodel.Cursor{}) {
+				// Going back: keep the newest ones, next to where the reader was.
+				rows = rows[len(rows)-i:]
+				out = out[:0]
+				for _, row := range rows {
+					r, err := recordOf(row)
+					if err != nil {
+						return nil, pg, err
+					}
+					out = append(out, r)
+				}
+				pg.Prev = readmodel.Cursor{Time: rows[0].FirstSeen, ID: rows[0].JobID}
+			} else {
+				last := rows[i-1]
+				pg.Next = readmodel.Cursor{Time: last.FirstSeen, ID: last.JobID}
+			}
+			break
+		}
+		r, err := recordOf(row)
+		if err != nil {
+			return nil, pg, err
+		}
+		out = append(out, r)
+	}
+	v.explain(out)
+	return out, pg, nil
+}
+
+// Listed is the record as lists of jobs show it: its failing and flaky tests
+// only, without its attempts' history, log, artifacts and failed tries,
+// which the job's own page and /api/v1/jobs/{id} have.
+func (r Record) Listed() Record {
+	r.Tests = viewTests(r.Tests)
+	r.Attempts, r.FailedTries, r.Artifacts, r.Log = nil, nil, nil, ""
+	return r
+}
+
+// explain sets the Reason of held and queued records.
+func (v *View) explain(out []Record) {
+	v.mu.RLock()
 	leases := v.liveLeases()
 	for i := range out {
 		if r := &out[i]; r.Status == events.StatusHeld {
@@ -211,9 +321,39 @@ func (v *View) List(f Filter) []Record {
 		}
 	}
 	v.mu.RUnlock()
-	sortRecords(out)
 	explainWaits(out, leases)
-	return out
+}
+
+// model is the read model's filter for f.
+func (f Filter) model() readmodel.Filter {
+	m := readmodel.Filter{Repo: f.Repo, Branch: f.Branch, Commit: strings.ToLower(f.Commit), Module: f.Module, Job: f.Job,
+		Arch: f.Arch, Author: f.Author, Since: f.Since, Until: f.Until, Text: f.Text}
+	for _, s := range f.Status {
+		m.Status = append(m.Status, string(s))
+	}
+	if len(m.Status) == 0 && !f.All {
+		m.Status = finalStatuses()
+	}
+	return m
+}
+
+func finalStatuses() []string {
+	return []string{string(events.StatusPassed), string(events.StatusFailed), string(events.StatusError), string(events.StatusCancelled)}
+}
+
+// latest returns the latest record of every module × job × arch of repo's
+// branches (one branch when branch is set), listed (Record.Listed).
+func (v *View) latest(ctx context.Context, repo, branch string) ([]Record, error) {
+	_, per, err := v.cells.latest(ctx, v.db, repo, branch)
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	for _, recs := range per {
+		out = append(out, recs...)
+	}
+	v.explain(out)
+	return out, nil
 }
 
 // Runners returns the live runners, by id.
@@ -278,59 +418,88 @@ func (b BranchSummary) Cell(c Column) (Record, bool) {
 	return r, ok
 }
 
-// Repos summarises every repository, or one when repo is set.
+// Repos summarises every repository, or one when repo is set: for each
+// branch, its newest commit and the latest record of each cell.
 func (v *View) Repos(repo string) []RepoSummary {
-	recs := v.List(Filter{Repo: repo, All: true})
-	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
-	type bkey struct{ repo, branch string }
-	byBranch := map[bkey]*BranchSummary{}
-	cols := map[string]map[Column]bool{}
-	for i := range recs { // oldest first, so later records replace earlier cells
-		r := recs[i]
-		k := bkey{r.Repo, r.Branch}
-		b := byBranch[k]
-		if b == nil {
-			b = &BranchSummary{Branch: r.Branch, Cells: map[string]Record{}}
-			byBranch[k] = b
-		}
-		t := firstSeen(&r)
-		if !t.Before(b.Time) || b.Head == "" {
-			b.Head, b.Subject, b.Author, b.Time = r.Commit, r.Subject, r.Author, t
-		}
-		b.Cells[CellKey(r.Name(), r.Arch)] = r
-		if cols[r.Repo] == nil {
-			cols[r.Repo] = map[Column]bool{}
-		}
-		if r.Module == "" { // modules have their own grid: hundreds of columns would not read
-			cols[r.Repo][Column{r.Job, r.Arch}] = true
-		}
+	out, err := v.ReposErr(context.Background(), repo, false)
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model: repos")
 	}
-	var out []RepoSummary
-	for name, cs := range cols {
-		s := RepoSummary{Repo: name}
-		for c := range cs {
+	return out
+}
+
+// ReposErr is Repos, saying when the read model fails. The cells hold
+// listed records (Record.Listed); the cells of module jobs are left out
+// (BranchSummary.Modules counts them; the module grid has them) unless
+// modules is set: a branch has hundreds of them.
+func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoSummary, error) {
+	brs, per, err := v.cells.latest(ctx, v.db, repo, "")
+	if err != nil {
+		return nil, err
+	}
+	byRepo := map[string]*RepoSummary{}
+	var out []*RepoSummary
+	cols := map[string]map[Column]bool{}
+	for i, br := range brs {
+		s := byRepo[br.Repo]
+		if s == nil {
+			s = &RepoSummary{Repo: br.Repo}
+			byRepo[br.Repo] = s
+			out = append(out, s)
+			cols[br.Repo] = map[Column]bool{}
+		}
+		recs := per[i]
+		v.explain(recs)
+		b := BranchSummary{Branch: br.Branch, Cells: make(map[string]Record, len(recs))}
+		if h, err := v.db.Head(ctx, br.Repo, br.Branch); err == nil {
+			b.Head, b.Subject, b.Time = h.Commit, h.Subject, time.Unix(0, h.FirstSeen)
+			if h.FirstSeen == 0 {
+				b.Time = time.Time{}
+			}
+		} else if !errors.Is(err, readmodel.ErrNotFound) {
+			return nil, err
+		}
+		for _, r := range recs {
+			b.Cells[CellKey(r.Name(), r.Arch)] = r
+			if r.Commit == b.Head && b.Author == (events.Person{}) {
+				b.Author = r.Author
+				if b.Subject == "" {
+					b.Subject = r.Subject
+				}
+			}
+			if r.Module == "" { // modules have their own grid: hundreds of columns would not read
+				cols[r.Repo][Column{r.Job, r.Arch}] = true
+			}
+		}
+		b.Status = worst(b.Cells)
+		b.Modules = moduleCount(b.Cells)
+		s.Modules = s.Modules || b.Modules != nil
+		if !modules {
+			for k, r := range b.Cells {
+				if r.Module != "" {
+					delete(b.Cells, k)
+				}
+			}
+		}
+		if st, ok := v.Gate(br.Repo, b.Branch); ok {
+			b.Gate = &st
+		}
+		s.Branches = append(s.Branches, b)
+	}
+	res := make([]RepoSummary, 0, len(out))
+	for _, s := range out {
+		for c := range cols[s.Repo] {
 			s.Columns = append(s.Columns, c)
 		}
 		sort.Slice(s.Columns, func(i, j int) bool {
 			a, b := s.Columns[i], s.Columns[j]
 			return a.Job < b.Job || a.Job == b.Job && a.Arch < b.Arch
 		})
-		for k, b := range byBranch {
-			if k.repo == name {
-				b.Status = worst(b.Cells)
-				b.Modules = moduleCount(b.Cells)
-				s.Modules = s.Modules || b.Modules != nil
-				if st, ok := v.Gate(k.repo, b.Branch); ok {
-					b.Gate = &st
-				}
-				s.Branches = append(s.Branches, *b)
-			}
-		}
 		sort.Slice(s.Branches, func(i, j int) bool { return branchLess(s.Branches[i].Branch, s.Branches[j].Branch) })
-		out = append(out, s)
+		res = append(res, *s)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Repo < out[j].Repo })
-	return out
+	sort.Slice(res, func(i, j int) bool { return res[i].Repo < res[j].Repo })
+	return res, nil
 }
 
 // branchLess puts main and master first, then the rest by name.
@@ -375,27 +544,65 @@ type Commit struct {
 	Jobs    []Record      `json:"jobs"` // by job, then arch
 }
 
-// Commits returns a branch's commits, newest first, at most limit (0: all).
-// When commit is set, only commits whose sha starts with it.
+// Commits returns a branch's commits, newest first, at most limit (0: a
+// page's worth). When commit is set, only commits whose sha starts with it.
 func (v *View) Commits(repo, branch, commit string, limit int) []Commit {
-	recs := v.List(Filter{Repo: repo, Branch: branch, Commit: commit, All: true})
-	by := map[string]*Commit{}
-	for i := range recs {
-		r := recs[i]
-		c := by[r.Commit]
-		if c == nil {
-			c = &Commit{Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Time: firstSeen(&r)}
-			by[r.Commit] = c
-		}
-		if c.Subject == "" {
-			c.Subject, c.Author = r.Subject, r.Author
-		}
-		c.Jobs = append(c.Jobs, r)
+	if limit <= 0 {
+		limit = DefaultPage
 	}
-	out := make([]Commit, 0, len(by))
-	for _, c := range by {
+	maxJobs := MaxCommitJobs
+	if commit != "" {
+		maxJobs = 0 // one commit, all of its jobs
+	}
+	cs, _, err := v.CommitsPage(context.Background(), repo, branch, commit, readmodel.Page{Limit: limit}, maxJobs)
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model: commits")
+	}
+	return cs
+}
+
+// CommitsPage returns one page of a branch's commits, newest first (the
+// page "after" a cursor is older), each with its jobs. The page ends early
+// when its jobs pass maxJobs (0: no bound; it holds at least one commit).
+func (v *View) CommitsPage(ctx context.Context, repo, branch, commit string, p readmodel.Page, maxJobs int) ([]Commit, readmodel.Paged, error) {
+	p.Limit = min(max(p.Limit, 1), MaxPage)
+	rows, pg, err := v.db.Commits(ctx, repo, branch, strings.ToLower(commit), p)
+	if err != nil {
+		return nil, pg, err
+	}
+	out := make([]Commit, 0, len(rows))
+	n := 0
+	for i, cr := range rows {
+		// Commit by commit, so that a page that ends early read no more.
+		jobs, err := v.db.CommitJobs(ctx, repo, branch, []string{cr.Commit})
+		if err != nil {
+			return nil, pg, err
+		}
+		if n += len(jobs); maxJobs > 0 && n > maxJobs && i > 0 {
+			pg.Next = readmodel.Cursor{Time: rows[i-1].FirstSeen, ID: rows[i-1].Commit}
+			break
+		}
+		recs := make([]Record, 0, len(jobs))
+		for _, row := range jobs {
+			r, err := recordOf(row)
+			if err != nil {
+				return nil, pg, err
+			}
+			recs = append(recs, r.Listed())
+		}
+		v.explain(recs)
+		c := Commit{Repo: cr.Repo, Branch: cr.Branch, Commit: cr.Commit, Subject: cr.Subject, Jobs: recs}
+		if cr.FirstSeen != 0 {
+			c.Time = time.Unix(0, cr.FirstSeen)
+		}
 		cells := map[string]Record{}
-		for _, r := range c.Jobs {
+		for _, r := range recs {
+			if c.Author == (events.Person{}) {
+				c.Author = r.Author
+			}
+			if c.Subject == "" {
+				c.Subject = r.Subject
+			}
 			cells[r.JobID] = r
 		}
 		c.Status = worst(cells)
@@ -403,18 +610,9 @@ func (v *View) Commits(repo, branch, commit string, limit int) []Commit {
 			a, b := c.Jobs[i], c.Jobs[j]
 			return a.Module < b.Module || a.Module == b.Module && (a.Job < b.Job || a.Job == b.Job && a.Arch < b.Arch)
 		})
-		out = append(out, *c)
+		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Time.Equal(out[j].Time) {
-			return out[i].Time.After(out[j].Time)
-		}
-		return out[i].Commit < out[j].Commit
-	})
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
-	return out
+	return out, pg, nil
 }
 
 // Waiting is one queued job on the queue page.
@@ -436,7 +634,17 @@ type Partition struct {
 
 // Queue returns the waiting jobs by partition.
 func (v *View) Queue(now time.Time) []Partition {
-	recs := v.List(Filter{All: true})
+	rows, err := v.db.Live(context.Background())
+	if err != nil {
+		v.log.Warn().Err(err).Msg("read model: queue")
+	}
+	recs := make([]Record, 0, len(rows))
+	for _, row := range rows {
+		if r, err := recordOf(row); err == nil && r.Status == events.StatusQueued {
+			recs = append(recs, r)
+		}
+	}
+	v.explain(recs)
 	leases := v.Runners()
 	type pk struct{ pool, arch string }
 	parts := map[pk]*Partition{}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter/readmodel"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -179,8 +180,8 @@ func (f *webFixture) seed() (failed, passed events.JobRef) {
 	f.waitFor(failed.JobID, func(r Record) bool { return r.Status == events.StatusFailed })
 	f.waitFor(passed.JobID, func(r Record) bool { return r.Status == events.StatusPassed })
 	brokertest.CheckFor(f.t, 10*time.Second, 10*time.Millisecond, func() error {
-		if n := len(f.rep.View().List(Filter{All: true})); n != 5 {
-			return fmt.Errorf("%d records", n)
+		if recs, _, err := f.rep.View().Results(context.Background(), Filter{All: true}, readmodel.Page{Limit: 100}, 0); err != nil || len(recs) != 5 {
+			return fmt.Errorf("%d records (%v)", len(recs), err)
 		}
 		return nil
 	})

@@ -48,6 +48,7 @@ func commands() []command {
 		{"runner", "run jobs for one CPU architecture and pool", (*Main).runner},
 		{"reporter", "keep the results, serve the web UI and JSON API", (*Main).reporter},
 		{"results", "print results (a table, or JSON Lines with --json)", (*Main).results},
+		{"reindex", "rebuild the reporter's read model from the streams", (*Main).reindex},
 		{"trigger", "run a branch head or commit now, at the highest priority", (*Main).trigger},
 		{"artifacts", "download the files a job left (its artifacts)", (*Main).artifacts},
 		{"notify", "tell the observers a repository changed (for a git post-receive hook)", (*Main).notify},

@@ -352,13 +352,16 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 }
 
 const reporterUsage = `
-Usage: jetci reporter --nats URL [--http ADDR] [--admin-token-file FILE]
+Usage: jetci reporter --nats URL [--http ADDR] [--admin-token-file FILE] [--db postgres://…|FILE]
 
-Consumes every job event into one record per job (kept in JetStream), and serves
+Folds every job event into one record per job, in its read model (--db: a SQLite
+file, or a PostgreSQL database several reporters may share; it resumes after the
+last event it applied, and is rebuilt from the streams when missing), and serves
 the web UI (overview, branch history, jobs with live logs and artifacts, runners,
-queue) and the JSON API under /api/v1/. With an admin token, the UI and API can
-also trigger, re-check and cancel jobs; without one they are read-only. Several
-reporters may run at once; they share the records.
+queue), the JSON API under /api/v1/ and the results service of jetci results.
+With an admin token, the UI and API can also trigger, re-check and cancel jobs;
+without one they are read-only. Several reporters may run at once. See README,
+History: the read model.
 
 With --smtp or --webhook (or --notify-config) it also mails the author (and the
 --mail-to recipients) when a branch breaks or is fixed, and POSTs signed webhooks;
@@ -372,10 +375,14 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 	adminToken := adminTokenFlags(fs)
 	hookSecret := hookSecretFlag(fs)
 	notify := notifyFlags(fs)
+	dbf := readModelFlags(fs, "a SQLite file in a temporary directory, folded anew at each start")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
+		return err
+	}
+	if err := dbf.check(); err != nil {
 		return err
 	}
 	token, err := adminToken()
@@ -391,7 +398,8 @@ func (m *Main) reporter(ctx context.Context, args []string) error {
 		return err
 	}
 	return m.serve(ctx, nf, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log)
+		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook,
+			DB: dbf.dsn(""), HistoryRetention: *dbf.retention}, js, log)
 		if err != nil {
 			return err
 		}

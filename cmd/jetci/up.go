@@ -64,9 +64,13 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	gateCfg := gateFlags(fs)
 	hookSecret := hookSecretFlag(fs)
 	jobs := jobFlags(fs)
+	dbf := readModelFlags(fs, "DATA/"+reporter.DBFile)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
+		return err
+	}
+	if err := dbf.check(); err != nil {
 		return err
 	}
 	if len(repos) == 0 {
@@ -153,7 +157,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook}, js, log.With().Str("component", "reporter").Logger())
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook,
+		DB: dbf.dsn(*data), HistoryRetention: *dbf.retention}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,283 @@
+package readmodel
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Row is one job's record as stored: the columns lists filter and order on,
+// and the record itself (JSON) in Data.
+type Row struct {
+	JobID, Repo, Branch, Commit string
+	Module, Job, Arch, Status   string
+	Author, AuthorEmail         string
+	Subject                     string
+	// FirstSeen is when the job was first queued, in Unix nanoseconds (0:
+	// unknown); FinishedAt when its current attempt ended (0: not yet).
+	FirstSeen, FinishedAt int64
+	Data                  []byte
+}
+
+// BadEvent is an event the fold could not use: recorded, never applied.
+type BadEvent struct {
+	Seq     uint64 `json:"seq"`
+	Subject string `json:"subject"`
+	Error   string `json:"error"`
+	Data    []byte `json:"-"`
+	At      int64  `json:"at"`
+}
+
+// Tx is one batch of the fold, inside one transaction.
+type Tx struct {
+	db *DB
+	tx *sql.Tx
+}
+
+// Apply runs fold in one transaction together with moving the applied
+// position of stream to last. fold gets the position already applied (by
+// this or another reporter sharing the database) and must skip events at or
+// below it. Two reporters on one Postgres database take turns: the
+// position's row is locked for the transaction.
+func (db *DB) Apply(ctx context.Context, stream string, last uint64, fold func(tx *Tx, applied uint64) error) error {
+	tx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	lock := ""
+	if db.dialect == Postgres {
+		lock = " FOR UPDATE"
+		// Make sure the row exists so that it can be locked.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO position (stream, seq) VALUES ($1, 0) ON CONFLICT (stream) DO NOTHING`, stream); err != nil {
+			return err
+		}
+	}
+	var applied uint64
+	err = tx.QueryRowContext(ctx, db.q(`SELECT seq FROM position WHERE stream = ?`+lock), stream).Scan(&applied)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if last <= applied {
+		return nil // all of it is in already
+	}
+	if err := fold(&Tx{db: db, tx: tx}, applied); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, db.q(`INSERT INTO position (stream, seq) VALUES (?, ?)
+		ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`), stream, last); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Position returns the stream sequence applied last (0: none).
+func (db *DB) Position(ctx context.Context, stream string) (uint64, error) {
+	var seq uint64
+	err := db.sql.QueryRowContext(ctx, db.q(`SELECT seq FROM position WHERE stream = ?`), stream).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return seq, err
+}
+
+// Load returns the stored records of the given jobs, by job id.
+func (t *Tx) Load(ctx context.Context, ids []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(ids))
+	const chunk = 500
+	for len(ids) > 0 {
+		n := min(chunk, len(ids))
+		args := make([]any, n)
+		for i, id := range ids[:n] {
+			args[i] = id
+		}
+		rows, err := t.tx.QueryContext(ctx, t.db.q(`SELECT job_id, data FROM records WHERE job_id IN (`+marks(n)+`)`), args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var data []byte
+			if err := rows.Scan(&id, &data); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[id] = data
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		ids = ids[n:]
+	}
+	return out, nil
+}
+
+func marks(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+// Put stores records (at most one per job id), and updates the commits
+// they belong to and the cells they are the latest of.
+func (t *Tx) Put(ctx context.Context, rows []Row) error {
+	if err := t.putRecords(ctx, rows); err != nil {
+		return err
+	}
+	if err := t.putCommits(ctx, rows); err != nil {
+		return err
+	}
+	return t.putCells(ctx, rows)
+}
+
+// upsert writes rows of n columns each, in statements of at most 100 rows.
+func (t *Tx) upsert(ctx context.Context, head string, cols int, tail string, args []any) error {
+	const perStmt = 100
+	for len(args) > 0 {
+		n := min(perStmt, len(args)/cols)
+		row := "(" + marks(cols) + ")"
+		stmt := head + " VALUES " + strings.TrimSuffix(strings.Repeat(row+",", n), ",") + " " + tail
+		if _, err := t.tx.ExecContext(ctx, t.db.q(stmt), args[:n*cols]...); err != nil {
+			return err
+		}
+		args = args[n*cols:]
+	}
+	return nil
+}
+
+func (t *Tx) putRecords(ctx context.Context, rows []Row) error {
+	args := make([]any, 0, len(rows)*14)
+	for _, r := range rows {
+		args = append(args, r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job, r.Arch, r.Status,
+			r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.Data)
+	}
+	return t.upsert(ctx, `INSERT INTO records (job_id, repo, branch, commit_sha, module, job, arch, status,
+		author, author_email, subject, first_seen, finished_at, data)`, 14,
+		`ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, author = excluded.author,
+		author_email = excluded.author_email, subject = excluded.subject, first_seen = excluded.first_seen,
+		finished_at = excluded.finished_at, data = excluded.data`, args)
+}
+
+func (t *Tx) putCommits(ctx context.Context, rows []Row) error {
+	type key struct{ repo, branch, commit string }
+	type val struct {
+		first           int64
+		subject, author string
+	}
+	by := map[key]val{}
+	var order []key
+	for _, r := range rows {
+		k := key{r.Repo, r.Branch, r.Commit}
+		v, ok := by[k]
+		if !ok {
+			order = append(order, k)
+			v.first = r.FirstSeen
+		} else if r.FirstSeen != 0 && (v.first == 0 || r.FirstSeen < v.first) {
+			v.first = r.FirstSeen
+		}
+		if v.subject == "" {
+			v.subject = r.Subject
+		}
+		if v.author == "" {
+			v.author = r.Author
+		}
+		by[k] = v
+	}
+	args := make([]any, 0, len(order)*6)
+	for _, k := range order {
+		v := by[k]
+		args = append(args, k.repo, k.branch, k.commit, v.first, v.subject, v.author)
+	}
+	return t.upsert(ctx, `INSERT INTO commits (repo, branch, commit_sha, first_seen, subject, author)`, 6,
+		`ON CONFLICT (repo, branch, commit_sha) DO UPDATE SET
+		first_seen = CASE WHEN commits.first_seen = 0 OR (excluded.first_seen <> 0 AND excluded.first_seen < commits.first_seen)
+			THEN excluded.first_seen ELSE commits.first_seen END,
+		subject = CASE WHEN commits.subject = '' THEN excluded.subject ELSE commits.subject END,
+		author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END`, args)
+}
+
+func (t *Tx) putCells(ctx context.Context, rows []Row) error {
+	type key struct{ repo, branch, module, job, arch string }
+	type val struct {
+		id    string
+		first int64
+	}
+	by := map[key]val{}
+	var order []key
+	for _, r := range rows {
+		k := key{r.Repo, r.Branch, r.Module, r.Job, r.Arch}
+		v, ok := by[k]
+		if !ok {
+			order = append(order, k)
+		}
+		if !ok || r.FirstSeen >= v.first {
+			by[k] = val{r.JobID, r.FirstSeen}
+		}
+	}
+	args := make([]any, 0, len(order)*7)
+	for _, k := range order {
+		v := by[k]
+		args = append(args, k.repo, k.branch, k.module, k.job, k.arch, v.id, v.first)
+	}
+	// The latest job of a cell is the one first queued last; a job seen
+	// again (a re-check) keeps its place.
+	return t.upsert(ctx, `INSERT INTO cells (repo, branch, module, job, arch, job_id, first_seen)`, 7,
+		`ON CONFLICT (repo, branch, module, job, arch) DO UPDATE SET job_id = excluded.job_id, first_seen = excluded.first_seen
+		WHERE excluded.first_seen >= cells.first_seen`, args)
+}
+
+// Bad records an event that is not applied.
+func (t *Tx) Bad(ctx context.Context, e BadEvent) error {
+	if e.At == 0 {
+		e.At = time.Now().UnixNano()
+	}
+	_, err := t.tx.ExecContext(ctx, t.db.q(`INSERT INTO bad_events (seq, subject, error, data, at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (seq) DO NOTHING`), int64(e.Seq), e.Subject, e.Error, e.Data, e.At)
+	if err != nil {
+		return fmt.Errorf("record bad event %d: %w", e.Seq, err)
+	}
+	return nil
+}
+
+// BadEvents returns the malformed events recorded, newest first, at most limit.
+func (db *DB) BadEvents(ctx context.Context, limit int) ([]BadEvent, error) {
+	rows, err := db.sql.QueryContext(ctx, db.q(`SELECT seq, subject, error, at FROM bad_events ORDER BY seq DESC LIMIT ?`), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []BadEvent
+	for rows.Next() {
+		var e BadEvent
+		if err := rows.Scan(&e.Seq, &e.Subject, &e.Error, &e.At); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Prune deletes finished records that ended before t (retention), unless a
+// record is still the latest of its cell, and the commits left without
+// records. It returns how many records went.
+func (db *DB) Prune(ctx context.Context, t time.Time, final []string) (int64, error) {
+	args := []any{t.UnixNano()}
+	for _, s := range final {
+		args = append(args, s)
+	}
+	res, err := db.sql.ExecContext(ctx, db.q(`DELETE FROM records WHERE finished_at <> 0 AND finished_at < ?
+		AND status IN (`+marks(len(final))+`) AND job_id NOT IN (SELECT job_id FROM cells)`), args...)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	if n > 0 {
+		if _, err := db.sql.ExecContext(ctx, db.q(`DELETE FROM commits WHERE first_seen < ? AND NOT EXISTS
+			(SELECT 1 FROM records r WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha)`),
+			t.UnixNano()); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

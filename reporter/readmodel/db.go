@@ -1,0 +1,290 @@
+// Package readmodel is the reporter's read model: every job record, the
+// commits of every branch and the latest cell of every module × job × arch, in
+// a SQL database with indexes, so that a page, an API answer or `jetci
+// results` reads what it shows and no more, whatever the history.
+//
+// Two backends share one code path through database/sql: an embedded SQLite
+// file (modernc.org/sqlite, pure Go) and PostgreSQL (pgx's stdlib adapter),
+// which several reporters may share. The SQL differs only in placeholders
+// ("?" against "$n") and in the type of the record column.
+//
+// JetStream stays the source of truth: Apply writes a batch of folded
+// records together with the stream sequence of the last event in it, in one
+// transaction, so a restart resumes after the last applied event and a batch
+// is applied whole or not at all. The database can be dropped and rebuilt
+// from the streams (Reset).
+//
+// This package knows records only as rows: indexed columns and the record's
+// JSON. Folding events into records is the reporter's (reporter/record.go).
+package readmodel
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite"
+)
+
+// Dialect names a backend.
+type Dialect string
+
+const (
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
+)
+
+// DB is an open read model.
+type DB struct {
+	sql     *sql.DB
+	dialect Dialect
+	// where names the database for messages: the SQLite file, or the
+	// Postgres URL without its password.
+	where string
+}
+
+// ErrCorrupt says the SQLite file is not a database jetci can use.
+var ErrCorrupt = errors.New("the read model database is unusable")
+
+// IsPostgres says whether dsn names a PostgreSQL database rather than a file.
+func IsPostgres(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// Open opens (creating it if needed) the read model at dsn: a postgres://
+// URL, or the path of a SQLite file. It migrates an older schema. A file that
+// is not a database, or cannot be written, is an error naming the file and
+// the way out (jetci reindex).
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	db, err := openRaw(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	err = db.migrate(ctx)
+	if err == nil && db.dialect == SQLite {
+		// A file that reads but cannot be written fails here, not in the fold.
+		_, err = db.sql.ExecContext(ctx, `UPDATE schema_version SET version = version`)
+	}
+	if err != nil {
+		db.sql.Close()
+		if db.dialect == SQLite {
+			return nil, fmt.Errorf("%w: %s: %v (stop the reporter, then remove the file or run `jetci reindex`, which rebuilds it from the streams)",
+				ErrCorrupt, db.where, err)
+		}
+		return nil, fmt.Errorf("read model %s: %w", db.where, err)
+	}
+	return db, nil
+}
+
+// openRaw opens the database without looking at its schema.
+func openRaw(ctx context.Context, dsn string) (*DB, error) {
+	if IsPostgres(dsn) {
+		s, err := sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("read model %s: %w", redact(dsn), err)
+		}
+		s.SetMaxOpenConns(8)
+		s.SetConnMaxIdleTime(time.Minute)
+		return &DB{sql: s, dialect: Postgres, where: redact(dsn)}, nil
+	}
+	path := dsn
+	if path == "" {
+		return nil, errors.New("readmodel: no database file")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("read model %s: %w", path, err)
+	}
+	// WAL: readers do not wait for the fold. Writers take the lock at
+	// BEGIN (immediate), so two processes on one file take turns.
+	s, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("read model %s: %w", path, err)
+	}
+	s.SetMaxOpenConns(4)
+	return &DB{sql: s, dialect: SQLite, where: path}, nil
+}
+
+// redact drops the password of a URL, for messages.
+func redact(dsn string) string {
+	at := strings.LastIndexByte(dsn, '@')
+	scheme := strings.Index(dsn, "://")
+	if at < 0 || scheme < 0 {
+		return dsn
+	}
+	user := dsn[scheme+3 : at]
+	if i := strings.IndexByte(user, ':'); i >= 0 {
+		user = user[:i] + ":xxx"
+	}
+	return dsn[:scheme+3] + user + dsn[at:]
+}
+
+// Close closes the database.
+func (db *DB) Close() error { return db.sql.Close() }
+
+// Dialect is the backend.
+func (db *DB) Dialect() Dialect { return db.dialect }
+
+// Where names the database (the file, or the URL without its password).
+func (db *DB) Where() string { return db.where }
+
+// Ping checks that the database answers (for /healthz).
+func (db *DB) Ping(ctx context.Context) error { return db.sql.PingContext(ctx) }
+
+// q rewrites "?" placeholders to "$n" for Postgres.
+func (db *DB) q(s string) string {
+	if db.dialect != Postgres {
+		return s
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// SchemaVersion is the version this code writes.
+const SchemaVersion = 2
+
+// migrations[i] takes a database from version i to i+1. A database is
+// brought to SchemaVersion on Open; never edit a released step, add one.
+var migrations = []func(d Dialect) []string{
+	// 0 → 1: records, commits, cells, the applied position.
+	func(d Dialect) []string {
+		blob := "BLOB"
+		if d == Postgres {
+			blob = "BYTEA"
+		}
+		return []string{
+			`CREATE TABLE position (stream TEXT PRIMARY KEY, seq BIGINT NOT NULL)`,
+			`CREATE TABLE records (
+				job_id TEXT PRIMARY KEY,
+				repo TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL,
+				module TEXT NOT NULL, job TEXT NOT NULL, arch TEXT NOT NULL,
+				status TEXT NOT NULL, author TEXT NOT NULL, subject TEXT NOT NULL,
+				first_seen BIGINT NOT NULL, finished_at BIGINT NOT NULL,
+				data ` + blob + ` NOT NULL)`,
+			`CREATE INDEX records_time ON records (first_seen, job_id)`,
+			`CREATE INDEX records_branch ON records (repo, branch, first_seen, job_id)`,
+			`CREATE INDEX records_commit ON records (repo, branch, commit_sha)`,
+			// Only live records by status: nearly every record is final, and an
+			// index on every status would lead the planner to sort the whole
+			// history for a page of final ones.
+			`CREATE INDEX records_live ON records (first_seen, job_id) WHERE status IN ('queued', 'running', 'held')`,
+			`CREATE TABLE commits (
+				repo TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL,
+				first_seen BIGINT NOT NULL, subject TEXT NOT NULL, author TEXT NOT NULL,
+				PRIMARY KEY (repo, branch, commit_sha))`,
+			`CREATE INDEX commits_time ON commits (repo, branch, first_seen, commit_sha)`,
+			`CREATE TABLE cells (
+				repo TEXT NOT NULL, branch TEXT NOT NULL, module TEXT NOT NULL, job TEXT NOT NULL, arch TEXT NOT NULL,
+				job_id TEXT NOT NULL, first_seen BIGINT NOT NULL,
+				PRIMARY KEY (repo, branch, module, job, arch))`,
+		}
+	},
+	// 1 → 2: malformed events are kept (never applied); the author's mail
+	// is searchable; finished records by time for retention.
+	func(d Dialect) []string {
+		blob := "BLOB"
+		if d == Postgres {
+			blob = "BYTEA"
+		}
+		return []string{
+			`CREATE TABLE bad_events (seq BIGINT PRIMARY KEY, subject TEXT NOT NULL, error TEXT NOT NULL, data ` + blob + ` NOT NULL, at BIGINT NOT NULL)`,
+			`ALTER TABLE records ADD COLUMN author_email TEXT NOT NULL DEFAULT ''`,
+			`CREATE INDEX records_finished ON records (finished_at)`,
+		}
+	},
+}
+
+func (db *DB) migrate(ctx context.Context) error {
+	if _, err := db.sql.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	return db.migrateTo(ctx, SchemaVersion)
+}
+
+// migrateTo brings the schema to version target (tests use it to make an
+// older database).
+func (db *DB) migrateTo(ctx context.Context, target int) error {
+	for {
+		tx, err := db.sql.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if db.dialect == Postgres {
+			// Two reporters starting on one database migrate one at a time.
+			if _, err := tx.ExecContext(ctx, `LOCK TABLE schema_version IN EXCLUSIVE MODE`); err != nil {
+				tx.Rollback()
+				return err
+			}
+		}
+		v := 0
+		err = tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+		fresh := errors.Is(err, sql.ErrNoRows)
+		if err != nil && !fresh {
+			tx.Rollback()
+			return err
+		}
+		if v > SchemaVersion {
+			tx.Rollback()
+			return fmt.Errorf("schema version %d is newer than this jetci's %d: use a newer jetci", v, SchemaVersion)
+		}
+		if v >= target {
+			return tx.Rollback()
+		}
+		for _, stmt := range migrations[v](db.dialect) {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("migrate schema %d → %d: %w", v, v+1, err)
+			}
+		}
+		if fresh {
+			_, err = tx.ExecContext(ctx, db.q(`INSERT INTO schema_version (version) VALUES (?)`), v+1)
+		} else {
+			_, err = tx.ExecContext(ctx, db.q(`UPDATE schema_version SET version = ?`), v+1)
+		}
+		if err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+}
+
+// Version returns the schema version of the database.
+func (db *DB) Version(ctx context.Context) (int, error) {
+	v := 0
+	err := db.sql.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+	return v, err
+}
+
+// Reset empties the read model, for a rebuild from the streams.
+func (db *DB) Reset(ctx context.Context) error {
+	tx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, t := range []string{"position", "records", "commits", "cells", "bad_events"} {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}

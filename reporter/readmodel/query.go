@@ -1,0 +1,415 @@
+package readmodel
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Filter selects records. Empty fields match everything.
+type Filter struct {
+	Repo, Branch string
+	Commit       string // a prefix of the full sha (lower-case hex)
+	Module, Job  string
+	Arch         string
+	Status       []string // any of these
+	Author       string   // the author's name or mail, exactly
+	Since, Until time.Time
+	// Text searches commit subjects and authors (a substring, case-insensitive).
+	Text string
+}
+
+// Cursor is a position in a list: the sort key of an item. Lists are
+// ordered by (Time, ID); a page "after" a cursor continues the list, one
+// "before" it goes back.
+type Cursor struct {
+	Time int64
+	ID   string
+}
+
+// String encodes the cursor for a URL.
+func (c Cursor) String() string {
+	if c == (Cursor{}) {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.Time, 10) + "." + c.ID))
+}
+
+// End is a cursor after every item: "before=end" reads a list's last page.
+var End = Cursor{Time: math.MaxInt64, ID: "~"}
+
+// ParseCursor decodes a cursor from String; "" is the zero cursor, "end"
+// is End.
+func ParseCursor(s string) (Cursor, error) {
+	if s == "" {
+		return Cursor{}, nil
+	}
+	if s == "end" {
+		return End, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("bad cursor %q", s)
+	}
+	t, id, ok := strings.Cut(string(b), ".")
+	n, err := strconv.ParseInt(t, 10, 64)
+	if !ok || err != nil || id == "" || len(id) > 200 {
+		return Cursor{}, fmt.Errorf("bad cursor %q", s)
+	}
+	return Cursor{Time: n, ID: id}, nil
+}
+
+// Page asks for one page of a list: at most Limit items after After, or
+// before Before (at most one of the two).
+type Page struct {
+	Limit         int
+	After, Before Cursor
+}
+
+// Paged is what a list answer says about its neighbours: cursors for the
+// page before and after it, when there are more items there.
+type Paged struct {
+	Prev, Next Cursor
+}
+
+func (f Filter) where(db *DB) (string, []any) {
+	var conds []string
+	var args []any
+	eq := func(col, v string) {
+		if v != "" {
+			conds = append(conds, col+" = ?")
+			args = append(args, v)
+		}
+	}
+	eq("repo", f.Repo)
+	eq("branch", f.Branch)
+	eq("module", f.Module)
+	eq("job", f.Job)
+	eq("arch", f.Arch)
+	if f.Commit != "" {
+		conds = append(conds, "commit_sha LIKE ?")
+		args = append(args, likeEscape(f.Commit)+"%")
+	}
+	if len(f.Status) > 0 {
+		conds = append(conds, "status IN ("+marks(len(f.Status))+")")
+		for _, s := range f.Status {
+			args = append(args, s)
+		}
+	}
+	if f.Author != "" {
+		conds = append(conds, "(author = ? OR author_email = ?)")
+		args = append(args, f.Author, f.Author)
+	}
+	if !f.Since.IsZero() {
+		conds = append(conds, "first_seen >= ?")
+		args = append(args, f.Since.UnixNano())
+	}
+	if !f.Until.IsZero() {
+		conds = append(conds, "first_seen < ?")
+		args = append(args, f.Until.UnixNano())
+	}
+	if f.Text != "" {
+		like := "LIKE"
+		if db.dialect == Postgres {
+			like = "ILIKE" // SQLite's LIKE ignores ASCII case already
+		}
+		p := "%" + likeEscape(f.Text) + "%"
+		conds = append(conds, fmt.Sprintf("(subject %[1]s ? ESCAPE '\\' OR author %[1]s ? ESCAPE '\\' OR author_email %[1]s ? ESCAPE '\\')", like))
+		args = append(args, p, p, p)
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// page runs a keyset-paged query: base selects from table with where;
+// (timeCol, idCol) order the list, ascending when asc.
+func (db *DB) page(ctx context.Context, cols, table, where string, args []any, timeCol, idCol string, asc bool, p Page,
+	scan func(*sql.Rows) (Cursor, error)) (Paged, error) {
+	if p.Limit <= 0 {
+		return Paged{}, errors.New("readmodel: a page needs a limit")
+	}
+	conds := []string{}
+	if where != "" {
+		conds = append(conds, where)
+	}
+	fwd := p.Before == (Cursor{}) // going forward in the list's order
+	if fwd && p.After != (Cursor{}) {
+		op := ">"
+		if !asc {
+			op = "<"
+		}
+		conds = append(conds, fmt.Sprintf("(%s, %s) %s (?, ?)", timeCol, idCol, op))
+		args = append(args, p.After.Time, p.After.ID)
+	}
+	if !fwd && p.Before != End { // before the end: the last page, no bound
+		op := "<"
+		if !asc {
+			op = ">"
+		}
+		conds = append(conds, fmt.Sprintf("(%s, %s) %s (?, ?)", timeCol, idCol, op))
+		args = append(args, p.Before.Time, p.Before.ID)
+	}
+	dir := "ASC"
+	if asc != fwd {
+		dir = "DESC"
+	}
+	stmt := "SELECT " + cols + " FROM " + table
+	if len(conds) > 0 {
+		stmt += " WHERE " + strings.Join(conds, " AND ")
+	}
+	stmt += fmt.Sprintf(" ORDER BY %s %s, %s %s LIMIT ?", timeCol, dir, idCol, dir)
+	args = append(args, p.Limit+1)
+	rows, err := db.sql.QueryContext(ctx, db.q(stmt), args...)
+	if err != nil {
+		return Paged{}, err
+	}
+	defer rows.Close()
+	var keys []Cursor
+	for rows.Next() {
+		k, err := scan(rows)
+		if err != nil {
+			return Paged{}, err
+		}
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return Paged{}, err
+	}
+	more := len(keys) > p.Limit
+	if more {
+		keys = keys[:p.Limit]
+	}
+	var pg Paged
+	if len(keys) == 0 {
+		return pg, nil
+	}
+	if fwd {
+		if more {
+			pg.Next = keys[len(keys)-1]
+		}
+		if p.After != (Cursor{}) {
+			pg.Prev = keys[0]
+		}
+	} else {
+		// Read backwards: the caller reverses its items; keys[0] is the
+		// newest in list order.
+		pg.Next = keys[0]
+		if more {
+			pg.Prev = keys[len(keys)-1]
+		}
+	}
+	return pg, nil
+}
+
+const recordCols = "job_id, repo, branch, commit_sha, module, job, arch, status, author, author_email, subject, first_seen, finished_at, data"
+
+func scanRow(rows interface{ Scan(...any) error }) (Row, error) {
+	var r Row
+	err := rows.Scan(&r.JobID, &r.Repo, &r.Branch, &r.Commit, &r.Module, &r.Job, &r.Arch, &r.Status,
+		&r.Author, &r.AuthorEmail, &r.Subject, &r.FirstSeen, &r.FinishedAt, &r.Data)
+	return r, err
+}
+
+// Records returns one page of the records f selects, ordered by when they
+// were first queued (oldest first), then job id.
+func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, error) {
+	where, args := f.where(db)
+	var out []Row
+	pg, err := db.page(ctx, recordCols, "records", where, args, "first_seen", "job_id", true, p, func(rows *sql.Rows) (Cursor, error) {
+		r, err := scanRow(rows)
+		if err != nil {
+			return Cursor{}, err
+		}
+		if len(out) < p.Limit {
+			out = append(out, r)
+		}
+		return Cursor{r.FirstSeen, r.JobID}, nil
+	})
+	if p.Before != (Cursor{}) {
+		slices.Reverse(out)
+	}
+	return out, pg, err
+}
+
+// ErrNotFound is returned for a job no record has.
+var ErrNotFound = errors.New("not found")
+
+// Job returns the record of one job.
+func (db *DB) Job(ctx context.Context, id string) (Row, error) {
+	r, err := scanRow(db.sql.QueryRowContext(ctx, db.q(`SELECT `+recordCols+` FROM records WHERE job_id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	return r, err
+}
+
+// CommitRow is one commit of a branch.
+type CommitRow struct {
+	Repo, Branch, Commit string
+	FirstSeen            int64
+	Subject, Author      string
+}
+
+// Commits returns one page of a branch's commits, newest first (a page
+// "after" a cursor is older). prefix, when set, selects commits whose sha
+// starts with it.
+func (db *DB) Commits(ctx context.Context, repo, branch, prefix string, p Page) ([]CommitRow, Paged, error) {
+	where := "repo = ? AND branch = ?"
+	args := []any{repo, branch}
+	if prefix != "" {
+		where += " AND commit_sha LIKE ?"
+		args = append(args, likeEscape(prefix)+"%")
+	}
+	var out []CommitRow
+	pg, err := db.page(ctx, "repo, branch, commit_sha, first_seen, subject, author", "commits", where, args,
+		"first_seen", "commit_sha", false, p, func(rows *sql.Rows) (Cursor, error) {
+			var c CommitRow
+			if err := rows.Scan(&c.Repo, &c.Branch, &c.Commit, &c.FirstSeen, &c.Subject, &c.Author); err != nil {
+				return Cursor{}, err
+			}
+			if len(out) < p.Limit {
+				out = append(out, c)
+			}
+			return Cursor{c.FirstSeen, c.Commit}, nil
+		})
+	if p.Before != (Cursor{}) {
+		slices.Reverse(out)
+	}
+	return out, pg, err
+}
+
+// CommitJobs returns the records of the given commits of a branch.
+func (db *DB) CommitJobs(ctx context.Context, repo, branch string, shas []string) ([]Row, error) {
+	if len(shas) == 0 {
+		return nil, nil
+	}
+	args := []any{repo, branch}
+	for _, s := range shas {
+		args = append(args, s)
+	}
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE repo = ? AND branch = ? AND commit_sha IN (`+marks(len(shas))+`)`, args...)
+}
+
+func (db *DB) rows(ctx context.Context, stmt string, args ...any) ([]Row, error) {
+	rows, err := db.sql.QueryContext(ctx, db.q(stmt), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Row
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// BranchRow is one branch jetci has records of.
+type BranchRow struct{ Repo, Branch string }
+
+// Branches returns the branches of repo (every repo's when ""), by repo and
+// branch name.
+func (db *DB) Branches(ctx context.Context, repo string) ([]BranchRow, error) {
+	stmt := `SELECT DISTINCT repo, branch FROM cells`
+	var args []any
+	if repo != "" {
+		stmt += ` WHERE repo = ?`
+		args = append(args, repo)
+	}
+	rows, err := db.sql.QueryContext(ctx, db.q(stmt+` ORDER BY repo, branch`), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []BranchRow
+	for rows.Next() {
+		var b BranchRow
+		if err := rows.Scan(&b.Repo, &b.Branch); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// Cells returns the latest record of every module × job × arch of a branch.
+func (db *DB) Cells(ctx context.Context, repo, branch string) ([]Row, error) {
+	return db.rows(ctx, `SELECT r.job_id, r.repo, r.branch, r.commit_sha, r.module, r.job, r.arch, r.status, r.author,
+		r.author_email, r.subject, r.first_seen, r.finished_at, r.data
+		FROM cells c JOIN records r ON r.job_id = c.job_id WHERE c.repo = ? AND c.branch = ?`, repo, branch)
+}
+
+// Head returns the newest commit of a branch.
+func (db *DB) Head(ctx context.Context, repo, branch string) (CommitRow, error) {
+	var c CommitRow
+	err := db.sql.QueryRowContext(ctx, db.q(`SELECT repo, branch, commit_sha, first_seen, subject, author FROM commits
+		WHERE repo = ? AND branch = ? ORDER BY first_seen DESC, commit_sha DESC LIMIT 1`), repo, branch).
+		Scan(&c.Repo, &c.Branch, &c.Commit, &c.FirstSeen, &c.Subject, &c.Author)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, ErrNotFound
+	}
+	return c, err
+}
+
+// Live returns the records of jobs queued, running or held, by when they
+// were first queued: as many as jobs wait or run, not history.
+func (db *DB) Live(ctx context.Context) ([]Row, error) {
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE status IN ('queued', 'running', 'held') ORDER BY first_seen, job_id`)
+}
+
+// Count returns how many records there are.
+func (db *DB) Count(ctx context.Context) (int64, error) {
+	var n int64
+	err := db.sql.QueryRowContext(ctx, `SELECT COUNT(*) FROM records`).Scan(&n)
+	return n, err
+}
+
+// Dump returns every table's rows in a fixed order, as text: two read
+// models that agree dump the same (tests compare a rebuild with the live one).
+func (db *DB) Dump(ctx context.Context) (string, error) {
+	var b strings.Builder
+	for _, q := range []string{
+		`SELECT ` + recordCols + ` FROM records ORDER BY job_id`,
+	} {
+		rs, err := db.rows(ctx, q)
+		if err != nil {
+			return "", err
+		}
+		for _, r := range rs {
+			fmt.Fprintf(&b, "record %s %s %s %s %s %s %s %s %q %q %q %d %d %s\n", r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job,
+				r.Arch, r.Status, r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.Data)
+		}
+	}
+	for _, q := range []string{
+		`SELECT repo || ' ' || branch || ' ' || commit_sha || ' ' || first_seen || ' ' || subject || ' ' || author FROM commits ORDER BY repo, branch, commit_sha`,
+		`SELECT repo || ' ' || branch || ' ' || module || ' ' || job || ' ' || arch || ' ' || job_id || ' ' || first_seen FROM cells ORDER BY repo, branch, module, job, arch`,
+	} {
+		rows, err := db.sql.QueryContext(ctx, q)
+		if err != nil {
+			return "", err
+		}
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				rows.Close()
+				return "", err
+			}
+			b.WriteString(s + "\n")
+		}
+		rows.Close()
+	}
+	return b.String(), nil
+}
