@@ -158,6 +158,8 @@ type Runner struct {
 
 	logsMu sync.Mutex
 	logs   jetstream.ObjectStore // the logs bucket, looked up once
+
+	lock *workLock // held on WorkDir from New until Run returns (or Close)
 }
 
 // New returns a runner; Run starts it.
@@ -165,12 +167,22 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		return nil, fmt.Errorf("runner: WorkDir: %w", err)
+	}
+	// The work directory is this runner's alone: another runner moving the
+	// same workspaces would make a job test a commit it was not given.
+	lock, err := lockWorkDir(cfg.WorkDir)
+	if err != nil {
+		return nil, err
+	}
 	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
+			lock.release()
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
 		}
 	}
-	return &Runner{
+	return &Runner{lock: lock,
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
 		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
@@ -180,6 +192,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 // Run takes and runs jobs until ctx ends. Then it takes no more; jobs still
 // running get Grace to finish, and are then killed and handed back to the queue.
 func (r *Runner) Run(ctx context.Context) error {
+	defer r.Close()
 	var cons []jetstream.Consumer
 	err := events.Retry(ctx, r.log, "create job consumers", 5*time.Second, func(ctx context.Context) error {
 		var err error
@@ -236,6 +249,14 @@ func (r *Runner) Run(ctx context.Context) error {
 	close(stopLease)
 	<-leaseDone
 	return nil
+}
+
+// Close releases the work directory, for a runner that is not Run (Run
+// releases it when it returns). It may be called more than once.
+func (r *Runner) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lock.release()
 }
 
 // wakeRetry spaces the looks after a wake-up that found nothing: the core

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -311,7 +313,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
-	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
+	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
@@ -333,14 +335,37 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	log = log.With().Str("runner", cfg.ID).Logger()
+	workSet := false
+	fs.Visit(func(f *flag.Flag) { workSet = workSet || f.Name == "work" })
 	return m.serve(ctx, nf, "jetci-runner", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		cfg.Metrics = mets
-		r, err := runner.New(cfg, nc, js, log)
+		r, err := newRunnerOwnWork(cfg, !workSet, nc, js, log)
 		if err != nil {
 			return err
 		}
 		return r.Run(ctx)
 	})
+}
+
+// newRunnerOwnWork starts a runner on its own work directory. A --work given
+// explicitly that another runner holds is an error; the default, when held,
+// gives way to the first free of DIR-2, DIR-3…, so that runners started from
+// one directory never share workspaces and each keeps its caches across
+// restarts.
+func newRunnerOwnWork(cfg runner.Config, pick bool, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) (*runner.Runner, error) {
+	base := cfg.WorkDir
+	for i := 1; ; i++ {
+		if i > 1 {
+			cfg.WorkDir = base + "-" + strconv.Itoa(i)
+		}
+		r, err := runner.New(cfg, nc, js, log)
+		if err == nil || !pick || !errors.Is(err, runner.ErrWorkDirInUse) || i >= 64 {
+			if err == nil && i > 1 {
+				log.Info().Str("work", cfg.WorkDir).Str("busy", base).Msg("the default work directory is held by another runner: using the next free one")
+			}
+			return r, err
+		}
+	}
 }
 
 const reporterUsage = `

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jetci/jetci/broker/brokertest"
+)
+
+// startRunnerIn starts `jetci runner` with args from the working directory dir
+// and waits until it is ready.
+func startRunnerIn(t *testing.T, bin, dir, url string, args ...string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(bin, append([]string{"runner", "--nats", url, "--slots", "1", "--log-format", "json"}, args...)...), logs: &syncBuffer{}}
+	c.cmd.Dir = dir
+	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.kill(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("runner log:\n%s", c.logs.String())
+		}
+	})
+	brokertest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(c.logs.String(), "runner ready") {
+			return fmt.Errorf("runner not ready: %s", lastLines(c.logs.String(), 3))
+		}
+		return nil
+	})
+	return c
+}
+
+// TestRunnersNeverShareAWorkDir: two runners started from one directory with
+// the default --work each get their own (the second takes .jetci-runner-2), and
+// a runner given a --work another runner holds refuses to start, naming the
+// directory and the pid that holds it. A killed runner's lock goes with it.
+func TestRunnersNeverShareAWorkDir(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.Dir)
+	cwd := t.TempDir()
+	a := startRunnerIn(t, bin, cwd, url)
+	b := startRunnerIn(t, bin, cwd, url)
+	if !strings.Contains(b.logs.String(), `"work":".jetci-runner-2"`) {
+		t.Fatalf("second runner from the same directory did not take .jetci-runner-2:\n%s", b.logs.String())
+	}
+
+	// An explicit --work held by a live runner: a clear refusal.
+	held := filepath.Join(cwd, ".jetci-runner")
+	out, err := exec.Command(bin, "runner", "--nats", url, "--work", held).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("a third runner on %s: %v, want a non-zero exit\n%s", held, err, out)
+	}
+	want := []string{held, "pid " + strconv.Itoa(a.cmd.Process.Pid), "--work"}
+	for _, w := range want {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("refusal %q does not name %q", strings.TrimSpace(string(out)), w)
+		}
+	}
+
+	// kill -9 drops the lock with the process: the directory is free at once.
+	a.kill(syscall.SIGKILL)
+	c := startRunnerIn(t, bin, cwd, url, "--work", held)
+	c.kill(syscall.SIGTERM)
+}
