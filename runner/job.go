@@ -219,11 +219,15 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res
 	}
 	name := events.LogObject(job.JobID, seq, attempt)
-	if err := r.storeLog(ctx, name, logPath); err != nil {
-		log.Warn().Err(err).Msg("could not store the log; the result goes without it")
-	} else {
+	if err := r.storeLog(ctx, name, logPath); err == nil {
 		res.Log = name
 		_ = os.Remove(logPath)
+	} else if serr := r.spoolLog(name, logPath); serr == nil {
+		// The result names the log: it is stored as soon as the store answers.
+		res.Log = name
+		log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
+	} else {
+		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
 	}
 	return res
 }
@@ -269,35 +273,13 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, ws
 	}
 }
 
+// storeLog makes one try, of at most logFirstTry, to store the log; a log it
+// could not store is spooled by the caller.
 func (r *Runner) storeLog(ctx context.Context, name, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	store, err := r.logStore(ctx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
 	defer cancel()
-	_, err = store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
+	_, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
 	return err
-}
-
-// logStore returns the logs bucket, looked up on first use: a lookup is a
-// round trip to the server, once per job otherwise.
-func (r *Runner) logStore(ctx context.Context) (jetstream.ObjectStore, error) {
-	r.logsMu.Lock()
-	defer r.logsMu.Unlock()
-	if r.logs == nil {
-		store, err := r.js.ObjectStore(ctx, events.BucketLogs)
-		if err != nil {
-			return nil, err
-		}
-		r.logs = store
-	}
-	return r.logs, nil
 }
 
 // publishOnce publishes a result event, giving up after a short while.

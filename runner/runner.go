@@ -156,10 +156,9 @@ type Runner struct {
 
 	ensured time.Time // when the job consumers were last created again
 
-	logsMu sync.Mutex
-	logs   jetstream.ObjectStore // the logs bucket, looked up once
-
 	lock *workLock // held on WorkDir from New until Run returns (or Close)
+
+	spoolKick chan struct{} // a log was spooled: upload it now
 }
 
 // New returns a runner; Run starts it.
@@ -176,7 +175,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp"} {
+	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp", "spool"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
 			lock.release()
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
@@ -186,6 +185,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
 		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
+		spoolKick: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -235,6 +235,22 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 	}()
 	r.flushOutbox(jobCtx)
+
+	// Logs spooled by a job (or by an earlier run on this work directory) are
+	// uploaded as soon as the store answers, until the slots are done and a
+	// last try has had its chance.
+	spoolCtx, stopSpool := context.WithCancel(context.Background())
+	spoolDone := make(chan struct{})
+	go func() { defer close(spoolDone); r.uploadSpool(spoolCtx) }()
+	defer func() {
+		stopSpool()
+		<-spoolDone
+		fctx, cancel := context.WithTimeout(context.Background(), logFirstTry)
+		defer cancel()
+		if left := r.flushSpool(fctx); left > 0 {
+			r.log.Warn().Int("logs", left).Str("spool", r.spoolDir()).Msg("stopping with logs not yet stored: the next runner on this --work stores them")
+		}
+	}()
 
 	leaseDone := make(chan struct{})
 	stopLease := make(chan struct{})
