@@ -335,7 +335,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	<-beatDone
 	if err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
-		_ = m.NakWithDelay(time.Second)
+		_ = m.NakWithDelay(dispatchRetry)
 		return
 	}
 	if err := m.DoubleAck(ctx); err != nil {
@@ -396,6 +396,10 @@ func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued) erro
 	return d.enqueueBatch(ctx, jobs)
 }
 
+// dispatchRetry is how soon a commit whose dispatch failed is tried again:
+// soon, as the usual cause is a stream electing a new leader.
+const dispatchRetry = 250 * time.Millisecond
+
 // commitAckWait is the commit consumer's ack wait.
 const commitAckWait = 10 * time.Second
 
@@ -433,8 +437,12 @@ func (d *Dispatcher) enqueueBatch(ctx context.Context, jobs []*events.JobQueued)
 	return err
 }
 
-// publishTimeout bounds the wait for an asynchronous publish's ack.
-const publishTimeout = 10 * time.Second
+// publishTimeout bounds the wait for the next ack of a group of asynchronous
+// publishes: each ack that comes in starts it again, so a big group has the
+// time it needs, while a publish lost with a stream leader (a cluster node
+// died) is given up after seconds and retried (the Msg-Ids make the retry's
+// duplicates harmless) instead of stalling every commit behind it.
+const publishTimeout = 1500 * time.Millisecond
 
 func publishAsync(js jetstream.JetStream, subject string, msg any, id string) (jetstream.PubAckFuture, error) {
 	data, err := events.Encode(msg)
@@ -457,10 +465,14 @@ func awaitAll(ctx context.Context, futs []jetstream.PubAckFuture) ([]*jetstream.
 		select {
 		case ack := <-f.Ok():
 			acks[i] = ack
+			if !timeout.Stop() {
+				<-timeout.C
+			}
+			timeout.Reset(publishTimeout)
 		case err := <-f.Err():
 			return nil, fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
 		case <-timeout.C:
-			return nil, fmt.Errorf("publish %s: no ack in %s", f.Msg().Subject, publishTimeout)
+			return nil, fmt.Errorf("publish %s: no ack for %s", f.Msg().Subject, publishTimeout)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -97,7 +97,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 // it is the same attempt, so an ack lost here costs a second run).
 func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 	wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait)
-	noResponders := 0
+	var noResponders time.Time // since when no one answers
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := m.DoubleAck(actx)
@@ -105,10 +105,15 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		if err == nil {
 			return
 		}
-		if errors.Is(err, nats.ErrNoResponders) {
-			noResponders++ // the consumer is gone (deleted): the ack can never land
+		// No responders: the consumer is gone (deleted), and the ack can never
+		// land; or, on a cluster, its leader died and a new one is being
+		// elected, which takes seconds. Only the first lasts.
+		if !errors.Is(err, nats.ErrNoResponders) {
+			noResponders = time.Time{}
+		} else if noResponders.IsZero() {
+			noResponders = time.Now()
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) || noResponders >= 3 {
+		if ctx.Err() != nil || time.Now().After(deadline) || (!noResponders.IsZero() && time.Since(noResponders) > ackNoResponders) {
 			log.Warn().Err(err).Msg("could not ack the job; it may run again")
 			return
 		}
@@ -120,6 +125,10 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		wait = min(2*wait, 5*time.Second)
 	}
 }
+
+// ackNoResponders is how long an ack that no one answers is retried: longer
+// than a cluster takes to elect a consumer's new leader.
+const ackNoResponders = 15 * time.Second
 
 // heartbeat keeps the job from being redelivered while it runs. The returned
 // stop may be called more than once; no in-progress ack is sent after it returns.

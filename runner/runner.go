@@ -326,7 +326,10 @@ func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.
 		}
 	}
 	if missing {
-		r.recreateConsumers(ctx)
+		// In the background: while a cluster elects the consumers' new
+		// leaders the create waits, and the slot should not (its next look
+		// finds the job as soon as there is a leader again).
+		go r.recreateConsumers(ctx)
 	}
 	return nil
 }
