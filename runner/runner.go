@@ -153,6 +153,7 @@ type Runner struct {
 	kick  chan struct{}            // asks for the lease to be written now
 	lease leaseState
 	born  time.Time
+	inc   string // this process's incarnation (events.Lease)
 
 	ensured time.Time // when the job consumers were last created again
 
@@ -185,7 +186,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
 		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
-		spoolKick: make(chan struct{}, 1),
+		spoolKick: make(chan struct{}, 1), inc: incarnation(),
 	}, nil
 }
 
@@ -428,7 +429,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 	host, _ := os.Hostname()
 	r.mu.Lock()
 	l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
+		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
 	for _, j := range r.busy {
 		l.Jobs = append(l.Jobs, j)
 	}
@@ -458,6 +459,12 @@ func (r *Runner) renewLease(ctx context.Context) {
 		// of reach, the next renewal finds out.
 		r.log.Debug().Err(err).Msg("renew lease")
 	}
+}
+
+func incarnation() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // loseJobs settles, for each job the lapsed lease named, whether a dispatcher

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/reporter"
 )
 
 // startRunnerIn starts `jetci runner` with args from the working directory dir
@@ -76,4 +81,65 @@ func TestRunnersNeverShareAWorkDir(t *testing.T) {
 	a.kill(syscall.SIGKILL)
 	c := startRunnerIn(t, bin, cwd, url, "--work", held)
 	c.kill(syscall.SIGTERM)
+}
+
+// TestRunnerRestartedWithTheSameID: a runner killed mid-job (kill -9) and
+// started again at once with the same --id, before its lease could expire. The
+// new process's lease replaces the old one; the dispatcher sees another
+// incarnation, takes the old process for dead and hands its job back (it
+// claims the job's reap key) instead of leaving it to the 30 s ack wait. The
+// killed attempt ends lost.
+func TestRunnerRestartedWithTheSameID(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := jetciBinary(t)
+	repo := newGitRepo(t)
+	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "0"}, repo.Dir)
+	work := filepath.Join(t.TempDir(), "w")
+	a := runnerProcess(t, bin, url, "same", work)
+	c := repo.Commit("slow", map[string]string{"tests/test_slow.py": slowTest})
+	var rec reporter.Record
+	brokertest.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
+		var err error
+		if rec, err = recordOf(t, url, c); err != nil {
+			return err
+		}
+		if rec.Status != "running" {
+			return fmt.Errorf("status %s", rec.Status)
+		}
+		return nil
+	})
+	a.kill(syscall.SIGKILL)
+	b := runnerProcess(t, bin, url, "same", work) // same id, same work directory: its lock died with a
+	defer b.kill(syscall.SIGTERM)
+	brokertest.CheckFor(t, 90*time.Second, 20*time.Millisecond, func() error {
+		r, err := recordOf(t, url, c)
+		if err != nil {
+			return err
+		}
+		if r.Status != "passed" || r.Attempt != 2 {
+			return fmt.Errorf("status %s attempt %d", r.Status, r.Attempt)
+		}
+		rec = r
+		return nil
+	})
+	if rec.Attempts[0].Status != events.StatusLost {
+		t.Errorf("killed attempt: %+v, want lost", rec.Attempts[0])
+	}
+	// It was the dispatcher that handed the job back, not the ack wait.
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	kv, err := js.KeyValue(context.Background(), events.BucketReaped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), events.ReapKey("same", rec.JobID, 1))
+	if err != nil || string(e.Value()) != `"dispatcher"` {
+		t.Fatalf("reap key of the killed attempt: %v %v; want claimed by the dispatcher", e, err)
+	}
 }
