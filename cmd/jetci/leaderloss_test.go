@@ -162,6 +162,40 @@ func clusterLeaderLoss(t testing.TB, commits int) leaderLoss {
 	})
 	out.jobs = len(recs)
 
+	// The pause: the longest time without a job start after the kill, against
+	// the longest before it.
+	var starts []time.Time
+	for _, r := range recs {
+		for _, a := range r.Attempts {
+			if !a.StartedAt.IsZero() {
+				starts = append(starts, a.StartedAt)
+			}
+		}
+	}
+	sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+	if os.Getenv("JETCI_DUMP_LOGS") != "" {
+		t.Logf("killed at %s", killedAt.UTC().Format(time.RFC3339Nano))
+		for _, s := range starts {
+			t.Logf("start %s", s.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	prev := time.Time{}
+	for _, s := range starts {
+		if !prev.IsZero() {
+			gap := s.Sub(prev)
+			if s.After(killedAt) && gap > out.pause {
+				out.pause = gap
+				if prev.Before(killedAt) {
+					out.pause = s.Sub(killedAt)
+				}
+			} else if !s.After(killedAt) && prev.After(starts[0].Add(2*time.Second)) && gap > out.baseline {
+				out.baseline = gap
+			}
+		}
+		prev = s
+	}
+	t.Logf("killed %s (leader of %s) at %s: longest time without a job start %v after the kill, %v before", out.killed, events.StreamJobs,
+		killedAt.UTC().Format(time.RFC3339Nano), out.pause.Round(time.Millisecond), out.baseline.Round(time.Millisecond))
 	// Every log is stored and whole (a spooled one once its runner uploaded it).
 	logs, err := ajs.ObjectStore(ctx, events.BucketLogs)
 	if err != nil {
@@ -205,38 +239,6 @@ func clusterLeaderLoss(t testing.TB, commits int) leaderLoss {
 		}
 	}
 
-	// The pause: the longest time without a job start after the kill, against
-	// the longest before it.
-	var starts []time.Time
-	for _, r := range recs {
-		for _, a := range r.Attempts {
-			if !a.StartedAt.IsZero() {
-				starts = append(starts, a.StartedAt)
-			}
-		}
-	}
-	sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
-	if os.Getenv("JETCI_DUMP_LOGS") != "" {
-		t.Logf("killed at %s", killedAt.UTC().Format(time.RFC3339Nano))
-		for _, s := range starts {
-			t.Logf("start %s", s.UTC().Format(time.RFC3339Nano))
-		}
-	}
-	prev := time.Time{}
-	for _, s := range starts {
-		if !prev.IsZero() {
-			gap := s.Sub(prev)
-			if s.After(killedAt) && gap > out.pause {
-				out.pause = gap
-				if prev.Before(killedAt) {
-					out.pause = s.Sub(killedAt)
-				}
-			} else if !s.After(killedAt) && prev.After(starts[0].Add(2*time.Second)) && gap > out.baseline {
-				out.baseline = gap
-			}
-		}
-		prev = s
-	}
 	return out
 }
 
@@ -249,4 +251,18 @@ func TestClusterLeaderLoss(t *testing.T) {
 	r := clusterLeaderLoss(t, 90)
 	t.Logf("killed %s (leader of %s): %d jobs recorded once, logs whole, no stray chunks; longest time without a job start: %v after the kill, %v before",
 		r.killed, events.StreamJobs, r.jobs, r.pause.Round(time.Millisecond), r.baseline.Round(time.Millisecond))
+}
+
+// BenchmarkClusterLeaderLoss reports the pause after the node leading
+// JETCI_JOBS is killed (pause_ms: the longest time without a job start from the
+// kill on) against the longest before it (baseline_ms), in the set-up of
+// TestClusterLeaderLoss.
+//
+//	go test -run '^$' -bench ClusterLeaderLoss -benchtime 1x ./cmd/jetci
+func BenchmarkClusterLeaderLoss(b *testing.B) {
+	for range b.N {
+		r := clusterLeaderLoss(b, 90)
+		b.ReportMetric(float64(r.pause.Milliseconds()), "pause_ms")
+		b.ReportMetric(float64(r.baseline.Milliseconds()), "baseline_ms")
+	}
 }
