@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/parts"
 	"github.com/jetci/jetci/metrics"
 )
 
@@ -261,21 +262,19 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.openGate(ctx); err != nil {
 		return err
 	}
-	go d.runAging(ctx)
-	go d.runPeriodic(ctx)
+	// Run owns its parts and waits for them all. The commit consumer is the
+	// dispatcher: its failure ends Run. The others are restarted when they
+	// fail (with a pause, shown in /healthz and the metrics), so that a
+	// broken culprit search does not stop the dispatching of commits.
+	g, gctx := parts.New(ctx, "dispatcher", d.cfg.Metrics, d.log)
+	g.Restart("reaper", NewReaper(d.js.Conn(), d.js, d.cfg.Metrics, d.log.With().Str("component", "reaper").Logger()).Run)
+	g.Restart("aging", d.runAging)
+	g.Restart("periodic", d.runPeriodic)
 	if d.gate != nil {
-		go func() {
-			if err := d.RunGate(ctx); err != nil {
-				d.log.Error().Err(err).Msg("broken-build flow stopped")
-			}
-		}()
+		g.Restart("broken-build flow", d.RunGate)
 	}
 	if len(d.cfg.Bisect) > 0 {
-		go func() {
-			if err := d.RunBisect(ctx); err != nil {
-				d.log.Error().Err(err).Msg("culprit finding stopped")
-			}
-		}()
+		g.Restart("culprit search", d.RunBisect)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       events.ConsumerDispatcher,
@@ -284,7 +283,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       commitAckWait, // a commit is dispatched in milliseconds; handle keeps a long one alive
 	}
-	return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
+	g.Must("commits", func(ctx context.Context) error {
+		return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
+	})
+	err := g.Wait()
+	_ = gctx
+	return err
 }
 
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {

@@ -78,7 +78,7 @@ func (r *Reporter) Handler() http.Handler {
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", r.healthz)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		h, pattern := mux.Handler(req)
 		if pattern != "" {

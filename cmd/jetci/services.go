@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/dispatcher"
@@ -280,12 +279,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return d.Run(gctx) })
-		g.Go(func() error {
-			return dispatcher.NewReaper(nc, js, mets, log.With().Str("component", "reaper").Logger()).Run(gctx)
-		})
-		return g.Wait()
+		return d.Run(ctx) // the reaper is one of its parts
 	})
 }
 
