@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
@@ -141,5 +142,77 @@ func TestRunnerRestartedWithTheSameID(t *testing.T) {
 	e, err := kv.Get(context.Background(), events.ReapKey("same", rec.JobID, 1))
 	if err != nil || string(e.Value()) != `"dispatcher"` {
 		t.Fatalf("reap key of the killed attempt: %v %v; want claimed by the dispatcher", e, err)
+	}
+}
+
+// TestRolePasswordFromItsServerVariable: the README's multi-machine block
+// exports JETCI_<ROLE>_PASSWORD, the variables the shipped nats.conf reads; a
+// client of user X finds its password in JETCI_X_PASSWORD, and a refused login
+// says where the password came from and where it may come from.
+func TestRolePasswordFromItsServerVariable(t *testing.T) {
+	url, _ := startShippedBroker(t) // exports JETCI_<ROLE>_PASSWORD, as the README does
+	t.Setenv("JETCI_NATS_PASSWORD", "")
+	run := func(args ...string) (int, string) {
+		var out, errb syncBuffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		code := (&Main{Stdout: &out, Stderr: &errb}).Run(ctx, append([]string{"results", "--nats", url, "--json"}, args...))
+		return code, errb.String()
+	}
+	if code, errs := run("--nats-user", "admin"); code != 0 {
+		t.Fatalf("jetci results --nats-user admin with $JETCI_ADMIN_PASSWORD set: code %d: %s", code, errs)
+	}
+	t.Setenv("JETCI_NATS_PASSWORD", "wrong")
+	t.Setenv("JETCI_ADMIN_PASSWORD", "")
+	code, errs := run("--nats-user", "admin")
+	for _, want := range []string{"authorization violation", "$JETCI_NATS_PASSWORD", "$JETCI_ADMIN_PASSWORD"} {
+		if code == 0 || !strings.Contains(strings.ToLower(errs), strings.ToLower(want)) {
+			t.Errorf("refused login: code %d, stderr %q does not name %s", code, errs, want)
+		}
+	}
+	t.Setenv("JETCI_NATS_PASSWORD", "")
+	code, errs = run("--nats-user", "admin")
+	if code == 0 || !strings.Contains(errs, "no password was given for user admin: set $JETCI_ADMIN_PASSWORD") {
+		t.Errorf("login without a password: code %d, stderr %q", code, errs)
+	}
+}
+
+// TestSetupWaitsForTheServer: `jetci setup --timeout` started before its
+// server waits for it (as the README's order of commands on a fresh machine
+// needs), and sets the streams up once the server is there; without a server
+// it gives up after --timeout, saying so.
+func TestSetupWaitsForTheServer(t *testing.T) {
+	addr := freeAddr(t)
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(),
+			[]string{"setup", "--nats", "nats://" + addr, "--timeout", "60s", "--log-format", "json"})
+	}()
+	brokertest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		select {
+		case code := <-done:
+			t.Fatalf("setup ended (code %d) before the server started: %s %s", code, out.String(), errb.String())
+		default:
+		}
+		if !strings.Contains(out.String()+errb.String(), "waiting for the nats server") {
+			return fmt.Errorf("setup not waiting yet")
+		}
+		return nil
+	})
+	srv, err := broker.Start(broker.Config{Listen: addr, StoreDir: t.TempDir()}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if code := <-done; code != 0 || !strings.Contains(out.String(), "jetci streams and buckets ready") {
+		t.Fatalf("setup: code %d, %s %s", code, out.String(), errb.String())
+	}
+
+	errb = syncBuffer{}
+	code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(),
+		[]string{"setup", "--nats", "nats://" + freeAddr(t), "--timeout", "1s", "--log-format", "json"})
+	if code == 0 || !strings.Contains(errb.String(), "within --timeout 1s") {
+		t.Fatalf("setup without a server: code %d, %s", code, errb.String())
 	}
 }

@@ -156,13 +156,18 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	if _, err := retention(events.DefaultSetup()); err != nil {
 		return err
 	}
-	nc, js, err := m.connect(ctx, nf, "jetci-setup", false, log)
+	// --timeout covers the server too: one started just before (or a
+	// cluster's nodes still finding each other) is waited for.
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	nc, js, err := m.connect(ctx, nf, "jetci-setup", true, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("no NATS server answered at %s within --timeout %s: %w", nf.url, *timeout, err)
+		}
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
 	setup, _ := retention(events.SetupFor(nc))
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
