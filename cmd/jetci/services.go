@@ -205,7 +205,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
-	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches")
+	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
