@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -18,8 +17,8 @@ import (
 // by the next runner on the same work directory. The result names the log
 // either way, so the job's slot does not wait for the store.
 //
-// An entry is two files: KEY.name (the object name, written first, fsynced)
-// and KEY.log (the log, moved in after it).
+// An entry is one file, NAME.log, NAME being the object name in hex: moved in
+// with one rename, so an uploader never sees half an entry.
 
 // logFirstTry bounds the upload of a log while its job's slot waits; after
 // that the log is spooled and the slot takes the next job.
@@ -29,13 +28,7 @@ func (r *Runner) spoolDir() string { return filepath.Join(r.cfg.WorkDir, "spool"
 
 // spoolLog moves the log at path into the spool, to be stored as name.
 func (r *Runner) spoolLog(name, path string) error {
-	sum := sha256.Sum256([]byte(name))
-	base := filepath.Join(r.spoolDir(), hex.EncodeToString(sum[:12]))
-	if err := writeFileSync(base+".name", []byte(name)); err != nil {
-		return err
-	}
-	if err := os.Rename(path, base+".log"); err != nil {
-		_ = os.Remove(base + ".name")
+	if err := os.Rename(path, filepath.Join(r.spoolDir(), hex.EncodeToString([]byte(name))+".log")); err != nil {
 		return err
 	}
 	select {
@@ -75,32 +68,25 @@ func (r *Runner) flushSpool(ctx context.Context) int {
 	}
 	left := 0
 	for _, e := range entries {
-		base, ok := strings.CutSuffix(e.Name(), ".name")
-		if !ok {
+		base, ok := strings.CutSuffix(e.Name(), ".log")
+		b, err := hex.DecodeString(base)
+		if !ok || err != nil || len(b) == 0 {
 			continue
 		}
-		base = filepath.Join(r.spoolDir(), base)
-		b, err := os.ReadFile(base + ".name")
-		if _, serr := os.Stat(base + ".log"); err != nil || serr != nil {
-			// Cut short between its two files: nothing to upload.
-			_ = os.Remove(base + ".name")
-			continue
-		}
-		name := string(b)
+		name, path := string(b), filepath.Join(r.spoolDir(), e.Name())
 		if left > 0 || ctx.Err() != nil { // the store did not answer: try again later
 			left++
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err = putObject(pctx, r.js, events.BucketLogs, name, "job log", base+".log", -1)
+		_, err = putObject(pctx, r.js, events.BucketLogs, name, "job log", path, -1)
 		cancel()
 		if err != nil {
 			r.log.Debug().Err(err).Str("log", name).Msg("spooled log not stored yet")
 			left++
 			continue
 		}
-		_ = os.Remove(base + ".log")
-		_ = os.Remove(base + ".name")
+		_ = os.Remove(path)
 		r.log.Info().Str("log", name).Msg("spooled log stored")
 	}
 	r.cfg.Metrics.SetSpooledLogs(left)
