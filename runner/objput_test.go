@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,4 +90,38 @@ func TestPutObjectResumesWithoutPartials(t *testing.T) {
 			t.Errorf("%s: %q, %v", name, b, err)
 		}
 	}
+}
+
+// TestSpooledLogIsStoredByTheNextRunner: a log left in the spool by a runner
+// that stopped before the store answered is stored by the next runner started
+// on the same work directory, and leaves the spool.
+func TestSpooledLogIsStoredByTheNextRunner(t *testing.T) {
+	s := brokertest.Run(t)
+	work := t.TempDir()
+	const name = "job-9/3-1.log"
+	if err := os.MkdirAll(filepath.Join(work, "spool"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spooled := filepath.Join(work, "spool", hex.EncodeToString([]byte(name))+".log")
+	if err := os.WriteFile(spooled, []byte("kept output\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startRunner(t, s, func(c *Config) { c.WorkDir = work })
+	store, err := s.JS.ObjectStore(context.Background(), events.BucketLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		b, err := store.GetBytes(context.Background(), name)
+		if err != nil {
+			return err
+		}
+		if string(b) != "kept output\n" {
+			return fmt.Errorf("stored %q", b)
+		}
+		if _, err := os.Stat(spooled); !os.IsNotExist(err) {
+			return fmt.Errorf("still spooled: %v", err)
+		}
+		return nil
+	})
 }
