@@ -266,7 +266,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// dispatcher: its failure ends Run. The others are restarted when they
 	// fail (with a pause, shown in /healthz and the metrics), so that a
 	// broken culprit search does not stop the dispatching of commits.
-	g, gctx := parts.New(ctx, "dispatcher", d.cfg.Metrics, d.log)
+	g, _ := parts.New(ctx, "dispatcher", d.cfg.Metrics, d.log)
 	g.Restart("reaper", NewReaper(d.js.Conn(), d.js, d.cfg.Metrics, d.log.With().Str("component", "reaper").Logger()).Run)
 	g.Restart("aging", d.runAging)
 	g.Restart("periodic", d.runPeriodic)
@@ -286,9 +286,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Must("commits", func(ctx context.Context) error {
 		return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
 	})
-	err := g.Wait()
-	_ = gctx
-	return err
+	return g.Wait()
 }
 
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
