@@ -24,14 +24,13 @@ var agingOrder = []events.Class{events.ClassUser, events.ClassFirst, events.Clas
 // consumer's delivered position are moved, never one a runner holds. (A runner
 // that takes the job in the instant between the look and the delete would run
 // it alongside the copy: steps must tolerate a rerun, as with any redelivery.)
-func (d *Dispatcher) runAging(ctx context.Context) {
+func (d *Dispatcher) runAging(ctx context.Context) error {
 	if d.cfg.AgeAfter <= 0 {
-		return
+		return nil
 	}
 	stream, err := d.js.Stream(ctx, events.StreamJobs)
 	if err != nil {
-		d.log.Error().Err(err).Msg("aging: open the jobs stream")
-		return
+		return fmt.Errorf("aging: open the jobs stream: %w", err)
 	}
 	tick := min(max(d.cfg.AgeAfter/4, 10*time.Millisecond), 30*time.Second)
 	t := time.NewTicker(tick)
@@ -39,7 +38,7 @@ func (d *Dispatcher) runAging(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		for _, p := range d.partitions(ctx, stream) {

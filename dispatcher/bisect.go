@@ -126,9 +126,14 @@ func (d *Dispatcher) RunBisect(ctx context.Context) error {
 		return fmt.Errorf("bisect: bad since %q: %w", e.Value(), err)
 	}
 	d.bisect = b
-	go d.indexCommits(ctx)
-	go d.watchBisections(ctx)
-	go d.bisectTimer(ctx)
+	// Its helpers are the culprit search's own: they end with it and it waits
+	// for them, so a restarted search never runs beside the last one's.
+	ctx, stop := context.WithCancel(ctx)
+	var helpers sync.WaitGroup
+	defer func() { stop(); helpers.Wait() }()
+	helpers.Go(func() { d.indexCommits(ctx) })
+	helpers.Go(func() { d.watchBisections(ctx) })
+	helpers.Go(func() { d.bisectTimer(ctx) })
 	cfg := jetstream.ConsumerConfig{
 		Durable:     events.ConsumerBisect,
 		Description: "culprit finding: queued and finished jobs of bisected branches",

@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/parts"
 	"github.com/jetci/jetci/metrics"
 )
 
@@ -262,21 +263,19 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.openGate(ctx); err != nil {
 		return err
 	}
-	go d.runAging(ctx)
-	go d.runPeriodic(ctx)
+	// Run owns its parts and waits for them all. The commit consumer is the
+	// dispatcher: its failure ends Run. The others are restarted when they
+	// fail (with a pause, shown in /healthz and the metrics), so that a
+	// broken culprit search does not stop the dispatching of commits.
+	g, _ := parts.New(ctx, "dispatcher", d.cfg.Metrics, d.log)
+	g.Restart("reaper", NewReaper(d.js.Conn(), d.js, d.cfg.Metrics, d.log.With().Str("component", "reaper").Logger()).Run)
+	g.Restart("aging", d.runAging)
+	g.Restart("periodic", d.runPeriodic)
 	if d.gate != nil {
-		go func() {
-			if err := d.RunGate(ctx); err != nil {
-				d.log.Error().Err(err).Msg("broken-build flow stopped")
-			}
-		}()
+		g.Restart("broken-build flow", d.RunGate)
 	}
 	if len(d.cfg.Bisect) > 0 {
-		go func() {
-			if err := d.RunBisect(ctx); err != nil {
-				d.log.Error().Err(err).Msg("culprit finding stopped")
-			}
-		}()
+		g.Restart("culprit search", d.RunBisect)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       events.ConsumerDispatcher,
@@ -285,7 +284,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       commitAckWait, // a commit is dispatched in milliseconds; handle keeps a long one alive
 	}
-	return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
+	g.Must("commits", func(ctx context.Context) error {
+		return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
+	})
+	return g.Wait()
 }
 
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
@@ -336,7 +338,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	<-beatDone
 	if err != nil {
 		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
-		_ = m.NakWithDelay(time.Second)
+		_ = m.NakWithDelay(dispatchRetry)
 		return
 	}
 	if err := m.DoubleAck(ctx); err != nil {
@@ -404,6 +406,10 @@ func (d *Dispatcher) enqueue(ctx context.Context, jobs []*events.JobQueued, salt
 	return d.enqueueBatch(ctx, jobs, salt)
 }
 
+// dispatchRetry is how soon a commit whose dispatch failed is tried again:
+// soon, as the usual cause is a stream electing a new leader.
+const dispatchRetry = 250 * time.Millisecond
+
 // commitAckWait is the commit consumer's ack wait.
 const commitAckWait = 10 * time.Second
 
@@ -441,8 +447,12 @@ func (d *Dispatcher) enqueueBatch(ctx context.Context, jobs []*events.JobQueued,
 	return err
 }
 
-// publishTimeout bounds the wait for an asynchronous publish's ack.
-const publishTimeout = 10 * time.Second
+// publishTimeout bounds the wait for the next ack of a group of asynchronous
+// publishes: each ack that comes in starts it again, so a big group has the
+// time it needs, while a publish lost with a stream leader (a cluster node
+// died) is given up after seconds and retried (the Msg-Ids make the retry's
+// duplicates harmless) instead of stalling every commit behind it.
+const publishTimeout = 1500 * time.Millisecond
 
 func publishAsync(js jetstream.JetStream, subject string, msg any, id string) (jetstream.PubAckFuture, error) {
 	data, err := events.Encode(msg)
@@ -465,10 +475,14 @@ func awaitAll(ctx context.Context, futs []jetstream.PubAckFuture) ([]*jetstream.
 		select {
 		case ack := <-f.Ok():
 			acks[i] = ack
+			if !timeout.Stop() {
+				<-timeout.C
+			}
+			timeout.Reset(publishTimeout)
 		case err := <-f.Err():
 			return nil, fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
 		case <-timeout.C:
-			return nil, fmt.Errorf("publish %s: no ack in %s", f.Msg().Subject, publishTimeout)
+			return nil, fmt.Errorf("publish %s: no ack for %s", f.Msg().Subject, publishTimeout)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -241,8 +242,13 @@ func (d *Dispatcher) RunGate(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 		AckWait:       30 * time.Second,
 	}
-	go d.runTimer(ctx)
-	go d.serveRecheck(ctx)
+	// Its helpers end with it, and it waits for them (a restart must not
+	// run a second timer beside the first).
+	ctx, stop := context.WithCancel(ctx)
+	var helpers sync.WaitGroup
+	defer func() { stop(); helpers.Wait() }()
+	helpers.Go(func() { d.runTimer(ctx) })
+	helpers.Go(func() { d.serveRecheck(ctx) })
 	return events.Consume(ctx, d.js, events.StreamResults, cfg, 64, d.log, func(m jetstream.Msg) {
 		fin, err := events.DecodeAs[events.JobFinished](m.Data())
 		if err != nil {

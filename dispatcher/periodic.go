@@ -40,26 +40,24 @@ const scheduleKey = "periodic"
 // with a compare-and-swap in jetci-schedule, so restarts and several
 // dispatchers fire each time once; a check missed while no dispatcher ran is
 // made up once at start, not once per missed time.
-func (d *Dispatcher) runPeriodic(ctx context.Context) {
+func (d *Dispatcher) runPeriodic(ctx context.Context) error {
 	if d.cfg.Periodic == "" {
-		return
+		return nil
 	}
 	sched, err := ParseSchedule(d.cfg.Periodic)
 	if err != nil {
-		d.log.Error().Err(err).Msg("periodic check off")
-		return
+		return fmt.Errorf("periodic check: %w", err)
 	}
 	kv, err := d.js.KeyValue(ctx, events.BucketSchedule)
 	if err != nil {
-		d.log.Error().Err(err).Msg("periodic check off")
-		return
+		return fmt.Errorf("periodic check: %w", err)
 	}
 	t := time.NewTicker(d.cfg.PeriodicTick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		since, fire, err := d.claimPeriodic(ctx, kv, sched)

@@ -89,6 +89,14 @@ func (r *Reaper) watch(ctx context.Context, kv jetstream.KeyValue) error {
 		case jetstream.KeyValuePut:
 			var l events.Lease
 			if json.Unmarshal(e.Value(), &l) == nil {
+				// The same id from another process: the runner was restarted
+				// at once (before its old lease could expire), so the old
+				// process is dead and its jobs go back now, as for any dead
+				// runner, rather than after the ack wait.
+				if old, known := last[id]; known && old.Incarnation != "" && l.Incarnation != old.Incarnation {
+					r.log.Info().Str("runner", l.ID).Msg("runner restarted with the same id: its old process is gone")
+					r.reap(ctx, id, old)
+				}
 				last[id] = l
 			}
 		case jetstream.KeyValueDelete: // a clean stop: the runner handed its jobs back itself

@@ -11,6 +11,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// The pull expiry and heartbeat of Consume's pulls.
+const (
+	consumePullExpiry = 5 * time.Second
+	consumeHeartbeat  = time.Second
+)
+
 // Consume creates (or updates) the durable consumer cfg on stream, retrying while
 // the server is away, then hands its messages to handle one at a time until ctx
 // ends, with at most buffer messages pulled ahead. It returns nil on a clean stop.
@@ -28,7 +34,11 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 		}
 		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	// Short pulls with a heartbeat every second: when the consumer's leader
+	// dies (a cluster node lost), the client notices the missing heartbeats
+	// within seconds and pulls from the new leader, instead of waiting out
+	// the default 30 s pull.
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer), jetstream.PullExpiry(consumePullExpiry), jetstream.PullHeartbeat(consumeHeartbeat))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", cfg.Durable, err)
 	}

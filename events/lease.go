@@ -22,6 +22,11 @@ type Lease struct {
 	Host        string      `json:"host"`
 	StartedAt   time.Time   `json:"started_at"`
 	HeartbeatAt time.Time   `json:"heartbeat_at"`
+	// Incarnation is random per runner process. A lease of the same runner
+	// id with another incarnation is a restarted runner: the process that
+	// wrote the old lease is dead, and its jobs are handed back as for any
+	// dead runner (a new process cannot hold its deliveries).
+	Incarnation string `json:"incarnation,omitempty"`
 }
 
 // LeasedJob is one job a runner holds.

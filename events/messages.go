@@ -53,6 +53,10 @@ const (
 	StatusFailed    Status = "failed"
 	StatusError     Status = "error"
 	StatusCancelled Status = "cancelled"
+	// StatusLost is an attempt whose runner stopped answering (killed, frozen,
+	// cut off) while a later attempt or run of the job went on: it shows only
+	// in a record's attempts, and a late result of its own still replaces it.
+	StatusLost Status = "lost"
 )
 
 // Kind is what a run is for: its Origin class if aging raised it, else its

@@ -34,6 +34,7 @@ type Metrics struct {
 	pollErrors  *prometheus.CounterVec
 	commits     *prometheus.CounterVec
 	notes       *prometheus.CounterVec
+	parts       parts // parts.go
 }
 
 // New creates the metrics of a process. With js non-nil, each scrape also reports
@@ -69,7 +70,7 @@ func New(js jetstream.JetStream) *Metrics {
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.MetricsHandler())
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", m.healthz)
 	return mux
 }
 

@@ -117,8 +117,15 @@ func (r *Reporter) Handler() http.Handler {
 }
 
 // healthz answers 503 while the read model cannot be read or kept current
-// (say, PostgreSQL is down), and logs why.
+// (say, PostgreSQL is down), and logs why, or while a part of the reporter
+// failed and waits to be restarted, naming it.
 func (r *Reporter) healthz(w http.ResponseWriter, req *http.Request) {
+	if down := r.cfg.Metrics.PartsHealth(); len(down) > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, strings.Join(down, "\n")+"\n")
+		return
+	}
 	if err := r.view.Health(req.Context()); err != nil {
 		r.log.Warn().Err(err).Msg("healthz: not healthy")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -23,7 +23,7 @@ var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]`)
 func (r *Reporter) storedLog(ctx context.Context, name string, limit int64) (string, bool, error) {
 	obj, err := r.logs.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return "", false, errors.New("it is gone (expired by the log retention)")
+		return "", false, errors.New("it is not stored: not yet (its runner keeps it until the log store answers) or no longer (expired by the log retention)")
 	}
 	if err != nil {
 		return "", false, err

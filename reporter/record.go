@@ -302,7 +302,7 @@ func (r *Record) Apply(ev any) bool {
 		}
 		if !(position{e.QueueSeq, e.Attempt, 1}).after(r.position()) {
 			r.syncAttempt()
-			return changed
+			return r.loseEarlier() || changed
 		}
 		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 1
 		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
@@ -310,6 +310,7 @@ func (r *Record) Apply(ev any) bool {
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = nil, nil, false, 0, nil
 		r.syncAttempt()
+		r.loseEarlier()
 		return true
 	case *events.JobFinished:
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
@@ -336,7 +337,7 @@ func (r *Record) Apply(ev any) bool {
 		}
 		if !(position{e.QueueSeq, e.Attempt, 2}).after(r.position()) {
 			r.syncAttempt()
-			return changed
+			return r.loseEarlier() || changed
 		}
 		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 2
 		r.Status, r.Runner, r.ExitCode, r.Error = e.Status, e.Runner, e.ExitCode, e.Error
@@ -347,9 +348,35 @@ func (r *Record) Apply(ev any) bool {
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = e.Tests, e.TestSummary, e.Flaky, e.Retries, e.FailedTries
 		r.syncAttempt()
+		r.loseEarlier()
 		return true
 	}
 	return false
+}
+
+// loseEarlier marks the attempts still "running" that come before the
+// record's current one as lost, saying why: their runner stopped answering
+// (killed, frozen, cut off) and the job went on without them. A late result of
+// such an attempt still replaces its entry (lost is not final).
+func (r *Record) loseEarlier() bool {
+	changed := false
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		if a.Status != events.StatusRunning || !(position{r.QueueSeq, r.Delivery, 1}).after(position{a.QueueSeq, a.Delivery, 1}) {
+			continue
+		}
+		who := "its runner"
+		if a.Runner != "" {
+			who = "runner " + a.Runner
+		}
+		if a.QueueSeq == r.QueueSeq {
+			a.Error = who + " stopped answering (killed, frozen or cut off) and the job was handed to another attempt"
+		} else {
+			a.Error = who + " stopped answering (killed, frozen or cut off) before a later run of the job"
+		}
+		a.Status, changed = events.StatusLost, true
+	}
+	return changed
 }
 
 // syncAttempt sets Attempt to the number of the current attempt. Numbers move

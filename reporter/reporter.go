@@ -33,6 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/parts"
 	"github.com/jetci/jetci/metrics"
 	"github.com/jetci/jetci/reporter/readmodel"
 )
@@ -180,59 +181,56 @@ func (r *Reporter) ready() bool {
 func (r *Reporter) Run(ctx context.Context) error {
 	defer close(r.closing)
 	defer r.closeDB()
-	errc := make(chan error, 8)
-	// spawn runs a part of the reporter; only its failure ends Run (a part
-	// with nothing to do returns nil at once).
-	spawn := func(f func() error) {
-		go func() {
-			if err := f(); err != nil {
-				errc <- err
-			}
-		}()
-	}
-	vctx, stopView := context.WithCancel(ctx)
+	// Run owns its parts and waits for every one of them. Folding results
+	// into records and the web server are the reporter: their failure ends
+	// Run. The notification parts are restarted when they fail (with a
+	// pause, shown in /healthz and the metrics). A part with nothing to do
+	// returns nil at once.
+	g, gctx := parts.New(ctx, "reporter", r.cfg.Metrics, r.log)
+	vctx, stopView := context.WithCancel(gctx)
 	defer stopView()
-	go r.view.Run(vctx)
-	var srv *http.Server
+	g.Must("view", func(context.Context) error { r.view.Run(vctx); return nil })
 	if r.ln != nil {
-		srv = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		srv := &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second,
 			BaseContext: func(net.Listener) context.Context { return vctx }}
 		mode := "read-only: no --admin-token"
 		if r.auth.enabled() {
 			mode = "actions enabled with the admin token"
 		}
 		r.log.Info().Str("addr", "http://"+r.Addr()).Str("actions", mode).Msg("web UI and API listening")
-		go func() {
-			if err := srv.Serve(r.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("reporter: http: %w", err)
+		g.Must("http", func(ctx context.Context) error {
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(r.ln) }()
+			select {
+			case err := <-served:
+				if errors.Is(err, http.ErrServerClosed) {
+					return nil
+				}
+				return fmt.Errorf("reporter: http: %w", err)
+			case <-ctx.Done():
 			}
-		}()
+			stopView() // ends event streams, which would hold Shutdown up
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-served
+			return nil
+		})
 	}
-	spawn(func() error { return r.consume(ctx) })
-	spawn(func() error { return r.queryService(ctx) })
+	g.Must("results", r.consume)
+	g.Must("query service", r.queryService)
 	if r.cfg.HistoryRetention > 0 {
-		go r.prune(vctx)
+		g.Restart("retention", func(ctx context.Context) error { r.prune(ctx); return nil })
 	}
 	if r.notifier != nil {
-		spawn(func() error { return r.notifier.RunOutbox(ctx) })
-		spawn(func() error { return r.consumeForNotifier(ctx) })
-		spawn(func() error { return r.consumeBranchStates(ctx) })
-		spawn(func() error { return r.consumeBisections(ctx) })
+		g.Restart("notify outbox", r.notifier.RunOutbox)
+		g.Restart("notify results", r.consumeForNotifier)
+		g.Restart("branch states", r.consumeBranchStates)
+		g.Restart("bisections", r.consumeBisections)
 		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	stopView() // ends event streams, which would hold Shutdown up
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}
-	return err
+	return g.Wait()
 }
 
 // consume feeds the per-test history from every finished event (the records

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -12,8 +11,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
 )
@@ -173,11 +170,6 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 	if len(files) == 0 {
 		return nil
 	}
-	store, err := r.js.ObjectStore(ctx, events.BucketArtifacts)
-	if err != nil {
-		out.Note("[jetci] artifacts: not stored: %v", err)
-		return nil
-	}
 	var arts []events.Artifact
 	var total int64
 	for i, f := range files {
@@ -190,7 +182,7 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 			continue
 		}
 		name := events.ArtifactObject(job.JobID, seq, attempt, f.rel)
-		size, err := putFile(ctx, store, name, f.abs, r.cfg.ArtifactLimit-total)
+		size, err := r.putArtifact(ctx, name, f.abs, r.cfg.ArtifactLimit-total)
 		if err != nil {
 			out.Note("[jetci] artifacts: %s not stored: %v", f.rel, err)
 			continue
@@ -204,19 +196,23 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 	return arts
 }
 
-// putFile stores a file, reading at most limit bytes of it (a file that grew
-// since it was measured is cut there).
-func putFile(ctx context.Context, store jetstream.ObjectStore, name, file string, limit int64) (int64, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
+// putArtifact stores a file, reading at most limit bytes of it (a file that
+// grew since it was measured is cut there). A try that fails (a leader change)
+// is resumed, for up to two minutes.
+func (r *Runner) putArtifact(ctx context.Context, name, file string, limit int64) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	info, err := store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job artifact"}, io.LimitReader(f, limit))
-	if err != nil {
-		return 0, err
+	wait := 250 * time.Millisecond
+	for {
+		size, err := putObject(ctx, r.js, events.BucketArtifacts, name, "job artifact", file, limit)
+		if err == nil || ctx.Err() != nil {
+			return size, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
-	return int64(info.Size), nil
 }

@@ -97,7 +97,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 // it is the same attempt, so an ack lost here costs a second run).
 func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 	wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait)
-	noResponders := 0
+	var noResponders time.Time // since when no one answers
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := m.DoubleAck(actx)
@@ -105,10 +105,15 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		if err == nil {
 			return
 		}
-		if errors.Is(err, nats.ErrNoResponders) {
-			noResponders++ // the consumer is gone (deleted): the ack can never land
+		// No responders: the consumer is gone (deleted), and the ack can never
+		// land; or, on a cluster, its leader died and a new one is being
+		// elected, which takes seconds. Only the first lasts.
+		if !errors.Is(err, nats.ErrNoResponders) {
+			noResponders = time.Time{}
+		} else if noResponders.IsZero() {
+			noResponders = time.Now()
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) || noResponders >= 3 {
+		if ctx.Err() != nil || time.Now().After(deadline) || (!noResponders.IsZero() && time.Since(noResponders) > ackNoResponders) {
 			log.Warn().Err(err).Msg("could not ack the job; it may run again")
 			return
 		}
@@ -120,6 +125,10 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		wait = min(2*wait, 5*time.Second)
 	}
 }
+
+// ackNoResponders is how long an ack that no one answers is retried: longer
+// than a cluster takes to elect a consumer's new leader.
+const ackNoResponders = 15 * time.Second
 
 // heartbeat keeps the job from being redelivered while it runs. The returned
 // stop may be called more than once; no in-progress ack is sent after it returns.
@@ -237,11 +246,15 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res
 	}
 	name := events.LogObject(job.JobID, seq, attempt)
-	if err := r.storeLog(ctx, name, logPath); err != nil {
-		log.Warn().Err(err).Msg("could not store the log; the result goes without it")
-	} else {
+	if err := r.storeLog(ctx, name, logPath); err == nil {
 		res.Log = name
 		_ = os.Remove(logPath)
+	} else if serr := r.spoolLog(name, logPath); serr == nil {
+		// The result names the log: it is stored as soon as the store answers.
+		res.Log = name
+		log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
+	} else {
+		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
 	}
 	return res
 }
@@ -288,35 +301,13 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 	}
 }
 
+// storeLog makes one try, of at most logFirstTry, to store the log; a log it
+// could not store is spooled by the caller.
 func (r *Runner) storeLog(ctx context.Context, name, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	store, err := r.logStore(ctx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
 	defer cancel()
-	_, err = store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
+	_, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
 	return err
-}
-
-// logStore returns the logs bucket, looked up on first use: a lookup is a
-// round trip to the server, once per job otherwise.
-func (r *Runner) logStore(ctx context.Context) (jetstream.ObjectStore, error) {
-	r.logsMu.Lock()
-	defer r.logsMu.Unlock()
-	if r.logs == nil {
-		store, err := r.js.ObjectStore(ctx, events.BucketLogs)
-		if err != nil {
-			return nil, err
-		}
-		r.logs = store
-	}
-	return r.logs, nil
 }
 
 // publishOnce publishes a result event, giving up after a short while.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,6 +70,7 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 	}
 	s2 := brokertest.RunAt(t, dir, addr)
 	back := time.Now()
+	var logName string
 	stream, err := s2.JS.Stream(context.Background(), events.StreamResults)
 	if err != nil {
 		t.Fatal(err)
@@ -85,9 +87,32 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 		if f.JobID != j.JobID || f.Status != events.StatusPassed {
 			return fmt.Errorf("result %+v", f)
 		}
+		logName = f.Log
 		return nil
 	})
 	t.Logf("result recorded %v after the broker came back", time.Since(back).Round(time.Millisecond))
+	// The log could not be stored while the broker was away: it waited in the
+	// spool, the result named it, and it is stored now, whole.
+	if logName == "" {
+		t.Fatal("the result names no log")
+	}
+	logs, err := s2.JS.ObjectStore(context.Background(), events.BucketLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokertest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		b, err := logs.GetBytes(context.Background(), logName)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "finished") {
+			return fmt.Errorf("stored log %q lacks the job's output", b)
+		}
+		if files, _ := os.ReadDir(filepath.Join(cfg.WorkDir, "spool")); len(files) != 0 {
+			return fmt.Errorf("%d files left in the spool", len(files))
+		}
+		return nil
+	})
 	// The job was acked: the work queue is empty, and the outbox too.
 	brokertest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		st, err := s2.JS.Stream(context.Background(), events.StreamJobs)

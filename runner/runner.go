@@ -179,11 +179,13 @@ type Runner struct {
 	kick  chan struct{}            // asks for the lease to be written now
 	lease leaseState
 	born  time.Time
+	inc   string // this process's incarnation (events.Lease)
 
 	ensured time.Time // when the job consumers were last created again
 
-	logsMu sync.Mutex
-	logs   jetstream.ObjectStore // the logs bucket, looked up once
+	lock *workLock // held on WorkDir from New until Run returns (or Close)
+
+	spoolKick chan struct{} // a log was spooled: upload it now
 }
 
 // New returns a runner; Run starts it.
@@ -191,8 +193,18 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp"} {
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		return nil, fmt.Errorf("runner: WorkDir: %w", err)
+	}
+	// The work directory is this runner's alone: another runner moving the
+	// same workspaces would make a job test a commit it was not given.
+	lock, err := lockWorkDir(cfg.WorkDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp", "spool"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
+			lock.release()
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
 		}
 	}
@@ -200,24 +212,28 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 		// The work dir holds every slot's workspace, the caches and the
 		// outbox: steps run as other users and must not reach it by name.
 		if err := os.Chmod(cfg.WorkDir, 0o700); err != nil {
+			lock.release()
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
 		}
 	}
 	x, err := chooseExec(cfg, log)
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
-	return &Runner{
+	return &Runner{lock: lock,
 		mode: x.mode, engine: x.engine, engineErr: x.engineErr, emulated: x.emulated,
 		cfg: cfg, id: idRE.ReplaceAllString(cfg.ID, "-"), nc: nc, js: js, log: log,
 		caches: &caches{dir: filepath.Join(cfg.WorkDir, "cache"), per: map[string]*sync.RWMutex{}},
 		wake:   newNotifier(), busy: map[int]events.LeasedJob{}, jobs: map[string]*running{}, lost: map[string]bool{}, kick: make(chan struct{}, 1), born: time.Now().UTC(),
+		spoolKick: make(chan struct{}, 1), inc: incarnation(),
 	}, nil
 }
 
 // Run takes and runs jobs until ctx ends. Then it takes no more; jobs still
 // running get Grace to finish, and are then killed and handed back to the queue.
 func (r *Runner) Run(ctx context.Context) error {
+	defer r.Close()
 	defer r.removeCgroups()
 	var cons []jetstream.Consumer
 	err := events.Retry(ctx, r.log, "create job consumers", 5*time.Second, func(ctx context.Context) error {
@@ -262,6 +278,22 @@ func (r *Runner) Run(ctx context.Context) error {
 	}()
 	r.flushOutbox(jobCtx)
 
+	// Logs spooled by a job (or by an earlier run on this work directory) are
+	// uploaded as soon as the store answers, until the slots are done and a
+	// last try has had its chance.
+	spoolCtx, stopSpool := context.WithCancel(context.Background())
+	spoolDone := make(chan struct{})
+	go func() { defer close(spoolDone); r.uploadSpool(spoolCtx) }()
+	defer func() {
+		stopSpool()
+		<-spoolDone
+		fctx, cancel := context.WithTimeout(context.Background(), logFirstTry)
+		defer cancel()
+		if left := r.flushSpool(fctx); left > 0 {
+			r.log.Warn().Int("logs", left).Str("spool", r.spoolDir()).Msg("stopping with logs not yet stored: the next runner on this --work stores them")
+		}
+	}()
+
 	leaseDone := make(chan struct{})
 	stopLease := make(chan struct{})
 	go func() { defer close(leaseDone); r.holdLease(jobCtx, stopLease) }()
@@ -275,6 +307,14 @@ func (r *Runner) Run(ctx context.Context) error {
 	close(stopLease)
 	<-leaseDone
 	return nil
+}
+
+// Close releases the work directory, for a runner that is not Run (Run
+// releases it when it returns). It may be called more than once.
+func (r *Runner) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lock.release()
 }
 
 // wakeRetry spaces the looks after a wake-up that found nothing: the core
@@ -328,7 +368,10 @@ func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.
 		}
 	}
 	if missing {
-		r.recreateConsumers(ctx)
+		// In the background: while a cluster elects the consumers' new
+		// leaders the create waits, and the slot should not (its next look
+		// finds the job as soon as there is a leader again).
+		go r.recreateConsumers(ctx)
 	}
 	return nil
 }
@@ -427,7 +470,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 	host, _ := os.Hostname()
 	r.mu.Lock()
 	l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC()}
+		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
 	for _, j := range r.busy {
 		l.Jobs = append(l.Jobs, j)
 	}
@@ -457,6 +500,12 @@ func (r *Runner) renewLease(ctx context.Context) {
 		// of reach, the next renewal finds out.
 		r.log.Debug().Err(err).Msg("renew lease")
 	}
+}
+
+func incarnation() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // loseJobs settles, for each job the lapsed lease named, whether a dispatcher

@@ -109,6 +109,10 @@ func killRunnerMidJob(t testing.TB, bin, url string, repo *gitRepo, round int) t
 	if r.Attempt != 2 || r.Runner != idB {
 		t.Fatalf("record %+v: want passed, attempt 2, on %s", r, idB)
 	}
+	// The killed attempt does not stay "running": it is lost, and says why.
+	if len(r.Attempts) != 2 || r.Attempts[0].Status != events.StatusLost || !strings.Contains(r.Attempts[0].Error, idA) {
+		t.Fatalf("attempts %+v: want the first lost on %s", r.Attempts, idA)
+	}
 	return took
 }
 

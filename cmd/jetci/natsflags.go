@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -22,6 +23,7 @@ type natsFlags struct {
 	role         string
 	auth         events.Auth
 	passwordFile string
+	passwordFrom string // where the password came from, for an authorization error
 }
 
 // connFlags registers --nats and the credential and TLS flags; role is the user
@@ -41,7 +43,7 @@ func (n *natsFlags) register(fs *flag.FlagSet, what string) {
 		as = fmt.Sprintf(" (this command's role: %s)", n.role)
 	}
 	fs.StringVar(&n.auth.User, "nats-user", os.Getenv("JETCI_NATS_USER"), "NATS user to "+what+" as"+as+" (env JETCI_NATS_USER)")
-	fs.StringVar(&n.auth.Password, "nats-password", "", "its password; visible to other local users in the process list: prefer $JETCI_NATS_PASSWORD or --nats-password-file")
+	fs.StringVar(&n.auth.Password, "nats-password", "", "its password (default: $JETCI_<USER>_PASSWORD, e.g. $JETCI_RUNNER_PASSWORD for --nats-user runner, else $JETCI_NATS_PASSWORD); visible to other local users in the process list: prefer the environment or --nats-password-file")
 	fs.StringVar(&n.passwordFile, "nats-password-file", os.Getenv("JETCI_NATS_PASSWORD_FILE"), "file holding the password (env JETCI_NATS_PASSWORD_FILE)")
 	fs.StringVar(&n.auth.CredsFile, "nats-creds", os.Getenv("JETCI_NATS_CREDS"), "NATS credentials file (JWT and seed) instead of a user (env JETCI_NATS_CREDS)")
 	fs.StringVar(&n.auth.NKeyFile, "nats-nkey", os.Getenv("JETCI_NATS_NKEY"), "file with an nkey seed instead of a user (env JETCI_NATS_NKEY)")
@@ -58,21 +60,58 @@ func (n *natsFlags) tlsFlags(fs *flag.FlagSet) {
 
 // resolve reads the password from its file or the environment, and checks the
 // combination.
+//
+// The password is the first of: --nats-password, --nats-password-file,
+// $JETCI_<USER>_PASSWORD (the variable the shipped nats.conf reads the user's
+// password from on the server, so the README's exports work on one machine
+// as they are), $JETCI_NATS_PASSWORD.
 func (n *natsFlags) resolve() error {
+	if n.auth.Password != "" {
+		n.passwordFrom = "--nats-password"
+	}
 	if n.auth.Password == "" && n.passwordFile != "" {
 		b, err := os.ReadFile(n.passwordFile)
 		if err != nil {
 			return fmt.Errorf("--nats-password-file: %w", err)
 		}
-		n.auth.Password = strings.TrimSpace(string(b))
+		n.auth.Password, n.passwordFrom = strings.TrimSpace(string(b)), "--nats-password-file "+n.passwordFile
 	}
-	if n.auth.Password == "" {
-		n.auth.Password = os.Getenv("JETCI_NATS_PASSWORD")
+	for _, v := range []string{userPasswordVar(n.auth.User), "JETCI_NATS_PASSWORD"} {
+		if n.auth.Password == "" && v != "" && os.Getenv(v) != "" {
+			n.auth.Password, n.passwordFrom = os.Getenv(v), "$"+v
+		}
 	}
 	if n.auth.User == "" {
-		n.auth.Password = "" // from the environment, for another command
+		n.auth.Password, n.passwordFrom = "", "" // from the environment, for another command
 	}
 	return n.auth.Validate()
+}
+
+// userPasswordVar is the variable that holds user's password, JETCI_<USER>_PASSWORD,
+// or "" for a user name that cannot make one.
+func userPasswordVar(user string) string {
+	if user == "" || strings.ContainsFunc(user, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_')
+	}) {
+		return ""
+	}
+	return events.PasswordVar(user)
+}
+
+// explainAuth adds to a refused login where the password came from and where
+// it could come from.
+func (n *natsFlags) explainAuth(err error) error {
+	if !errors.Is(err, nats.ErrAuthorization) || n.auth.User == "" {
+		return err
+	}
+	where := "$JETCI_NATS_PASSWORD or --nats-password-file"
+	if v := userPasswordVar(n.auth.User); v != "" {
+		where = "$" + v + ", " + where
+	}
+	if n.passwordFrom == "" {
+		return fmt.Errorf("%w: no password was given for user %s: set %s", err, n.auth.User, where)
+	}
+	return fmt.Errorf("%w: user %s with the password from %s (give the server's password for %s in %s)", err, n.auth.User, n.passwordFrom, n.auth.User, where)
 }
 
 // args are the flags that make a child process connect the same way.
@@ -110,7 +149,7 @@ func (m *Main) connect(ctx context.Context, n *natsFlags, name string, wait bool
 	}
 	nc, js, err := events.Connect(n.url, events.ConnectOptions{Name: name, Wait: wait, Log: log, Role: n.role, Auth: n.auth, Ctx: ctx})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, n.explainAuth(err)
 	}
 	m.mu.Lock()
 	m.conns = append(m.conns, nc)

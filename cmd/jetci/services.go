@@ -3,13 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/dispatcher"
@@ -155,13 +156,18 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	if _, err := retention(events.DefaultSetup()); err != nil {
 		return err
 	}
-	nc, js, err := m.connect(ctx, nf, "jetci-setup", false, log)
+	// --timeout covers the server too: one started just before (or a
+	// cluster's nodes still finding each other) is waited for.
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	nc, js, err := m.connect(ctx, nf, "jetci-setup", true, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("no NATS server answered at %s within --timeout %s: %w", nf.url, *timeout, err)
+		}
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
 	setup, _ := retention(events.SetupFor(nc))
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
@@ -199,7 +205,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
-	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches")
+	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
@@ -278,12 +284,7 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return d.Run(gctx) })
-		g.Go(func() error {
-			return dispatcher.NewReaper(nc, js, mets, log.With().Str("component", "reaper").Logger()).Run(gctx)
-		})
-		return g.Wait()
+		return d.Run(ctx) // the reaper is one of its parts
 	})
 }
 
@@ -319,7 +320,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
-	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces and logs")
+	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
@@ -341,14 +342,37 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 		return err
 	}
 	log = log.With().Str("runner", cfg.ID).Logger()
+	workSet := false
+	fs.Visit(func(f *flag.Flag) { workSet = workSet || f.Name == "work" })
 	return m.serve(ctx, nf, "jetci-runner", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
 		cfg.Metrics = mets
-		r, err := runner.New(cfg, nc, js, log)
+		r, err := newRunnerOwnWork(cfg, !workSet, nc, js, log)
 		if err != nil {
 			return err
 		}
 		return r.Run(ctx)
 	})
+}
+
+// newRunnerOwnWork starts a runner on its own work directory. A --work given
+// explicitly that another runner holds is an error; the default, when held,
+// gives way to the first free of DIR-2, DIR-3…, so that runners started from
+// one directory never share workspaces and each keeps its caches across
+// restarts.
+func newRunnerOwnWork(cfg runner.Config, pick bool, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) (*runner.Runner, error) {
+	base := cfg.WorkDir
+	for i := 1; ; i++ {
+		if i > 1 {
+			cfg.WorkDir = base + "-" + strconv.Itoa(i)
+		}
+		r, err := runner.New(cfg, nc, js, log)
+		if err == nil || !pick || !errors.Is(err, runner.ErrWorkDirInUse) || i >= 64 {
+			if err == nil && i > 1 {
+				log.Info().Str("work", cfg.WorkDir).Str("busy", base).Msg("the default work directory is held by another runner: using the next free one")
+			}
+			return r, err
+		}
+	}
 }
 
 const reporterUsage = `

@@ -174,8 +174,6 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rep.Run(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
-	reaper := dispatcher.NewReaper(nc, js, mets, log.With().Str("component", "reaper").Logger())
-	g.Go(func() error { return reaper.Run(gctx) })
 	g.Go(func() error { return obs.Run(gctx) })
 	for _, c := range rcfgs {
 		c.Metrics = mets
