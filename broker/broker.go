@@ -230,5 +230,5 @@ func (l *logger) Errorf(f string, v ...any) {
 	l.disk.noteLog(msg)
 	l.log.Error().Msg(msg)
 }
-func (l *logger) Debugf(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
-func (l *logger) Tracef(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
+func (l *logger) Debugf(f string, v ...any) { l.log.Trace().Msgf(f, v...) }
+func (l *logger) Tracef(f string, v ...any) { l.log.Trace().Msgf(f, v...) }
