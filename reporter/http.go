@@ -78,7 +78,14 @@ func (r *Reporter) Handler() http.Handler {
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := r.health(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, err.Error()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		h, pattern := mux.Handler(req)
 		if pattern != "" {

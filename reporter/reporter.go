@@ -46,6 +46,10 @@ type Config struct {
 	// Notify says who hears of failures and fixes (mail, webhooks); it must be
 	// resolved (NotifyConfig.Resolve). Empty sends nothing.
 	Notify NotifyConfig
+	// Health, when set, reports a problem of the whole installation (the NATS
+	// store out of disk space, say): /healthz answers 503 with it, and every
+	// page shows it in a banner. nil or a nil error: healthy.
+	Health func() error
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.
