@@ -463,7 +463,9 @@ func (o *Observer) publish(ctx context.Context, ev *events.CommitDetected, trigg
 			Int("bytes", len(data)).Int64("max_payload", o.nc.MaxPayload()).Msg("commit event cut down to fit")
 	}
 	_, err = o.js.Publish(ctx, events.CommitSubject(ev.Repo, ev.Branch), data, jetstream.WithMsgID(id))
-	if err != nil {
+	if events.IsStorageFull(err) {
+		return &busError{fmt.Errorf("publish commit %s: the NATS server is out of storage (a full disk, or its max_file_store reached): %w", ev.Commit, err)}
+	} else if err != nil {
 		return &busError{fmt.Errorf("publish commit %s: %w", ev.Commit, err)}
 	}
 	return nil
