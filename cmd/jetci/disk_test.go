@@ -122,3 +122,26 @@ func TestUpFullDisk(t *testing.T) {
 	stop() // fails the test if jetci up does not stop within 30 s
 	t.Logf("stopped in %s on a full disk", time.Since(start).Round(time.Millisecond))
 }
+
+// TestUpHugeCommitMessageIsTested: a commit with a 1 MB message (more than the
+// server's max payload) is tested like any other, and so is the commit after
+// it; its record carries the subject cut to 1,000 bytes.
+func TestUpHugeCommitMessageIsTested(t *testing.T) {
+	repo := newGitRepo(t)
+	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
+	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1"}, repo.Dir)
+	read := func() ([]reporter.Record, error) { return resultsJSON(t, url) }
+	waitStatus(t, read, first, "passed")
+	msg := filepath.Join(t.TempDir(), "msg")
+	if err := os.WriteFile(msg, []byte(strings.Repeat("long subject ", 90<<10)+"\n\n"+strings.Repeat("body ", 50<<10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repo.Git("commit", "-q", "--allow-empty", "-F", msg)
+	huge := repo.Git("rev-parse", "HEAD")
+	after := repo.Commit("after the huge message", map[string]string{"a.txt": "1"})
+	recs := waitStatus(t, read, huge, "passed")
+	if n := len(recs[0].Subject); n == 0 || n > 1000 {
+		t.Fatalf("record subject of %d bytes, want cut to at most 1000", n)
+	}
+	waitStatus(t, read, after, "passed")
+}
