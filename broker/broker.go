@@ -31,6 +31,11 @@ type Config struct {
 	// with TLSCA too, clients must present a certificate signed by that CA.
 	// They override a tls block of ConfigFile.
 	TLSCert, TLSKey, TLSCA string
+	// DiskCheck is how often the store's free space is checked (0: every 5 s).
+	// DiskLow is the free space under which the store counts as full (0: 32 MiB);
+	// once a write failed, JetStream is restarted when this much is free again.
+	DiskCheck time.Duration
+	DiskLow   int64
 }
 
 // DefaultConfig listens on the loopback NATS port and stores under ./.jetci/nats.
@@ -61,6 +66,9 @@ func (c Config) Validate() error {
 type Server struct {
 	ns   *server.Server
 	opts *server.Options
+	disk *disk
+	stop chan struct{}
+	done chan struct{}
 }
 
 // Start runs the server and waits until it accepts clients.
@@ -114,13 +122,46 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	ns.SetLoggerV2(&logger{log: log.With().Str("component", "nats").Logger()}, false, false, false)
+	d := &disk{every: cfg.DiskCheck, low: cfg.DiskLow, free: -1, log: log.With().Str("component", "store").Logger()}
+	if d.every <= 0 {
+		d.every = DefaultDiskCheck
+	}
+	if d.low <= 0 {
+		d.low = DefaultDiskLow
+	}
+	ns.SetLoggerV2(&logger{log: log.With().Str("component", "nats").Logger(), disk: d}, false, false, false)
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("broker: server not ready on %s within 30s (port in use?)", cfg.Listen)
 	}
-	return &Server{ns: ns, opts: opts}, nil
+	s := &Server{ns: ns, opts: opts, stop: make(chan struct{}), done: make(chan struct{})}
+	if jcfg, ok := jetStreamConfig(ns); ok {
+		d.dir, s.disk = jcfg.StoreDir, d
+		d.check(ns, jcfg)
+		go func() {
+			defer close(s.done)
+			d.run(ns, jcfg, s.stop)
+		}()
+	} else {
+		close(s.done)
+	}
+	return s, nil
+}
+
+// StorageProblem says what is wrong with the JetStream store of this server —
+// a write failed (a full disk), or little space is left — or returns nil.
+func (s *Server) StorageProblem() error { return s.disk.problem() }
+
+// StoreFree is the free space of the JetStream store's file system at the last
+// check, -1 when unknown.
+func (s *Server) StoreFree() int64 {
+	if s.disk == nil {
+		return -1
+	}
+	s.disk.mu.Lock()
+	defer s.disk.mu.Unlock()
+	return s.disk.free
 }
 
 // InProcess is the client option that connects to this server in-process,
@@ -152,6 +193,12 @@ func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
 // Shutdown stops the server and waits until it is down.
 func (s *Server) Shutdown() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 }
@@ -169,11 +216,19 @@ func splitHostPort(addr string) (string, int, error) {
 }
 
 // logger sends the server's log to zerolog.
-type logger struct{ log zerolog.Logger }
+// Error lines also go to the store watchdog, which recognises write failures.
+type logger struct {
+	log  zerolog.Logger
+	disk *disk
+}
 
 func (l *logger) Noticef(f string, v ...any) { l.log.Debug().Msgf(f, v...) }
 func (l *logger) Warnf(f string, v ...any)   { l.log.Warn().Msgf(f, v...) }
 func (l *logger) Fatalf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
-func (l *logger) Errorf(f string, v ...any)  { l.log.Error().Msgf(f, v...) }
-func (l *logger) Debugf(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
-func (l *logger) Tracef(f string, v ...any)  { l.log.Trace().Msgf(f, v...) }
+func (l *logger) Errorf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	l.disk.noteLog(msg)
+	l.log.Error().Msg(msg)
+}
+func (l *logger) Debugf(f string, v ...any) { l.log.Trace().Msgf(f, v...) }
+func (l *logger) Tracef(f string, v ...any) { l.log.Trace().Msgf(f, v...) }

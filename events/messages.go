@@ -126,6 +126,12 @@ type CommitDetected struct {
 	// ModuleGlobs is the observer's check of the pipeline's module path globs
 	// against the commit's tree; nil when not checked (no modules).
 	ModuleGlobs *GlobCheck `json:"module_globs,omitempty"`
+	// Truncated names the fields the observer cut so that the event fits the
+	// server's max payload: "subject", "author", "changed_paths" (then
+	// ChangedCut is set too, and a pipeline with modules checks every module),
+	// "probe", "module_globs", "pipeline" (then PipelineErr says why) or
+	// "parents" (the first parent is always kept). Empty when nothing was cut.
+	Truncated []string `json:"truncated,omitempty"`
 }
 
 // MaxDeadGlobs bounds GlobCheck.Dead, so that the event stays small.

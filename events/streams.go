@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -91,6 +92,25 @@ type Setup struct {
 	// existing ones alone; a set value is applied to existing buckets too.
 	LogRetention      time.Duration
 	ArtifactRetention time.Duration
+	// LiveLogBytes is the space JETCI_LOGS may use (JetStream reserves it when
+	// the stream is created); 0 means LiveLogBytes. See LiveLogBytesFor.
+	LiveLogBytes int64
+}
+
+// Bounds of the JETCI_LOGS reservation sized to a disk.
+const (
+	liveLogShare = 8        // at most an eighth of the store's free space
+	liveLogMin   = 16 << 20 // and never less than 16 MiB
+)
+
+// LiveLogBytesFor sizes the JETCI_LOGS reservation to a store with free bytes
+// free: LiveLogBytes (1 GiB) when there is room, else an eighth of the free
+// space, at least 16 MiB. free < 0 (unknown) gives LiveLogBytes.
+func LiveLogBytesFor(free int64) int64 {
+	if free < 0 || free/liveLogShare >= LiveLogBytes {
+		return LiveLogBytes
+	}
+	return max(free/liveLogShare, liveLogMin)
 }
 
 // DefaultSetup is one replica on file storage.
@@ -101,6 +121,13 @@ func (s Setup) retention(d time.Duration) time.Duration {
 		return LogRetention
 	}
 	return d
+}
+
+func (s Setup) liveLogBytes() int64 {
+	if s.LiveLogBytes > 0 {
+		return s.LiveLogBytes
+	}
+	return LiveLogBytes
 }
 
 // SetupFor fits the server nc is connected to: three replicas of everything
@@ -143,7 +170,7 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 		{
 			Name: StreamLogs, Subjects: []string{SubjectLogs + ".>"},
 			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
-			MaxAge: LiveLogAge, MaxBytes: LiveLogBytes, Discard: jetstream.DiscardOld,
+			MaxAge: LiveLogAge, MaxBytes: s.liveLogBytes(), Discard: jetstream.DiscardOld,
 			Description: "live output of running jobs, for job pages opened mid-run",
 		},
 		{
@@ -177,6 +204,10 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			return fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}
 		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			if cfg.MaxBytes > 0 && IsStorageFull(err) {
+				return fmt.Errorf("create stream %s: %w: it reserves %d bytes, more than the server's JetStream storage has left; "+
+					"give it less with --live-logs-max (e.g. 64MiB), or free or add disk space under the server's store_dir", cfg.Name, err, cfg.MaxBytes)
+			}
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
 	}
@@ -293,4 +324,20 @@ func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, pool, arch 
 		out = append(out, cons)
 	}
 	return out, nil
+}
+
+// IsStorageFull reports whether err is JetStream refusing a write or a
+// reservation for want of storage: a full disk, or the server's max_file_store
+// reached ("insufficient resources", "storage resources exceeded", a store
+// that failed to write).
+func IsStorageFull(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode {
+		case 10023, 10047, 10077: // insufficient resources, storage resources exceeded, store failed
+			return true
+		}
+	}
+	return err != nil && (strings.Contains(err.Error(), "insufficient resources") || strings.Contains(err.Error(), "insufficient storage resources") ||
+		strings.Contains(err.Error(), "no space left on device"))
 }

@@ -87,9 +87,14 @@ func TestNewBranchAndGlobsInTheEvent(t *testing.T) {
 	repo.git("checkout", "-q", "-b", "topic")
 	repo.commit("four", map[string]string{"b/y": "3"})
 	repo.commit("five", map[string]string{"b/y": "4"})
-	e = pollAndWait(t, s, o, c, "proj", 1)[0]
-	if e.Branch != "topic" || e.Subject != "five" || !e.NewBranch {
-		t.Fatalf("new branch head: %s %s new branch %v", e.Branch, e.Subject, e.NewBranch)
+	// Both of the new branch's own commits: the first is new on the branch, the
+	// second's parent was just checked there.
+	evs := pollAndWait(t, s, o, c, "proj", 2)
+	if e = evs[0]; e.Branch != "topic" || e.Subject != "four" || !e.NewBranch {
+		t.Fatalf("new branch's first commit: %s %s new branch %v", e.Branch, e.Subject, e.NewBranch)
+	}
+	if e = evs[1]; e.Branch != "topic" || e.Subject != "five" || e.NewBranch {
+		t.Fatalf("new branch's second commit: %s %s new branch %v", e.Branch, e.Subject, e.NewBranch)
 	}
 	repo.commit("six", map[string]string{"b/y": "5"})
 	if e = pollAndWait(t, s, o, c, "proj", 1)[0]; e.NewBranch {

@@ -6,7 +6,9 @@
 // those reachable from its new head and not from the last published one, oldest
 // first: a burst of 20 commits gives 20 events, a merge brings in the commits it
 // merged, a force-push publishes only commits not seen before, a new branch
-// publishes its head, and a deleted branch is forgotten. The last published head
+// publishes every commit that no other recorded branch head reaches (its head
+// only on a repository's first poll, when nothing is recorded yet; at most
+// MaxNewCommits, logged), and a deleted branch is forgotten. The last published head
 // of each branch lives in the jetci-heads KV bucket and is written only after
 // JetStream acknowledged every event of the branch, so a restart neither misses
 // nor repeats a commit (a crash in between re-publishes, and the Msg-Id dedups).
@@ -14,7 +16,15 @@
 // go-git repositories are not safe for concurrent use, so each repository's
 // polls and triggers run one at a time under its lock; different repositories
 // are polled concurrently, Concurrency at most. A repository that cannot be
-// reached is logged once and retried every poll without holding the others back.
+// reached (an unreachable URL, a local path that does not exist yet) is logged
+// once and retried every poll without holding the others back.
+//
+// A failed publish or KV write is retried on the next poll and never touches
+// the git cache; only errors reading the cache's objects after a fetch mean a
+// damaged cache, which is then fetched anew. A commit event always fits the
+// server's max payload: long subjects and author fields are cut, then the
+// changed paths, probe, dead globs, pipeline file and extra parents, and the
+// event's "truncated" field names what was cut.
 // `jetci trigger` requests (core request/reply, queue group "observers") fetch,
 // resolve a branch head or a commit, and publish it with Class user and a fresh
 // trigger id; they never move a recorded head.
@@ -34,6 +44,7 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -195,7 +206,7 @@ func (o *Observer) Poll(ctx context.Context, name string) error {
 	start := time.Now()
 	err := o.poll(ctx, w)
 	o.cfg.Metrics.Poll(w.Name, time.Since(start), err)
-	if err != nil {
+	if err != nil && !isBusOnly(err) {
 		w.cache = nil // reopened next time: a cache deleted or broken underneath is rebuilt
 	}
 	switch {
@@ -257,10 +268,38 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 		return fmt.Errorf("fetch %s: %w", w.URL, err)
 	}
 	// One broken branch does not hold the others back; it is retried next poll.
+	// Branches already recorded go first, then new ones, oldest head first, so
+	// that a new branch made from another new one is compared with it.
+	commits := map[plumbing.Hash]*object.Commit{}
+	get := func(h plumbing.Hash) (*object.Commit, error) {
+		if c, ok := commits[h]; ok {
+			return c, nil
+		}
+		c, err := object.GetCommit(w.cache.Storer, h)
+		if err == nil {
+			commits[h] = c
+		}
+		return c, err
+	}
+	when := func(b string) time.Time {
+		if c, err := get(plumbing.NewHash(listed[b])); err == nil {
+			return c.Committer.When
+		}
+		return time.Time{}
+	}
 	sort.Strings(moved)
+	sort.SliceStable(moved, func(i, j int) bool {
+		_, ki := w.heads[moved[i]]
+		_, kj := w.heads[moved[j]]
+		if ki != kj {
+			return ki
+		}
+		return !ki && when(moved[i]).Before(when(moved[j]))
+	})
+	ps := &pollState{baseline: len(w.heads) == 0, get: get}
 	var errs []error
 	for _, b := range moved {
-		if err := o.publishBranch(ctx, w, b); err != nil {
+		if err := o.publishBranch(ctx, w, b, ps); err != nil {
 			errs = append(errs, fmt.Errorf("branch %s: %w", b, err))
 			if ctx.Err() != nil {
 				break
@@ -271,9 +310,15 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 		// Errors reading objects after a successful fetch mean a damaged cache
 		// (an observer killed mid-fetch or mid-repack): rebuild it from the
 		// remote after the second such poll. The heads are in KV, not here.
-		stale := false
+		// Only git errors count: a publish that timed out or a full broker
+		// says nothing about the cache, and the poll is simply retried.
+		stale, damaged := false, false
 		for _, err := range errs {
 			stale = stale || errors.Is(err, errStaleCache)
+			damaged = damaged || isCacheError(err)
+		}
+		if !damaged {
+			return errors.Join(errs...)
 		}
 		if w.broken++; (stale || w.broken >= 2) && ctx.Err() == nil {
 			dir := o.cacheDir(w)
@@ -290,19 +335,26 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	return nil
 }
 
-// publishBranch publishes the new commits of one branch, then records its head.
 // errStaleCache asks for the cache to be fetched anew.
 var errStaleCache = errors.New("the last published head is not in the cache")
 
-func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string) error {
+// publishBranch publishes the new commits of one branch, then records its head.
+// For a branch jetci has not recorded (a new branch, or one whose recording an
+// observer crashed before), the new commits are those no other recorded branch
+// head reaches, all of them (up to MaxNewCommits) and not just the head;
+// baseline (the repository's first poll, nothing recorded) publishes only the
+// head of each branch, as does a branch with no other recorded branch to
+// compare with.
+func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string, ps *pollState) error {
 	log := w.log.With().Str("branch", branch).Logger()
 	ref, err := w.cache.Reference(plumbing.NewRemoteReferenceName("origin", branch), true)
 	if err != nil {
-		return fmt.Errorf("branch %s after fetch: %w", branch, err)
+		return &cacheError{fmt.Errorf("branch %s after fetch: %w", branch, err)}
 	}
 	head := ref.Hash()
 	old := plumbing.ZeroHash
-	if prev, ok := w.heads[branch]; ok {
+	prev, known := w.heads[branch]
+	if known {
 		old = plumbing.NewHash(prev)
 		if _, err := w.cache.CommitObject(old); errors.Is(err, plumbing.ErrObjectNotFound) {
 			// A published head should be in the cache. If it is not, the cache
@@ -318,22 +370,34 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 			log.Warn().Str("old_head", prev).Msg("last published head is gone from the repository; publishing the new head only")
 			old = plumbing.ZeroHash
 		} else if err != nil {
-			return fmt.Errorf("read last published head %s: %w", prev, err)
+			return &cacheError{fmt.Errorf("read last published head %s: %w", prev, err)}
 		}
 	}
 	var list []string
-	if old.IsZero() {
-		list = []string{head.String()}
-	} else {
-		commits, err := newCommits(w.cache.Storer, head, old, o.cfg.MaxNewCommits)
+	if !old.IsZero() || (!known && !ps.baseline && len(w.heads) > 0) {
+		var commits []*object.Commit
+		var err error
+		if !old.IsZero() {
+			commits, err = newCommits(w.cache.Storer, head, old, o.cfg.MaxNewCommits)
+		} else if p, perr := ps.oldHeads(w); perr != nil {
+			err = perr
+		} else {
+			commits, err = newBranchCommits(p, head, o.cfg.MaxNewCommits)
+		}
 		if errors.Is(err, errTooMany) {
-			log.Warn().Int("max", o.cfg.MaxNewCommits).Msg("more new commits than MaxNewCommits; publishing the newest only")
+			log.Warn().Int("max", o.cfg.MaxNewCommits).Bool("new_branch", !known).Msg("more new commits than MaxNewCommits; publishing the newest only")
 		} else if err != nil {
-			return fmt.Errorf("new commits on %s: %w", branch, err)
+			return &cacheError{fmt.Errorf("new commits on %s: %w", branch, err)}
 		}
 		for _, c := range commits {
 			list = append(list, c.Hash.String())
 		}
+		if !known && len(list) > 0 {
+			log.Info().Int("commits", len(list)).Msg("new branch: publishing every commit no other branch reaches")
+		}
+	}
+	if len(list) == 0 && old.IsZero() {
+		list = []string{head.String()}
 	}
 	// A commit whose first parent is neither the last published head nor
 	// published just before it was not checked on this branch: its changed
@@ -342,7 +406,7 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 	for _, sha := range list {
 		ev, err := o.event(w, branch, plumbing.NewHash(sha))
 		if err != nil {
-			return fmt.Errorf("commit %s: %w", sha, err)
+			return &cacheError{fmt.Errorf("commit %s: %w", sha, err)}
 		}
 		ev.Class = events.ClassFirst
 		ev.NewBranch = len(ev.Parents) > 0 && !checked[ev.Parents[0]]
@@ -355,23 +419,90 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string)
 	}
 	val, _ := json.Marshal(headEntry{Repo: w.Name, Branch: branch, Commit: head.String(), UpdatedAt: time.Now().UTC()})
 	if _, err := o.headsKV().Put(ctx, events.HeadKey(w.Name, branch), val); err != nil {
-		return fmt.Errorf("record head of %s: %w", branch, err)
+		return &busError{fmt.Errorf("record head of %s: %w", branch, err)}
 	}
 	w.heads[branch] = head.String()
+	if ps.painter != nil {
+		return ps.painter.add(head) // the next new branch is compared with this one too
+	}
 	return nil
 }
 
-func (o *Observer) publish(ctx context.Context, ev *events.CommitDetected, triggerID string) error {
-	data, err := events.Encode(ev)
-	if err != nil {
-		return err
+// pollState is what the branches of one poll share.
+type pollState struct {
+	baseline bool // nothing recorded before this poll: new branches publish their heads only
+	get      func(plumbing.Hash) (*object.Commit, error)
+	painter  *oldPainter // made for the first new branch
+}
+
+// oldHeads returns the painter holding every recorded head of the repository.
+func (ps *pollState) oldHeads(w *watched) (*oldPainter, error) {
+	if ps.painter == nil {
+		p := newOldPainter(ps.get)
+		for _, h := range w.heads {
+			if err := p.add(plumbing.NewHash(h)); err != nil {
+				return nil, err
+			}
+		}
+		ps.painter = p
 	}
-	_, err = o.js.Publish(ctx, events.CommitSubject(ev.Repo, ev.Branch), data,
-		jetstream.WithMsgID(events.CommitMsgID(ev.Repo, ev.Branch, ev.Commit, triggerID)))
+	return ps.painter, nil
+}
+
+// publish sends a commit event, cut down to fit the server's max payload
+// (a 1 MB commit message or 100,000 changed paths must not stall the branch).
+// Its errors are busErrors: the cache is not to blame.
+func (o *Observer) publish(ctx context.Context, ev *events.CommitDetected, triggerID string) error {
+	id := events.CommitMsgID(ev.Repo, ev.Branch, ev.Commit, triggerID)
+	data, err := fitEvent(ev, int(o.nc.MaxPayload())-len(id)-payloadSlack)
 	if err != nil {
-		return fmt.Errorf("publish commit %s: %w", ev.Commit, err)
+		return &busError{fmt.Errorf("commit %s: %w", ev.Commit, err)}
+	}
+	if len(ev.Truncated) > 0 {
+		o.log.Warn().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", ev.Commit).Strs("truncated", ev.Truncated).
+			Int("bytes", len(data)).Int64("max_payload", o.nc.MaxPayload()).Msg("commit event cut down to fit")
+	}
+	_, err = o.js.Publish(ctx, events.CommitSubject(ev.Repo, ev.Branch), data, jetstream.WithMsgID(id))
+	if events.IsStorageFull(err) {
+		return &busError{fmt.Errorf("publish commit %s: the NATS server is out of storage (a full disk, or its max_file_store reached): %w", ev.Commit, err)}
+	} else if err != nil {
+		return &busError{fmt.Errorf("publish commit %s: %w", ev.Commit, err)}
 	}
 	return nil
+}
+
+// busError is a failure to talk to NATS (publish, KV). The poll is retried as
+// it is; the git cache is not to blame and is left alone.
+type busError struct{ err error }
+
+func (e *busError) Error() string { return e.err.Error() }
+func (e *busError) Unwrap() error { return e.err }
+
+// cacheError is a failure reading the git cache after a successful fetch: a
+// missing or corrupt object. Repeated, it means a damaged cache, rebuilt from
+// the remote.
+type cacheError struct{ err error }
+
+func (e *cacheError) Error() string { return e.err.Error() }
+func (e *cacheError) Unwrap() error { return e.err }
+
+// isBusOnly reports whether every error joined in err is a busError.
+func isBusOnly(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if !isBusOnly(e) {
+				return false
+			}
+		}
+		return true
+	}
+	var be *busError
+	return errors.As(err, &be)
+}
+
+func isCacheError(err error) bool {
+	var ce *cacheError
+	return errors.As(err, &ce) || errors.Is(err, errStaleCache)
 }
 
 func firstLine(s string) string {

@@ -167,12 +167,13 @@ func TestForcePushMergeAndBranches(t *testing.T) {
 	}
 	checkHead(t, s, "proj", "main", rewritten)
 
-	// A new branch publishes its head only; commits on it are then published.
+	// A new branch publishes every commit no other branch reaches, oldest
+	// first; commits on it are then published.
 	repo.git("checkout", "-q", "-b", "side")
-	repo.commit("side 0", nil)
+	s0 := repo.commit("side 0", nil)
 	s1 := repo.commit("side 1", nil)
-	evs = pollAndWait(t, s, o, c, "proj", 1)
-	if evs[0].Branch != "side" || evs[0].Commit != s1 {
+	evs = pollAndWait(t, s, o, c, "proj", 2)
+	if evs[0].Branch != "side" || evs[0].Commit != s0 || evs[1].Commit != s1 {
 		t.Fatalf("new branch: %v", names(evs))
 	}
 	s2, s3 := repo.commit("side 2", nil), repo.commit("side 3", nil)

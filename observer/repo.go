@@ -3,7 +3,6 @@ package observer
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -24,7 +23,8 @@ var (
 
 // ParseRepo parses a --repo argument: "PATH_OR_URL" or "name=PATH_OR_URL". The
 // name defaults to the base name of the path or URL without ".git". A local path
-// is made absolute and must exist.
+// is made absolute; it need not exist yet: like an unreachable URL, a missing
+// repository is reported by the observer's polls and picked up when it appears.
 func ParseRepo(arg string) (Repo, error) {
 	arg = strings.TrimSpace(arg)
 	if arg == "" {
@@ -45,9 +45,6 @@ func ParseRepo(arg string) (Repo, error) {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return Repo{}, fmt.Errorf("--repo %q: %w", arg, err)
-		}
-		if _, err := os.Stat(abs); err != nil {
-			return Repo{}, fmt.Errorf("--repo %q: %s does not exist", arg, abs)
 		}
 		r.URL = abs
 	}

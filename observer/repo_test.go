@@ -34,8 +34,8 @@ func TestParseRepo(t *testing.T) {
 		{"  " + filepath.Join(dir, "plain") + "  ", "plain", filepath.Join(dir, "plain"), ""},
 		{"", "", "", "empty"},
 		{"   ", "", "", "empty"},
-		{filepath.Join(dir, "missing"), "", "", "does not exist"},
-		{"n=missing", "", "", "does not exist"},
+		{filepath.Join(dir, "missing"), "missing", filepath.Join(dir, "missing"), ""}, // watched until it appears
+		{"n=missing", "n", filepath.Join(dir, "missing"), ""},
 		{"x=", "", "", "no path"},
 	} {
 		r, err := ParseRepo(tt.in)

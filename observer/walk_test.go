@@ -83,6 +83,57 @@ func TestNewCommitsMatchesRevList(t *testing.T) {
 					t.Fatalf("%s..%s: got %d commits %v\nrev-list gives %d %v", old[:7], head[:7], len(gotShas), gotShas, len(want), want)
 				}
 			}
+			// Several old heads at once (a new branch against every known
+			// branch head): `git rev-list head --not olds...`.
+			get := func(h plumbing.Hash) (*object.Commit, error) { return object.GetCommit(gr.Storer, h) }
+			for range 40 {
+				head := all[rng.IntN(len(all))]
+				args := []string{"rev-list", head, "--not"}
+				var olds []plumbing.Hash
+				for range 1 + rng.IntN(4) {
+					o := all[rng.IntN(len(all))]
+					args = append(args, o)
+					olds = append(olds, plumbing.NewHash(o))
+				}
+				want := strings.Fields(repo.git(args...))
+				slices.Sort(want)
+				got, err := newCommitsNot(get, plumbing.NewHash(head), olds, 10000)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// And the shared walk for new branches, with a painter that
+				// already served another head.
+				p := newOldPainter(get)
+				for _, o := range olds {
+					if err := p.add(o); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := newBranchCommits(p, plumbing.NewHash(all[rng.IntN(len(all))]), 10000); err != nil {
+					t.Fatal(err)
+				}
+				got2, err := newBranchCommits(p, plumbing.NewHash(head), 10000)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for name, got := range map[string][]*object.Commit{"newCommitsNot": got, "newBranchCommits": got2} {
+					var gotShas []string
+					seen := map[plumbing.Hash]bool{}
+					for _, c := range got {
+						for _, ph := range c.ParentHashes {
+							if isIn(got, ph) && !seen[ph] {
+								t.Fatalf("%s %v: %s listed before its parent", name, args, c.Hash)
+							}
+						}
+						seen[c.Hash] = true
+						gotShas = append(gotShas, c.Hash.String())
+					}
+					slices.Sort(gotShas)
+					if !slices.Equal(want, gotShas) {
+						t.Fatalf("%s %v: got %d commits, rev-list gives %d", name, args, len(gotShas), len(want))
+					}
+				}
+			}
 		})
 	}
 }

@@ -120,6 +120,12 @@ func (r *Reporter) Handler() http.Handler {
 // (say, PostgreSQL is down), and logs why, or while a part of the reporter
 // failed and waits to be restarted, naming it.
 func (r *Reporter) healthz(w http.ResponseWriter, req *http.Request) {
+	if err := r.health(); err != nil {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, err.Error()+"\n")
+		return
+	}
 	if down := r.cfg.Metrics.PartsHealth(); len(down) > 0 {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -60,6 +60,10 @@ type Config struct {
 	// HistoryRetention, when set, deletes finished records from the read
 	// model once they are older than this (0: keep everything).
 	HistoryRetention time.Duration
+	// Health, when set, reports a problem of the whole installation (the NATS
+	// store out of disk space, say): /healthz answers 503 with it, and every
+	// page shows it in a banner. nil or a nil error: healthy.
+	Health func() error
 }
 
 // DefaultConfig serves HTTP on loopback port 8080.

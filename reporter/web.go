@@ -56,6 +56,7 @@ type page struct {
 	CSRF            string
 	Flash           string
 	FlashBad        bool
+	Problem         string // Config.Health's error: a banner on every page
 	JobID           string
 	JobStatus       events.Status
 	JobAttempt      uint64
@@ -67,6 +68,9 @@ func (r *Reporter) newPage(req *http.Request, title, live string, data any) *pag
 		Admin: r.auth.session(req), CanLogin: r.auth.enabled()}
 	if p.Admin {
 		p.CSRF = r.auth.csrf()
+	}
+	if err := r.health(); err != nil {
+		p.Problem = err.Error()
 	}
 	q := req.URL.Query()
 	if m := q.Get("msg"); m != "" {
@@ -274,4 +278,12 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// health is Config.Health's verdict, nil when there is none.
+func (r *Reporter) health() error {
+	if r.cfg.Health == nil {
+		return nil
+	}
+	return r.cfg.Health()
 }

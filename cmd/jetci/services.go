@@ -84,6 +84,13 @@ func (m *Main) server(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
+	sized := withRetention
+	withRetention = func(s events.Setup) events.Setup {
+		if s = sized(s); s.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
+			s.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
+		}
+		return s
+	}
 	log.Info().Str("url", srv.ClientURL()).Bool("tls", srv.TLS()).Bool("auth", srv.AuthRequired()).Msg("nats server ready")
 	if !srv.Loopback() && !srv.AuthRequired() {
 		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see README, Security model)")

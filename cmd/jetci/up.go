@@ -147,6 +147,9 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
+	if setup.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
+		setup.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
+	}
 	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-up", Wait: true, Log: log})
 	if err != nil {
 		return err
@@ -157,7 +160,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook,
+	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook, Health: srv.StorageProblem,
 		DB: dbf.dsn(*data), HistoryRetention: *dbf.retention}, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err

@@ -1,0 +1,156 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// smallDisk mounts a tmpfs of size bytes for the test. Without the right to
+// mount it skips, unless JETCI_REQUIRE_MOUNT is set (CI), where it fails.
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		msg := "cannot mount a small tmpfs to fill (needs root): " + strings.TrimSpace(string(out))
+		if os.Getenv("JETCI_REQUIRE_MOUNT") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+func fillDisk(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	// Fill the last partial block too.
+	for {
+		if _, err := f.Write(buf[:4096]); err != nil {
+			return
+		}
+	}
+}
+
+func waitFor(t *testing.T, total time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFullDiskIsReportedAndRecovers fills a real (tmpfs) disk under the store:
+// writes fail, StorageProblem says why, and once space is freed the server
+// takes writes again by itself, without a restart, keeping what it stored;
+// a server stopped while its disk is full stops promptly.
+func TestFullDiskIsReportedAndRecovers(t *testing.T) {
+	mnt := smallDisk(t, "24m")
+	s, err := Start(Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(mnt, "nats"), DiskCheck: 100 * time.Millisecond, DiskLow: 1 << 20}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func() error {
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := js.Publish(c, "s.x", make([]byte, 64<<10))
+		return err
+	}
+	for range 3 {
+		if err := publish(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.StorageProblem(); err != nil {
+		t.Fatalf("an empty disk: %v", err)
+	}
+
+	fill := filepath.Join(mnt, "fill")
+	fillDisk(t, fill)
+	waitFor(t, 30*time.Second, func() error {
+		_ = publish()
+		if err := s.StorageProblem(); err == nil || !strings.Contains(err.Error(), "cannot write its store") {
+			return errors.New("no storage problem reported on a full disk")
+		}
+		return nil
+	})
+	t.Logf("reported: %v", s.StorageProblem())
+	if err := publish(); err == nil {
+		t.Fatal("a publish on a full disk succeeded")
+	}
+
+	if err := os.Remove(fill); err != nil {
+		t.Fatal(err)
+	}
+	freed := time.Now()
+	waitFor(t, 60*time.Second, func() error {
+		if err := publish(); err != nil {
+			return err
+		}
+		return s.StorageProblem()
+	})
+	t.Logf("writes taken again %s after space was freed", time.Since(freed).Round(time.Millisecond))
+	st, err := js.Stream(ctx, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs < 4 {
+		t.Fatalf("after recovery: %v, %d messages, want the 3 from before and 1 after", err, info.State.Msgs)
+	}
+
+	// Full again, then stopped: the stop does not hang on the failing store.
+	fillDisk(t, fill)
+	waitFor(t, 30*time.Second, func() error {
+		_ = publish()
+		if s.StorageProblem() == nil {
+			return errors.New("no storage problem reported on a full disk")
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() { s.Shutdown(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown on a full disk did not return within 20s")
+	}
+}
