@@ -640,7 +640,7 @@ func (v *View) Queue(now time.Time) []Partition {
 	}
 	recs := make([]Record, 0, len(rows))
 	for _, row := range rows {
-		if r, err := recordOf(row); err == nil && r.Status == events.StatusQueued {
+		if r, err := recordOf(row); err == nil && (r.Status == events.StatusQueued || len(r.Waiting) > 0) {
 			recs = append(recs, r)
 		}
 	}
