@@ -64,6 +64,10 @@ type Record struct {
 	Flaky       bool                `json:"flaky,omitempty"`
 	Retries     int                 `json:"retries,omitempty"`
 	FailedTries []events.FailedTry  `json:"failed_tries,omitempty"`
+	// How the current attempt's steps ran (events.JobFinished): host,
+	// sandbox or container, and the emulator of a foreign architecture.
+	Exec      string `json:"exec,omitempty"`
+	Emulation string `json:"emulation,omitempty"`
 }
 
 // Name is the job's name with its module, "core/test" (the job's name alone
@@ -233,6 +237,7 @@ func (r *Record) Apply(ev any) bool {
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = nil, nil, false, 0, nil
+		r.Exec, r.Emulation = "", ""
 		r.syncAttempt()
 		return true
 	case *events.JobFinished:
@@ -266,6 +271,7 @@ func (r *Record) Apply(ev any) bool {
 		}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = e.Tests, e.TestSummary, e.Flaky, e.Retries, e.FailedTries
+		r.Exec, r.Emulation = e.Exec, e.Emulation
 		r.syncAttempt()
 		return true
 	}
