@@ -70,6 +70,10 @@ type Record struct {
 	Flaky       bool                `json:"flaky,omitempty"`
 	Retries     int                 `json:"retries,omitempty"`
 	FailedTries []events.FailedTry  `json:"failed_tries,omitempty"`
+	// How the current attempt's steps ran (events.JobFinished): host,
+	// sandbox or container, and the emulator of a foreign architecture.
+	Exec      string `json:"exec,omitempty"`
+	Emulation string `json:"emulation,omitempty"`
 	// Waiting are the runs of the job queued and not started yet, oldest
 	// first (at most MaxWaiting): a trigger may queue a run of a job whose
 	// periodic run still waits, and each run's attempt keeps its own class,
@@ -309,6 +313,7 @@ func (r *Record) Apply(ev any) bool {
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = nil, nil, false, 0, nil
+		r.Exec, r.Emulation = "", ""
 		r.syncAttempt()
 		r.loseEarlier()
 		return true
@@ -347,6 +352,7 @@ func (r *Record) Apply(ev any) bool {
 		}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
 		r.Tests, r.TestSummary, r.Flaky, r.Retries, r.FailedTries = e.Tests, e.TestSummary, e.Flaky, e.Retries, e.FailedTries
+		r.Exec, r.Emulation = e.Exec, e.Emulation
 		r.syncAttempt()
 		r.loseEarlier()
 		return true

@@ -213,3 +213,21 @@ func TestRecordAgedRunIsTheSameRun(t *testing.T) {
 		t.Fatalf("waiting %+v", r.Waiting)
 	}
 }
+
+// TestRecordSaysHowTheStepsRan: the record carries the backend and the
+// emulation of the attempt that finished, and a new attempt clears them.
+func TestRecordSaysHowTheStepsRan(t *testing.T) {
+	var r Record
+	f := finished(5, 1, "a", events.StatusPassed)
+	f.Exec, f.Emulation = "sandbox", "qemu-aarch64 user emulation (binfmt_misc) on amd64"
+	r.Apply(queued(5))
+	r.Apply(started(5, 1, "a"))
+	r.Apply(f)
+	if r.Exec != "sandbox" || r.Emulation != f.Emulation {
+		t.Fatalf("record %+v", r)
+	}
+	r.Apply(started(5, 2, "b"))
+	if r.Exec != "" || r.Emulation != "" {
+		t.Fatalf("a new attempt kept the old one's: %+v", r)
+	}
+}

@@ -28,8 +28,10 @@ func startRunner(t *testing.T, url string) func() {
 	logs := &syncBuffer{}
 	done := make(chan int, 1)
 	go func() {
+		// On the host backend: the bisection tests' steps keep state in
+		// files outside their workspace, which a sandbox does not allow.
 		done <- (&Main{Stdout: logs, Stderr: logs}).Run(ctx, []string{"runner", "--nats", url, "--work", t.TempDir(), "--slots", "2",
-			"--log-format", "json"})
+			"--exec", "host", "--log-format", "json"})
 	}()
 	stopped := false
 	stop := func() {
@@ -353,7 +355,7 @@ func TestBisectSurvivesADispatcherRestart(t *testing.T) {
 	dispatcher := []string{"dispatcher", "--nats", url, "--coalesce", "proj:main", "--bisect", "proj:main"}
 	stopA, stopB := svc(dispatcher...), svc(dispatcher...)
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
-	stopRunner := svc("runner", "--nats", url, "--work", data+"/r1", "--slots", "2")
+	stopRunner := svc("runner", "--nats", url, "--work", data+"/r1", "--slots", "2", "--exec", "host") // steps read the gate file
 	waitStatus(t, all, shas[1], "passed")
 	stopRunner()
 	for i := 2; i <= n; i++ {
@@ -368,7 +370,7 @@ func TestBisectSurvivesADispatcherRestart(t *testing.T) {
 	for i := 2; i < n; i++ {
 		waitStatus(t, func() ([]reporter.Record, error) { return all() }, shas[i], "cancelled")
 	}
-	svc("runner", "--nats", url, "--work", data+"/r2", "--slots", "2")
+	svc("runner", "--nats", url, "--work", data+"/r2", "--slots", "2", "--exec", "host")
 
 	read := func() (*events.Bisection, error) {
 		nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
