@@ -208,6 +208,16 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("runner: subscribe: %w", err)
 	}
 	defer csub.Unsubscribe()
+	// The dispatcher asks this subject whether the process is still
+	// connected; "no responders" tells it the connection closed, so it hands
+	// this runner's jobs back at once. The subscription goes to the server
+	// before the first lease write on this connection, and is dropped only
+	// after the lease is deleted.
+	asub, err := r.nc.Subscribe(events.AliveSubject(r.id, r.inc), func(m *nats.Msg) { _ = m.Respond(nil) })
+	if err != nil {
+		return fmt.Errorf("runner: subscribe: %w", err)
+	}
+	defer asub.Unsubscribe()
 	wake := func(*nats.Msg) { r.wake.notify() }
 	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
 		sub, err := r.nc.Subscribe(subj, wake)
@@ -476,7 +486,7 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 	claims, err := r.js.KeyValue(ctx, events.BucketReaped)
 	for _, j := range jobs {
 		if err == nil {
-			_, err2 := claims.Create(ctx, events.ReapKey(r.id, j.JobID, j.Attempt), []byte(`"runner"`))
+			_, err2 := claims.Create(ctx, events.ReapKey(r.id, j.JobID, j.Attempt), []byte(events.ReapedByRunner))
 			if err2 == nil {
 				r.log.Info().Str("job_id", j.JobID).Msg("lease lapsed while the job ran, but no dispatcher took it: keeping it")
 				continue
