@@ -186,8 +186,16 @@ func (r *Reaper) disconnected(ctx context.Context, kv jetstream.KeyValue, t *tra
 	if p.sent.Sub(t.silentSince) < events.ProbeConfirm {
 		return false
 	}
-	if err := kv.Delete(ctx, events.LeaseKey(p.id), jetstream.LastRevision(t.rev)); err != nil {
-		r.log.Debug().Err(err).Str("runner", t.lease.ID).Msg("runner unreachable, but its lease moved on: leaving it")
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := kv.Delete(dctx, events.LeaseKey(p.id), jetstream.LastRevision(t.rev))
+	cancel()
+	if err != nil {
+		ev := r.log.Warn()
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			ev = r.log.Debug() // the runner renewed: it is back
+		}
+		ev.Err(err).Str("runner", t.lease.ID).Msg("runner unreachable, but its lease was not ended; the lease expiry will settle it")
 		t.silentSince = time.Time{}
 		return false
 	}

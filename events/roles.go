@@ -142,7 +142,8 @@ func Roles() []Role {
 					jsAPI("STREAM.MSG.GET.%s", StreamJobs), jsAPI("STREAM.MSG.DELETE.%s", StreamJobs),
 					"$JS.ACK." + StreamJobs + ".>", // hand a dead runner's job back (-NAK)
 				},
-				kvRead(BucketRunners), kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
+				kvUse(BucketRunners), // ends the lease of a runner whose connection closed
+				kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
 				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect)),
 			Subscribe: sub(SubjectRecheck),
 			Responds:  true,
