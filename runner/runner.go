@@ -433,7 +433,8 @@ type leaseState struct {
 // failed swap means the lease expired in between: the jobs it named are settled
 // with the dispatcher (loseJobs). runJob calls it right before acking, so a
 // runner that was frozen past its lease never acks a job handed to another.
-func (r *Runner) renewLease(ctx context.Context) {
+// It reports whether the lease was written.
+func (r *Runner) renewLease(ctx context.Context) bool {
 	r.lease.Lock()
 	defer r.lease.Unlock()
 	host, _ := os.Hostname()
@@ -450,7 +451,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 	if r.lease.kv == nil {
 		r.lease.kv, _ = r.js.KeyValue(wctx, events.BucketRunners)
 		if r.lease.kv == nil {
-			return
+			return false
 		}
 	}
 	key := events.LeaseKey(r.id)
@@ -469,6 +470,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 		// of reach, the next renewal finds out.
 		r.log.Debug().Err(err).Msg("renew lease")
 	}
+	return err == nil
 }
 
 func incarnation() string {
