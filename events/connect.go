@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,7 +56,7 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 	}
 	opts := []nats.Option{
 		nats.Name(o.Name),
-		nats.ReconnectWait(250 * time.Millisecond),
+		nats.CustomReconnectDelay(reconnectDelay),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn().Err(err).Msg("disconnected from nats")
@@ -168,4 +169,17 @@ func isAuthError(err error) bool {
 		}
 	}
 	return false
+}
+
+// reconnectDelay is the wait before the n-th round of reconnect attempts (n
+// from 1). The first round goes at once: nats.go otherwise sleeps
+// ReconnectWait even before its first attempt when it knows one server, and a
+// runner whose connection dropped for an instant would stay unsubscribed
+// (from its alive subject) longer than the dispatcher's ProbeConfirm. Later
+// rounds wait 250 ms plus up to 100 ms of jitter, as before.
+func reconnectDelay(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return 250*time.Millisecond + rand.N(100*time.Millisecond)
 }

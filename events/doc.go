@@ -16,6 +16,7 @@
 //	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
 //	jetci.poke.<repo>                                 (empty)            core NATS request/reply, queue group "observers": poll now
 //	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
+//	jetci.alive.<incarnation>.<runner id>             (empty)            core NATS request: the dispatcher's probe; "no responders" = the runner's connection closed
 //	jetci.bisect.<repo>.<branch>                      Bisection          stream JETCI_BISECT (limits, 90 days): culprit searches
 //
 // <repo> and <branch> are tokens made by [Token]: base64url without padding of

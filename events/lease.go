@@ -61,3 +61,39 @@ func RunnerIDFromKey(key string) string {
 // and arch are told that a job became available without a new publish, e.g. a
 // job handed back from a dead runner.
 func WakeSubject(pool, arch string) string { return "jetci.wake." + pool + "." + arch }
+
+// SubjectAlive is the root of the runners' alive subjects (core NATS, not
+// stored). Each runner process answers requests on AliveSubject(id,
+// incarnation) for as long as its connection is up.
+const SubjectAlive = "jetci.alive"
+
+// AliveSubject is the subject one runner process (one incarnation) answers
+// on. A request to it that the server answers "no responders" means the
+// process's connection is closed: the server drops a client's subscriptions
+// the moment its connection ends (kill -9 closes the socket at once). The
+// dispatcher probes the runners that hold jobs (ProbeEvery) and hands their
+// jobs back when the subject has had no responders for ProbeConfirm, instead
+// of waiting LeaseTTL for the lease to expire.
+func AliveSubject(runnerID, incarnation string) string {
+	return SubjectAlive + "." + incarnation + "." + runnerID
+}
+
+// The dispatcher's probe of busy runners. ProbeConfirm is the window a
+// runner's alive subject must have had no responders (from the first to the
+// last of at least two probes) before its jobs are handed back: a runner cut
+// off briefly reconnects and resubscribes within it (nats.go retries at once,
+// then every 250 ms; its subscriptions are sent again before anything else).
+// A runner slower than that loses its jobs exactly as if its lease had
+// expired (the lease is ended first, so the runner finds out at its next
+// renewal and does not ack).
+const (
+	ProbeEvery   = 100 * time.Millisecond
+	ProbeConfirm = 300 * time.Millisecond
+)
+
+// Who handed a job back, the value of its claim in jetci-reaped.
+const (
+	ReapedByLease      = `"dispatcher"`               // the lease expired
+	ReapedByDisconnect = `"dispatcher: disconnected"` // the runner's connection closed
+	ReapedByRunner     = `"runner"`                   // the runner kept it
+)

@@ -118,7 +118,7 @@ func Roles() []Role {
 	runnerPub := cat(common, sub(SubjectResults, SubjectLogs), jobConsumers,
 		kvWrite(BucketRunners), kvGet(BucketReaped), kvWrite(BucketReaped), kvGet(BucketCancel),
 		objPut(BucketLogs), objPut(BucketArtifacts))
-	runnerSub := sub(SubjectJobs, SubjectCancel, "jetci.wake")
+	runnerSub := sub(SubjectJobs, SubjectCancel, "jetci.wake", SubjectAlive)
 	return []Role{
 		{
 			Name: RoleObserver,
@@ -131,7 +131,7 @@ func Roles() []Role {
 		{
 			Name: RoleDispatcher,
 			Doc:  "turns commits into jobs; schedules, gates, ages and cancels superseded jobs; hands back jobs of dead runners",
-			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, SubjectBisect, "jetci.wake"),
+			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, SubjectBisect, "jetci.wake", SubjectAlive),
 				durable(StreamCommits, ConsumerDispatcher), getMsg(StreamCommits),
 				durable(StreamResults, ConsumerGate),
 				durable(StreamResults, ConsumerBisect), durable(StreamCommits, ConsumerBisectCommits), // culprit finding
@@ -142,7 +142,8 @@ func Roles() []Role {
 					jsAPI("STREAM.MSG.GET.%s", StreamJobs), jsAPI("STREAM.MSG.DELETE.%s", StreamJobs),
 					"$JS.ACK." + StreamJobs + ".>", // hand a dead runner's job back (-NAK)
 				},
-				kvRead(BucketRunners), kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
+				kvUse(BucketRunners), // ends the lease of a runner whose connection closed
+				kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
 				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect),
 				// the broken-build flow pauses later commits' jobs that started after the break
 				sub(SubjectCancel), getMsg(StreamResults), kvUse(BucketCancel)),
@@ -154,6 +155,7 @@ func Roles() []Role {
 			Doc:       "runs jobs: pulls and acks jobs, publishes results and logs, stores logs and artifacts, keeps its lease",
 			Publish:   runnerPub,
 			Subscribe: runnerSub,
+			Responds:  true, // to the dispatcher's probes of its alive subject
 		},
 		{
 			Name: RoleReporter,
@@ -191,6 +193,7 @@ func Roles() []Role {
 			Doc:       "jetci pool and the runners it starts: a runner that may also read the leases, to see which runners are idle",
 			Publish:   cat(runnerPub, kvRead(BucketRunners)),
 			Subscribe: runnerSub,
+			Responds:  true,
 		},
 	}
 }

@@ -84,7 +84,20 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
 		return
 	}
-	r.renewLease(ctx) // finds out whether the lease lapsed while the job ran
+	// Find out whether the lease lapsed (or a dispatcher ended it, finding
+	// this runner's connection closed) while the job ran. Until the lease is
+	// written that is unknown: acking after a reconnect could otherwise ack
+	// the delivery another runner was handed meanwhile.
+	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !r.renewLease(ctx); wait = min(2*wait, 5*time.Second) {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			log.Warn().Msg("result published but the job not acked: the lease could not be renewed, so the job may have been handed to another runner")
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 	if r.lostJob(job.JobID) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
 		return

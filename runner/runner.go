@@ -249,6 +249,16 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("runner: subscribe: %w", err)
 	}
 	defer csub.Unsubscribe()
+	// The dispatcher asks this subject whether the process is still
+	// connected; "no responders" tells it the connection closed, so it hands
+	// this runner's jobs back at once. The subscription goes to the server
+	// before the first lease write on this connection, and is dropped only
+	// after the lease is deleted.
+	asub, err := r.nc.Subscribe(events.AliveSubject(r.id, r.inc), func(m *nats.Msg) { _ = m.Respond(nil) })
+	if err != nil {
+		return fmt.Errorf("runner: subscribe: %w", err)
+	}
+	defer asub.Unsubscribe()
 	wake := func(*nats.Msg) { r.wake.notify() }
 	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
 		sub, err := r.nc.Subscribe(subj, wake)
@@ -464,7 +474,8 @@ type leaseState struct {
 // failed swap means the lease expired in between: the jobs it named are settled
 // with the dispatcher (loseJobs). runJob calls it right before acking, so a
 // runner that was frozen past its lease never acks a job handed to another.
-func (r *Runner) renewLease(ctx context.Context) {
+// It reports whether the lease was written.
+func (r *Runner) renewLease(ctx context.Context) bool {
 	r.lease.Lock()
 	defer r.lease.Unlock()
 	host, _ := os.Hostname()
@@ -481,7 +492,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 	if r.lease.kv == nil {
 		r.lease.kv, _ = r.js.KeyValue(wctx, events.BucketRunners)
 		if r.lease.kv == nil {
-			return
+			return false
 		}
 	}
 	key := events.LeaseKey(r.id)
@@ -500,6 +511,7 @@ func (r *Runner) renewLease(ctx context.Context) {
 		// of reach, the next renewal finds out.
 		r.log.Debug().Err(err).Msg("renew lease")
 	}
+	return err == nil
 }
 
 func incarnation() string {
@@ -517,7 +529,7 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 	claims, err := r.js.KeyValue(ctx, events.BucketReaped)
 	for _, j := range jobs {
 		if err == nil {
-			_, err2 := claims.Create(ctx, events.ReapKey(r.id, j.JobID, j.Attempt), []byte(`"runner"`))
+			_, err2 := claims.Create(ctx, events.ReapKey(r.id, j.JobID, j.Attempt), []byte(events.ReapedByRunner))
 			if err2 == nil {
 				r.log.Info().Str("job_id", j.JobID).Msg("lease lapsed while the job ran, but no dispatcher took it: keeping it")
 				continue

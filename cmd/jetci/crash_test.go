@@ -113,12 +113,40 @@ func killRunnerMidJob(t testing.TB, bin, url string, repo *gitRepo, round int) t
 	if len(r.Attempts) != 2 || r.Attempts[0].Status != events.StatusLost || !strings.Contains(r.Attempts[0].Error, idA) {
 		t.Fatalf("attempts %+v: want the first lost on %s", r.Attempts, idA)
 	}
+	// Handed back by the dispatcher because A's connection closed, not
+	// because its lease expired: the claim in jetci-reaped says which.
+	if by := reapedBy(t, url, idA, r.JobID, 1); by != events.ReapedByDisconnect {
+		t.Fatalf("attempt 1 of %s on %s handed back by %s, want %s", r.JobID, idA, by, events.ReapedByDisconnect)
+	}
 	return took
 }
 
+// reapedBy returns the claim on one attempt of a job in jetci-reaped: who
+// handed it back (events.ReapedBy...), or "" when no one did.
+func reapedBy(t testing.TB, url, runnerID, jobID string, attempt uint64) string {
+	t.Helper()
+	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, events.BucketReaped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, events.ReapKey(runnerID, jobID, attempt))
+	if err != nil {
+		return ""
+	}
+	return string(e.Value())
+}
+
 // TestRunnerKilledMidJob: kill -9 of a runner in the middle of a job; the job
-// runs again on another runner within seconds (its lease expires and the
-// dispatcher hands it back), and the record holds one result, attempt 2.
+// runs again on another runner (the dispatcher finds the runner's connection
+// closed and hands the job back without waiting for the lease to expire), and
+// the record holds one result, attempt 2.
 func TestRunnerKilledMidJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -180,6 +208,12 @@ func TestStaleRunnerReportsLate(t *testing.T) {
 		}
 		return err
 	})
+	// A frozen process keeps its connection (its subject has a subscriber
+	// that does not answer): the lease's expiry, not the disconnect probe,
+	// handed the job back.
+	if r, _ := recordOf(t, url, c); reapedBy(t, url, "A", r.JobID, 1) != events.ReapedByLease {
+		t.Fatalf("attempt 1 handed back by %q, want the lease expiry", reapedBy(t, url, "A", r.JobID, 1))
+	}
 	_ = a.cmd.Process.Signal(syscall.SIGCONT)
 	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(a.logs.String(), "job finished") {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/jetci/jetci/broker"
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
 )
 
@@ -399,5 +402,98 @@ func TestServerWithoutAdminThenSetup(t *testing.T) {
 	}
 	if _, err := resultsJSON(t, url, as(pw, "admin")...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDisconnectHandBackWithRoleUsers: against the shipped nats.conf, the
+// runner role may answer on its alive subject and the dispatcher role may probe
+// it; when the runner's connection closes, the dispatcher's reaper hands its
+// job back through the disconnect path, with no permission error on either side.
+func TestDisconnectHandBackWithRoleUsers(t *testing.T) {
+	url, pw := startShippedBroker(t)
+	denied := make(chan error, 16)
+	onErr := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case denied <- err:
+		default:
+		}
+	})
+	_, ajs := connectAs(t, url, pw, events.RoleAdmin)
+	dnc, djs := connectAs(t, url, pw, events.RoleDispatcher, onErr)
+	rnc, rjs := connectAs(t, url, pw, events.RoleRunner, onErr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The runner: answers on its alive subject, pulls a job, names it in its lease.
+	if _, err := rnc.Subscribe(events.AliveSubject("r1", "inc1"), func(m *nats.Msg) { _ = m.Respond(nil) }); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := events.EnsureJobConsumers(ctx, rjs, "default", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &events.JobQueued{JobRef: events.JobRef{Repo: "proj", Branch: "main", Commit: "c0ffee", Job: "test", Arch: "amd64"}, Pool: "default", Class: events.ClassFirst}
+	j.JobID = events.JobID(j.Repo, j.Branch, j.Commit, j.Job, j.Arch)
+	data, _ := events.Encode(j)
+	if _, err := ajs.Publish(ctx, events.JobSubject("default", "amd64", events.ClassFirst, "proj", "main"), data); err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(cons []jetstream.Consumer) jetstream.Msg {
+		first := cons[slices.Index(events.Classes, events.ClassFirst)]
+		var got jetstream.Msg
+		brokertest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+			b, err := first.FetchNoWait(1)
+			if err != nil {
+				return err
+			}
+			for m := range b.Messages() {
+				got = m
+				return nil
+			}
+			return fmt.Errorf("no job delivered")
+		})
+		return got
+	}
+	m := fetch(cons)
+	kv, err := rjs.KeyValue(ctx, events.BucketRunners)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, _ := json.Marshal(events.Lease{ID: "r1", Arch: "amd64", Pool: "default", Incarnation: "inc1",
+		Jobs: []events.LeasedJob{{JobID: j.JobID, Attempt: 1, Reply: m.Reply()}}})
+	if _, err := kv.Put(ctx, events.LeaseKey("r1"), lease); err != nil {
+		t.Fatal(events.Explain(rnc, err))
+	}
+	// The dispatcher's probe is answered while the runner is connected.
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := dnc.Request(events.AliveSubject("r1", "inc1"), nil, time.Second)
+		return err
+	})
+	done := make(chan error, 1)
+	go func() { done <- dispatcher.NewReaper(dnc, djs, nil, zerolog.New(zerolog.NewTestWriter(t))).Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	rnc.Close()                                                // the runner's process is gone
+	_, rjs2 := connectAs(t, url, pw, events.RoleRunner, onErr) // another runner
+	cons2, err := events.EnsureJobConsumers(ctx, rjs2, "default", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2 := fetch(cons2)
+	if md, _ := m2.Metadata(); md.NumDelivered != 2 {
+		t.Fatalf("delivery %d, want 2", md.NumDelivered)
+	}
+	claims, err := ajs.KeyValue(ctx, events.BucketReaped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := claims.Get(ctx, events.ReapKey("r1", j.JobID, 1))
+	if err != nil || string(e.Value()) != events.ReapedByDisconnect {
+		t.Fatalf("claim %v: want %s", err, events.ReapedByDisconnect)
+	}
+	select {
+	case err := <-denied:
+		t.Fatalf("a role was refused: %v", err)
+	default:
 	}
 }
