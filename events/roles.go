@@ -143,7 +143,8 @@ func Roles() []Role {
 					"$JS.ACK." + StreamJobs + ".>", // hand a dead runner's job back (-NAK)
 				},
 				kvRead(BucketRunners), kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
-				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect)),
+				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect),
+				kvRead(BucketKeys)), // the service key, to sign the results it publishes
 			Subscribe: sub(SubjectRecheck),
 			Responds:  true,
 		},
@@ -167,7 +168,8 @@ func Roles() []Role {
 				},
 				kvUse(BucketResults), kvRead(BucketRunners), kvUse(BucketCancel), kvRead(BucketBranches),
 				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts),
-				kvUse(BucketTests), kvRead(BucketBisect)),
+				kvUse(BucketTests), kvRead(BucketBisect),
+				kvRead(BucketKeys), kvUse(BucketForgeries)), // verify and sign results; keep the refused ones
 			Subscribe: sub(SubjectLogs),
 		},
 		{

@@ -53,6 +53,10 @@ const (
 	// (the reporter's flaky and slowest tests), under TestsKey.
 	BucketTests  = "jetci-tests"
 	BucketBisect = "jetci-bisect"
+	// BucketForgeries keeps what the reporter refused as forged (a result
+	// without a valid signature, a claim on another runner's delivery, a
+	// replay, a log or artifact replaced after its run), by digest.
+	BucketForgeries = "jetci-forgeries"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -191,6 +195,8 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketTests, Description: "per-test history per repo, branch, arch and job", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketBisect, Description: "culprit finding: bisections (b.), and the commits (c.) and job outcomes (o.) of bisected branches",
 			Storage: s.Storage, Replicas: s.Replicas, TTL: 90 * 24 * time.Hour},
+		{Bucket: BucketForgeries, Description: "result events, logs and artifacts refused as forged, for the admins", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 90 * 24 * time.Hour, History: 1},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}
@@ -203,6 +209,9 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
 			return fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
 		}
+	}
+	if err := EnsureKeys(ctx, js, s); err != nil {
+		return err
 	}
 	objs := []jetstream.ObjectStoreConfig{
 		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true},
