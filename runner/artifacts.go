@@ -190,13 +190,13 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 			continue
 		}
 		name := events.ArtifactObject(job.JobID, seq, attempt, f.rel)
-		size, err := putFile(ctx, store, name, f.abs, r.cfg.ArtifactLimit-total)
+		size, digest, err := putFile(ctx, store, name, f.abs, r.cfg.ArtifactLimit-total)
 		if err != nil {
 			out.Note("[jetci] artifacts: %s not stored: %v", f.rel, err)
 			continue
 		}
 		total += size
-		arts = append(arts, events.Artifact{Path: f.rel, Object: name, Size: size})
+		arts = append(arts, events.Artifact{Path: f.rel, Object: name, Size: size, Digest: digest})
 	}
 	if len(arts) > 0 {
 		out.Note("[jetci] artifacts: %d file(s), %d bytes stored", len(arts), total)
@@ -205,18 +205,18 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 }
 
 // putFile stores a file, reading at most limit bytes of it (a file that grew
-// since it was measured is cut there).
-func putFile(ctx context.Context, store jetstream.ObjectStore, name, file string, limit int64) (int64, error) {
+// since it was measured is cut there). It returns the stored size and digest.
+func putFile(ctx context.Context, store jetstream.ObjectStore, name, file string, limit int64) (int64, string, error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	info, err := store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job artifact"}, io.LimitReader(f, limit))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return int64(info.Size), nil
+	return int64(info.Size), info.Digest, nil
 }

@@ -2,6 +2,8 @@ package runner
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +38,9 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		return
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
+	// The run's id and the delivery's token bind its results to it: the
+	// reporter takes results of this delivery from this run only.
+	run, token := newRunID(), fmt.Sprintf("%d.%d", meta.Sequence.Consumer, meta.Timestamp.UnixNano())
 	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
 		Str("commit", events.Short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
 	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
@@ -46,9 +51,10 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	stopBeat := r.heartbeat(m)
 	defer stopBeat()
 	started := time.Now().UTC()
-	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started}
+	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started,
+		Run: run, Token: token}
 	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
-		events.ResultMsgID(job.JobID, seq, attempt, events.KindStarted)); err != nil {
+		events.RunMsgID(job.JobID, run, events.KindStarted)); err != nil {
 		log.Warn().Err(err).Msg("could not announce the job start")
 	}
 	log.Info().Int("slot", slot).Msg("job started")
@@ -60,7 +66,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	jobCtx, untrack := r.track(ctx, job.JobID, seq)
 	defer untrack()
 	r.checkCancelled(ctx, job.JobID)
-	res := r.execute(jobCtx, slot, job, seq, attempt, log)
+	res := r.execute(jobCtx, slot, job, seq, attempt, run, log)
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -74,6 +80,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		return
 	}
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
+	res.Run, res.Token = run, token
 	res.Author, res.Subject = job.Author, job.Subject // so a result alone says whose commit it is
 	res.Class, res.TriggerID, res.Origin = job.Class, job.TriggerID, job.Origin
 	res.FinishedAt = time.Now().UTC()
@@ -148,7 +155,7 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, log zerolog.Logger) *events.JobFinished {
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) *events.JobFinished {
 	res := &events.JobFinished{}
 	if c, ok := cancelledBy(ctx); ok {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()+" before it started"
@@ -218,11 +225,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	if cerr != nil {
 		return res
 	}
-	name := events.LogObject(job.JobID, seq, attempt)
-	if err := r.storeLog(ctx, name, logPath); err != nil {
+	name := events.RunLogObject(job.JobID, seq, attempt, run)
+	if digest, err := r.storeLog(ctx, name, logPath); err != nil {
 		log.Warn().Err(err).Msg("could not store the log; the result goes without it")
 	} else {
-		res.Log = name
+		res.Log, res.LogDigest = name, digest
 		_ = os.Remove(logPath)
 	}
 	return res
@@ -269,20 +276,31 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, ws
 	}
 }
 
-func (r *Runner) storeLog(ctx context.Context, name, path string) error {
+// storeLog stores a log and returns its digest.
+func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
 	store, err := r.logStore(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	_, err = store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
-	return err
+	info, err := store.Put(ctx, jetstream.ObjectMeta{Name: name, Description: "job log"}, f)
+	if err != nil {
+		return "", err
+	}
+	return info.Digest, nil
+}
+
+// newRunID makes a run id: 64 random bits, hex.
+func newRunID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // logStore returns the logs bucket, looked up on first use: a lookup is a

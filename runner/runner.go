@@ -47,6 +47,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -79,6 +80,14 @@ type Config struct {
 	// Limits are every job's default and maximum resource limits: a job's
 	// own limits apply where they are tighter.
 	Limits events.Limits
+	// Identity signs every result and start event (events.BucketKeys); the
+	// reporter accepts them only with a signature of an identity the admin
+	// registered under IdentityName (default: the ID, with odd characters
+	// made "-"), which must be the ID or a prefix of it ending before a "-".
+	// Nil: a key made up for this process and registered by the runner
+	// itself, which only an open server (jetci up) allows.
+	Identity     nkeys.KeyPair
+	IdentityName string
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
@@ -165,6 +174,32 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.IdentityName == "" {
+		cfg.IdentityName = events.IdentityName(cfg.ID)
+	}
+	if err := events.ValidIdentity(cfg.IdentityName); err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	if !events.IdentityCovers(cfg.IdentityName, events.IdentityName(cfg.ID)) {
+		return nil, fmt.Errorf("runner: identity %q cannot speak for runner id %q: the id must be the name or start with the name and '-'",
+			cfg.IdentityName, cfg.ID)
+	}
+	if cfg.Identity == nil {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = events.RegisterRunner(ctx, js, cfg.IdentityName, kp)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("runner: no identity given (--identity), and registering one made up here failed: %w "+
+				"(on a server with users, have the admin issue one: jetci setup --runner-identity %s=FILE, then jetci runner --identity FILE)",
+				err, cfg.IdentityName)
+		}
+		cfg.Identity = kp
+	}
+	js = events.SigningJetStream(js, events.RunnerSigner(cfg.Identity, cfg.IdentityName))
 	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("runner: WorkDir: %w", err)
