@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -77,6 +78,9 @@ type Reporter struct {
 	ln        net.Listener
 	closing   chan struct{} // closed when Run ends, to end event streams
 	notifier  *Notifier     // nil when nothing is to be sent
+	keys      *events.Keys  // who may report results
+	forgeries *forgeries
+	forgeLog  *logLimit // refused results are logged at most once a second
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -90,6 +94,16 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 		return nil, err
 	}
 	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: auth{token: cfg.AdminToken}, closing: make(chan struct{})}
+	if r.keys, err = events.OpenKeys(ctx, js); err != nil {
+		return nil, err
+	}
+	// Its own results (cancelled jobs) carry the service signature.
+	r.js = events.SigningJetStream(js, events.ServiceSigner(r.keys))
+	js = r.js
+	r.forgeries, r.forgeLog = &forgeries{}, newLogLimit(time.Second)
+	if r.forgeries.kv, err = js.KeyValue(ctx, events.BucketForgeries); err != nil {
+		return nil, fmt.Errorf("open %s: %w (run 'jetci setup' as the admin)", events.BucketForgeries, err)
+	}
 	if r.tests, err = OpenTestStore(ctx, js); err != nil {
 		return nil, err
 	}
@@ -235,7 +249,27 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	rec, changed, err := r.store.Apply(ctx, ev)
+	who, err := r.verify(m, ev)
+	var seq uint64
+	if meta, merr := m.Metadata(); merr == nil && err == nil && who != "service" {
+		seq = meta.Sequence.Stream // a runner's event: checked against the claims of its delivery
+	}
+	var rec *Record
+	var changed bool
+	if err == nil {
+		rec, changed, err = r.store.apply(ctx, ev, seq)
+	}
+	if errors.Is(err, events.ErrForged) {
+		r.refuse(ctx, m, ev, who, err)
+		_ = m.Term()
+		return
+	}
+	var disputed *DisputedError
+	if errors.As(err, &disputed) {
+		// Kept in the history, marked, and shown to the admins.
+		r.refuse(ctx, m, ev, who, err)
+		err = nil
+	}
 	if err != nil {
 		r.log.Warn().Err(err).Msg("storing a result; will retry")
 		_ = m.NakWithDelay(time.Second)
@@ -287,7 +321,20 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 			_ = m.Ack()
 			return
 		}
-		rec, _, err := r.store.Apply(ctx, fin)
+		who, err := r.verify(m, fin)
+		var seq uint64
+		if meta, merr := m.Metadata(); merr == nil && err == nil && who != "service" {
+			seq = meta.Sequence.Stream
+		}
+		var rec *Record
+		if err == nil {
+			rec, _, err = r.store.apply(ctx, fin, seq)
+		}
+		var disputed *DisputedError
+		if errors.Is(err, events.ErrForged) || errors.As(err, &disputed) {
+			_ = m.Term() // refused, and recorded by the folding consumer
+			return
+		}
 		if err == nil {
 			// Also for an unchanged record: after a crash the redelivered
 			// event must still produce the notification it may not have.
@@ -338,4 +385,33 @@ func consumeForMail[T any](ctx context.Context, r *Reporter, stream, durable, de
 		}
 		_ = m.Ack()
 	})
+}
+
+// logLimit lets a log line through at most once per period, and says how
+// many it held back since.
+type logLimit struct {
+	mu      sync.Mutex
+	period  time.Duration
+	last    time.Time
+	dropped int
+}
+
+func newLogLimit(period time.Duration) *logLimit { return &logLimit{period: period} }
+
+// Allow reports whether a line may be logged now; held back reports how many
+// were not since the last one allowed.
+func (l *logLimit) Allow() bool { ok, _ := l.allow(); return ok }
+
+func (l *logLimit) allow() (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.last) < l.period {
+		l.dropped++
+		return false, 0
+	}
+	l.last = now
+	n := l.dropped
+	l.dropped = 0
+	return true, n
 }

@@ -46,6 +46,14 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 // Apply folds an event into its job's record. It returns the record and whether
 // it changed.
 func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
+	return s.apply(ctx, ev, 0)
+}
+
+// apply is Apply that, for a runner's event taken from the results stream at
+// resultSeq (0: not from a runner), first checks it against the claims in the
+// record as read (Record.Admit): its error, wrapping events.ErrForged,
+// refuses the event and is returned as is.
+func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64) (*Record, bool, error) {
 	ref, ok := refOf(ev)
 	if !ok {
 		return nil, false, fmt.Errorf("apply: %T is not a job event", ev)
@@ -74,8 +82,21 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		default:
 			return nil, false, fmt.Errorf("get record %s: %w", key, err)
 		}
-		if !rec.Apply(ev) {
+		var disputed string
+		if resultSeq != 0 {
+			if disputed, err = rec.Admit(ev, resultSeq); err != nil {
+				return rec, false, err
+			}
+		}
+		if disputed != "" {
+			if !rec.Dispute(ev, disputed) {
+				return rec, false, &DisputedError{Why: disputed}
+			}
+		} else if !rec.Apply(ev) {
 			return rec, false, nil
+		}
+		if fin, ok := ev.(*events.JobFinished); ok && resultSeq != 0 {
+			rec.markResult(fin.Run, resultSeq)
 		}
 		data, err := json.Marshal(rec)
 		if err != nil {
@@ -86,6 +107,9 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		} else {
 			_, err = s.kv.Update(ctx, key, data, rev)
 		}
+		if err == nil && disputed != "" {
+			return rec, true, &DisputedError{Why: disputed}
+		}
 		if err == nil {
 			return rec, true, nil
 		}
@@ -95,6 +119,11 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		// Another reporter wrote first: read again and re-apply.
 	}
 }
+
+// DisputedError says an event was folded in as a disputed run (Record.Dispute).
+type DisputedError struct{ Why string }
+
+func (e *DisputedError) Error() string { return "disputed: " + e.Why }
 
 func isConflict(err error) bool {
 	var apiErr *jetstream.APIError

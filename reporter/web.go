@@ -179,7 +179,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		data.Log, data.LogSeq, data.Live = text, seq, true
 	case a.Log != "":
 		data.Artifacts = a.Artifacts
-		text, cut, err := r.storedLog(req.Context(), a.Log, pageLogLimit)
+		text, cut, err := r.checkedLog(req.Context(), a.Log, a.LogDigest, rec.JobID, pageLogLimit)
 		switch {
 		case err != nil:
 			data.LogNote = "The log could not be read: " + err.Error()
