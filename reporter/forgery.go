@@ -175,7 +175,7 @@ func (r *Reporter) openObject(ctx context.Context, store jetstream.ObjectStore, 
 // apiForgeries lists what was refused as forged, newest first: for admins
 // only (the bearer token, or a logged-in session).
 func (r *Reporter) apiForgeries(w http.ResponseWriter, req *http.Request) {
-	if !r.auth.bearer(req) && !r.auth.session(req) {
+	if !r.auth.isBearer(req) && r.auth.session(req) == "" {
 		writeError(w, http.StatusForbidden, "the list of forgeries is for admins: send the admin token (Authorization: Bearer …) or log in")
 		return
 	}
@@ -203,7 +203,7 @@ artifacts replaced after their run. None of them changed a record.</p>
 
 // pageForgeries shows the forgeries to a logged-in admin.
 func (r *Reporter) pageForgeries(w http.ResponseWriter, req *http.Request) {
-	if !r.auth.session(req) && !r.auth.bearer(req) {
+	if r.auth.session(req) == "" && !r.auth.isBearer(req) {
 		http.Error(w, "This page is for admins: log in with the admin token.", http.StatusForbidden)
 		return
 	}
