@@ -169,7 +169,8 @@ func Roles() []Role {
 				kvUse(BucketResults), kvRead(BucketRunners), kvUse(BucketCancel), kvRead(BucketBranches),
 				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts),
 				kvUse(BucketTests), kvRead(BucketBisect),
-				kvRead(BucketKeys), kvUse(BucketForgeries)), // verify and sign results; keep the refused ones
+				kvRead(BucketKeys), kvUse(BucketForgeries), // verify and sign results; keep the refused ones
+				kvUse(BucketSessions), kvUse(BucketDeliveries)),
 			Subscribe: sub(SubjectLogs),
 		},
 		{

@@ -57,6 +57,13 @@ const (
 	// without a valid signature, a claim on another runner's delivery, a
 	// replay, a log or artifact replaced after its run), by digest.
 	BucketForgeries = "jetci-forgeries"
+	// BucketSessions keeps the web UI's login sessions (by a hash of their
+	// id, with their expiry), so that every reporter knows them and a
+	// logout ends one everywhere.
+	BucketSessions = "jetci-sessions"
+	// BucketDeliveries remembers the push hooks the reporters received (by
+	// delivery id and by body) for a day, to refuse replays.
+	BucketDeliveries = "jetci-deliveries"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -197,6 +204,10 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			Storage: s.Storage, Replicas: s.Replicas, TTL: 90 * 24 * time.Hour},
 		{Bucket: BucketForgeries, Description: "result events, logs and artifacts refused as forged, for the admins", Storage: s.Storage,
 			Replicas: s.Replicas, TTL: 90 * 24 * time.Hour, History: 1},
+		{Bucket: BucketSessions, Description: "web UI login sessions, by a hash of their id", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 24 * time.Hour, History: 1},
+		{Bucket: BucketDeliveries, Description: "push hook deliveries received, to refuse replays", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 24 * time.Hour, History: 1},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}

@@ -435,3 +435,26 @@ func (r *Record) markResult(run string, resultSeq uint64) {
 		}
 	}
 }
+
+// Validate checks a record read from the results bucket under key: its
+// identity is complete and is the one of its key, its status and attempts are
+// possible.
+func (r *Record) Validate(key string) error {
+	switch {
+	case !events.ValidJobID(r.JobID):
+		return fmt.Errorf("no valid job_id")
+	case r.Repo == "" || r.Branch == "" || r.Commit == "" || r.Job == "" || r.Arch == "":
+		return fmt.Errorf("job %s: repo, branch, commit, job or arch missing", r.JobID)
+	case key != events.RecordKey(r.Repo, r.Branch, r.JobID):
+		return fmt.Errorf("job %s is stored under another job's key", r.JobID)
+	case len(r.Attempts) > MaxAttempts:
+		return fmt.Errorf("job %s: %d attempts, more than %d", r.JobID, len(r.Attempts), MaxAttempts)
+	}
+	switch r.Status {
+	case "", events.StatusQueued, events.StatusHeld, events.StatusRunning, events.StatusPassed, events.StatusFailed,
+		events.StatusError, events.StatusCancelled:
+	default:
+		return fmt.Errorf("job %s: unknown status %q", r.JobID, r.Status)
+	}
+	return nil
+}

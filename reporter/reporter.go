@@ -70,7 +70,7 @@ type Reporter struct {
 	store     *Store
 	tests     *TestStore
 	view      *View
-	auth      auth
+	auth      *auth
 	logs      jetstream.ObjectStore
 	artifacts jetstream.ObjectStore
 	cancels   jetstream.KeyValue
@@ -81,6 +81,8 @@ type Reporter struct {
 	keys      *events.Keys  // who may report results
 	forgeries *forgeries
 	forgeLog  *logLimit // refused results are logged at most once a second
+	// deliveries remembers push hooks received, to refuse replays.
+	deliveries jetstream.KeyValue
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -93,7 +95,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if err != nil {
 		return nil, err
 	}
-	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: auth{token: cfg.AdminToken}, closing: make(chan struct{})}
+	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: &auth{token: cfg.AdminToken, limit: newLimiter(), metrics: cfg.Metrics, log: log}, closing: make(chan struct{})}
 	if r.keys, err = events.OpenKeys(ctx, js); err != nil {
 		return nil, err
 	}
@@ -103,6 +105,12 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	r.forgeries, r.forgeLog = &forgeries{}, newLogLimit(time.Second)
 	if r.forgeries.kv, err = js.KeyValue(ctx, events.BucketForgeries); err != nil {
 		return nil, fmt.Errorf("open %s: %w (run 'jetci setup' as the admin)", events.BucketForgeries, err)
+	}
+	if r.auth.sessions, err = openSessions(ctx, js); err != nil {
+		return nil, err
+	}
+	if r.deliveries, err = js.KeyValue(ctx, events.BucketDeliveries); err != nil {
+		return nil, fmt.Errorf("open %s: %w (run 'jetci setup' as the admin)", events.BucketDeliveries, err)
 	}
 	if r.tests, err = OpenTestStore(ctx, js); err != nil {
 		return nil, err
@@ -120,6 +128,16 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 		return nil, fmt.Errorf("open %s: %w", events.StreamJobs, err)
 	}
 	r.view = NewView(store.kv, store.runners, log)
+	badLog := newLogLimit(time.Second)
+	r.view.OnBad = func(key string, err error) {
+		r.cfg.Metrics.Forgery("record")
+		if badLog.Allow() {
+			r.log.Warn().Str("key", key).Err(err).Msg("a damaged record in the results bucket")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = r.forgeries.add(ctx, Forgery{What: "record", Reason: "not a valid record: " + err.Error(), Object: key}, []byte(key+"\x00"+err.Error()))
+	}
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}

@@ -33,6 +33,10 @@ type View struct {
 	gates  map[string]events.BranchState // by events.BranchKey
 	subs   map[chan Change]struct{}
 	ready  chan struct{}
+	keys   map[string]string // record key → job id, to name the job of a damaged entry
+	// OnBad, when set, hears of every entry of the results bucket that is
+	// not a valid record.
+	OnBad func(key string, err error)
 }
 
 // Change is one update a subscriber hears of.
@@ -94,12 +98,20 @@ func (v *View) applyRecord(e jetstream.KeyValueEntry) {
 		return // records are not deleted by jetci; an operator's purge is left alone
 	}
 	var r Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil || r.JobID == "" {
-		v.log.Debug().Str("key", e.Key()).Msg("skipping an entry that is not a record")
+	err := json.Unmarshal(e.Value(), &r)
+	if err == nil {
+		err = r.Validate(e.Key())
+	}
+	if err != nil {
+		v.badRecord(e.Key(), err)
 		return
 	}
 	r.Tests = viewTests(r.Tests)
 	v.mu.Lock()
+	if v.keys == nil {
+		v.keys = map[string]string{}
+	}
+	v.keys[e.Key()] = r.JobID
 	v.recs[r.JobID] = &r
 	v.notify(Change{Kind: "record", Record: &r})
 	v.mu.Unlock()
@@ -543,4 +555,24 @@ func trimSubject(s string) string {
 		s = s[:i]
 	}
 	return s
+}
+
+// badRecord handles an entry of the results bucket that is not a valid
+// record (someone with the reporter's credentials wrote it): the job it
+// replaced is shown as damaged rather than as it was, and it is reported.
+func (v *View) badRecord(key string, err error) {
+	v.mu.Lock()
+	if id, ok := v.keys[key]; ok {
+		if old := v.recs[id]; old != nil {
+			d := *old
+			d.Status, d.Error = events.StatusError, "the record of this job in the results bucket is damaged ("+err.Error()+"); the next event of the job rewrites it, or re-check it"
+			v.recs[id] = &d
+			v.notify(Change{Kind: "record", Record: &d})
+		}
+	}
+	on := v.OnBad
+	v.mu.Unlock()
+	if on != nil {
+		on(key, err)
+	}
 }
