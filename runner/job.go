@@ -38,6 +38,17 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		return
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
+	r.mu.Lock()
+	already := r.jobs[job.JobID] != nil && r.jobs[job.JobID].seq == seq
+	r.mu.Unlock()
+	if already {
+		// A job this runner still runs, handed back while its lease lapsed
+		// (cut off from the broker), came back to another of its slots: the
+		// run under way keeps it (its heartbeat and ack settle the message).
+		_ = m.NakWithDelay(events.JobAckWait)
+		r.log.Info().Str("job_id", job.JobID).Msg("redelivered a job this runner still runs: left to the run under way")
+		return
+	}
 	// The run's id and the delivery's token bind its results to it: the
 	// reporter takes results of this delivery from this run only.
 	run, token := newRunID(), fmt.Sprintf("%d.%d", meta.Sequence.Consumer, meta.Timestamp.UnixNano())

@@ -470,6 +470,17 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 				continue
 			}
 		}
+		// A dispatcher handed it back. Unless another runner took it since,
+		// it still waits in the queue: a delayed NAK takes it out of the
+		// queue's redelivery list, the heartbeats keep it, and this run ends
+		// it as usual — the job runs once. If another runner has started it,
+		// both runs finish and both are recorded (the ack is by stream
+		// sequence, so either ack settles it).
+		if j.Reply != "" && r.nc.Publish(j.Reply, []byte("-NAK "+events.JobAckWait.String())) == nil {
+			r.log.Warn().Str("job_id", j.JobID).Msg("lease lapsed while the job ran and a dispatcher handed it back: taking it back " +
+				"(if another runner started it meanwhile, it runs twice and both runs are recorded)")
+			continue
+		}
 		r.mu.Lock()
 		r.lost[j.JobID] = true
 		r.mu.Unlock()
