@@ -284,9 +284,11 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	var disputed *DisputedError
 	if errors.As(err, &disputed) {
-		// Kept in the history, marked, and shown to the admins.
+		// Kept in the history, marked, and shown to the admins; its tests
+		// do not feed the test history.
 		r.refuse(ctx, m, ev, who, err)
-		err = nil
+		_ = m.Ack()
+		return
 	}
 	if err != nil {
 		r.log.Warn().Err(err).Msg("storing a result; will retry")
