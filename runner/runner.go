@@ -190,7 +190,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = events.RegisterRunner(ctx, js, cfg.IdentityName, kp)
+		err = events.Explain(nc, events.RegisterRunner(ctx, js, cfg.IdentityName, kp))
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("runner: no identity given (--identity), and registering one made up here failed: %w "+

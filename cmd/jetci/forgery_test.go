@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -237,4 +238,19 @@ func TestResultsOnlyFromTheirRunner(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRunnerWithoutIdentitySaysWhy: under the shipped nats.conf a runner
+// without --identity cannot register one of its own, and says what to run.
+func TestRunnerWithoutIdentitySaysWhy(t *testing.T) {
+	url, pw := startShippedBroker(t)
+	var out, errb strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	args := append([]string{"runner", "--nats", url, "--id", "nokey", "--work", t.TempDir(), "--log-format", "json"}, as(pw, "runner")...)
+	code := (&Main{Stdout: &out, Stderr: &errb}).Run(ctx, args)
+	if code == 0 || !strings.Contains(errb.String(), "jetci setup --runner-identity nokey=FILE") ||
+		!strings.Contains(errb.String(), "permission denied: runner may not publish to \"$KV.jetci-keys.runner.nokey\"") {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
 }

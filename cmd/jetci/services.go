@@ -138,12 +138,19 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 
 const setupUsage = `
 Usage: jetci setup --nats URL --nats-user admin [--log-retention D] [--artifact-retention D]
+                   [--runner-identity NAME=FILE ...] [--revoke-runner NAME ...]
 
 Creates jetci's streams and buckets on a NATS server or cluster (three replicas
 on a cluster), as the admin user, and exits. Existing ones are left as they
 are, except that --log-retention and --artifact-retention are applied. The
 services' own users may not create streams: run this once before them (jetci
 server does the same at start when it is given the admin's credentials).
+
+Runner identities: results count only when signed by a runner identity the admin
+registered. --runner-identity NAME=FILE issues one (FILE is created, mode 0600,
+when missing) or registers the seed FILE holds; run the runner with --identity
+FILE and --id NAME (or --identity-name NAME and an id starting with NAME-).
+--revoke-runner NAME forgets one.
 `
 
 func (m *Main) setup(ctx context.Context, args []string) error {
@@ -367,13 +374,16 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 
 const runnerUsage = `
 Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work DIR] [--artifact-limit SIZE]
+                    [--id NAME --identity FILE]
 
 Pulls jobs for one CPU architecture and pool, checks each commit out from a local
 git cache, runs its steps, and publishes the log and the result. Start as many
 as you like, on any machine that reaches the NATS server; if one dies mid-job,
 the job is handed to another within seconds (its lease expires). On SIGTERM a
 runner takes no more jobs, lets running ones finish within --grace, hands back
-the rest, and exits 0.
+the rest, and exits 0. It signs its results with its identity (--identity, issued
+by 'jetci setup --runner-identity'); a server with users refuses a runner without
+one.
 
 Steps start from a clean environment: none of this process's variables reach
 them but PATH, LANG, LC_*, TZ, USER, LOGNAME and the --pass-env names. A job
