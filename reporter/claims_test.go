@@ -16,10 +16,13 @@ func runEv(kind string, seq, delivery uint64, runner, run, token string, st even
 	return &events.JobFinished{JobRef: ref, QueueSeq: seq, Attempt: delivery, Runner: runner, Run: run, Token: token, Status: st}
 }
 
+// holds: runner "a" is alive and holds its job; the others are gone.
+func holds(runner, _ string) bool { return runner == "a" }
+
 // fold admits and applies an event the way Store.apply does.
 func fold(t *testing.T, r *Record, ev any, resultSeq uint64) error {
 	t.Helper()
-	why, err := r.Admit(ev, resultSeq)
+	why, err := r.Admit(ev, resultSeq, holds)
 	if err != nil {
 		return err
 	}
@@ -114,5 +117,26 @@ func TestLimiterBackoff(t *testing.T) {
 	l.ok("1.2.3.4")
 	if l.wait("1.2.3.4") != 0 {
 		t.Error("the right token did not clear the backoff")
+	}
+}
+
+// TestPowerCutRunOfOneDeliveryTakesOver: the runner of a delivery died with
+// the server (a power cut); the server lost its consumer state and delivered
+// the job again as delivery 1. The new run is an ordinary attempt and its
+// result is the record's.
+func TestPowerCutRunOfOneDeliveryTakesOver(t *testing.T) {
+	r := &Record{}
+	r.Apply(queued(5))
+	if err := fold(t, r, runEv(events.KindStarted, 5, 1, "dead", "run-1", "10.111", ""), 1); err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range []any{runEv(events.KindStarted, 5, 1, "b", "run-2", "1.999", ""),
+		runEv(events.KindFinished, 5, 1, "b", "run-2", "1.999", events.StatusPassed)} {
+		if err := fold(t, r, ev, uint64(2+i)); err != nil {
+			t.Fatalf("event %d of the second run: %v", i, err)
+		}
+	}
+	if r.Status != events.StatusPassed || r.Runner != "b" || len(r.Attempts) != 2 || r.Attempt != 2 {
+		t.Fatalf("record: %s by %s, attempt %d of %d", r.Status, r.Runner, r.Attempt, len(r.Attempts))
 	}
 }

@@ -358,8 +358,13 @@ func refOf(ev any) (events.JobRef, bool) {
 // is refused, and so is a finished event of a run whose result is already in
 // (a replay: resultSeq, the event's results stream sequence, differs from the
 // one taken; the same sequence is the reporter's own redelivery). Errors wrap
-// events.ErrForged.
-func (r *Record) Admit(ev any, resultSeq uint64) (disputed string, err error) {
+// events.ErrForged. A run naming the same delivery count with another token
+// is disputed (returned: why) while the run that claimed it first is still
+// under way on a live runner — holds(runner, jobID) says so; nil: assume it
+// is. Once that run finished, or its runner is gone (a power cut: the server
+// lost its consumer state and delivered the job again as the same count), the
+// new run is an attempt like any other.
+func (r *Record) Admit(ev any, resultSeq uint64, holds func(runner, jobID string) bool) (disputed string, err error) {
 	var seq, delivery uint64
 	var run, token, runner string
 	finished := false
@@ -391,7 +396,7 @@ func (r *Record) Admit(ev any, resultSeq uint64) (disputed string, err error) {
 		case a.Run != "" && a.Token == token:
 			return "", fmt.Errorf("%w: delivery %d of run %d was taken by runner %s (run %s), not %s (run %s)",
 				events.ErrForged, delivery, seq, a.Runner, a.Run, runner, run)
-		case a.Run != "" && a.Disputed == "" && other == nil:
+		case a.Run != "" && a.Disputed == "" && other == nil && !a.Status.Final() && (holds == nil || holds(a.Runner, r.JobID)):
 			other = a
 		}
 	}

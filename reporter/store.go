@@ -84,7 +84,7 @@ func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64) (*Record, b
 		}
 		var disputed string
 		if resultSeq != 0 {
-			if disputed, err = rec.Admit(ev, resultSeq); err != nil {
+			if disputed, err = rec.Admit(ev, resultSeq, s.holds(ctx)); err != nil {
 				return rec, false, err
 			}
 		}
@@ -117,6 +117,29 @@ func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64) (*Record, b
 			return nil, false, fmt.Errorf("write record %s: %w", key, err)
 		}
 		// Another reporter wrote first: read again and re-apply.
+	}
+}
+
+// holds reports whether a runner's live lease names a job.
+func (s *Store) holds(ctx context.Context) func(runner, jobID string) bool {
+	return func(runner, jobID string) bool {
+		if s.runners == nil {
+			return true
+		}
+		e, err := s.runners.Get(ctx, events.LeaseKey(events.IdentityName(runner)))
+		if err != nil {
+			return !errors.Is(err, jetstream.ErrKeyNotFound) // unknown: assume it does
+		}
+		var l events.Lease
+		if json.Unmarshal(e.Value(), &l) != nil {
+			return true
+		}
+		for _, j := range l.Jobs {
+			if j.JobID == jobID {
+				return true
+			}
+		}
+		return false
 	}
 }
 
