@@ -32,6 +32,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -91,6 +92,33 @@ type Config struct {
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// ownIdentity is the key a runner without a given identity makes up, kept
+// in its work directory so that a restart signs with the same key (events
+// it published before are still checked against it).
+func ownIdentity(workDir string) (nkeys.KeyPair, error) {
+	path := filepath.Join(workDir, "identity.seed")
+	if data, err := os.ReadFile(path); err == nil {
+		if kp, err := nkeys.FromSeed(bytes.TrimSpace(data)); err == nil {
+			return kp, nil
+		}
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, seed, 0o600); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
 
 // DefaultConfig serves this machine's architecture in the default pool, one job
 // per CPU at a time.
@@ -185,9 +213,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 			cfg.IdentityName, cfg.ID)
 	}
 	if cfg.Identity == nil {
-		kp, err := nkeys.CreateUser()
+		kp, err := ownIdentity(cfg.WorkDir)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("runner: identity: %w", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err = events.Explain(nc, events.RegisterRunner(ctx, js, cfg.IdentityName, kp))
