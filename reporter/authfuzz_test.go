@@ -29,7 +29,7 @@ func FuzzRecordEntry(f *testing.F) {
 		}
 		ev := &events.JobFinished{JobRef: events.JobRef{JobID: r.JobID}, QueueSeq: 1, Attempt: 1, Runner: "x", Run: "r2",
 			Token: "1.1", Status: events.StatusFailed}
-		if why, err := r.Admit(ev, 10, nil); err == nil && why != "" {
+		if why, err := r.Admit(ev, 10, time.Time{}, nil); err == nil && why != "" {
 			r.Dispute(ev, why)
 		} else if err == nil {
 			r.Apply(ev)

@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -352,19 +353,32 @@ func refOf(ev any) (events.JobRef, bool) {
 	return events.JobRef{}, false
 }
 
+// ErrWait says a runner's event names a delivery that another run, still
+// under way on a live runner, claimed first: whether it is a forgery or a
+// second run after a power cut is known once that run ends or its runner is
+// gone, so the event is to be looked at again later.
+var ErrWait = errors.New("a live run holds this delivery: looked at again later")
+
 // Admit checks a runner's started or finished event against the claims in the
-// history before it is folded in: the first run that reports a delivery (the
-// server's delivery token) owns it, so another run naming the same delivery
-// is refused, and so is a finished event of a run whose result is already in
-// (a replay: resultSeq, the event's results stream sequence, differs from the
-// one taken; the same sequence is the reporter's own redelivery). Errors wrap
-// events.ErrForged. A run naming the same delivery count with another token
-// is disputed (returned: why) while the run that claimed it first is still
-// under way on a live runner — holds(runner, jobID) says so; nil: assume it
-// is. Once that run finished, or its runner is gone (a power cut: the server
-// lost its consumer state and delivered the job again as the same count), the
-// new run is an attempt like any other.
-func (r *Record) Admit(ev any, resultSeq uint64, holds func(runner, jobID string) bool) (disputed string, err error) {
+// history before it is folded in. at is when the server stored the event (its
+// results stream time) and holds(runner, jobID) whether a runner's live lease
+// names a job (nil: assume it does).
+//
+//   - A finished event of a run whose result is already in is a replay
+//     (resultSeq, the event's results stream sequence, differs from the one
+//     taken; the same sequence is the reporter's own redelivery): refused.
+//   - While the first run that reported the same delivery (queue sequence
+//     and count) is under way on a live runner: ErrWait.
+//   - If that run ended after this event was stored, the claim was made while
+//     it ran: refused if it names the same delivery token, disputed (returned:
+//     why) if another.
+//   - Otherwise — that run ended before, or its runner is gone without ending
+//     it (a power cut: the server lost its consumer state and delivers the
+//     job again with the same count and token) — a new run is an attempt like
+//     any other.
+//
+// Errors wrap events.ErrForged, or are ErrWait.
+func (r *Record) Admit(ev any, resultSeq uint64, at time.Time, holds func(runner, jobID string) bool) (disputed string, err error) {
 	var seq, delivery uint64
 	var run, token, runner string
 	finished := false
@@ -379,30 +393,36 @@ func (r *Record) Admit(ev any, resultSeq uint64, holds func(runner, jobID string
 	if run == "" || token == "" || delivery == 0 {
 		return "", fmt.Errorf("%w: a runner's event without its run and delivery", events.ErrForged)
 	}
-	mine, other := false, (*Attempt)(nil)
 	for i := range r.Attempts {
 		a := &r.Attempts[i]
-		if a.QueueSeq != seq || a.Delivery != delivery {
+		if a.QueueSeq != seq || a.Delivery != delivery || a.Run != run {
 			continue
 		}
-		switch {
-		case a.Run == run && finished && a.Status.Final() && a.ResultSeq != 0 && a.ResultSeq != resultSeq:
+		if finished && a.Status.Final() && a.ResultSeq != 0 && a.ResultSeq != resultSeq {
 			return "", fmt.Errorf("%w: replay: run %s of attempt %d already reported its result", events.ErrForged, run, a.N)
-		case a.Run == run:
-			mine = true
-			if a.Disputed != "" {
-				return a.Disputed, nil
-			}
-		case a.Run != "" && a.Token == token:
-			return "", fmt.Errorf("%w: delivery %d of run %d was taken by runner %s (run %s), not %s (run %s)",
-				events.ErrForged, delivery, seq, a.Runner, a.Run, runner, run)
-		case a.Run != "" && a.Disputed == "" && other == nil && !a.Status.Final() && (holds == nil || holds(a.Runner, r.JobID)):
-			other = a
 		}
+		return a.Disputed, nil // this run's claim was judged at its first event
 	}
-	if other != nil && !mine {
-		return fmt.Sprintf("runner %s (run %s) claims delivery %d of run %d, which runner %s (run %s) claimed first",
-			runner, run, delivery, seq, other.Runner, other.Run), nil
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		if a.QueueSeq != seq || a.Delivery != delivery || a.Run == "" || a.Disputed != "" {
+			continue
+		}
+		if !a.Status.Final() {
+			if holds == nil || holds(a.Runner, r.JobID) {
+				return "", ErrWait
+			}
+			continue // its runner is gone
+		}
+		if at.IsZero() || !at.Before(a.FinishedAt) {
+			continue // claimed after that run ended: a second run
+		}
+		if a.Token == token {
+			return "", fmt.Errorf("%w: delivery %d of run %d was held by runner %s (run %s), not %s (run %s)",
+				events.ErrForged, delivery, seq, a.Runner, a.Run, runner, run)
+		}
+		return fmt.Sprintf("runner %s (run %s) claims delivery %d of run %d while runner %s (run %s) ran it",
+			runner, run, delivery, seq, a.Runner, a.Run), nil
 	}
 	return "", nil
 }

@@ -268,14 +268,20 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	who, err := r.verify(m, ev)
-	var seq uint64
+	var seq, delivered uint64
+	var at time.Time
 	if meta, merr := m.Metadata(); merr == nil && err == nil && who != "service" {
-		seq = meta.Sequence.Stream // a runner's event: checked against the claims of its delivery
+		// A runner's event: checked against the claims of its delivery.
+		seq, at, delivered = meta.Sequence.Stream, meta.Timestamp, meta.NumDelivered
 	}
 	var rec *Record
 	var changed bool
 	if err == nil {
-		rec, changed, err = r.store.apply(ctx, ev, seq)
+		rec, changed, err = r.store.apply(ctx, ev, seq, at)
+	}
+	if errors.Is(err, ErrWait) {
+		_ = m.NakWithDelay(time.Duration(min(delivered, 10)) * time.Second)
+		return
 	}
 	if errors.Is(err, events.ErrForged) {
 		r.refuse(ctx, m, ev, who, err)
@@ -342,13 +348,18 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 			return
 		}
 		who, err := r.verify(m, fin)
-		var seq uint64
+		var seq, delivered uint64
+		var at time.Time
 		if meta, merr := m.Metadata(); merr == nil && err == nil && who != "service" {
-			seq = meta.Sequence.Stream
+			seq, at, delivered = meta.Sequence.Stream, meta.Timestamp, meta.NumDelivered
 		}
 		var rec *Record
 		if err == nil {
-			rec, _, err = r.store.apply(ctx, fin, seq)
+			rec, _, err = r.store.apply(ctx, fin, seq, at)
+		}
+		if errors.Is(err, ErrWait) {
+			_ = m.NakWithDelay(time.Duration(min(delivered, 10)) * time.Second)
+			return
 		}
 		var disputed *DisputedError
 		if errors.Is(err, events.ErrForged) || errors.As(err, &disputed) {

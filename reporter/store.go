@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -46,14 +47,15 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 // Apply folds an event into its job's record. It returns the record and whether
 // it changed.
 func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
-	return s.apply(ctx, ev, 0)
+	return s.apply(ctx, ev, 0, time.Time{})
 }
 
 // apply is Apply that, for a runner's event taken from the results stream at
 // resultSeq (0: not from a runner), first checks it against the claims in the
 // record as read (Record.Admit): its error, wrapping events.ErrForged,
-// refuses the event and is returned as is.
-func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64) (*Record, bool, error) {
+// refuses the event, or ErrWait defers it, and is returned as is; at is when
+// the server stored the event.
+func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64, at time.Time) (*Record, bool, error) {
 	ref, ok := refOf(ev)
 	if !ok {
 		return nil, false, fmt.Errorf("apply: %T is not a job event", ev)
@@ -84,7 +86,7 @@ func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64) (*Record, b
 		}
 		var disputed string
 		if resultSeq != 0 {
-			if disputed, err = rec.Admit(ev, resultSeq, s.holds(ctx)); err != nil {
+			if disputed, err = rec.Admit(ev, resultSeq, at, s.holds(ctx)); err != nil {
 				return rec, false, err
 			}
 		}
