@@ -213,7 +213,7 @@ type JobStarted struct {
 	StartedAt time.Time `json:"started_at"`
 	// Run names this run of the job by this runner (random, made when the
 	// runner took the delivery) and Token the delivery as the server made
-	// it (consumer sequence and delivery time); see JobFinished.
+	// it (consumer sequence and the job message's time); see JobFinished.
 	Run   string `json:"run,omitempty"`
 	Token string `json:"delivery_token,omitempty"`
 }

@@ -51,7 +51,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	}
 	// The run's id and the delivery's token bind its results to it: the
 	// reporter takes results of this delivery from this run only.
-	run, token := newRunID(), fmt.Sprintf("%d.%d", meta.Sequence.Consumer, meta.Timestamp.UnixNano())
+	run, token := newRunID(), fmt.Sprintf("%d.%d", meta.Sequence.Consumer, meta.Timestamp.UnixNano()) // the message's time
 	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
 		Str("commit", events.Short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
 	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
