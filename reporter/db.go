@@ -98,7 +98,17 @@ func Reindex(ctx context.Context, js jetstream.JetStream, dsn string, log zerolo
 	if err != nil {
 		return FoldStats{}, fmt.Errorf("open %s: %w", events.BucketRunners, err)
 	}
+	keys, err := events.OpenKeys(ctx, js)
+	if err != nil {
+		return FoldStats{}, err
+	}
 	v := NewView(db, js, runners, log)
+	// The same checks as the live fold: a rebuild applies no event the
+	// reporter refused (those were recorded as forgeries when first folded).
+	v.guard = &guard{
+		verify: func(m jetstream.Msg, ev any) (string, error) { return verifyResult(keys, m, ev) },
+		holds:  leaseHolds(runners),
+	}
 	fctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); v.fold(fctx) }()

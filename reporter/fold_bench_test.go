@@ -29,18 +29,22 @@ func BenchmarkFold(b *testing.B) {
 	}
 	s := brokertest.Run(b)
 	ctx := context.Background()
+	svc, run, err := SyntheticPublishers(ctx, s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		for _, ev := range SyntheticJob(i, 50, 10, 3) {
 			data, _ := events.Encode(ev.Event)
-			if _, err := s.JS.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if i%5000 == 0 {
-			<-s.JS.PublishAsyncComplete()
+			<-allComplete(svc, run)
 		}
 	}
-	<-s.JS.PublishAsyncComplete()
+	<-allComplete(svc, run)
 	runners, err := s.JS.KeyValue(ctx, events.BucketRunners)
 	if err != nil {
 		b.Fatal(err)
@@ -85,18 +89,22 @@ func BenchmarkFoldWholeReporter(b *testing.B) {
 	}
 	s := brokertest.Run(b)
 	ctx := context.Background()
+	svc, run, err := SyntheticPublishers(ctx, s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		for _, ev := range SyntheticJob(i, 50, 10, 3) {
 			data, _ := events.Encode(ev.Event)
-			if _, err := s.JS.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if i%5000 == 0 {
-			<-s.JS.PublishAsyncComplete()
+			<-allComplete(svc, run)
 		}
 	}
-	<-s.JS.PublishAsyncComplete()
+	<-allComplete(svc, run)
 	b.ResetTimer()
 	for range b.N {
 		rctx, cancel := context.WithCancel(ctx)
