@@ -60,6 +60,9 @@ func BenchmarkFold(b *testing.B) {
 			b.Fatal(err)
 		}
 		v := NewView(db, s.JS, runners, zerolog.Nop())
+		if v.guard, err = newGuard(ctx, s.JS, runners); err != nil { // signatures and claims checked, as live
+			b.Fatal(err)
+		}
 		start := time.Now()
 		fctx, stop := context.WithCancel(ctx)
 		go v.fold(fctx)
@@ -67,6 +70,9 @@ func BenchmarkFold(b *testing.B) {
 		took := time.Since(start)
 		stop()
 		db.Close()
+		if st := v.Stats(); st.Bad != 0 {
+			b.Fatalf("%d events refused or malformed: %+v", st.Bad, st)
+		}
 		b.ReportMetric(float64(n)/took.Seconds(), "jobs/s")
 		if !readmodel.IsPostgres(dsn) {
 			var size int64
