@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -491,7 +492,13 @@ func rowOf(r *Record) (readmodel.Row, error) {
 	}
 	return readmodel.Row{JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Module: r.Module, Job: r.Job,
 		Arch: r.Arch, Status: string(r.Status), Author: r.Author.Name, AuthorEmail: r.Author.Email, Subject: r.Subject,
-		FirstSeen: nanos(firstSeen(r)), FinishedAt: nanos(r.FinishedAt), Data: data}, nil
+		FirstSeen: nanos(firstSeen(r)), FinishedAt: nanos(r.FinishedAt), SortKey: sortKey(r), Data: data}, nil
+}
+
+// sortKey orders records first queued at the same time: by repo, branch,
+// module, job and arch (then job id, so that it is unique).
+func sortKey(r *Record) string {
+	return strings.Join([]string{r.Repo, r.Branch, r.Module, r.Job, r.Arch, r.JobID}, "\x01") // Postgres text holds no NUL
 }
 
 func nanos(t time.Time) int64 {

@@ -423,11 +423,11 @@ func TestCutToSize(t *testing.T) {
 	one, _ := json.MarshalIndent(&recs[0], "    ", "  ")
 	three := 3*(len(one)+6) + 10
 	got, pg := cutToSize(recs, readmodel.Paged{}, false, three)
-	if len(got) != 3 || pg.Next != (readmodel.Cursor{Time: recs[2].QueuedAt.UnixNano(), ID: recs[2].JobID}) {
+	if len(got) != 3 || pg.Next != (readmodel.Cursor{Time: recs[2].QueuedAt.UnixNano(), ID: sortKey(&recs[2])}) {
 		t.Fatalf("forward: %d records, next %+v", len(got), pg.Next)
 	}
 	got, pg = cutToSize(recs, readmodel.Paged{}, true, three)
-	if len(got) != 3 || got[0].JobID != recs[7].JobID || pg.Prev != (readmodel.Cursor{Time: recs[7].QueuedAt.UnixNano(), ID: recs[7].JobID}) {
+	if len(got) != 3 || got[0].JobID != recs[7].JobID || pg.Prev != (readmodel.Cursor{Time: recs[7].QueuedAt.UnixNano(), ID: sortKey(&recs[7])}) {
 		t.Fatalf("backwards: %d records from %s, prev %+v", len(got), got[0].JobID, pg.Prev)
 	}
 	if got, _ := cutToSize(recs[:1], readmodel.Paged{}, false, 10); len(got) != 1 {

@@ -290,11 +290,11 @@ func cutToSize(recs []Record, pg readmodel.Paged, backwards bool, max int) ([]Re
 		if size += len(b) + 6; size > max && n > 0 {
 			if backwards {
 				kept := recs[i+1:]
-				pg.Prev = readmodel.Cursor{Time: nanos(firstSeen(&kept[0])), ID: kept[0].JobID}
+				pg.Prev = readmodel.Cursor{Time: nanos(firstSeen(&kept[0])), ID: sortKey(&kept[0])}
 				return kept, pg
 			}
 			last := &recs[i-1]
-			pg.Next = readmodel.Cursor{Time: nanos(firstSeen(last)), ID: last.JobID}
+			pg.Next = readmodel.Cursor{Time: nanos(firstSeen(last)), ID: sortKey(last)}
 			return recs[:i], pg
 		}
 	}

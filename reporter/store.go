@@ -219,6 +219,13 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
 			if err := json.Unmarshal(e.Value(), &r); err != nil {
 				continue // not ours; never stop a listing for one bad entry
 			}
+			if err := r.Validate(e.Key()); err != nil {
+				// Shown as damaged (as the reporter shows one), not as written.
+				if !events.ValidJobID(r.JobID) {
+					continue
+				}
+				r.Status, r.Error = events.StatusError, "the record of this job in the results bucket is damaged ("+err.Error()+")"
+			}
 			if f.match(&r) {
 				out = append(out, r)
 			}

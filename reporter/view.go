@@ -286,10 +286,10 @@ func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget i
 					}
 					out = append(out, r)
 				}
-				pg.Prev = readmodel.Cursor{Time: rows[0].FirstSeen, ID: rows[0].JobID}
+				pg.Prev = readmodel.Cursor{Time: rows[0].FirstSeen, ID: rows[0].SortKey}
 			} else {
 				last := rows[i-1]
-				pg.Next = readmodel.Cursor{Time: last.FirstSeen, ID: last.JobID}
+				pg.Next = readmodel.Cursor{Time: last.FirstSeen, ID: last.SortKey}
 			}
 			break
 		}

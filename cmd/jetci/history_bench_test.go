@@ -108,7 +108,13 @@ func BenchmarkHistory(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		brokertest.CheckFor(b, 2*time.Hour, 50*time.Millisecond, func() error {
+		b.Cleanup(func() {
+			if b.Failed() {
+				b.Logf("reporter log:\n%.3000s", c.logs.String())
+			}
+		})
+		// At least 200 jobs/s, or something is wrong: fail with the log.
+		brokertest.CheckFor(b, max(time.Minute, time.Duration(n/200)*time.Second), 50*time.Millisecond, func() error {
 			pos, err := watch.Position(context.Background(), events.StreamResults)
 			if err != nil || pos < last {
 				return fmt.Errorf("applied %d of %d (%v)", pos, last, err)
@@ -117,11 +123,6 @@ func BenchmarkHistory(b *testing.B) {
 		})
 		fold := time.Since(t0)
 		watch.Close()
-		b.Cleanup(func() {
-			if b.Failed() {
-				b.Logf("reporter log:\n%.3000s", c.logs.String())
-			}
-		})
 		rssAfterFold, peak := rssOf(b, c.cmd.Process.Pid)
 		// Pages and API lists.
 		sha := syntheticCommit(b, s.URL, base)

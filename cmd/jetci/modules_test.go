@@ -144,13 +144,27 @@ func TestModulesAffectedSet(t *testing.T) {
 	repo.Git("checkout", "-q", "main")
 
 	// The module grid: module × branch × arch.
-	resp, err := http.Get("http://" + httpAddr + "/api/v1/modules?repo=proj")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The grid is paged by rows: read every page.
 	var grid reporter.ModuleGrid
-	err = json.NewDecoder(resp.Body).Decode(&grid)
-	resp.Body.Close()
+	var resp *http.Response
+	var err error
+	for after := ""; ; {
+		resp, err = http.Get("http://" + httpAddr + "/api/v1/modules?repo=proj&limit=200&after=" + after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			reporter.ModuleGrid
+			Next string `json:"next"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		grid.Columns, grid.Rows = page.Columns, append(grid.Rows, page.Rows...)
+		if err != nil || page.Next == "" {
+			break
+		}
+		after = page.Next
+	}
 	if err != nil || resp.StatusCode != 200 || len(grid.Rows) != len(g.Names) || len(grid.Columns) != 4 ||
 		grid.Columns[3] != (reporter.ModuleColumn{Branch: "topic", Arch: "arm64"}) {
 		t.Fatalf("GET /api/v1/modules: %d %v: %d rows, columns %v", resp.StatusCode, err, len(grid.Rows), grid.Columns)

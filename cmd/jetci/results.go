@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
@@ -50,7 +51,7 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	arch := fs.String("arch", "", "only this architecture")
 	status := fs.String("status", "", "only these statuses, comma-separated (e.g. failed,error)")
 	since := fs.String("since", "", "only jobs first queued at or after this: RFC 3339, or a duration before now (24h)")
-	limit := fs.Int("limit", 1000, "at most this many results, the newest (0: all)")
+	limit := fs.Int("limit", 0, "at most this many results, the newest (0: all)")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -81,6 +82,12 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	recs, err := queryResults(ctx, nc, q, *limit)
+	if errors.Is(err, errNoReporter) {
+		// No reporter: read the jetci-results bucket itself (slow with a
+		// long history, and only what the bucket still keeps).
+		fmt.Fprintln(m.Stderr, "jetci results: no reporter answers; reading the jetci-results bucket instead")
+		recs, err = resultsFromBucket(ctx, nc, q, *limit)
+	}
 	if err != nil {
 		return err
 	}
@@ -158,6 +165,36 @@ func queryResults(ctx context.Context, nc *nats.Conn, q reporter.ResultsQuery, l
 	return recs, nil
 }
 
+var errNoReporter = errors.New("no reporter answers on " + events.SubjectQueryResults + ": is a reporter (jetci reporter or jetci up) running?")
+
+// resultsFromBucket lists the records of the jetci-results bucket that q
+// selects (its repo, branch, commit, module and all), oldest first.
+func resultsFromBucket(ctx context.Context, nc *nats.Conn, q reporter.ResultsQuery, limit int) ([]reporter.Record, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	store, err := reporter.OpenStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := store.List(ctx, reporter.Filter{Repo: q.Repo, Branch: q.Branch, Commit: q.Commit, Module: q.Module, All: q.All})
+	if err != nil {
+		return nil, err
+	}
+	out := recs[:0]
+	for _, r := range recs {
+		if (q.Job == "" || r.Job == q.Job) && (q.Arch == "" || r.Arch == q.Arch) &&
+			(len(q.Status) == 0 || slices.Contains(q.Status, r.Status)) && (q.Since.IsZero() || !r.FirstQueuedAt.Before(q.Since)) {
+			out = append(out, r)
+		}
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, nil
+}
+
 func askResults(ctx context.Context, nc *nats.Conn, q reporter.ResultsQuery) (*reporter.ResultsPage, error) {
 	data, err := json.Marshal(q)
 	if err != nil {
@@ -166,7 +203,7 @@ func askResults(ctx context.Context, nc *nats.Conn, q reporter.ResultsQuery) (*r
 	for {
 		msg, err := nc.RequestWithContext(ctx, events.SubjectQueryResults, data)
 		if errors.Is(err, nats.ErrNoResponders) {
-			return nil, errors.New("no reporter answers on " + events.SubjectQueryResults + ": is a reporter (jetci reporter or jetci up) running?")
+			return nil, errNoReporter
 		}
 		if err != nil {
 			return nil, fmt.Errorf("ask the reporter for results: %w", err)

@@ -120,7 +120,7 @@ func TestServerTLS(t *testing.T) {
 		{"no CA", append(as(pw, "admin"), "--tls-cert", pki.clientCert, "--tls-key", pki.clientKey), "tls"},
 		{"no client certificate", append(as(pw, "admin"), "--tls-ca", pki.ca), "tls"}, // the server closes the handshake
 		{"no password", withTLS, "uthorization"},
-		{"a runner's password", append(as(pw, "runner"), withTLS...), `permission denied: user runner (running as admin) may not subscribe to "_INBOX_admin.`},
+		{"a runner's password", append(as(pw, "runner"), withTLS...), `permission denied: user runner (running as admin) may not publish to "jetci.query.results"`},
 	} {
 		_, err := resultsJSON(t, url, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

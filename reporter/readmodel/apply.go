@@ -19,7 +19,10 @@ type Row struct {
 	// FirstSeen is when the job was first queued, in Unix nanoseconds (0:
 	// unknown); FinishedAt when its current attempt ended (0: not yet).
 	FirstSeen, FinishedAt int64
-	Data                  []byte
+	// SortKey orders records first queued at the same time (unique: it
+	// ends with the job id); lists are ordered by (FirstSeen, SortKey).
+	SortKey string
+	Data    []byte
 }
 
 // BadEvent is an event the fold could not use: recorded, never applied.
@@ -147,16 +150,16 @@ func (t *Tx) upsert(ctx context.Context, head string, cols int, tail string, arg
 }
 
 func (t *Tx) putRecords(ctx context.Context, rows []Row) error {
-	args := make([]any, 0, len(rows)*14)
+	args := make([]any, 0, len(rows)*15)
 	for _, r := range rows {
 		args = append(args, r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job, r.Arch, r.Status,
-			r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.Data)
+			r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.SortKey, r.Data)
 	}
 	return t.upsert(ctx, `INSERT INTO records (job_id, repo, branch, commit_sha, module, job, arch, status,
-		author, author_email, subject, first_seen, finished_at, data)`, 14,
+		author, author_email, subject, first_seen, finished_at, sort_key, data)`, 15,
 		`ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, author = excluded.author,
 		author_email = excluded.author_email, subject = excluded.subject, first_seen = excluded.first_seen,
-		finished_at = excluded.finished_at, data = excluded.data`, args)
+		finished_at = excluded.finished_at, sort_key = excluded.sort_key, data = excluded.data`, args)
 }
 
 func (t *Tx) putCommits(ctx context.Context, rows []Row) error {

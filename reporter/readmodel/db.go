@@ -176,14 +176,15 @@ var migrations = []func(d Dialect) []string{
 				module TEXT NOT NULL, job TEXT NOT NULL, arch TEXT NOT NULL,
 				status TEXT NOT NULL, author TEXT NOT NULL, subject TEXT NOT NULL,
 				first_seen BIGINT NOT NULL, finished_at BIGINT NOT NULL,
+				sort_key TEXT NOT NULL,
 				data ` + blob + ` NOT NULL)`,
-			`CREATE INDEX records_time ON records (first_seen, job_id)`,
-			`CREATE INDEX records_branch ON records (repo, branch, first_seen, job_id)`,
+			`CREATE INDEX records_time ON records (first_seen, sort_key)`,
+			`CREATE INDEX records_branch ON records (repo, branch, first_seen, sort_key)`,
 			`CREATE INDEX records_commit ON records (repo, branch, commit_sha)`,
 			// Only live records by status: nearly every record is final, and an
 			// index on every status would lead the planner to sort the whole
 			// history for a page of final ones.
-			`CREATE INDEX records_live ON records (first_seen, job_id) WHERE status IN ('queued', 'running', 'held')`,
+			`CREATE INDEX records_live ON records (first_seen, sort_key) WHERE status IN ('queued', 'running', 'held')`,
 			`CREATE TABLE commits (
 				repo TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL,
 				first_seen BIGINT NOT NULL, subject TEXT NOT NULL, author TEXT NOT NULL,

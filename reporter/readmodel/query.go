@@ -43,7 +43,7 @@ func (c Cursor) String() string {
 }
 
 // End is a cursor after every item: "before=end" reads a list's last page.
-var End = Cursor{Time: math.MaxInt64, ID: "~"}
+var End = Cursor{Time: math.MaxInt64, ID: "\U0010FFFF"}
 
 // ParseCursor decodes a cursor from String; "" is the zero cursor, "end"
 // is End.
@@ -60,7 +60,7 @@ func ParseCursor(s string) (Cursor, error) {
 	}
 	t, id, ok := strings.Cut(string(b), ".")
 	n, err := strconv.ParseInt(t, 10, 64)
-	if !ok || err != nil || id == "" || len(id) > 200 {
+	if !ok || err != nil || id == "" || len(id) > 4096 {
 		return Cursor{}, fmt.Errorf("bad cursor %q", s)
 	}
 	return Cursor{Time: n, ID: id}, nil
@@ -211,12 +211,12 @@ func (db *DB) page(ctx context.Context, cols, table, where string, args []any, t
 	return pg, nil
 }
 
-const recordCols = "job_id, repo, branch, commit_sha, module, job, arch, status, author, author_email, subject, first_seen, finished_at, data"
+const recordCols = "job_id, repo, branch, commit_sha, module, job, arch, status, author, author_email, subject, first_seen, finished_at, sort_key, data"
 
 func scanRow(rows interface{ Scan(...any) error }) (Row, error) {
 	var r Row
 	err := rows.Scan(&r.JobID, &r.Repo, &r.Branch, &r.Commit, &r.Module, &r.Job, &r.Arch, &r.Status,
-		&r.Author, &r.AuthorEmail, &r.Subject, &r.FirstSeen, &r.FinishedAt, &r.Data)
+		&r.Author, &r.AuthorEmail, &r.Subject, &r.FirstSeen, &r.FinishedAt, &r.SortKey, &r.Data)
 	return r, err
 }
 
@@ -225,7 +225,7 @@ func scanRow(rows interface{ Scan(...any) error }) (Row, error) {
 func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, error) {
 	where, args := f.where(db)
 	var out []Row
-	pg, err := db.page(ctx, recordCols, "records", where, args, "first_seen", "job_id", true, p, func(rows *sql.Rows) (Cursor, error) {
+	pg, err := db.page(ctx, recordCols, "records", where, args, "first_seen", "sort_key", true, p, func(rows *sql.Rows) (Cursor, error) {
 		r, err := scanRow(rows)
 		if err != nil {
 			return Cursor{}, err
@@ -233,7 +233,7 @@ func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, erro
 		if len(out) < p.Limit {
 			out = append(out, r)
 		}
-		return Cursor{r.FirstSeen, r.JobID}, nil
+		return Cursor{r.FirstSeen, r.SortKey}, nil
 	})
 	if p.Before != (Cursor{}) {
 		slices.Reverse(out)
@@ -348,7 +348,7 @@ func (db *DB) Branches(ctx context.Context, repo string) ([]BranchRow, error) {
 // Cells returns the latest record of every module × job × arch of a branch.
 func (db *DB) Cells(ctx context.Context, repo, branch string) ([]Row, error) {
 	return db.rows(ctx, `SELECT r.job_id, r.repo, r.branch, r.commit_sha, r.module, r.job, r.arch, r.status, r.author,
-		r.author_email, r.subject, r.first_seen, r.finished_at, r.data
+		r.author_email, r.subject, r.first_seen, r.finished_at, r.sort_key, r.data
 		FROM cells c JOIN records r ON r.job_id = c.job_id WHERE c.repo = ? AND c.branch = ?`, repo, branch)
 }
 
@@ -367,7 +367,7 @@ func (db *DB) Head(ctx context.Context, repo, branch string) (CommitRow, error) 
 // Live returns the records of jobs queued, running or held, by when they
 // were first queued: as many as jobs wait or run, not history.
 func (db *DB) Live(ctx context.Context) ([]Row, error) {
-	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE status IN ('queued', 'running', 'held') ORDER BY first_seen, job_id`)
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE status IN ('queued', 'running', 'held') ORDER BY first_seen, sort_key`)
 }
 
 // Count returns how many records there are.
@@ -389,8 +389,8 @@ func (db *DB) Dump(ctx context.Context) (string, error) {
 			return "", err
 		}
 		for _, r := range rs {
-			fmt.Fprintf(&b, "record %s %s %s %s %s %s %s %s %q %q %q %d %d %s\n", r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job,
-				r.Arch, r.Status, r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.Data)
+			fmt.Fprintf(&b, "record %s %s %s %s %s %s %s %s %q %q %q %d %d %q %s\n", r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job,
+				r.Arch, r.Status, r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.SortKey, r.Data)
 		}
 	}
 	for _, q := range []string{

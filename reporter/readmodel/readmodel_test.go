@@ -41,7 +41,7 @@ func row(i int, branch, status string) Row {
 	id := fmt.Sprintf("%020x", i)
 	return Row{JobID: id, Repo: "proj", Branch: branch, Commit: fmt.Sprintf("%040x", i/3), Module: fmt.Sprintf("m%d", i%3), Job: "test",
 		Arch: "amd64", Status: status, Author: "Ann", AuthorEmail: "ann@example.com", Subject: fmt.Sprintf("Fix bug %d", i),
-		FirstSeen: int64(1000 + i/3), FinishedAt: int64(2000 + i), Data: []byte(`{"job_id":"` + id + `"}`)}
+		FirstSeen: int64(1000 + i/3), FinishedAt: int64(2000 + i), SortKey: id, Data: []byte(`{"job_id":"` + id + `"}`)}
 }
 
 func put(t *testing.T, db *DB, seq uint64, rows ...Row) {
@@ -219,7 +219,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 		}
 		// A version 1 record, written as version 1 wrote it.
 		if _, err := old.sql.ExecContext(ctx, old.q(`INSERT INTO records (job_id, repo, branch, commit_sha, module, job, arch, status,
-			author, subject, first_seen, finished_at, data) VALUES (?, 'proj', 'main', 'abc', '', 'test', 'amd64', 'passed', 'Ann', 's', 1, 2, ?)`),
+			author, subject, first_seen, finished_at, sort_key, data) VALUES (?, 'proj', 'main', 'abc', '', 'test', 'amd64', 'passed', 'Ann', 's', 1, 2, 'k', ?)`),
 			"00000000000000000001", []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
