@@ -157,7 +157,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	r.view.OnBad = func(key string, err error) {
 		r.cfg.Metrics.Forgery("record")
 		if badLog.Allow() {
-			r.log.Warn().Str("key", key).Err(err).Msg("a damaged record in the read model")
+			r.log.Warn().Str("key", key).Err(err).Msg("a damaged record")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -126,7 +126,42 @@ func (v *View) Run(ctx context.Context) {
 	if v.branches != nil {
 		go v.watch(ctx, v.branches, ">", v.applyBranch)
 	}
+	if v.results != nil && v.OnBad != nil {
+		go v.checkResults(ctx)
+	}
 	v.fold(ctx)
+}
+
+// checkResults validates every record written to the jetci-results bucket
+// from now on (the fold's mirror, or anyone else with the reporter's
+// credentials): the pages read the read model, but the dispatcher and
+// `jetci artifacts` read the bucket, so one that is not a valid record is
+// reported (OnBad). Readers of the bucket check it too (Store.List).
+func (v *View) checkResults(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := v.results.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var r Record
+			err := json.Unmarshal(e.Value(), &r)
+			if err == nil {
+				err = r.Validate(e.Key())
+			}
+			if err != nil {
+				v.badRecord(e.Key(), err)
+			}
+		}
+		_ = w.Stop()
+	}
 }
 
 func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, apply func(jetstream.KeyValueEntry)) {

@@ -48,7 +48,8 @@ func TestResultsOnlyFromTheirRunner(t *testing.T) {
 	start(ctx, append([]string{"observer", "--nats", url, "--repo", repo.Dir, "--poll", "100ms", "--cache", data + "/obs", "--log-format", "json"}, as(pw, "observer")...)...)
 	start(ctx, append([]string{"dispatcher", "--nats", url, "--log-format", "json"}, as(pw, "dispatcher")...)...)
 	start(ctx, append([]string{"reporter", "--nats", url, "--http", httpAddr, "--admin-token", "test-admin-token", "--log-format", "json"}, as(pw, "reporter")...)...)
-	start(ctx, append(append([]string{"runner", "--nats", url, "--id", "r1", "--work", data + "/r1", "--slots", "2", "--log-format", "json"},
+	start(ctx, append(append([]string{"runner", "--nats", url, "--id", "r1", "--work", data + "/r1", "--slots", "2", "--log-format", "json",
+		"--exec", "host"}, // the hold step waits for a file outside its workspace
 		as(pw, "runner")...), identity(t, url, pw, "r1")...)...)
 	// The attacker: the runner password, and the seed of another runner's identity.
 	r2 := identity(t, url, pw, "r2")
