@@ -145,7 +145,7 @@ func (d *Dispatcher) RunBisect(ctx context.Context) error {
 	}
 	return events.Consume(ctx, d.js, events.StreamResults, cfg, 64, d.log, func(m jetstream.Msg) {
 		ev, err := events.Decode(m.Data())
-		if err != nil {
+		if err != nil || !d.signed(ctx, m, ev) {
 			_ = m.Term()
 			return
 		}

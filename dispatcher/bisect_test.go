@@ -219,20 +219,21 @@ func TestBisectDecidesFromTheHistory(t *testing.T) {
 		return events.JobRef{JobID: events.JobID(repo, branch, sha(i), job, "amd64"), Repo: repo, Branch: branch, Commit: sha(i), Job: job, Arch: "amd64"}
 	}
 	seq := uint64(0)
+	signed := events.SigningJetStream(s.JS, events.LazyServiceSigner(s.JS)) // as the dispatcher and the reporter sign
 	queued := func(i int, job string, held bool) {
 		seq++
 		q := &events.JobQueued{JobRef: ref(i, job), Pool: "default", Class: events.ClassFirst, Held: held}
 		if !held {
 			q.QueueSeq = seq
 		}
-		if err := publish(ctx, s.JS, events.ResultSubject(repo, branch, events.KindQueued), q, fmt.Sprint("q", seq)); err != nil {
+		if err := publish(ctx, signed, events.ResultSubject(repo, branch, events.KindQueued), q, fmt.Sprint("q", seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	finished := func(i int, job string, st events.Status) {
 		seq++
 		f := &events.JobFinished{JobRef: ref(i, job), QueueSeq: seq, Status: st, Class: events.ClassFirst, FinishedAt: time.Now().UTC()}
-		if err := publish(ctx, s.JS, events.ResultSubject(repo, branch, events.KindFinished), f, fmt.Sprint("f", seq)); err != nil {
+		if err := publish(ctx, signed, events.ResultSubject(repo, branch, events.KindFinished), f, fmt.Sprint("f", seq)); err != nil {
 			t.Fatal(err)
 		}
 	}

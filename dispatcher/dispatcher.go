@@ -130,6 +130,9 @@ func New(cfg Config, js jetstream.JetStream, log zerolog.Logger) (*Dispatcher, e
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// Results it publishes (queued events, errors) carry the service key's
+	// signature: the reporter takes no unsigned result.
+	js = events.SigningJetStream(js, events.LazyServiceSigner(js))
 	return &Dispatcher{cfg: cfg, js: js, log: log, now: time.Now, consumers: map[string]bool{}, checked: map[string]time.Time{}}, nil
 }
 

@@ -251,7 +251,7 @@ func (d *Dispatcher) RunGate(ctx context.Context) error {
 	helpers.Go(func() { d.serveRecheck(ctx) })
 	return events.Consume(ctx, d.js, events.StreamResults, cfg, 64, d.log, func(m jetstream.Msg) {
 		fin, err := events.DecodeAs[events.JobFinished](m.Data())
-		if err != nil {
+		if err != nil || !d.signed(ctx, m, fin) {
 			_ = m.Term()
 			return
 		}

@@ -30,6 +30,7 @@ type Reaper struct {
 
 // NewReaper returns a reaper; Run starts it. m may be nil.
 func NewReaper(nc *nats.Conn, js jetstream.JetStream, m *metrics.Metrics, log zerolog.Logger) *Reaper {
+	js = events.SigningJetStream(js, events.LazyServiceSigner(js)) // its "gave up" results are signed
 	return &Reaper{nc: nc, js: js, m: m, log: log}
 }
 

@@ -227,15 +227,26 @@ type JobStarted struct {
 	Attempt   uint64    `json:"attempt"`
 	Runner    string    `json:"runner"`
 	StartedAt time.Time `json:"started_at"`
+	// Run names this run of the job by this runner (random, made when the
+	// runner took the delivery) and Token the delivery as the server made
+	// it (consumer sequence and the job message's time); see JobFinished.
+	Run   string `json:"run,omitempty"`
+	Token string `json:"delivery_token,omitempty"`
 }
 
 // JobFinished is the result of one attempt of a job.
 type JobFinished struct {
 	Type string `json:"type"`
 	JobRef
-	QueueSeq     uint64    `json:"queue_seq"`
-	Attempt      uint64    `json:"attempt"`
-	Runner       string    `json:"runner"`
+	QueueSeq uint64 `json:"queue_seq"`
+	Attempt  uint64 `json:"attempt"`
+	Runner   string `json:"runner"`
+	// Run names the run (random per delivery taken; two runs of one
+	// delivery, e.g. after the server lost its consumer state, differ), and
+	// Token the delivery as the server made it: a result is accepted from the
+	// first run that claimed its delivery only (README "Security model").
+	Run          string    `json:"run,omitempty"`
+	Token        string    `json:"delivery_token,omitempty"`
 	Status       Status    `json:"status"`
 	ExitCode     int       `json:"exit_code"`
 	Error        string    `json:"error,omitempty"`
@@ -245,6 +256,9 @@ type JobFinished struct {
 	Log          string    `json:"log,omitempty"` // object name in the logs bucket
 	LogBytes     int64     `json:"log_bytes,omitempty"`
 	LogTruncated bool      `json:"log_truncated,omitempty"`
+	// LogDigest is the stored log's digest as the object store made it
+	// ("SHA-256=…"): a log replaced after the run no longer matches it.
+	LogDigest string `json:"log_digest,omitempty"`
 	// Artifacts are the files the job's artifacts globs matched, stored in the
 	// artifacts bucket.
 	Artifacts []Artifact `json:"artifacts,omitempty"`
@@ -339,6 +353,7 @@ type Artifact struct {
 	Path   string `json:"path"`   // relative to the workspace, with "/" separators
 	Object string `json:"object"` // object name in the artifacts bucket
 	Size   int64  `json:"size"`
+	Digest string `json:"digest,omitempty"` // as the object store made it, see JobFinished.LogDigest
 }
 
 // LogChunk is a piece of a running job's output, published live. QueueSeq and

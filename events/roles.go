@@ -146,7 +146,8 @@ func Roles() []Role {
 				kvUse(BucketReaped), kvUse(BucketBranches), kvUse(BucketHeld),
 				kvUse(BucketSchedule), kvRead(BucketHeads), kvRead(BucketResults), kvUse(BucketBisect),
 				// the broken-build flow pauses later commits' jobs that started after the break
-				sub(SubjectCancel), getMsg(StreamResults), kvUse(BucketCancel)),
+				sub(SubjectCancel), getMsg(StreamResults), kvUse(BucketCancel),
+				kvRead(BucketKeys)), // the service key, to sign the results it publishes
 			Subscribe: sub(SubjectRecheck),
 			Responds:  true,
 		},
@@ -171,7 +172,9 @@ func Roles() []Role {
 				},
 				kvUse(BucketResults), kvRead(BucketRunners), kvUse(BucketCancel), kvRead(BucketBranches),
 				kvUse(BucketNotify), kvUse(BucketSent), objRead(BucketLogs), objRead(BucketArtifacts),
-				kvUse(BucketTests), kvRead(BucketBisect)),
+				kvUse(BucketTests), kvRead(BucketBisect),
+				kvRead(BucketKeys), kvUse(BucketForgeries), // verify and sign results; keep the refused ones
+				kvUse(BucketSessions), kvUse(BucketDeliveries)),
 			// The results service: its subject, and the micro discovery subjects.
 			Subscribe: cat(sub(SubjectLogs), []string{SubjectQueryResults, "$SRV.>"}),
 			Responds:  true,

@@ -54,6 +54,17 @@ const (
 	// (the reporter's flaky and slowest tests), under TestsKey.
 	BucketTests  = "jetci-tests"
 	BucketBisect = "jetci-bisect"
+	// BucketForgeries keeps what the reporter refused as forged (a result
+	// without a valid signature, a claim on another runner's delivery, a
+	// replay, a log or artifact replaced after its run), by digest.
+	BucketForgeries = "jetci-forgeries"
+	// BucketSessions keeps the web UI's login sessions (by a hash of their
+	// id, with their expiry), so that every reporter knows them and a
+	// logout ends one everywhere.
+	BucketSessions = "jetci-sessions"
+	// BucketDeliveries remembers the push hooks the reporters received (by
+	// delivery id and by body) for a day, to refuse replays.
+	BucketDeliveries = "jetci-deliveries"
 )
 
 // Defaults shared by every process, so that whichever process creates a stream or
@@ -227,6 +238,12 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		{Bucket: BucketTests, Description: "per-test history per repo, branch, arch and job", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketBisect, Description: "culprit finding: bisections (b.), and the commits (c.) and job outcomes (o.) of bisected branches",
 			Storage: s.Storage, Replicas: s.Replicas, TTL: 90 * 24 * time.Hour},
+		{Bucket: BucketForgeries, Description: "result events, logs and artifacts refused as forged, for the admins", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 90 * 24 * time.Hour, History: 1},
+		{Bucket: BucketSessions, Description: "web UI login sessions, by a hash of their id", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 24 * time.Hour, History: 1},
+		{Bucket: BucketDeliveries, Description: "push hook deliveries received, to refuse replays", Storage: s.Storage,
+			Replicas: s.Replicas, TTL: 24 * time.Hour, History: 1},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
 	}
@@ -239,6 +256,9 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
 			return fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
 		}
+	}
+	if err := EnsureKeys(ctx, js, s); err != nil {
+		return err
 	}
 	objs := []jetstream.ObjectStoreConfig{
 		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true},

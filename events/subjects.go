@@ -133,6 +133,15 @@ func LogObject(jobID string, queueSeq, attempt uint64) string {
 	return fmt.Sprintf("%s/%d-%d.log", jobID, queueSeq, attempt)
 }
 
+// RunLogObject names the log of one run of a delivery: LogObject with the
+// run id, so a second run of the same delivery does not overwrite the first's.
+func RunLogObject(jobID string, queueSeq, attempt uint64, run string) string {
+	if run == "" {
+		return LogObject(jobID, queueSeq, attempt)
+	}
+	return fmt.Sprintf("%s/%d-%d-%s.log", jobID, queueSeq, attempt, run)
+}
+
 // ArtifactObject names one artifact file of one attempt in the artifacts bucket;
 // path is relative to the workspace with "/" separators.
 func ArtifactObject(jobID string, queueSeq, attempt uint64, path string) string {
@@ -202,6 +211,12 @@ func JobMsgID(jobID, triggerID string) string {
 func ResultMsgID(jobID string, queueSeq, attempt uint64, kind string) string {
 	return fmt.Sprintf("r:%s:%d:%d:%s", jobID, queueSeq, attempt, kind)
 }
+
+// RunMsgID deduplicates a runner's started or finished event of one run:
+// a second run of the same delivery (the server lost its consumer state and
+// delivered the job again as the same delivery) is a new run with a new id,
+// so its result is not dropped as a duplicate.
+func RunMsgID(jobID, run, kind string) string { return "r:" + jobID + ":" + run + ":" + kind }
 
 // Short is the first 10 hex digits of a commit sha, for logs and tables.
 func Short(sha string) string {

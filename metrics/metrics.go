@@ -35,6 +35,8 @@ type Metrics struct {
 	commits     *prometheus.CounterVec
 	notes       *prometheus.CounterVec
 	parts       parts // parts.go
+	forged      *prometheus.CounterVec
+	authFailed  *prometheus.CounterVec
 }
 
 // New creates the metrics of a process. With js non-nil, each scrape also reports
@@ -58,7 +60,11 @@ func New(js jetstream.JetStream) *Metrics {
 	m.notes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_notifications_total",
 		Help: "Notifications by kind (mail, webhook) and outcome: sent, failed (a try failed; it is retried), gave_up, dropped (outbox full), doubt (a crash left it unknown whether it went out; not resent)."},
 		[]string{"kind", "outcome"})
-	m.reg.MustRegister(m.notes, m.queued, m.started, m.finished, m.running, m.duration, m.redelivered, m.handedBack, m.gaveUp,
+	m.forged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_forgeries_total",
+		Help: "Things the reporter refused as forged: result events, logs and artifacts that do not match their signed digest, bad records."}, []string{"what"})
+	m.authFailed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_auth_failures_total",
+		Help: "Failed logins and bearer tokens (outcome=refused), and attempts turned away by the per-client backoff (outcome=throttled)."}, []string{"outcome"})
+	m.reg.MustRegister(m.forged, m.authFailed, m.notes, m.queued, m.started, m.finished, m.running, m.duration, m.redelivered, m.handedBack, m.gaveUp,
 		m.pollTime, m.pollErrors, m.commits, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if js != nil {
 		m.reg.MustRegister(&queueCollector{js: js})
@@ -178,5 +184,20 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Metrics) Notification(kind, outcome string) {
 	if m != nil {
 		m.notes.WithLabelValues(kind, outcome).Inc()
+	}
+}
+
+// Forgery counts one thing refused as forged (result, log, artifact, record).
+func (m *Metrics) Forgery(what string) {
+	if m != nil {
+		m.forged.WithLabelValues(what).Inc()
+	}
+}
+
+// AuthFailure counts a wrong token (refused) or an attempt turned away while
+// its client waits out its backoff (throttled).
+func (m *Metrics) AuthFailure(outcome string) {
+	if m != nil {
+		m.authFailed.WithLabelValues(outcome).Inc()
 	}
 }

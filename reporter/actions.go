@@ -208,7 +208,15 @@ func (r *Reporter) requireToken(w http.ResponseWriter, req *http.Request) bool {
 	case !r.auth.enabled():
 		writeError(w, http.StatusForbidden, "actions are off: start the reporter with --admin-token to enable them")
 		return false
-	case !r.auth.bearer(req):
+	}
+	ok, err := r.auth.bearer(req)
+	var throttled errThrottled
+	switch {
+	case errors.As(err, &throttled):
+		w.Header().Set("Retry-After", fmt.Sprint(int(throttled.wait/time.Second)+1))
+		writeError(w, http.StatusTooManyRequests, err.Error())
+		return false
+	case !ok:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="jetci"`)
 		writeError(w, http.StatusUnauthorized, "send the admin token: Authorization: Bearer <token>")
 		return false
@@ -296,37 +304,34 @@ func (r *Reporter) formAction(w http.ResponseWriter, req *http.Request) {
 	var err error
 	switch req.PathValue("action") {
 	case "trigger":
-		var t *Triggered
 		back = branchURL(f.Get("repo"), f.Get("branch"))
-		if t, err = r.trigger(req.Context(), events.TriggerRequest{Repo: f.Get("repo"), Branch: f.Get("branch"), Commit: f.Get("commit")}); err == nil {
-			msg = fmt.Sprintf("Queued %s %s at %s.", t.Repo, t.Branch, events.Short(t.Commit))
+		if _, err = r.trigger(req.Context(), events.TriggerRequest{Repo: f.Get("repo"), Branch: f.Get("branch"), Commit: f.Get("commit")}); err == nil {
+			msg = "queued"
 		}
 	case "recheck":
-		var t *Triggered
 		if id := f.Get("job_id"); id != "" {
 			back = "/job/" + url.PathEscape(id)
-			if t, err = r.recheckJob(req.Context(), id); err == nil {
-				msg = fmt.Sprintf("Re-check of %s on %s queued.", t.Job, t.Arch)
+			if _, err = r.recheckJob(req.Context(), id); err == nil {
+				msg = "recheck-job"
 			}
 		} else {
 			back = commitURL(f.Get("repo"), f.Get("branch"), f.Get("commit"))
 			if f.Get("commit") == "" {
 				err = failf(http.StatusBadRequest, "commit is required")
-			} else if t, err = r.trigger(req.Context(), events.TriggerRequest{Repo: f.Get("repo"), Branch: f.Get("branch"), Commit: f.Get("commit")}); err == nil {
-				msg = fmt.Sprintf("Re-check of %s queued.", events.Short(t.Commit))
+			} else if _, err = r.trigger(req.Context(), events.TriggerRequest{Repo: f.Get("repo"), Branch: f.Get("branch"), Commit: f.Get("commit")}); err == nil {
+				msg = "recheck-commit"
 			}
 		}
 	case "recheck-branch":
-		var t *Triggered
 		back = branchURL(f.Get("repo"), f.Get("branch"))
-		if t, err = r.recheckBranch(req.Context(), f.Get("repo"), f.Get("branch"), "web"); err == nil {
-			msg = fmt.Sprintf("Re-check of %s at %s queued.", t.Branch, events.Short(t.Commit))
+		if _, err = r.recheckBranch(req.Context(), f.Get("repo"), f.Get("branch"), "web"); err == nil {
+			msg = "recheck-branch"
 		}
 	case "cancel":
 		id := f.Get("job_id")
 		back = "/job/" + url.PathEscape(id)
 		if _, err = r.cancel(req.Context(), id, "web"); err == nil {
-			msg = "Cancel requested."
+			msg = "cancel"
 		}
 	default:
 		r.errorPage(w, req, http.StatusNotFound, "no such action")
@@ -337,11 +342,11 @@ func (r *Reporter) formAction(w http.ResponseWriter, req *http.Request) {
 		sep = "&"
 	}
 	if err != nil {
-		back += sep + "err=" + url.QueryEscape(err.Error())
-	} else {
-		back += sep + "msg=" + url.QueryEscape(msg)
+		// Said here: ?err= only takes the codes of flashMessages.
+		r.errorPage(w, req, statusOf(err), "The action failed: "+err.Error())
+		return
 	}
-	http.Redirect(w, req, back, http.StatusSeeOther)
+	http.Redirect(w, req, back+sep+"msg="+msg, http.StatusSeeOther)
 }
 
 func (r *Reporter) pageLogin(w http.ResponseWriter, req *http.Request) {
@@ -359,16 +364,33 @@ func (r *Reporter) postLogin(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	next := safeNext(req.PostForm.Get("next"))
-	if !r.auth.login(w, req, req.PostForm.Get("token")) {
-		r.log.Warn().Str("remote", req.RemoteAddr).Msg("web login with a wrong token")
-		http.Redirect(w, req, "/login?err="+url.QueryEscape("Wrong token.")+"&next="+url.QueryEscape(next), http.StatusSeeOther)
+	if !sameOrigin(req) {
+		r.errorPage(w, req, http.StatusForbidden, "This form was posted from another site.")
+		return
+	}
+	ok, err := r.auth.login(w, req, req.PostForm.Get("token"))
+	var throttled errThrottled
+	switch {
+	case errors.As(err, &throttled):
+		w.Header().Set("Retry-After", fmt.Sprint(int(throttled.wait/time.Second)+1))
+		http.Redirect(w, req, "/login?err=throttled&next="+url.QueryEscape(next), http.StatusSeeOther)
+		return
+	case err != nil:
+		r.errorPage(w, req, http.StatusServiceUnavailable, err.Error())
+		return
+	case !ok:
+		http.Redirect(w, req, "/login?err=wrong-token&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
 	http.Redirect(w, req, next, http.StatusSeeOther)
 }
 
 func (r *Reporter) postLogout(w http.ResponseWriter, req *http.Request) {
-	r.auth.logout(w)
+	if !sameOrigin(req) {
+		r.errorPage(w, req, http.StatusForbidden, "This form was posted from another site.")
+		return
+	}
+	r.auth.logout(w, req)
 	http.Redirect(w, req, "/", http.StatusSeeOther)
 }
 

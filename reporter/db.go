@@ -99,6 +99,11 @@ func Reindex(ctx context.Context, js jetstream.JetStream, dsn string, log zerolo
 		return FoldStats{}, fmt.Errorf("open %s: %w", events.BucketRunners, err)
 	}
 	v := NewView(db, js, runners, log)
+	// The same checks as the live fold: a rebuild applies no event the
+	// reporter refused (those were recorded as forgeries when first folded).
+	if v.guard, err = newGuard(ctx, js, runners); err != nil {
+		return FoldStats{}, err
+	}
 	fctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); v.fold(fctx) }()
@@ -231,4 +236,18 @@ func (q ResultsQuery) validate() error {
 		return errors.New("search text and author are at most 200 bytes")
 	}
 	return nil
+}
+
+// newGuard is the fold's guard without a reporter (Reindex, benchmarks):
+// signatures checked against the keys bucket, claims against the live leases,
+// refusals recorded in the read model only.
+func newGuard(ctx context.Context, js jetstream.JetStream, runners jetstream.KeyValue) (*guard, error) {
+	keys, err := events.OpenKeys(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	return &guard{
+		verify: func(m jetstream.Msg, ev any) (string, error) { return verifyResult(keys, m, ev) },
+		holds:  leaseHolds(runners),
+	}, nil
 }

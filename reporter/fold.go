@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -161,10 +162,6 @@ func seqOf(m jetstream.Msg) (uint64, error) {
 // the read model in one transaction, and returns the records it changed. A
 // message that is not a job event is recorded as a bad event and skipped.
 func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record, FoldStats, error) {
-	type item struct {
-		seq uint64
-		ev  any
-	}
 	var st FoldStats
 	if len(batch) == 0 {
 		return nil, st, nil
@@ -174,16 +171,30 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 		return nil, st, err
 	}
 	var changed, finals []*Record
+	var refused []refusal
 	err = v.db.Apply(ctx, events.StreamResults, last, func(tx *readmodel.Tx, applied uint64) error {
-		st, changed = FoldStats{From: applied, To: last}, nil
-		items := make([]item, 0, len(batch))
+		st, changed, refused = FoldStats{From: applied, To: last}, nil, nil
+		var holds func(runner, jobID string) bool
+		if v.guard != nil && v.guard.holds != nil {
+			holds = v.guard.holds(ctx)
+		}
+		refuse := func(it foldItem, who string, why error) error {
+			refused = append(refused, refusal{it, who, why})
+			if !errors.Is(why, events.ErrForged) {
+				return nil // disputed: folded into the history, marked
+			}
+			st.Bad++
+			return tx.Bad(ctx, readmodel.BadEvent{Seq: it.seq, Subject: it.subject, Error: "refused: " + why.Error(), Data: it.data})
+		}
+		items := make([]foldItem, 0, len(batch))
 		var ids []string
 		seen := map[string]bool{}
 		for _, m := range batch {
-			seq, err := seqOf(m)
+			md, err := m.Metadata()
 			if err != nil {
 				return err
 			}
+			seq := md.Sequence.Stream
 			if seq <= applied {
 				continue
 			}
@@ -196,12 +207,24 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 				}
 				continue
 			}
+			it := foldItem{seq: seq, at: md.Timestamp, subject: m.Subject(), data: m.Data(), ev: ev, who: "service"}
+			if v.guard != nil {
+				// The signature first: a forged event is recorded, not applied.
+				who, err := v.guard.verify(m, ev)
+				if err != nil {
+					if err := refuse(it, who, err); err != nil {
+						return err
+					}
+					continue
+				}
+				it.who = who
+			}
 			ref, _ := refOf(ev)
 			if !seen[ref.JobID] {
 				seen[ref.JobID] = true
 				ids = append(ids, ref.JobID)
 			}
-			items = append(items, item{seq, ev})
+			items = append(items, it)
 		}
 		stored, err := tx.Load(ctx, ids)
 		if err != nil {
@@ -229,7 +252,17 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 				r = &Record{}
 				recs[ref.JobID] = r
 			}
-			if r.Apply(it.ev) && !dirty[ref.JobID] {
+			ch, err := v.admitInto(r, it, holds, refuse)
+			if err != nil {
+				return err
+			}
+			if ch {
+				// Events waiting on a run of this job may be judged now.
+				if _, err := v.retryPending(r, holds, refuse); err != nil {
+					return err
+				}
+			}
+			if ch && !dirty[ref.JobID] {
 				dirty[ref.JobID] = true
 				order = append(order, ref.JobID)
 			}
@@ -243,9 +276,11 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 				return err
 			}
 			rows = append(rows, row)
-			changed = append(changed, r)
+			c := *r
+			c.Pending = nil
+			changed = append(changed, &c)
 			if r.Status.Final() && !wasFinal[id] {
-				finals = append(finals, r)
+				finals = append(finals, &c)
 			}
 		}
 		if err := v.mirror(ctx, changed); err != nil {
@@ -259,8 +294,137 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 				Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
 				Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
 		}
+		if v.guard != nil && v.guard.refused != nil {
+			for _, f := range refused {
+				v.guard.refused(ctx, f.it, f.who, f.why)
+			}
+		}
 	}
 	return changed, st, err
+}
+
+// foldItem is one result event of a batch, decoded.
+type foldItem struct {
+	seq     uint64
+	at      time.Time // when the server stored it
+	subject string
+	data    []byte
+	ev      any
+	who     string // who signed it: a runner identity, or "service"
+}
+
+// refusal is an event the fold refused (forged: not applied) or folded in as
+// disputed (Record.Dispute), told to the guard once the batch is committed.
+type refusal struct {
+	it  foldItem
+	who string
+	why error
+}
+
+// guard checks result events for the fold (Reporter.admitter): verify their
+// signature; holds says whether a runner's live lease names a job; refused
+// hears of every refusal after its batch is committed.
+type guard struct {
+	verify  func(m jetstream.Msg, ev any) (string, error)
+	holds   func(ctx context.Context) func(runner, jobID string) bool
+	refused func(ctx context.Context, it foldItem, who string, why error)
+}
+
+// admitInto folds one event into its record, a runner's event only once its
+// claims are checked against the record (Record.Admit, the same rules as the
+// results bucket's Store.apply): a refused one goes to refuse and changes
+// nothing, a disputed one goes into the history only, and one that must wait
+// for another run of its delivery is kept in the record's Pending, to be
+// judged again when the record changes. It returns whether the record
+// changed.
+func (v *View) admitInto(r *Record, it foldItem, holds func(runner, jobID string) bool, refuse func(foldItem, string, error) error) (bool, error) {
+	if v.guard == nil || it.who == "service" {
+		return r.Apply(it.ev), nil
+	}
+	disputed, err := r.Admit(it.ev, it.seq, it.at, holds)
+	switch {
+	case errors.Is(err, ErrWait):
+		if len(r.Pending) >= MaxPending {
+			return false, refuse(it, it.who, fmt.Errorf("%w: more than %d claims wait on a delivery a live run holds", events.ErrForged, MaxPending))
+		}
+		r.Pending = append(r.Pending, PendingEvent{Seq: it.seq, At: it.at, Subject: it.subject, Signer: it.who, Data: it.data})
+		return true, nil
+	case err != nil:
+		return false, refuse(it, it.who, err)
+	case disputed != "":
+		ch := r.Dispute(it.ev, disputed)
+		return ch, refuse(it, it.who, &DisputedError{Why: disputed})
+	}
+	ch := r.Apply(it.ev)
+	if fin, ok := it.ev.(*events.JobFinished); ok {
+		r.markResult(fin.Run, it.seq)
+		ch = true
+	}
+	return ch, nil
+}
+
+// retryPending judges again the events a record holds waiting, until none of
+// them moves; it returns whether any did.
+func (v *View) retryPending(r *Record, holds func(runner, jobID string) bool, refuse func(foldItem, string, error) error) (bool, error) {
+	did := false
+	for moved := true; moved && len(r.Pending) > 0; {
+		moved = false
+		for i, p := range r.Pending {
+			ev, err := decodeResult(p.Data)
+			if err != nil {
+				return did, fmt.Errorf("a pending event of job %s: %w", r.JobID, err)
+			}
+			it := foldItem{seq: p.Seq, at: p.At, subject: p.Subject, data: p.Data, ev: ev, who: p.Signer}
+			if _, err := r.Admit(ev, p.Seq, p.At, holds); errors.Is(err, ErrWait) {
+				continue
+			}
+			r.Pending = slices.Delete(slices.Clone(r.Pending), i, i+1)
+			if _, err := v.admitInto(r, it, holds, refuse); err != nil {
+				return did, err
+			}
+			moved, did = true, true
+			break
+		}
+	}
+	if len(r.Pending) == 0 {
+		r.Pending = nil
+	}
+	return did, nil
+}
+
+// taken reports whether the fold took a runner's finished event, stored at
+// seq in the results stream, as its run's result (neither refused nor
+// disputed); an error while the fold has not judged it yet.
+func (v *View) taken(ctx context.Context, fin *events.JobFinished, seq uint64) (bool, error) {
+	pos, err := v.db.Position(ctx, events.StreamResults)
+	if err != nil {
+		return false, err
+	}
+	if pos < seq {
+		return false, errNotReady
+	}
+	row, err := v.db.Job(ctx, fin.JobID)
+	if errors.Is(err, readmodel.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var r Record
+	if err := json.Unmarshal(row.Data, &r); err != nil {
+		return false, err
+	}
+	for _, p := range r.Pending {
+		if p.Seq == seq {
+			return false, errNotReady
+		}
+	}
+	for _, a := range r.Attempts {
+		if a.QueueSeq == fin.QueueSeq && a.Delivery == fin.Attempt && a.Run == fin.Run {
+			return a.Disputed == "" && (a.ResultSeq == 0 || a.ResultSeq == seq), nil
+		}
+	}
+	return false, nil
 }
 
 // mirror writes changed records to the jetci-results bucket, where the
@@ -275,7 +439,7 @@ func (v *View) mirror(ctx context.Context, recs []*Record) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(recs))
 	for _, r := range recs {
 		c := *r
-		c.Reason = ""
+		c.Reason, c.Pending = "", nil
 		data, err := json.Marshal(&c)
 		if err != nil {
 			return err
@@ -350,5 +514,30 @@ func recordOf(row readmodel.Row) (Record, error) {
 	if err := json.Unmarshal(row.Data, &r); err != nil {
 		return r, fmt.Errorf("stored record %s: %w", row.JobID, err)
 	}
+	r.Pending = nil
 	return r, nil
+}
+
+// recordOf decodes a stored record and checks it (Record.Validate, and that
+// it is the record of its row): one that is not valid is reported (OnBad) and
+// shown as damaged, in its row's identity, rather than as it was stored.
+func (v *View) recordOf(row readmodel.Row) (Record, error) {
+	r, err := recordOf(row)
+	if err != nil {
+		return r, err
+	}
+	key := events.RecordKey(row.Repo, row.Branch, row.JobID)
+	verr := r.Validate(key)
+	if verr == nil && (r.JobID != row.JobID || r.Repo != row.Repo || r.Branch != row.Branch) {
+		verr = fmt.Errorf("job %s is stored in the row of job %s", r.JobID, row.JobID)
+	}
+	if verr == nil {
+		return r, nil
+	}
+	v.badRecord(key, verr)
+	d := Record{JobID: row.JobID, Repo: row.Repo, Branch: row.Branch, Commit: row.Commit, Module: row.Module,
+		Job: row.Job, Arch: row.Arch, Subject: row.Subject}
+	d.Status, d.Error = events.StatusError, "the record of this job in the read model is damaged ("+verr.Error()+
+		"); the next event of the job rewrites it, or re-check it"
+	return d, nil
 }

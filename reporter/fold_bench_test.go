@@ -29,18 +29,22 @@ func BenchmarkFold(b *testing.B) {
 	}
 	s := brokertest.Run(b)
 	ctx := context.Background()
+	svc, run, err := SyntheticPublishers(ctx, s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		for _, ev := range SyntheticJob(i, 50, 10, 3) {
 			data, _ := events.Encode(ev.Event)
-			if _, err := s.JS.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if i%5000 == 0 {
-			<-s.JS.PublishAsyncComplete()
+			<-allComplete(svc, run)
 		}
 	}
-	<-s.JS.PublishAsyncComplete()
+	<-allComplete(svc, run)
 	runners, err := s.JS.KeyValue(ctx, events.BucketRunners)
 	if err != nil {
 		b.Fatal(err)
@@ -56,6 +60,9 @@ func BenchmarkFold(b *testing.B) {
 			b.Fatal(err)
 		}
 		v := NewView(db, s.JS, runners, zerolog.Nop())
+		if v.guard, err = newGuard(ctx, s.JS, runners); err != nil { // signatures and claims checked, as live
+			b.Fatal(err)
+		}
 		start := time.Now()
 		fctx, stop := context.WithCancel(ctx)
 		go v.fold(fctx)
@@ -63,6 +70,9 @@ func BenchmarkFold(b *testing.B) {
 		took := time.Since(start)
 		stop()
 		db.Close()
+		if st := v.Stats(); st.Bad != 0 {
+			b.Fatalf("%d events refused or malformed: %+v", st.Bad, st)
+		}
 		b.ReportMetric(float64(n)/took.Seconds(), "jobs/s")
 		if !readmodel.IsPostgres(dsn) {
 			var size int64
@@ -85,18 +95,22 @@ func BenchmarkFoldWholeReporter(b *testing.B) {
 	}
 	s := brokertest.Run(b)
 	ctx := context.Background()
+	svc, run, err := SyntheticPublishers(ctx, s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		for _, ev := range SyntheticJob(i, 50, 10, 3) {
 			data, _ := events.Encode(ev.Event)
-			if _, err := s.JS.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if i%5000 == 0 {
-			<-s.JS.PublishAsyncComplete()
+			<-allComplete(svc, run)
 		}
 	}
-	<-s.JS.PublishAsyncComplete()
+	<-allComplete(svc, run)
 	b.ResetTimer()
 	for range b.N {
 		rctx, cancel := context.WithCancel(ctx)

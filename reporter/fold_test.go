@@ -64,19 +64,23 @@ func runReporter(t *testing.T, js jetstream.JetStream, dsn, http string) (r *Rep
 func publishJobs(t *testing.T, js jetstream.JetStream, from, n int) {
 	t.Helper()
 	ctx := context.Background()
+	svc, run, err := SyntheticPublishers(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := from; i < from+n; i++ {
 		for _, ev := range SyntheticJob(i, 5, 3, 2) {
 			data, err := events.Encode(ev.Event)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := js.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	select {
-	case <-js.PublishAsyncComplete():
+	case <-allComplete(svc, run):
 	case <-ctx.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("publishing took too long")
@@ -429,4 +433,16 @@ func TestCutToSize(t *testing.T) {
 	if got, _ := cutToSize(recs[:1], readmodel.Paged{}, false, 10); len(got) != 1 {
 		t.Fatal("a page too big for one record must still hold it")
 	}
+}
+
+// allComplete is closed when every context's async publishes are acked.
+func allComplete(jss ...jetstream.JetStream) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		for _, js := range jss {
+			<-js.PublishAsyncComplete()
+		}
+		close(done)
+	}()
+	return done
 }

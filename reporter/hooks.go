@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
 )
@@ -140,6 +141,15 @@ func (r *Reporter) apiHook(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusUnauthorized, err.Error())
 		return
 	}
+	if err := r.rememberDelivery(req.Context(), sender, req.Header, body); err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, errReplayedHook) {
+			code = http.StatusConflict
+			r.log.Warn().Str("remote", req.RemoteAddr).Str("from", sender.name).Msg("push hook replay refused")
+		}
+		writeError(w, code, err.Error())
+		return
+	}
 	switch strings.ToLower(sender.event) {
 	case "ping":
 		writeJSON(w, http.StatusOK, map[string]string{"ok": "pong"})
@@ -167,4 +177,42 @@ func (r *Reporter) apiHook(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	writeError(w, http.StatusNotFound, fmt.Sprintf("no observer watches a repo named %s", strings.Join(names, " or ")))
+}
+
+var errReplayedHook = errors.New("this hook delivery was received before (same delivery id or same body): refused as a replay")
+
+// deliveryID is the id the forge gives a hook delivery ("" if none).
+func deliveryID(h http.Header) string {
+	for _, k := range []string{"X-GitHub-Delivery", "X-Gitea-Delivery", "X-Gogs-Delivery", "X-Gitlab-Event-UUID"} {
+		if v := h.Get(k); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// rememberDelivery refuses a signed hook seen before, by its delivery id or
+// by its body (the delivery id is not signed, so a replay may change it), for
+// the lifetime of the deliveries bucket; every reporter shares it.
+func (r *Reporter) rememberDelivery(ctx context.Context, sender hookSender, h http.Header, body []byte) error {
+	if r.deliveries == nil {
+		return nil
+	}
+	keys := []string{"b." + hashKey(sender.name+"\x00"+string(body))}
+	if id := deliveryID(h); id != "" {
+		keys = append(keys, "d."+hashKey(sender.name+"\x00"+id))
+	}
+	for _, k := range keys {
+		if _, err := r.deliveries.Create(ctx, k, []byte(time.Now().UTC().Format(time.RFC3339))); errors.Is(err, jetstream.ErrKeyExists) {
+			return errReplayedHook
+		} else if err != nil {
+			return fmt.Errorf("remember the hook delivery: %w", err)
+		}
+	}
+	return nil
+}
+
+func hashKey(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:16])
 }

@@ -50,6 +50,8 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("GET /queue", r.pageQueue)
 	mux.HandleFunc("GET /modules", r.pageModules)
 	mux.HandleFunc("GET /tests", r.pageTests)
+	mux.HandleFunc("GET /forgeries", r.pageForgeries)
+	mux.HandleFunc("GET /api/v1/forgeries", r.apiForgeries)
 	mux.HandleFunc("GET /login", r.pageLogin)
 	mux.HandleFunc("POST /login", r.postLogin)
 	mux.HandleFunc("POST /logout", r.postLogout)
@@ -415,9 +417,13 @@ func (r *Reporter) apiArtifact(w http.ResponseWriter, req *http.Request) {
 		if art.Path != p {
 			continue
 		}
-		obj, err := r.artifacts.Get(req.Context(), art.Object)
+		obj, err := r.openObject(req.Context(), r.artifacts, "artifact", art.Object, art.Digest, rec.JobID)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			writeError(w, http.StatusGone, "artifact "+p+" expired")
+			return
+		}
+		if errors.Is(err, errReplaced) {
+			writeError(w, http.StatusConflict, "artifact "+p+" is refused: "+err.Error())
 			return
 		}
 		if err != nil {

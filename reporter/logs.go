@@ -21,7 +21,12 @@ var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]`)
 // storedLog reads a finished attempt's log from the logs bucket, keeping the
 // last limit bytes; cut says whether the start was left out.
 func (r *Reporter) storedLog(ctx context.Context, name string, limit int64) (string, bool, error) {
-	obj, err := r.logs.Get(ctx, name)
+	return r.checkedLog(ctx, name, "", "", limit)
+}
+
+// checkedLog is storedLog for a log whose signed digest is known.
+func (r *Reporter) checkedLog(ctx context.Context, name, digest, jobID string, limit int64) (string, bool, error) {
+	obj, err := r.openObject(ctx, r.logs, "log", name, digest, jobID)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return "", false, errors.New("it is not stored: not yet (its runner keeps it until the log store answers) or no longer (expired by the log retention)")
 	}
@@ -227,9 +232,13 @@ func (r *Reporter) serveLog(w http.ResponseWriter, req *http.Request, rec Record
 		writeError(w, http.StatusNotFound, msg)
 		return
 	}
-	obj, err := r.logs.Get(req.Context(), a.Log)
+	obj, err := r.openObject(req.Context(), r.logs, "log", a.Log, a.LogDigest, rec.JobID)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		writeError(w, http.StatusGone, fmt.Sprintf("the log of job %s attempt %d expired", rec.JobID, a.N))
+		return
+	}
+	if errors.Is(err, errReplaced) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("the log of job %s attempt %d is refused: %v", rec.JobID, a.N, err))
 		return
 	}
 	if err != nil {

@@ -111,7 +111,7 @@ func newNotifyFixture(t *testing.T, s *brokertest.Server, cfg NotifyConfig) (*we
 		_, err := s.JS.Consumer(ctx, events.StreamResults, events.ConsumerNotifierResults)
 		return err
 	})
-	return &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: context.Background()}, stop
+	return &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: context.Background(), sign: newTestSigner(s.JS)}, stop
 }
 
 // commitResult publishes a whole job on main by author, failing or passing.

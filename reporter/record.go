@@ -2,6 +2,8 @@ package reporter
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"time"
@@ -48,12 +50,21 @@ type Record struct {
 	QueueSeq      uint64            `json:"queue_seq"`
 	// Delivery is the current attempt's delivery count within its run.
 	Delivery uint64 `json:"delivery,omitempty"`
+	// Run is the current attempt's run id (events.JobFinished.Run), and
+	// LogDigest its log's digest.
+	Run       string `json:"run,omitempty"`
+	LogDigest string `json:"log_digest,omitempty"`
 	// Attempts is the history of every attempt, oldest first (at most
 	// MaxAttempts; Dropped counts the older ones left out).
 	Attempts []Attempt `json:"attempts,omitempty"`
 	Dropped  int       `json:"attempts_dropped,omitempty"`
 	// Phase orders events of one attempt: 0 queued, 1 started, 2 finished.
 	Phase int `json:"phase"`
+	// Pending holds runner events the fold could not judge yet (Admit said
+	// ErrWait: another run, under way on a live runner, holds their
+	// delivery); they are looked at again whenever the record changes. Kept
+	// in the read model only: readers never see them (recordOf, mirror).
+	Pending []PendingEvent `json:"pending,omitempty"`
 	// Reason says why a queued job waits. It is worked out when records are
 	// read (from the live runners), not stored.
 	Reason string `json:"reason,omitempty"`
@@ -155,6 +166,19 @@ type Attempt struct {
 	LogBytes     int64             `json:"log_bytes,omitempty"`
 	LogTruncated bool              `json:"log_truncated,omitempty"`
 	Artifacts    []events.Artifact `json:"artifacts,omitempty"`
+	// Run and Token name the run and the server's delivery it claimed
+	// (events.JobStarted); ResultSeq is the results stream sequence of the
+	// finished event taken, so a replay of it is told from a redelivery.
+	Run       string `json:"run,omitempty"`
+	Token     string `json:"delivery_token,omitempty"`
+	ResultSeq uint64 `json:"result_seq,omitempty"`
+	LogDigest string `json:"log_digest,omitempty"`
+	// Disputed says why this run does not count: it claimed a delivery
+	// another run had claimed first (with another delivery token). Either
+	// the server delivered the job twice with the same count (it lost its
+	// consumer state) or a runner made the claim up; its result never
+	// changes the record's status, and admins see it under /forgeries.
+	Disputed string `json:"disputed,omitempty"`
 	// Each attempt keeps its test counts and the names of its first failing
 	// tests (the record's Tests are the current attempt's only).
 	Flaky       bool                `json:"flaky,omitempty"`
@@ -183,15 +207,26 @@ func failedTests(e *events.JobFinished, limit int) []string {
 // MaxAttempts bounds the history a record keeps.
 const MaxAttempts = 50
 
-// attempt returns the history entry of (seq, delivery), adding it in order if
-// it is new, and renumbers the history.
-func (r *Record) attempt(seq, delivery uint64) *Attempt {
+// attempt returns the history entry of (seq, delivery, run), adding it in
+// order if it is new, and renumbers the history. Two runs of one delivery
+// (the server delivered the job again with the same count, after losing its
+// consumer state) are two entries; an entry without a run (queued or
+// service-made) is taken by the first run.
+func (r *Record) attempt(seq, delivery uint64, run string) *Attempt {
 	i := sort.Search(len(r.Attempts), func(i int) bool {
 		a := &r.Attempts[i]
 		return a.QueueSeq > seq || a.QueueSeq == seq && a.Delivery >= delivery
 	})
-	if i == len(r.Attempts) || r.Attempts[i].QueueSeq != seq || r.Attempts[i].Delivery != delivery {
-		r.Attempts = slices.Insert(r.Attempts, i, Attempt{QueueSeq: seq, Delivery: delivery})
+	for ; i < len(r.Attempts) && r.Attempts[i].QueueSeq == seq && r.Attempts[i].Delivery == delivery; i++ {
+		if a := &r.Attempts[i]; a.Run == run || a.Run == "" || run == "" {
+			if a.Run == "" {
+				a.Run = run
+			}
+			return a
+		}
+	}
+	{
+		r.Attempts = slices.Insert(r.Attempts, i, Attempt{QueueSeq: seq, Delivery: delivery, Run: run})
 		if len(r.Attempts) > MaxAttempts {
 			r.Attempts = r.Attempts[1:]
 			r.Dropped++
@@ -294,9 +329,10 @@ func (r *Record) Apply(ev any) bool {
 		return true
 	case *events.JobStarted:
 		changed := r.fill(e.JobRef, events.Person{}, "")
-		a := r.attempt(e.QueueSeq, e.Attempt)
+		a := r.attempt(e.QueueSeq, e.Attempt, e.Run)
 		if a.Status == "" {
 			a.Status, a.Runner, a.StartedAt, changed = events.StatusRunning, e.Runner, e.StartedAt, true
+			a.Token = e.Token
 			if e.QueueSeq == r.QueueSeq {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
 			}
@@ -308,7 +344,7 @@ func (r *Record) Apply(ev any) bool {
 			r.syncAttempt()
 			return r.loseEarlier() || changed
 		}
-		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 1
+		r.QueueSeq, r.Delivery, r.Phase, r.Run, r.LogDigest = e.QueueSeq, e.Attempt, 1, e.Run, ""
 		r.Status, r.Runner, r.StartedAt = events.StatusRunning, e.Runner, e.StartedAt
 		r.ExitCode, r.DurationMs, r.Error, r.FinishedAt = 0, 0, "", time.Time{}
 		r.Log, r.LogBytes, r.LogTruncated, r.Artifacts = "", 0, false, nil
@@ -321,7 +357,7 @@ func (r *Record) Apply(ev any) bool {
 		changed := r.fill(e.JobRef, e.Author, e.Subject)
 		a := &Attempt{} // delivery 0: ended before any runner took it (cancelled in the queue); no attempt
 		if e.Attempt > 0 {
-			a = r.attempt(e.QueueSeq, e.Attempt)
+			a = r.attempt(e.QueueSeq, e.Attempt, e.Run)
 		}
 		if !a.Status.Final() {
 			a.Status, a.Runner, a.ExitCode, a.Error = e.Status, e.Runner, e.ExitCode, e.Error
@@ -330,6 +366,10 @@ func (r *Record) Apply(ev any) bool {
 				a.StartedAt = e.StartedAt
 			}
 			a.Log, a.LogBytes, a.LogTruncated, a.Artifacts = e.Log, e.LogBytes, e.LogTruncated, e.Artifacts
+			a.LogDigest = e.LogDigest
+			if a.Token == "" {
+				a.Token = e.Token
+			}
 			a.Flaky, a.Retries, a.TestSummary, a.FailedTests = e.Flaky, e.Retries, e.TestSummary, failedTests(e, MaxAttemptFailedTests)
 			if e.QueueSeq == r.QueueSeq && a.Class == "" {
 				a.Class, a.TriggerID, a.QueuedAt = r.Class, r.TriggerID, r.QueuedAt
@@ -344,7 +384,7 @@ func (r *Record) Apply(ev any) bool {
 			r.syncAttempt()
 			return r.loseEarlier() || changed
 		}
-		r.QueueSeq, r.Delivery, r.Phase = e.QueueSeq, e.Attempt, 2
+		r.QueueSeq, r.Delivery, r.Phase, r.Run, r.LogDigest = e.QueueSeq, e.Attempt, 2, e.Run, e.LogDigest
 		r.Status, r.Runner, r.ExitCode, r.Error = e.Status, e.Runner, e.ExitCode, e.Error
 		r.DurationMs, r.FinishedAt = e.DurationMs, e.FinishedAt
 		if !e.StartedAt.IsZero() {
@@ -394,7 +434,7 @@ func (r *Record) syncAttempt() {
 		return
 	}
 	for i := range r.Attempts {
-		if a := &r.Attempts[i]; a.QueueSeq == r.QueueSeq && a.Delivery == r.Delivery {
+		if a := &r.Attempts[i]; a.QueueSeq == r.QueueSeq && a.Delivery == r.Delivery && (r.Run == "" || a.Run == r.Run) {
 			r.Attempt = a.N
 		}
 	}
@@ -430,3 +470,148 @@ func refOf(ev any) (events.JobRef, bool) {
 	}
 	return events.JobRef{}, false
 }
+
+// ErrWait says a runner's event names a delivery that another run, still
+// under way on a live runner, claimed first: whether it is a forgery or a
+// second run after a power cut is known once that run ends or its runner is
+// gone, so the event is to be looked at again later.
+var ErrWait = errors.New("a live run holds this delivery: looked at again later")
+
+// Admit checks a runner's started or finished event against the claims in the
+// history before it is folded in. at is when the server stored the event (its
+// results stream time) and holds(runner, jobID) whether a runner's live lease
+// names a job (nil: assume it does).
+//
+//   - A finished event of a run whose result is already in is a replay
+//     (resultSeq, the event's results stream sequence, differs from the one
+//     taken; the same sequence is the reporter's own redelivery): refused.
+//   - While the first run that reported the same delivery (queue sequence
+//     and count) is under way on a live runner: ErrWait.
+//   - If that run ended after this event was stored, the claim was made while
+//     it ran: refused if it names the same delivery token, disputed (returned:
+//     why) if another.
+//   - Otherwise — that run ended before, or its runner is gone without ending
+//     it (a power cut: the server lost its consumer state and delivers the
+//     job again with the same count and token) — a new run is an attempt like
+//     any other.
+//
+// Errors wrap events.ErrForged, or are ErrWait.
+func (r *Record) Admit(ev any, resultSeq uint64, at time.Time, holds func(runner, jobID string) bool) (disputed string, err error) {
+	var seq, delivery uint64
+	var run, token, runner string
+	finished := false
+	switch e := ev.(type) {
+	case *events.JobStarted:
+		seq, delivery, run, token, runner = e.QueueSeq, e.Attempt, e.Run, e.Token, e.Runner
+	case *events.JobFinished:
+		seq, delivery, run, token, runner, finished = e.QueueSeq, e.Attempt, e.Run, e.Token, e.Runner, true
+	default:
+		return "", nil
+	}
+	if run == "" || token == "" || delivery == 0 {
+		return "", fmt.Errorf("%w: a runner's event without its run and delivery", events.ErrForged)
+	}
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		if a.QueueSeq != seq || a.Delivery != delivery || a.Run != run {
+			continue
+		}
+		if finished && a.Status.Final() && a.ResultSeq != 0 && a.ResultSeq != resultSeq {
+			return "", fmt.Errorf("%w: replay: run %s of attempt %d already reported its result", events.ErrForged, run, a.N)
+		}
+		return a.Disputed, nil // this run's claim was judged at its first event
+	}
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		if a.QueueSeq != seq || a.Delivery != delivery || a.Run == "" || a.Disputed != "" {
+			continue
+		}
+		if !a.Status.Final() {
+			if holds == nil || holds(a.Runner, r.JobID) {
+				return "", ErrWait
+			}
+			continue // its runner is gone
+		}
+		if at.IsZero() || !at.Before(a.FinishedAt) {
+			continue // claimed after that run ended: a second run
+		}
+		if a.Token == token {
+			return "", fmt.Errorf("%w: delivery %d of run %d was held by runner %s (run %s), not %s (run %s)",
+				events.ErrForged, delivery, seq, a.Runner, a.Run, runner, run)
+		}
+		return fmt.Sprintf("runner %s (run %s) claims delivery %d of run %d while runner %s (run %s) ran it",
+			runner, run, delivery, seq, a.Runner, a.Run), nil
+	}
+	return "", nil
+}
+
+// Dispute folds a runner's event of a disputed run (see Admit) into the
+// history only, marked with why; the record's current state stays as it is.
+func (r *Record) Dispute(ev any, why string) bool {
+	c := *r
+	c.Attempts = slices.Clone(r.Attempts)
+	changed := c.Apply(ev)
+	var run string
+	var seq, delivery uint64
+	switch e := ev.(type) {
+	case *events.JobStarted:
+		run, seq, delivery = e.Run, e.QueueSeq, e.Attempt
+	case *events.JobFinished:
+		run, seq, delivery = e.Run, e.QueueSeq, e.Attempt
+	}
+	r.Attempts, r.Dropped = c.Attempts, c.Dropped
+	for i := range r.Attempts {
+		if a := &r.Attempts[i]; a.Run == run && a.QueueSeq == seq && a.Delivery == delivery && a.Disputed != why {
+			a.Disputed, changed = why, true
+		}
+	}
+	r.syncAttempt()
+	return changed
+}
+
+// markResult notes the results stream sequence of the finished event taken
+// for a run (see Admit).
+func (r *Record) markResult(run string, resultSeq uint64) {
+	for i := range r.Attempts {
+		if a := &r.Attempts[i]; a.Run == run && run != "" && a.Status.Final() && a.ResultSeq == 0 {
+			a.ResultSeq = resultSeq
+		}
+	}
+}
+
+// Validate checks a record read from the results bucket under key: its
+// identity is complete and is the one of its key, its status and attempts are
+// possible.
+func (r *Record) Validate(key string) error {
+	switch {
+	case !events.ValidJobID(r.JobID):
+		return fmt.Errorf("no valid job_id")
+	case r.Repo == "" || r.Branch == "" || r.Commit == "" || r.Job == "" || r.Arch == "":
+		return fmt.Errorf("job %s: repo, branch, commit, job or arch missing", r.JobID)
+	case key != events.RecordKey(r.Repo, r.Branch, r.JobID):
+		return fmt.Errorf("job %s is stored under another job's key", r.JobID)
+	case len(r.Attempts) > MaxAttempts:
+		return fmt.Errorf("job %s: %d attempts, more than %d", r.JobID, len(r.Attempts), MaxAttempts)
+	}
+	switch r.Status {
+	case "", events.StatusQueued, events.StatusHeld, events.StatusRunning, events.StatusPassed, events.StatusFailed,
+		events.StatusError, events.StatusCancelled, events.StatusLost:
+	default:
+		return fmt.Errorf("job %s: unknown status %q", r.JobID, r.Status)
+	}
+	return nil
+}
+
+// PendingEvent is a runner's event, signature checked, whose claim waits to
+// be judged (Record.Pending).
+type PendingEvent struct {
+	Seq     uint64    `json:"seq"`
+	At      time.Time `json:"at"`
+	Subject string    `json:"subject"`
+	Signer  string    `json:"signer,omitempty"`
+	Data    []byte    `json:"data"`
+}
+
+// MaxPending bounds the events a record holds waiting (Record.Pending): a
+// claim past it is refused.
+const MaxPending = 16

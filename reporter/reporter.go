@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,7 +88,7 @@ type Reporter struct {
 	store     *Store
 	tests     *TestStore
 	view      *View
-	auth      auth
+	auth      *auth
 	logs      jetstream.ObjectStore
 	artifacts jetstream.ObjectStore
 	cancels   jetstream.KeyValue
@@ -96,7 +97,12 @@ type Reporter struct {
 	closing   chan struct{} // closed when Run ends, to end event streams
 	notifier  *Notifier     // nil when nothing is to be sent
 	db        *readmodel.DB
-	dbTemp    string // a temporary directory holding db, removed at the end
+	dbTemp    string       // a temporary directory holding db, removed at the end
+	keys      *events.Keys // who may report results
+	forgeries *forgeries
+	forgeLog  *logLimit // refused results are logged at most once a second
+	// deliveries remembers push hooks received, to refuse replays.
+	deliveries jetstream.KeyValue
 }
 
 // New opens the results bucket and, if configured, binds the HTTP address, so a
@@ -109,7 +115,23 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if err != nil {
 		return nil, err
 	}
-	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: auth{token: cfg.AdminToken}, closing: make(chan struct{})}
+	r := &Reporter{cfg: cfg, js: js, log: log, store: store, auth: &auth{token: cfg.AdminToken, limit: newLimiter(), metrics: cfg.Metrics, log: log}, closing: make(chan struct{})}
+	if r.keys, err = events.OpenKeys(ctx, js); err != nil {
+		return nil, err
+	}
+	// Its own results (cancelled jobs) carry the service signature.
+	r.js = events.SigningJetStream(js, events.ServiceSigner(r.keys))
+	js = r.js
+	r.forgeries, r.forgeLog = &forgeries{}, newLogLimit(time.Second)
+	if r.forgeries.kv, err = js.KeyValue(ctx, events.BucketForgeries); err != nil {
+		return nil, fmt.Errorf("open %s: %w (run 'jetci setup' as the admin)", events.BucketForgeries, err)
+	}
+	if r.auth.sessions, err = openSessions(ctx, js); err != nil {
+		return nil, err
+	}
+	if r.deliveries, err = js.KeyValue(ctx, events.BucketDeliveries); err != nil {
+		return nil, fmt.Errorf("open %s: %w (run 'jetci setup' as the admin)", events.BucketDeliveries, err)
+	}
 	if r.tests, err = OpenTestStore(ctx, js); err != nil {
 		return nil, err
 	}
@@ -130,6 +152,17 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	}
 	r.view = NewView(r.db, js, store.runners, log)
 	r.view.results = store.kv
+	r.view.guard = r.admitter(store)
+	badLog := newLogLimit(time.Second)
+	r.view.OnBad = func(key string, err error) {
+		r.cfg.Metrics.Forgery("record")
+		if badLog.Allow() {
+			r.log.Warn().Str("key", key).Err(err).Msg("a damaged record")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = r.forgeries.add(ctx, Forgery{What: "record", Reason: "not a valid record: " + err.Error(), Object: key}, []byte(key+"\x00"+err.Error()))
+	}
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}
@@ -270,6 +303,29 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Ack() // the consumer of a server set up before the filter: not for this one
 		return
 	}
+	// Only results the fold took feed the test history: not a forged one,
+	// nor a disputed run's, nor one still waiting to be judged.
+	who, err := r.verify(m, ev)
+	if err != nil {
+		_ = m.Term() // the fold records it as forged
+		return
+	}
+	if who != "service" {
+		meta, err := m.Metadata()
+		if err != nil {
+			_ = m.Term()
+			return
+		}
+		take, err := r.view.taken(ctx, fin, meta.Sequence.Stream)
+		if err != nil {
+			_ = m.NakWithDelay(time.Second) // the fold has not got there yet
+			return
+		}
+		if !take {
+			_ = m.Ack()
+			return
+		}
+	}
 	if err := r.tests.Observe(ctx, fin); err != nil {
 		r.log.Warn().Err(err).Msg("storing test history; will retry")
 		_ = m.NakWithDelay(time.Second)
@@ -309,7 +365,25 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 			_ = m.Ack()
 			return
 		}
-		rec, _, err := r.store.Apply(ctx, fin)
+		who, err := r.verify(m, fin)
+		var seq, delivered uint64
+		var at time.Time
+		if meta, merr := m.Metadata(); merr == nil && err == nil && who != "service" {
+			seq, at, delivered = meta.Sequence.Stream, meta.Timestamp, meta.NumDelivered
+		}
+		var rec *Record
+		if err == nil {
+			rec, _, err = r.store.apply(ctx, fin, seq, at)
+		}
+		if errors.Is(err, ErrWait) {
+			_ = m.NakWithDelay(time.Duration(min(delivered, 10)) * time.Second)
+			return
+		}
+		var disputed *DisputedError
+		if errors.Is(err, events.ErrForged) || errors.As(err, &disputed) {
+			_ = m.Term() // refused, and recorded by the folding consumer
+			return
+		}
 		if err == nil {
 			// Also for an unchanged record: after a crash the redelivered
 			// event must still produce the notification it may not have.
@@ -360,4 +434,33 @@ func consumeForMail[T any](ctx context.Context, r *Reporter, stream, durable, de
 		}
 		_ = m.Ack()
 	})
+}
+
+// logLimit lets a log line through at most once per period, and says how
+// many it held back since.
+type logLimit struct {
+	mu      sync.Mutex
+	period  time.Duration
+	last    time.Time
+	dropped int
+}
+
+func newLogLimit(period time.Duration) *logLimit { return &logLimit{period: period} }
+
+// Allow reports whether a line may be logged now; held back reports how many
+// were not since the last one allowed.
+func (l *logLimit) Allow() bool { ok, _ := l.allow(); return ok }
+
+func (l *logLimit) allow() (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.last) < l.period {
+		l.dropped++
+		return false, 0
+	}
+	l.last = now
+	n := l.dropped
+	l.dropped = 0
+	return true, n
 }

@@ -47,6 +47,15 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 // Apply folds an event into its job's record. It returns the record and whether
 // it changed.
 func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
+	return s.apply(ctx, ev, 0, time.Time{})
+}
+
+// apply is Apply that, for a runner's event taken from the results stream at
+// resultSeq (0: not from a runner), first checks it against the claims in the
+// record as read (Record.Admit): its error, wrapping events.ErrForged,
+// refuses the event, or ErrWait defers it, and is returned as is; at is when
+// the server stored the event.
+func (s *Store) apply(ctx context.Context, ev any, resultSeq uint64, at time.Time) (*Record, bool, error) {
 	ref, ok := refOf(ev)
 	if !ok {
 		return nil, false, fmt.Errorf("apply: %T is not a job event", ev)
@@ -75,8 +84,21 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		default:
 			return nil, false, fmt.Errorf("get record %s: %w", key, err)
 		}
-		if !rec.Apply(ev) {
+		var disputed string
+		if resultSeq != 0 {
+			if disputed, err = rec.Admit(ev, resultSeq, at, s.holds(ctx)); err != nil {
+				return rec, false, err
+			}
+		}
+		if disputed != "" {
+			if !rec.Dispute(ev, disputed) {
+				return rec, false, &DisputedError{Why: disputed}
+			}
+		} else if !rec.Apply(ev) {
 			return rec, false, nil
+		}
+		if fin, ok := ev.(*events.JobFinished); ok && resultSeq != 0 {
+			rec.markResult(fin.Run, resultSeq)
 		}
 		data, err := json.Marshal(rec)
 		if err != nil {
@@ -87,6 +109,9 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		} else {
 			_, err = s.kv.Update(ctx, key, data, rev)
 		}
+		if err == nil && disputed != "" {
+			return rec, true, &DisputedError{Why: disputed}
+		}
 		if err == nil {
 			return rec, true, nil
 		}
@@ -96,6 +121,48 @@ func (s *Store) Apply(ctx context.Context, ev any) (*Record, bool, error) {
 		// Another reporter wrote first: read again and re-apply.
 	}
 }
+
+// holds reports whether a runner's live lease names a job.
+func (s *Store) holds(ctx context.Context) func(runner, jobID string) bool {
+	return leaseHolds(s.runners)(ctx)
+}
+
+// leaseHolds is Store.holds on a runners bucket (nil: assume every runner
+// holds its jobs).
+func leaseHolds(runners jetstream.KeyValue) func(ctx context.Context) func(runner, jobID string) bool {
+	return func(ctx context.Context) func(runner, jobID string) bool {
+		return func(runner, jobID string) bool {
+			return leaseNames(ctx, runners, runner, jobID)
+		}
+	}
+}
+
+// leaseNames reports whether runner's live lease names jobID (an unknown
+// answer counts as yes).
+func leaseNames(ctx context.Context, runners jetstream.KeyValue, runner, jobID string) bool {
+	if runners == nil {
+		return true
+	}
+	e, err := runners.Get(ctx, events.LeaseKey(events.IdentityName(runner)))
+	if err != nil {
+		return !errors.Is(err, jetstream.ErrKeyNotFound) // unknown: assume it does
+	}
+	var l events.Lease
+	if json.Unmarshal(e.Value(), &l) != nil {
+		return true
+	}
+	for _, j := range l.Jobs {
+		if j.JobID == jobID {
+			return true
+		}
+	}
+	return false
+}
+
+// DisputedError says an event was folded in as a disputed run (Record.Dispute).
+type DisputedError struct{ Why string }
+
+func (e *DisputedError) Error() string { return "disputed: " + e.Why }
 
 func isConflict(err error) bool {
 	var apiErr *jetstream.APIError
@@ -151,6 +218,13 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Record, error) {
 			var r Record
 			if err := json.Unmarshal(e.Value(), &r); err != nil {
 				continue // not ours; never stop a listing for one bad entry
+			}
+			if err := r.Validate(e.Key()); err != nil {
+				// Shown as damaged (as the reporter shows one), not as written.
+				if !events.ValidJobID(r.JobID) {
+					continue
+				}
+				r.Status, r.Error = events.StatusError, "the record of this job in the results bucket is damaged ("+err.Error()+")"
 			}
 			if f.match(&r) {
 				out = append(out, r)

@@ -98,15 +98,10 @@ func TestReporterFoldsResultsAndServesThem(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	sign := newTestSigner(s.JS)
 	publish := func(ev any, kind string) {
 		t.Helper()
-		data, err := events.Encode(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.JS.Publish(ctx, events.ResultSubject("r", "main", kind), data); err != nil {
-			t.Fatal(err)
-		}
+		sign.publish(ctx, t, events.ResultSubject("r", "main", kind), ev)
 	}
 	// A malformed message is terminated and does not block the ones after it.
 	if _, err := s.JS.Publish(ctx, events.ResultSubject("r", "main", events.KindFinished), []byte("not json")); err != nil {

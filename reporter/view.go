@@ -48,6 +48,13 @@ type View struct {
 	stats   FoldStats
 
 	cells cellCache
+	// guard, when set, checks a result event's signature, and a runner's
+	// claims, before the fold applies it (Reporter.admitter); nil: every
+	// event is applied (a view of tests without keys).
+	guard *guard
+	// OnBad, when set, hears of every record read from the read model that
+	// is not a valid record (Record.Validate).
+	OnBad func(key string, err error)
 }
 
 // Change is one update a subscriber hears of.
@@ -119,7 +126,42 @@ func (v *View) Run(ctx context.Context) {
 	if v.branches != nil {
 		go v.watch(ctx, v.branches, ">", v.applyBranch)
 	}
+	if v.results != nil && v.OnBad != nil {
+		go v.checkResults(ctx)
+	}
 	v.fold(ctx)
+}
+
+// checkResults validates every record written to the jetci-results bucket
+// from now on (the fold's mirror, or anyone else with the reporter's
+// credentials): the pages read the read model, but the dispatcher and
+// `jetci artifacts` read the bucket, so one that is not a valid record is
+// reported (OnBad). Readers of the bucket check it too (Store.List).
+func (v *View) checkResults(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := v.results.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var r Record
+			err := json.Unmarshal(e.Value(), &r)
+			if err == nil {
+				err = r.Validate(e.Key())
+			}
+			if err != nil {
+				v.badRecord(e.Key(), err)
+			}
+		}
+		_ = w.Stop()
+	}
 }
 
 func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, apply func(jetstream.KeyValueEntry)) {
@@ -230,7 +272,7 @@ func (v *View) Job(id string) (Record, bool) {
 		}
 		return Record{}, false
 	}
-	r, err := recordOf(row)
+	r, err := v.recordOf(row)
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model")
 		return Record{}, false
@@ -273,7 +315,7 @@ func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget i
 				rows = rows[len(rows)-i:]
 				out = out[:0]
 				for _, row := range rows {
-					r, err := recordOf(row)
+					r, err := v.recordOf(row)
 					if err != nil {
 						return nil, pg, err
 					}
@@ -286,7 +328,7 @@ func (v *View) Results(ctx context.Context, f Filter, p readmodel.Page, budget i
 			}
 			break
 		}
-		r, err := recordOf(row)
+		r, err := v.recordOf(row)
 		if err != nil {
 			return nil, pg, err
 		}
@@ -584,7 +626,7 @@ func (v *View) CommitsPage(ctx context.Context, repo, branch, commit string, p r
 		}
 		recs := make([]Record, 0, len(jobs))
 		for _, row := range jobs {
-			r, err := recordOf(row)
+			r, err := v.recordOf(row)
 			if err != nil {
 				return nil, pg, err
 			}
@@ -640,7 +682,7 @@ func (v *View) Queue(now time.Time) []Partition {
 	}
 	recs := make([]Record, 0, len(rows))
 	for _, row := range rows {
-		if r, err := recordOf(row); err == nil && (r.Status == events.StatusQueued || len(r.Waiting) > 0) {
+		if r, err := v.recordOf(row); err == nil && (r.Status == events.StatusQueued || len(r.Waiting) > 0) {
 			recs = append(recs, r)
 		}
 	}
@@ -765,4 +807,16 @@ func trimSubject(s string) string {
 		s = s[:i]
 	}
 	return s
+}
+
+// badRecord reports a record of the read model that is not a valid record
+// (someone who can write the database wrote it); the reader shows it as
+// damaged (recordOf).
+func (v *View) badRecord(key string, err error) {
+	v.mu.Lock()
+	on := v.OnBad
+	v.mu.Unlock()
+	if on != nil {
+		on(key, err)
+	}
 }

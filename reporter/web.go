@@ -63,20 +63,32 @@ type page struct {
 	Data            any
 }
 
+// flashMessages are the notices ?msg= and ?err= may show, by code.
+var flashMessages = map[string]string{
+	"queued":         "Queued.",
+	"recheck-job":    "Re-check queued.",
+	"recheck-commit": "Re-check of the commit queued.",
+	"recheck-branch": "Re-check of the branch queued.",
+	"cancel":         "Cancel requested.",
+	"wrong-token":    "Wrong token.",
+	"throttled":      "Too many wrong tokens from here: wait a while before the next try.",
+}
+
 func (r *Reporter) newPage(req *http.Request, title, live string, data any) *page {
 	p := &page{Title: title, Path: req.URL.RequestURI(), Live: live, Data: data,
-		Admin: r.auth.session(req), CanLogin: r.auth.enabled()}
-	if p.Admin {
-		p.CSRF = r.auth.csrf()
+		CanLogin: r.auth.enabled()}
+	if sid := r.auth.session(req); sid != "" {
+		p.Admin, p.CSRF = true, r.auth.csrf(sid)
 	}
 	if err := r.health(); err != nil {
 		p.Problem = err.Error()
 	}
 	q := req.URL.Query()
-	if m := q.Get("msg"); m != "" {
+	// Only known codes: a link cannot put its own words in the notice box.
+	if m, ok := flashMessages[q.Get("msg")]; ok {
 		p.Flash = m
 	}
-	if m := q.Get("err"); m != "" {
+	if m, ok := flashMessages[q.Get("err")]; ok {
 		p.Flash, p.FlashBad = m, true
 	}
 	return p
@@ -188,7 +200,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		data.Log, data.LogSeq, data.Live = text, seq, true
 	case a.Log != "":
 		data.Artifacts = a.Artifacts
-		text, cut, err := r.storedLog(req.Context(), a.Log, pageLogLimit)
+		text, cut, err := r.checkedLog(req.Context(), a.Log, a.LogDigest, rec.JobID, pageLogLimit)
 		switch {
 		case err != nil:
 			data.LogNote = "The log could not be read: " + err.Error()

@@ -35,6 +35,7 @@ type webFixture struct {
 	rep  *Reporter
 	base string
 	ctx  context.Context
+	sign *testSigner
 }
 
 func newWebFixture(t *testing.T, token string) *webFixture {
@@ -53,7 +54,7 @@ func newWebFixture(t *testing.T, token string) *webFixture {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: ctx}
+	return &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: ctx, sign: newTestSigner(s.JS)}
 }
 
 func jref(repo, branch, commit, job, arch string) events.JobRef {
@@ -74,13 +75,7 @@ func (f *webFixture) publish(ev any) {
 	case *events.JobFinished:
 		ref = e.JobRef
 	}
-	data, err := events.Encode(ev)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if _, err := f.s.JS.Publish(f.ctx, events.ResultSubject(ref.Repo, ref.Branch, kind), data); err != nil {
-		f.t.Fatal(err)
-	}
+	f.sign.publish(f.ctx, f.t, events.ResultSubject(ref.Repo, ref.Branch, kind), ev)
 }
 
 // run publishes the whole life of one job attempt.
@@ -449,7 +444,7 @@ func TestBrowserSessionAndCSRF(t *testing.T) {
 		t.Errorf("post without csrf = %d", code)
 	}
 	code, body = form("/action/recheck", url.Values{"job_id": {failed.JobID}, "csrf": {csrf[1]}})
-	if code != 200 || !strings.Contains(body, "Re-check of test on amd64 queued") {
+	if code != 200 || !strings.Contains(body, "Re-check queued") {
 		t.Errorf("recheck from the page = %d: %s", code, body)
 	}
 	if req := <-asked; req.Job != "test" || req.Arch != "amd64" {

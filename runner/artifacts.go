@@ -182,13 +182,13 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 			continue
 		}
 		name := events.ArtifactObject(job.JobID, seq, attempt, f.rel)
-		size, err := r.putArtifact(ctx, name, f.abs, r.cfg.ArtifactLimit-total)
+		size, digest, err := r.putArtifact(ctx, name, f.abs, r.cfg.ArtifactLimit-total)
 		if err != nil {
 			out.Note("[jetci] artifacts: %s not stored: %v", f.rel, err)
 			continue
 		}
 		total += size
-		arts = append(arts, events.Artifact{Path: f.rel, Object: name, Size: size})
+		arts = append(arts, events.Artifact{Path: f.rel, Object: name, Size: size, Digest: digest})
 	}
 	if len(arts) > 0 {
 		out.Note("[jetci] artifacts: %d file(s), %d bytes stored", len(arts), total)
@@ -198,19 +198,19 @@ func (r *Runner) uploadArtifacts(ctx context.Context, job *events.JobQueued, seq
 
 // putArtifact stores a file, reading at most limit bytes of it (a file that
 // grew since it was measured is cut there). A try that fails (a leader change)
-// is resumed, for up to two minutes.
-func (r *Runner) putArtifact(ctx context.Context, name, file string, limit int64) (int64, error) {
+// is resumed, for up to two minutes. It returns the stored size and digest.
+func (r *Runner) putArtifact(ctx context.Context, name, file string, limit int64) (int64, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	wait := 250 * time.Millisecond
 	for {
-		size, err := putObject(ctx, r.js, events.BucketArtifacts, name, "job artifact", file, limit)
+		size, digest, err := putObject(ctx, r.js, events.BucketArtifacts, name, "job artifact", file, limit)
 		if err == nil || ctx.Err() != nil {
-			return size, err
+			return size, digest, err
 		}
 		select {
 		case <-ctx.Done():
-			return 0, err
+			return 0, "", err
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)

@@ -2,6 +2,8 @@ package runner
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +38,20 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		return
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
+	r.mu.Lock()
+	already := r.jobs[job.JobID] != nil && r.jobs[job.JobID].seq == seq
+	r.mu.Unlock()
+	if already {
+		// A job this runner still runs, handed back while its lease lapsed
+		// (cut off from the broker), came back to another of its slots: the
+		// run under way keeps it (its heartbeat and ack settle the message).
+		_ = m.NakWithDelay(events.JobAckWait)
+		r.log.Info().Str("job_id", job.JobID).Msg("redelivered a job this runner still runs: left to the run under way")
+		return
+	}
+	// The run's id and the delivery's token bind its results to it: the
+	// reporter takes results of this delivery from this run only.
+	run, token := newRunID(), fmt.Sprintf("%d.%d", meta.Sequence.Consumer, meta.Timestamp.UnixNano()) // the message's time
 	log := r.log.With().Str("job_id", job.JobID).Str("repo", job.Repo).Str("branch", job.Branch).
 		Str("commit", events.Short(job.Commit)).Str("job", job.Job).Str("arch", job.Arch).Uint64("attempt", attempt).Logger()
 	r.setBusy(slot, events.LeasedJob{JobID: job.JobID, Attempt: attempt, Reply: m.Reply()})
@@ -46,9 +62,10 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	stopBeat := r.heartbeat(m)
 	defer stopBeat()
 	started := time.Now().UTC()
-	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started}
+	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started,
+		Run: run, Token: token}
 	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
-		events.ResultMsgID(job.JobID, seq, attempt, events.KindStarted)); err != nil {
+		events.RunMsgID(job.JobID, run, events.KindStarted)); err != nil {
 		log.Warn().Err(err).Msg("could not announce the job start")
 	}
 	log.Info().Int("slot", slot).Msg("job started")
@@ -60,7 +77,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	jobCtx, untrack := r.track(ctx, job.JobID, seq)
 	defer untrack()
 	r.checkCancelled(ctx, job.JobID)
-	res := r.execute(jobCtx, slot, job, seq, attempt, log)
+	res := r.execute(jobCtx, slot, job, seq, attempt, run, log)
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -74,6 +91,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		return
 	}
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
+	res.Run, res.Token = run, token
 	res.Author, res.Subject = job.Author, job.Subject // so a result alone says whose commit it is
 	res.Class, res.TriggerID, res.Origin = job.Class, job.TriggerID, job.Origin
 	res.FinishedAt = time.Now().UTC()
@@ -170,7 +188,7 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, log zerolog.Logger) *events.JobFinished {
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) *events.JobFinished {
 	res := &events.JobFinished{}
 	if c, ok := cancelledBy(ctx); ok {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()+" before it started"
@@ -258,13 +276,16 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	if cerr != nil {
 		return res
 	}
-	name := events.LogObject(job.JobID, seq, attempt)
-	if err := r.storeLog(ctx, name, logPath); err == nil {
-		res.Log = name
+	name := events.RunLogObject(job.JobID, seq, attempt, run)
+	if digest, err := r.storeLog(ctx, name, logPath); err == nil {
+		res.Log, res.LogDigest = name, digest
 		_ = os.Remove(logPath)
+	} else if digest, derr := fileDigest(logPath); derr != nil {
+		log.Warn().Err(err).AnErr("digest", derr).Msg("could not store the log or read it back; the result goes without it")
 	} else if serr := r.spoolLog(name, logPath); serr == nil {
-		// The result names the log: it is stored as soon as the store answers.
-		res.Log = name
+		// The result names the log and its digest: it is stored as soon as
+		// the store answers, byte for byte what was digested here.
+		res.Log, res.LogDigest = name, digest
 		log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
 	} else {
 		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
@@ -314,13 +335,20 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 	}
 }
 
-// storeLog makes one try, of at most logFirstTry, to store the log; a log it
-// could not store is spooled by the caller.
-func (r *Runner) storeLog(ctx context.Context, name, path string) error {
+// storeLog makes one try, of at most logFirstTry, to store the log, and
+// returns its digest; a log it could not store is spooled by the caller.
+func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
 	defer cancel()
-	_, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
-	return err
+	_, digest, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
+	return digest, err
+}
+
+// newRunID makes a run id: 64 random bits, hex.
+func newRunID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // publishOnce publishes a result event, giving up after a short while.

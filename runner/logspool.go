@@ -79,7 +79,7 @@ func (r *Runner) flushSpool(ctx context.Context) int {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err = putObject(pctx, r.js, events.BucketLogs, name, "job log", path, -1)
+		_, _, err = putObject(pctx, r.js, events.BucketLogs, name, "job log", path, -1)
 		cancel()
 		if err != nil {
 			r.log.Debug().Err(err).Str("log", name).Msg("spooled log not stored yet")

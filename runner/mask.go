@@ -2,6 +2,9 @@ package runner
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"net/url"
 	"sort"
 	"strings"
 )
@@ -37,6 +40,9 @@ func newMasker(values []string) *masker {
 			for _, line := range strings.FieldsFunc(v, func(r rune) bool { return r == '\n' || r == '\r' }) {
 				add(strings.TrimSpace(line))
 			}
+		}
+		for _, e := range encodings(v) {
+			add(e)
 		}
 	}
 	if len(vals) == 0 {
@@ -132,4 +138,45 @@ func (m *masker) couldStart(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// minEncoded is the shortest secret whose encodings are masked too, and the
+// shortest encoded form masked: shorter ones would mask ordinary output.
+const minEncoded = 6
+
+// encodings returns the common encodings of a secret value that a job might
+// print: hex (lower and upper case), URL escaping (query and path), and
+// base64 (standard and URL alphabets, padded or not) — for base64 also the
+// part that stays the same wherever the value sits inside a longer encoded
+// text (its three alignments). README "Jobs and inputs from outside" says
+// what this cannot catch.
+func encodings(v string) []string {
+	if len(v) < minEncoded {
+		return nil
+	}
+	out := []string{hex.EncodeToString([]byte(v)), strings.ToUpper(hex.EncodeToString([]byte(v))),
+		url.QueryEscape(v), url.PathEscape(v)}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		out = append(out, enc.EncodeToString([]byte(v)), enc.WithPadding(base64.NoPadding).EncodeToString([]byte(v)))
+		raw := enc.WithPadding(base64.NoPadding)
+		for k := 0; k < 3; k++ {
+			b := append(make([]byte, k), v...)
+			e := raw.EncodeToString(b)
+			skip := (k*8 + 5) / 6 // characters that hold bits of the k bytes before
+			end := len(e)
+			if len(b)%3 != 0 {
+				end-- // the last character holds bits of what follows
+			}
+			if end-skip >= minEncoded {
+				out = append(out, e[skip:end])
+			}
+		}
+	}
+	var keep []string
+	for _, e := range out {
+		if e != v && len(e) >= minEncoded {
+			keep = append(keep, e)
+		}
+	}
+	return keep
 }

@@ -1,6 +1,9 @@
 package runner
 
 import (
+	"encoding/base64"
+	"encoding/hex"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -174,5 +177,37 @@ func BenchmarkMaskerWrite(b *testing.B) {
 				_ = m.write(chunk)
 			}
 		})
+	}
+}
+
+// TestMaskerCatchesEncodings: hex, URL-escaped and base64 forms of a secret
+// are masked, base64 also inside a longer encoded text at every alignment.
+func TestMaskerCatchesEncodings(t *testing.T) {
+	const secret = "s3cr3t/value+with=odd&chars"
+	m := newMasker([]string{secret})
+	for _, enc := range []string{
+		hex.EncodeToString([]byte(secret)),
+		strings.ToUpper(hex.EncodeToString([]byte(secret))),
+		url.QueryEscape(secret),
+		url.PathEscape(secret),
+		base64.StdEncoding.EncodeToString([]byte(secret)),
+		base64.RawURLEncoding.EncodeToString([]byte(secret)),
+		base64.StdEncoding.EncodeToString([]byte("x" + secret + "tail")),
+		base64.StdEncoding.EncodeToString([]byte("xy" + secret)),
+		base64.URLEncoding.EncodeToString([]byte("prefix: " + secret + "\n")),
+	} {
+		out := string(append(m.write([]byte("line "+enc+" end\n")), m.flush()...))
+		if !strings.Contains(out, maskText) {
+			t.Errorf("%q not masked: %q", enc, out)
+		}
+		for _, part := range []string{"s3cr3t", hex.EncodeToString([]byte("s3cr3t/va"))} {
+			if strings.Contains(out, part) {
+				t.Errorf("%q leaks %q: %q", enc, part, out)
+			}
+		}
+	}
+	// Ordinary output stays as it is.
+	if out := string(append(m.write([]byte("ok 42 done\n")), m.flush()...)); out != "ok 42 done\n" {
+		t.Errorf("plain output changed: %q", out)
 	}
 }

@@ -55,17 +55,18 @@ func objectNUID(bucket, name string, g int) string {
 }
 
 // putObject stores at most limit bytes of the file at path as object name in
-// bucket (limit < 0: all of it) and returns the bytes stored. One call is one
-// attempt; a failed attempt is resumed by the next one.
-func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64) (int64, error) {
+// bucket (limit < 0: all of it) and returns the bytes stored and their digest
+// (the object store's form, "SHA-256=<base64url>"). One call is one attempt; a
+// failed attempt is resumed by the next one.
+func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64) (int64, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	size := st.Size()
 	if limit >= 0 && size > limit {
@@ -73,12 +74,12 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	chunks := (size + objChunkSize - 1) / objChunkSize
 	stream, err := js.Stream(ctx, "OBJ_"+bucket)
 	if err != nil {
-		return 0, fmt.Errorf("object store %s: %w", bucket, err)
+		return 0, "", fmt.Errorf("object store %s: %w", bucket, err)
 	}
 	var nuid, subj string
 	var stored int64
@@ -86,20 +87,20 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 		nuid = objectNUID(bucket, name, g)
 		subj = "$O." + bucket + ".C." + nuid
 		if stored, err = subjectCount(ctx, stream, subj); err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		if stored <= chunks {
 			break
 		}
 		if g == 8 {
-			return 0, fmt.Errorf("object %s: every chunk subject holds more chunks than the object has", name)
+			return 0, "", fmt.Errorf("object %s: every chunk subject holds more chunks than the object has", name)
 		}
 	}
 	buf := make([]byte, objChunkSize)
 	for i := stored; i < chunks; i++ {
 		n := min(int64(objChunkSize), size-i*objChunkSize)
 		if _, err := f.ReadAt(buf[:n], i*objChunkSize); err != nil && !errors.Is(err, io.EOF) {
-			return 0, err
+			return 0, "", err
 		}
 		m := nats.NewMsg(subj)
 		m.Data = buf[:n]
@@ -108,25 +109,41 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 		_, err := js.PublishMsg(pctx, m)
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("object %s: chunk %d of %d: %w", name, i+1, chunks, err)
+			return 0, "", fmt.Errorf("object %s: chunk %d of %d: %w", name, i+1, chunks, err)
 		}
 	}
+	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
 	info := jetstream.ObjectInfo{
 		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: desc, Opts: &jetstream.ObjectMetaOptions{ChunkSize: objChunkSize}},
 		Bucket:     bucket, NUID: nuid, Size: uint64(size), Chunks: uint32(chunks),
-		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
+		Digest: digest,
 	}
 	mm := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
 	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	if mm.Data, err = json.Marshal(info); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	pctx, cancel := context.WithTimeout(ctx, objPublishTimeout)
 	defer cancel()
 	if _, err := js.PublishMsg(pctx, mm); err != nil {
-		return 0, fmt.Errorf("object %s: meta: %w", name, err)
+		return 0, "", fmt.Errorf("object %s: meta: %w", name, err)
 	}
-	return size, nil
+	return size, digest, nil
+}
+
+// fileDigest is the object store's digest of the file at path, as putObject
+// would store it whole: what a result names for a log still in the spool.
+func fileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)), nil
 }
 
 // subjectCount is the number of messages the stream holds on subject.

@@ -57,7 +57,7 @@ func TestPutObjectResumesWithoutPartials(t *testing.T) {
 		t.Fatal(err)
 	}
 	for try := range 2 {
-		n, err := putObject(ctx, s.JS, events.BucketLogs, name, "job log", path, -1)
+		n, _, err := putObject(ctx, s.JS, events.BucketLogs, name, "job log", path, -1)
 		if err != nil || n != int64(len(data)) {
 			t.Fatalf("put %d: %d bytes, %v", try, n, err)
 		}
@@ -76,12 +76,12 @@ func TestPutObjectResumesWithoutPartials(t *testing.T) {
 	}
 
 	// A limit cuts the object; an empty file is an empty object.
-	if n, err := putObject(ctx, s.JS, events.BucketLogs, "cut", "", path, 10); err != nil || n != 10 {
+	if n, _, err := putObject(ctx, s.JS, events.BucketLogs, "cut", "", path, 10); err != nil || n != 10 {
 		t.Fatalf("limited put: %d, %v", n, err)
 	}
 	empty := filepath.Join(t.TempDir(), "empty")
 	os.WriteFile(empty, nil, 0o644)
-	if _, err := putObject(ctx, s.JS, events.BucketLogs, "empty", "", empty, -1); err != nil {
+	if _, _, err := putObject(ctx, s.JS, events.BucketLogs, "empty", "", empty, -1); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string][]byte{"cut": data[:10], "empty": {}} {

@@ -54,6 +54,15 @@ func (r *Runner) deliver(ctx context.Context, res *events.JobFinished, reply str
 	return nil
 }
 
+// resultMsgID is the Msg-Id of a result: its run's (one kept from an older
+// runner without run ids: its attempt's).
+func resultMsgID(res *events.JobFinished) string {
+	if res.Run == "" {
+		return events.ResultMsgID(res.JobID, res.QueueSeq, res.Attempt, events.KindFinished)
+	}
+	return events.RunMsgID(res.JobID, res.Run, events.KindFinished)
+}
+
 // firstTry bounds the first publish of a result before it goes to the outbox.
 const firstTry = time.Second
 
@@ -64,7 +73,7 @@ func (r *Runner) publishResultOnce(ctx context.Context, res *events.JobFinished)
 		return err
 	}
 	_, err = r.js.Publish(ctx, events.ResultSubject(res.Repo, res.Branch, events.KindFinished), data,
-		jetstream.WithMsgID(events.ResultMsgID(res.JobID, res.QueueSeq, res.Attempt, events.KindFinished)))
+		jetstream.WithMsgID(resultMsgID(res)))
 	return err
 }
 
@@ -76,7 +85,7 @@ func (r *Runner) publishResult(ctx context.Context, res *events.JobFinished) err
 		return err
 	}
 	subject := events.ResultSubject(res.Repo, res.Branch, events.KindFinished)
-	id := events.ResultMsgID(res.JobID, res.QueueSeq, res.Attempt, events.KindFinished)
+	id := resultMsgID(res)
 	wait := 250 * time.Millisecond
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -32,6 +32,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -47,6 +48,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -90,9 +92,44 @@ type Config struct {
 	SandboxUID int
 	// Image is the container image of jobs that name none (--exec container).
 	Image string
+	// Identity signs every result and start event (events.BucketKeys); the
+	// reporter accepts them only with a signature of an identity the admin
+	// registered under IdentityName (default: the ID, with odd characters
+	// made "-"), which must be the ID or a prefix of it ending before a "-".
+	// Nil: a key made up for this process and registered by the runner
+	// itself, which only an open server (jetci up) allows.
+	Identity     nkeys.KeyPair
+	IdentityName string
 }
 
 var idRE = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// ownIdentity is the key a runner without a given identity makes up, kept
+// in its work directory so that a restart signs with the same key (events
+// it published before are still checked against it).
+func ownIdentity(workDir string) (nkeys.KeyPair, error) {
+	path := filepath.Join(workDir, "identity.seed")
+	if data, err := os.ReadFile(path); err == nil {
+		if kp, err := nkeys.FromSeed(bytes.TrimSpace(data)); err == nil {
+			return kp, nil
+		}
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, seed, 0o600); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
 
 // DefaultConfig serves this machine's architecture in the default pool, one job
 // per CPU at a time.
@@ -202,6 +239,36 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 	if err != nil {
 		return nil, err
 	}
+	if cfg.IdentityName == "" {
+		cfg.IdentityName = events.IdentityName(cfg.ID)
+	}
+	if err := events.ValidIdentity(cfg.IdentityName); err != nil {
+		lock.release()
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	if !events.IdentityCovers(cfg.IdentityName, events.IdentityName(cfg.ID)) {
+		lock.release()
+		return nil, fmt.Errorf("runner: identity %q cannot speak for runner id %q: the id must be the name or start with the name and '-'",
+			cfg.IdentityName, cfg.ID)
+	}
+	if cfg.Identity == nil {
+		kp, err := ownIdentity(cfg.WorkDir)
+		if err != nil {
+			lock.release()
+			return nil, fmt.Errorf("runner: identity: %w", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = events.Explain(nc, events.RegisterRunner(ctx, js, cfg.IdentityName, kp))
+		cancel()
+		if err != nil {
+			lock.release()
+			return nil, fmt.Errorf("runner: no identity given (--identity), and registering one made up here failed: %w "+
+				"(on a server with users, have the admin issue one: jetci setup --runner-identity %s=FILE, then jetci runner --identity FILE)",
+				err, cfg.IdentityName)
+		}
+		cfg.Identity = kp
+	}
+	js = events.SigningJetStream(js, events.RunnerSigner(cfg.Identity, cfg.IdentityName))
 	for _, d := range []string{"cache", "slots", "logs", "outbox", "home", "tmp", "spool"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
 			lock.release()
@@ -534,6 +601,17 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 				r.log.Info().Str("job_id", j.JobID).Msg("lease lapsed while the job ran, but no dispatcher took it: keeping it")
 				continue
 			}
+		}
+		// A dispatcher handed it back. Unless another runner took it since,
+		// it still waits in the queue: a delayed NAK takes it out of the
+		// queue's redelivery list, the heartbeats keep it, and this run ends
+		// it as usual — the job runs once. If another runner has started it,
+		// both runs finish and both are recorded (the ack is by stream
+		// sequence, so either ack settles it).
+		if j.Reply != "" && r.nc.Publish(j.Reply, []byte("-NAK "+events.JobAckWait.String())) == nil {
+			r.log.Warn().Str("job_id", j.JobID).Msg("lease lapsed while the job ran and a dispatcher handed it back: taking it back " +
+				"(if another runner started it meanwhile, it runs twice and both runs are recorded)")
+			continue
 		}
 		r.mu.Lock()
 		r.lost[j.JobID] = true

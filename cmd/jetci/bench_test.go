@@ -284,10 +284,14 @@ func BenchmarkPushHookToStarted(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer w.Stop()
-	body := []byte(`{"ref":"refs/heads/main","repository":{"name":"proj"}}`)
-	mac := hmac.New(sha256.New, []byte("bench-secret"))
-	mac.Write(body)
-	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	// A forge's push payload names the new head ("after"), so no two pushes
+	// send the same body (the reporter refuses a body it saw as a replay).
+	signed := func(after string) ([]byte, string) {
+		body := []byte(`{"ref":"refs/heads/main","after":"` + after + `","repository":{"name":"proj"}}`)
+		mac := hmac.New(sha256.New, []byte("bench-secret"))
+		mac.Write(body)
+		return body, "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	}
 	clone := filepath.Join(b.TempDir(), "clone")
 	if out, err := exec.Command("git", "clone", "-q", repo.Dir, clone).CombinedOutput(); err != nil {
 		b.Fatalf("clone: %v %s", err, out)
@@ -298,6 +302,7 @@ func BenchmarkPushHookToStarted(b *testing.B) {
 		for i := range n {
 			start := time.Now()
 			c := repo.Commit("push "+strconv.Itoa(i), map[string]string{"n.txt": strconv.Itoa(i)})
+			body, sig := signed(c)
 			req, _ := http.NewRequest("POST", "http://"+httpAddr+"/hooks/git", bytes.NewReader(body))
 			req.Header.Set("X-GitHub-Event", "push")
 			req.Header.Set("X-Hub-Signature-256", sig)

@@ -160,8 +160,37 @@ func TestChaos(t *testing.T) {
 
 	settled := time.Since(start).Round(time.Millisecond)
 	queued := checkDispatchedOnce(t, url)
-	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), %d jobs each queued once, settled %v after the chaos stopped",
-		commits, kills, records, passed, queued, settled)
+	recs, err := resultsJSON(t, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	double, disputed := doubleRuns(recs)
+	t.Logf("chaos: %d commits, %d kills, %d records (%d passed, one per commit), %d jobs each queued once, settled %v after the chaos stopped; "+
+		"%d double runs (a queued job that ran to a result twice; every run is in its record's attempts), %d of them disputed (two runs of one delivery)",
+		commits, kills, records, passed, queued, settled, double, disputed)
+}
+
+// doubleRuns counts the queued runs of jobs that ran to a result more than
+// once (issue 15.3: a runner cut off or a job redelivered while its first run
+// went on), and how many of those were two runs of one delivery (disputed).
+func doubleRuns(recs []reporter.Record) (double, disputed int) {
+	for _, r := range recs {
+		finished := map[uint64]int{}
+		for _, a := range r.Attempts {
+			if a.Status.Final() && a.Status != events.StatusCancelled && a.Runner != "" {
+				finished[a.QueueSeq]++
+			}
+			if a.Disputed != "" {
+				disputed++
+			}
+		}
+		for _, n := range finished {
+			if n > 1 {
+				double++
+			}
+		}
+	}
+	return double, disputed
 }
 
 // checkDispatchedOnce reads every queued event from the results stream and fails

@@ -222,8 +222,8 @@ func TestStaleRunnerReportsLate(t *testing.T) {
 		return nil
 	})
 	brokertest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if !strings.Contains(a.logs.String(), "result published but the job not acked") {
-			return fmt.Errorf("runner A did not publish its late result (or acked it)")
+		if !strings.Contains(a.logs.String(), "a dispatcher handed it back: taking it back") {
+			return fmt.Errorf("runner A did not find its job handed back")
 		}
 		return nil
 	})

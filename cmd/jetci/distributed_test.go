@@ -56,10 +56,12 @@ func TestSeparateServices(t *testing.T) {
 	start(append([]string{"dispatcher", "--nats", url, "--gate", "proj", "--coalesce", "proj", "--metrics", "127.0.0.1:0", "--log-format", "json"}, as(pw, "dispatcher")...)...)
 	start(append([]string{"reporter", "--nats", url, "--http", httpAddr, "--admin-token", "test-admin-token", "--metrics", "127.0.0.1:0",
 		"--webhook", hookSrv.URL, "--webhook-secret-file", secret, "--log-format", "json"}, as(pw, "reporter")...)...)
-	start(append([]string{"runner", "--nats", url, "--work", data + "/r1", "--log-format", "json"}, as(pw, "runner")...)...)
-	start(append([]string{"runner", "--nats", url, "--work", data + "/r2", "--slots", "2", "--log-format", "json"}, as(pw, "runner")...)...)
-	start(append([]string{"pool", "--nats", url, "--pool", "builders", "--min", "1", "--max", "1", "--work", data + "/pool",
-		"--runner-bin", jetciBinary(t), "--log-format", "json"}, as(pw, "pool")...)...)
+	start(append(append([]string{"runner", "--nats", url, "--id", "r1", "--work", data + "/r1", "--log-format", "json"}, as(pw, "runner")...),
+		identity(t, url, pw, "r1")...)...)
+	start(append(append([]string{"runner", "--nats", url, "--id", "r2", "--work", data + "/r2", "--slots", "2", "--log-format", "json"}, as(pw, "runner")...),
+		identity(t, url, pw, "r2")...)...)
+	start(append(append([]string{"pool", "--nats", url, "--pool", "builders", "--min", "1", "--max", "1", "--work", data + "/pool",
+		"--runner-bin", jetciBinary(t), "--log-format", "json"}, as(pw, "pool")...), identity(t, url, pw, "builders")...)...)
 	read := func() ([]reporter.Record, error) { return resultsJSON(t, url, admin...) }
 	var recs []reporter.Record
 	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {

@@ -85,7 +85,10 @@ func startGateSystem(t *testing.T, window time.Duration) *gateSystem {
 		"--mail-results", "all", "--mail-managers", "all-failures", "--public-url", g.web}, as(g.pw, "reporter")...)...)
 	g.dispArg = append([]string{"dispatcher", "--nats", g.url, "--gate", "proj", "--fix-window", window.String()}, as(g.pw, "dispatcher")...)
 	g.disp = g.start("dispatcher", g.dispArg...)
-	g.start("runner", append([]string{"runner", "--nats", g.url, "--work", data + "/r1", "--slots", "1"}, as(g.pw, "runner")...)...)
+	// Under the role users a runner signs its results with an identity the
+	// admin issued.
+	g.start("runner", append(append([]string{"runner", "--nats", g.url, "--id", "r1", "--work", data + "/r1", "--slots", "1"}, as(g.pw, "runner")...),
+		identity(g.t, g.url, g.pw, "r1")...)...)
 	return g
 }
 

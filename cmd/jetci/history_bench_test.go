@@ -45,21 +45,27 @@ func BenchmarkHistory(b *testing.B) {
 	bin := jetciBinary(b)
 	s := brokertest.Run(b)
 	start := time.Now()
+	svc, run, err := reporter.SyntheticPublishers(context.Background(), s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		for _, ev := range reporter.SyntheticJob(i, 50, 10, 3) {
 			data, err := events.Encode(ev.Event)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if _, err := s.JS.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if i%1000 == 0 {
-			<-s.JS.PublishAsyncComplete()
+			<-svc.PublishAsyncComplete()
+			<-run.PublishAsyncComplete()
 		}
 	}
-	<-s.JS.PublishAsyncComplete()
+	<-svc.PublishAsyncComplete()
+	<-run.PublishAsyncComplete()
 	last := lastSeqOf(b, s)
 	b.Logf("published %d jobs (%d events) in %v", n, last, time.Since(start).Round(time.Millisecond))
 	// The baseline: reading the whole stream, in order, doing nothing with it.

@@ -55,6 +55,9 @@ func (m *Main) pool(ctx context.Context, args []string) error {
 	idle := fs.Duration("idle", time.Minute, "stop a runner idle this long (above --min)")
 	tick := fs.Duration("interval", time.Second, "how often the load is looked at")
 	bin := fs.String("runner-bin", "", "jetci binary to run the runners with (default: this one)")
+	identity := fs.String("identity", os.Getenv("JETCI_RUNNER_IDENTITY"), "runner identity seed file the runners sign with "+
+		"(jetci setup --runner-identity NAME=FILE); their ids then start with NAME-")
+	identityName := fs.String("identity-name", "", "NAME the identity was issued as (needed with --identity)")
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -81,8 +84,16 @@ func (m *Main) pool(ctx context.Context, args []string) error {
 		}
 	}
 	host, _ := os.Hostname()
+	prefix := fmt.Sprintf("%s-pool%d", host, os.Getpid())
+	if *identity != "" {
+		if *identityName == "" {
+			return errors.New("--identity needs --identity-name: the NAME it was issued as")
+		}
+		prefix = fmt.Sprintf("%s-%d", *identityName, os.Getpid())
+	}
 	p := &runnerPool{conn: nf, exe: exe, arch: *arch, pool: *poolName, slots: *slots, work: *work, idle: *idle,
-		min: *minN, max: *maxN, log: log, prefix: fmt.Sprintf("%s-pool%d", host, os.Getpid()), children: map[string]*poolChild{}}
+		min: *minN, max: *maxN, log: log, prefix: prefix, children: map[string]*poolChild{},
+		identity: *identity, identityName: *identityName}
 	return m.serve(ctx, nf, "jetci-pool", "", false, log, func(_ *nats.Conn, js jetstream.JetStream, _ *metrics.Metrics) error {
 		p.js = js
 		return p.run(ctx, *tick)
@@ -91,6 +102,7 @@ func (m *Main) pool(ctx context.Context, args []string) error {
 
 type runnerPool struct {
 	exe, arch, pool, work, prefix string
+	identity, identityName        string
 	conn                          *natsFlags
 	slots, min, max               int
 	idle                          time.Duration
@@ -233,6 +245,9 @@ func (p *runnerPool) start() error {
 	args := append([]string{"runner"}, p.conn.args()...)
 	args = append(args, "--arch", p.arch, "--pool", p.pool, "--slots", strconv.Itoa(p.slots),
 		"--id", id, "--work", filepath.Join(p.work, id), "--grace", "720h", "--log-format", "json")
+	if p.identity != "" {
+		args = append(args, "--identity", p.identity, "--identity-name", p.identityName)
+	}
 	cmd := exec.Command(p.exe, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.Env = append(append(os.Environ(), "JETCI_NATS="+p.conn.url), p.conn.env()...)

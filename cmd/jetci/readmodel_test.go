@@ -25,22 +25,29 @@ import (
 // archs), and returns the stream's last sequence.
 func publishSynthetic(t testing.TB, js jetstream.JetStream, from, n int) uint64 {
 	t.Helper()
+	svc, run, err := reporter.SyntheticPublishers(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := from; i < from+n; i++ {
 		for _, ev := range reporter.SyntheticJob(i, 10, 3, 2) {
 			data, err := events.Encode(ev.Event)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := js.PublishAsync(ev.Subject, data); err != nil {
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if i%1000 == 0 {
-			<-js.PublishAsyncComplete()
+			<-svc.PublishAsyncComplete()
+			<-run.PublishAsyncComplete()
 		}
 	}
+	done := make(chan struct{})
+	go func() { <-svc.PublishAsyncComplete(); <-run.PublishAsyncComplete(); close(done) }()
 	select {
-	case <-js.PublishAsyncComplete():
+	case <-done:
 	case <-time.After(60 * time.Second):
 		t.Fatal("publishing took too long")
 	}

@@ -65,7 +65,8 @@ func TestSecuredModulesCulpritAndTests(t *testing.T) {
 	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, append([]string{"--all"}, admin...)...) }
 	runner := func(name string) context.CancelFunc {
 		rctx, stop := context.WithCancel(ctx)
-		start(rctx, append([]string{"runner", "--nats", url, "--work", data + "/" + name, "--slots", "2", "--log-format", "json"}, as(pw, "runner")...)...)
+		start(rctx, append(append([]string{"runner", "--nats", url, "--id", name, "--work", data + "/" + name, "--slots", "2", "--log-format", "json"},
+			as(pw, "runner")...), identity(t, url, pw, name)...)...)
 		return stop
 	}
 	stop := runner("r1")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -177,6 +178,11 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 		{"runner", "read a stored log", objGet(events.BucketLogs, "stored.log"), "$JS.API.CONSUMER.CREATE.OBJ_" + events.BucketLogs},
 		{"reporter", "read a stored log", objGet(events.BucketLogs, "stored.log"), ""},
 		{"runner", "write a record", kvPut(events.BucketResults, "x"), "$KV." + events.BucketResults + ".x"},
+		{"runner", "register a runner identity", kvPut(events.BucketKeys, events.RunnerKeyName("evil")), "$KV." + events.BucketKeys + "."},
+		{"runner", "read the service key", kvGet(events.BucketKeys, events.KeyService), "$JS.API.DIRECT.GET.KV_" + events.BucketKeys},
+		{"pool", "register a runner identity", kvPut(events.BucketKeys, events.RunnerKeyName("evil")), "$KV." + events.BucketKeys + "."},
+		{"reporter", "register a runner identity", kvPut(events.BucketKeys, events.RunnerKeyName("evil")), "$KV." + events.BucketKeys + "."},
+		{"dispatcher", "register a runner identity", kvPut(events.BucketKeys, events.RunnerKeyName("evil")), "$KV." + events.BucketKeys + "."},
 		{"observer", "publish a commit", publish(commit), ""},
 		{"observer", "keep the heads", kvPut(events.BucketHeads, "a.b"), ""},
 		{"observer", "publish a job", publish(job), job},
@@ -496,4 +502,20 @@ func TestDisconnectHandBackWithRoleUsers(t *testing.T) {
 		t.Fatalf("a role was refused: %v", err)
 	default:
 	}
+}
+
+// identity has the admin issue the runner identity name (jetci setup
+// --runner-identity) and returns the runner flags that use it: its id is
+// the name, its seed file in a temporary directory.
+func identity(t testing.TB, url string, pw map[string]string, name string) []string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name+".nk")
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := append([]string{"setup", "--nats", url, "--runner-identity", name + "=" + file, "--log-format", "json"}, as(pw, "admin")...)
+	if code := (&Main{Stdout: &out, Stderr: &errb}).Run(ctx, args); code != 0 {
+		t.Fatalf("jetci setup --runner-identity exited %d: %s", code, errb.String())
+	}
+	return []string{"--identity", file, "--identity-name", name}
 }

@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/broker"
@@ -142,12 +146,19 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 
 const setupUsage = `
 Usage: jetci setup --nats URL --nats-user admin [--log-retention D] [--artifact-retention D]
+                   [--runner-identity NAME=FILE ...] [--revoke-runner NAME ...]
 
 Creates jetci's streams and buckets on a NATS server or cluster (three replicas
 on a cluster), as the admin user, and exits. Existing ones are left as they
 are, except that --log-retention and --artifact-retention are applied. The
 services' own users may not create streams: run this once before them (jetci
 server does the same at start when it is given the admin's credentials).
+
+Runner identities: results count only when signed by a runner identity the admin
+registered. --runner-identity NAME=FILE issues one (FILE is created, mode 0600,
+when missing) or registers the seed FILE holds; run the runner with --identity
+FILE and --id NAME (or --identity-name NAME and an id starting with NAME-).
+--revoke-runner NAME forgets one.
 `
 
 func (m *Main) setup(ctx context.Context, args []string) error {
@@ -155,6 +166,10 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	nf := connFlags(fs, events.RoleAdmin)
 	retention := retentionFlags(fs)
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the server (and a cluster's leader)")
+	var idents, revoke listFlag
+	fs.Var(&idents, "runner-identity", "NAME=FILE: issue (FILE missing: make it, mode 0600) or re-register the runner identity NAME "+
+		"whose seed is in FILE; give FILE to the runner (--identity). Repeat for more")
+	fs.Var(&revoke, "revoke-runner", "NAME: forget the runner identity NAME; its results are refused from now on. Repeat for more")
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
@@ -180,7 +195,15 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
 		sctx, scancel := context.WithTimeout(rctx, 10*time.Second)
 		defer scancel()
-		err := events.Explain(nc, setup.Ensure(sctx, js))
+		err := setup.Ensure(sctx, js)
+		if err == nil {
+			// A bucket made before the keys existed gets its service key.
+			var kv jetstream.KeyValue
+			if kv, err = js.KeyValue(sctx, events.BucketKeys); err == nil {
+				err = events.EnsureServiceKey(sctx, kv)
+			}
+		}
+		err = events.Explain(nc, err)
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			denied = err
 			cancel()
@@ -194,7 +217,69 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(m.Stdout, "jetci streams and buckets ready on %s (%d replicas)\n", nc.ConnectedUrlRedacted(), setup.Replicas)
+	for _, spec := range idents {
+		name, file, ok := strings.Cut(spec, "=")
+		if !ok || file == "" {
+			return fmt.Errorf("--runner-identity %q: want NAME=FILE", spec)
+		}
+		kp, made, err := loadOrMakeIdentity(file)
+		if err != nil {
+			return fmt.Errorf("--runner-identity %s: %w", name, err)
+		}
+		if err := events.RegisterRunner(ctx, js, name, kp); err != nil {
+			return fmt.Errorf("--runner-identity %s: %w", name, events.Explain(nc, err))
+		}
+		pub, _ := kp.PublicKey()
+		verb := "registered"
+		if made {
+			verb = "issued (seed in " + file + ") and registered"
+		}
+		fmt.Fprintf(m.Stdout, "runner identity %s %s: %s\n", name, verb, pub)
+	}
+	for _, name := range revoke {
+		kv, err := js.KeyValue(ctx, events.BucketKeys)
+		if err == nil {
+			err = kv.Delete(ctx, events.RunnerKeyName(name))
+		}
+		if err != nil {
+			return fmt.Errorf("--revoke-runner %s: %w", name, err)
+		}
+		fmt.Fprintf(m.Stdout, "runner identity %s revoked\n", name)
+	}
 	return nil
+}
+
+// loadOrMakeIdentity reads a runner identity's seed from file, or makes one
+// and writes it there (0600) when the file does not exist.
+func loadOrMakeIdentity(file string) (nkeys.KeyPair, bool, error) {
+	data, err := os.ReadFile(file)
+	if err == nil {
+		kp, err := nkeys.FromSeed(bytes.TrimSpace(data))
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: not an nkey seed: %w", file, err)
+		}
+		return kp, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, err
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, false, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, false, err
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := f.Write(append(seed, '\n')); err != nil {
+		f.Close()
+		return nil, false, err
+	}
+	return kp, true, f.Close()
 }
 
 const observerUsage = `
@@ -297,13 +382,16 @@ func (m *Main) dispatcher(ctx context.Context, args []string) error {
 
 const runnerUsage = `
 Usage: jetci runner --nats URL [--arch ARCH] [--pool POOL] [--slots N] [--work DIR] [--artifact-limit SIZE]
+                    [--id NAME --identity FILE]
 
 Pulls jobs for one CPU architecture and pool, checks each commit out from a local
 git cache, runs its steps, and publishes the log and the result. Start as many
 as you like, on any machine that reaches the NATS server; if one dies mid-job,
 the job is handed to another within seconds (its lease expires). On SIGTERM a
 runner takes no more jobs, lets running ones finish within --grace, hands back
-the rest, and exits 0.
+the rest, and exits 0. It signs its results with its identity (--identity, issued
+by 'jetci setup --runner-identity'); a server with users refuses a runner without
+one.
 
 Steps run in a sandbox by default (--exec sandbox, Linux: bubblewrap namespaces,
 the host read-only, only the workspace, TMPDIR, HOME and the branch's cache dir
@@ -329,6 +417,10 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
+	identity := fs.String("identity", os.Getenv("JETCI_RUNNER_IDENTITY"),
+		"file with this runner's identity seed, issued by 'jetci setup --runner-identity NAME=FILE' ($JETCI_RUNNER_IDENTITY); "+
+			"results are accepted only signed by a registered identity (without one the runner registers its own, which only an open server allows)")
+	identityName := fs.String("identity-name", "", "NAME the identity was issued as (default: --id); --id must be NAME or start with NAME-")
 	maddr := metricsFlag(fs)
 	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
 	artifactLimit := sizeFlag(def.ArtifactLimit)
@@ -347,6 +439,16 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	cfg.ArtifactLimit = int64(artifactLimit)
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	cfg.IdentityName = *identityName
+	if *identity != "" {
+		data, err := os.ReadFile(*identity)
+		if err != nil {
+			return fmt.Errorf("--identity: %w", err)
+		}
+		if cfg.Identity, err = nkeys.FromSeed(bytes.TrimSpace(data)); err != nil {
+			return fmt.Errorf("--identity %s: not an nkey seed: %w", *identity, err)
+		}
 	}
 	log = log.With().Str("runner", cfg.ID).Logger()
 	workSet := false
