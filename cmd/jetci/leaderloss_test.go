@@ -92,8 +92,8 @@ func clusterLeaderLoss(t testing.TB, commits int) leaderLoss {
 		{name: "observer", args: cmd("observer", "observer", "--repo", repo.Dir, "--poll", "100ms", "--cache", filepath.Join(dir, "obs"))},
 		{name: "dispatcher", args: cmd("dispatcher", "dispatcher")},
 		{name: "reporter", args: cmd("reporter", "reporter", "--http", "")},
-		{name: "runner1", args: cmd("runner", "runner", "--work", filepath.Join(dir, "r1"), "--slots", "2")},
-		{name: "runner2", args: cmd("runner", "runner", "--work", filepath.Join(dir, "r2"), "--slots", "2")},
+		{name: "runner1", args: cmd("runner", "runner", append([]string{"--work", filepath.Join(dir, "r1"), "--slots", "2", "--id", "r1"}, identity(t, url, pw, "r1")...)...)},
+		{name: "runner2", args: cmd("runner", "runner", append([]string{"--work", filepath.Join(dir, "r2"), "--slots", "2", "--id", "r2"}, identity(t, url, pw, "r2")...)...)},
 	}
 	for _, s := range services {
 		s.start(t, bin)
