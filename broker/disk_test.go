@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,45 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/internal/disktest"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test. Without the right to
-// mount it skips, unless JETCI_REQUIRE_MOUNT is set (CI), where it fails.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := "cannot mount a small tmpfs to fill (needs root): " + strings.TrimSpace(string(out))
-		if os.Getenv("JETCI_REQUIRE_MOUNT") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	// Fill the last partial block too.
-	for {
-		if _, err := f.Write(buf[:4096]); err != nil {
-			return
-		}
-	}
-}
 
 func waitFor(t *testing.T, total time.Duration, f func() error) {
 	t.Helper()
@@ -73,7 +36,7 @@ func waitFor(t *testing.T, total time.Duration, f func() error) {
 // takes writes again by itself, without a restart, keeping what it stored;
 // a server stopped while its disk is full stops promptly.
 func TestFullDiskIsReportedAndRecovers(t *testing.T) {
-	mnt := smallDisk(t, "24m")
+	mnt := disktest.Small(t, "24m")
 	s, err := Start(Config{Listen: "127.0.0.1:0", StoreDir: filepath.Join(mnt, "nats"), DiskCheck: 100 * time.Millisecond, DiskLow: 1 << 20}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +67,7 @@ func TestFullDiskIsReportedAndRecovers(t *testing.T) {
 	}
 
 	fill := filepath.Join(mnt, "fill")
-	fillDisk(t, fill)
+	disktest.Fill(t, fill)
 	waitFor(t, 30*time.Second, func() error {
 		_ = publish()
 		if err := s.StorageProblem(); err == nil || !strings.Contains(err.Error(), "cannot write its store") {
@@ -138,7 +101,7 @@ func TestFullDiskIsReportedAndRecovers(t *testing.T) {
 	}
 
 	// Full again, then stopped: the stop does not hang on the failing store.
-	fillDisk(t, fill)
+	disktest.Fill(t, fill)
 	waitFor(t, 30*time.Second, func() error {
 		_ = publish()
 		if s.StorageProblem() == nil {

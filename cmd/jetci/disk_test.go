@@ -6,49 +6,15 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/internal/disktest"
 	"github.com/jetci/jetci/reporter"
 )
-
-// smallDisk mounts a tmpfs of the given size for the test. Without the right
-// to mount it skips, unless JETCI_REQUIRE_MOUNT is set (CI), where it fails.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := "cannot mount a small tmpfs to fill (needs root): " + strings.TrimSpace(string(out))
-		if os.Getenv("JETCI_REQUIRE_MOUNT") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for n := len(buf); n >= 512; n /= 2 {
-		for {
-			if _, err := f.Write(buf[:n]); err != nil {
-				break
-			}
-		}
-	}
-}
 
 func diskGet(url string) (int, string, error) {
 	resp, err := http.Get(url)
@@ -66,7 +32,7 @@ func diskGet(url string) (int, string, error) {
 // restart, and tests the commits made meanwhile; it stops promptly on a full
 // disk.
 func TestUpFullDisk(t *testing.T) {
-	data := smallDisk(t, "96m")
+	data := disktest.Small(t, "96m")
 	repo := newGitRepo(t)
 	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
 	url, web, stop := startUpHTTP(t, filepath.Join(data, "jetci"), []string{"--runners", "1"}, repo.Dir)
@@ -77,7 +43,7 @@ func TestUpFullDisk(t *testing.T) {
 	}
 
 	fill := filepath.Join(data, "fill")
-	fillDisk(t, fill)
+	disktest.Fill(t, fill)
 	during := repo.Commit("made while the disk is full", map[string]string{"a.txt": "1"})
 	brokertest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		code, body, err := diskGet(web + "/healthz")
@@ -110,7 +76,7 @@ func TestUpFullDisk(t *testing.T) {
 	t.Logf("commits tested again %s after space was freed", time.Since(freed).Round(time.Millisecond))
 
 	// Full again, then stopped.
-	fillDisk(t, fill)
+	disktest.Fill(t, fill)
 	repo.Commit("full again", map[string]string{"c.txt": "1"})
 	brokertest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		if code, _, _ := diskGet(web + "/healthz"); code != http.StatusServiceUnavailable {
