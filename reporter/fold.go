@@ -111,6 +111,11 @@ func (v *View) foldOnce(ctx context.Context) error {
 					v.caughtUp()
 				}
 			}
+			if v.mayWait.Load() {
+				if err := v.rejudge(ctx); err != nil {
+					return err
+				}
+			}
 			continue
 		case m := <-ch:
 			batch = append(batch, m)
@@ -240,10 +245,11 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 		}
 		dirty := map[string]bool{}
 		wasFinal := map[string]bool{}
+		hadWait := map[string]bool{}
 		for id, r := range recs {
 			wasFinal[id] = r.Status.Final()
+			hadWait[id] = len(r.Pending) > 0
 		}
-		finals = finals[:0]
 		var order []string
 		for _, it := range items {
 			ref, _ := refOf(it.ev)
@@ -268,39 +274,172 @@ func (v *View) ApplyBatch(ctx context.Context, batch []jetstream.Msg) ([]*Record
 			}
 			st.Applied++
 		}
-		rows := make([]readmodel.Row, 0, len(order))
-		for _, id := range order {
-			r := recs[id]
-			row, err := rowOf(r)
+		changed, finals, err = v.store(ctx, tx, recs, order, wasFinal, hadWait)
+		return err
+	})
+	if err == nil {
+		v.folded(ctx, finals, refused)
+	}
+	return changed, st, err
+}
+
+// store writes the records of a batch that changed (order) to the read
+// model and the results bucket, and notes which records hold events waiting
+// to be judged; it returns copies of the changed records and of those that
+// became final.
+func (v *View) store(ctx context.Context, tx *readmodel.Tx, recs map[string]*Record, order []string, wasFinal, hadWait map[string]bool) (changed, finals []*Record, err error) {
+	rows := make([]readmodel.Row, 0, len(order))
+	for _, id := range order {
+		r := recs[id]
+		row, err := rowOf(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		rows = append(rows, row)
+		c := *r
+		c.Pending = nil
+		changed = append(changed, &c)
+		if r.Status.Final() && !wasFinal[id] {
+			finals = append(finals, &c)
+		}
+	}
+	var wait, done []string
+	for id, r := range recs {
+		switch {
+		case len(r.Pending) > 0:
+			wait = append(wait, id)
+		case hadWait[id]:
+			done = append(done, id)
+		}
+	}
+	if err := v.mirror(ctx, changed); err != nil {
+		return nil, nil, err
+	}
+	if err := tx.Put(ctx, rows); err != nil {
+		return nil, nil, err
+	}
+	if len(wait) > 0 || len(done) > 0 {
+		if err := tx.SetWaiting(ctx, wait, done); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(wait) > 0 {
+		v.mayWait.Store(true)
+	}
+	return changed, finals, nil
+}
+
+// folded logs the results a committed transaction made final and tells the
+// guard of the events it refused.
+func (v *View) folded(ctx context.Context, finals []*Record, refused []refusal) {
+	for _, rec := range finals {
+		v.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
+			Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
+			Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
+	}
+	if v.guard != nil && v.guard.refused != nil {
+		for _, f := range refused {
+			v.guard.refused(ctx, f.it, f.who, f.why)
+		}
+	}
+}
+
+// MaxWaitingJudged bounds the records Rejudge looks at in one transaction.
+const MaxWaitingJudged = 1000
+
+// Rejudge judges again the runner events that records hold waiting (a claim
+// on a delivery that a live run held: Record.Pending). Those are judged
+// again when their record changes, but the run that held the delivery may
+// never report again: its runner lost power, and only its lease going away
+// says so. The fold calls Rejudge on its tick while any record waits. It
+// returns the records it changed.
+func (v *View) Rejudge(ctx context.Context) ([]*Record, error) {
+	changed, _, err := v.rejudgeAt(ctx)
+	return changed, err
+}
+
+// rejudge is Rejudge inside the fold: the records it changed reach the
+// cells and the subscribers.
+func (v *View) rejudge(ctx context.Context) error {
+	changed, pos, err := v.rejudgeAt(ctx)
+	if err != nil || len(changed) == 0 {
+		return err
+	}
+	v.cells.update(pos, pos, changed)
+	v.mu.Lock()
+	for _, r := range changed {
+		v.notify(Change{Kind: "record", Record: r})
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+// rejudgeAt is Rejudge, also returning the applied position it ran at.
+func (v *View) rejudgeAt(ctx context.Context) ([]*Record, uint64, error) {
+	ids, err := v.db.Waiting(ctx, MaxWaitingJudged)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(ids) == 0 {
+		v.mayWait.Store(false)
+		return nil, 0, nil
+	}
+	var changed, finals []*Record
+	var refused []refusal
+	var pos uint64
+	err = v.db.Revise(ctx, events.StreamResults, func(tx *readmodel.Tx, applied uint64) error {
+		changed, finals, refused, pos = nil, nil, nil, applied
+		var holds func(runner, jobID string) bool
+		if v.guard != nil && v.guard.holds != nil {
+			holds = v.guard.holds(ctx)
+		}
+		refuse := func(it foldItem, who string, why error) error {
+			refused = append(refused, refusal{it, who, why})
+			if !errors.Is(why, events.ErrForged) {
+				return nil
+			}
+			return tx.Bad(ctx, readmodel.BadEvent{Seq: it.seq, Subject: it.subject, Error: "refused: " + why.Error(), Data: it.data})
+		}
+		stored, err := tx.Load(ctx, ids)
+		if err != nil {
+			return err
+		}
+		recs := make(map[string]*Record, len(ids))
+		wasFinal, hadWait := map[string]bool{}, map[string]bool{}
+		var order []string
+		var gone []string
+		for _, id := range ids {
+			data, ok := stored[id]
+			if !ok {
+				gone = append(gone, id)
+				continue
+			}
+			r := &Record{}
+			if err := json.Unmarshal(data, r); err != nil {
+				return fmt.Errorf("stored record %s: %w", id, err)
+			}
+			recs[id], wasFinal[id], hadWait[id] = r, r.Status.Final(), true
+			ch, err := v.retryPending(r, holds, refuse)
 			if err != nil {
 				return err
 			}
-			rows = append(rows, row)
-			c := *r
-			c.Pending = nil
-			changed = append(changed, &c)
-			if r.Status.Final() && !wasFinal[id] {
-				finals = append(finals, &c)
+			if ch {
+				order = append(order, id)
 			}
 		}
-		if err := v.mirror(ctx, changed); err != nil {
-			return err
+		if len(gone) > 0 {
+			if err := tx.SetWaiting(ctx, nil, gone); err != nil {
+				return err
+			}
 		}
-		return tx.Put(ctx, rows)
+		changed, finals, err = v.store(ctx, tx, recs, order, wasFinal, hadWait)
+		return err
 	})
-	if err == nil {
-		for _, rec := range finals {
-			v.log.Info().Str("repo", rec.Repo).Str("branch", rec.Branch).Str("commit", events.Short(rec.Commit)).
-				Str("job", rec.Job).Str("arch", rec.Arch).Str("status", string(rec.Status)).
-				Uint64("attempt", rec.Attempt).Int64("duration_ms", rec.DurationMs).Msg("result")
-		}
-		if v.guard != nil && v.guard.refused != nil {
-			for _, f := range refused {
-				v.guard.refused(ctx, f.it, f.who, f.why)
-			}
-		}
+	if err != nil {
+		return nil, 0, err
 	}
-	return changed, st, err
+	v.folded(ctx, finals, refused)
+	return changed, pos, nil
 }
 
 // foldItem is one result event of a batch, decoded.

@@ -113,3 +113,56 @@ func TestFoldAdmitsBeforeItWrites(t *testing.T) {
 		t.Fatalf("the rebuild differs from the live read model:\nlive    %.400s\nrebuilt %.400s", live, rebuilt)
 	}
 }
+
+// TestFoldClaimWaitingOnAGoneRunner: after a power cut the server hands a
+// job out again as the same delivery. The new run's events wait in the
+// record while the dead runner's lease still names the job; when the lease
+// goes (the reaper deletes it), the fold judges them again without any new
+// event for that job, and the new run's result becomes the record's.
+func TestFoldClaimWaitingOnAGoneRunner(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	r, _ := runReporter(t, s.JS, filepath.Join(t.TempDir(), DBFile), "")
+	ts := newTestSigner(s.JS)
+	ref := events.JobRef{JobID: "00112233445566778899", Repo: "r", Branch: "main", Commit: "c0ffee", Job: "test", Arch: "amd64"}
+	subj := func(kind string) string { return events.ResultSubject(ref.Repo, ref.Branch, kind) }
+
+	ts.publish(ctx, t, subj(events.KindQueued), &events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: 7, QueuedAt: time.Now()})
+	runners, err := s.JS.KeyValue(ctx, events.BucketRunners)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, _ := json.Marshal(events.Lease{ID: "dead", Arch: "amd64", Pool: "default", Slots: 1, Busy: 1,
+		Jobs: []events.LeasedJob{{JobID: ref.JobID, Attempt: 1}}, HeartbeatAt: time.Now()})
+	if _, err := runners.Put(ctx, events.LeaseKey("dead"), lease); err != nil {
+		t.Fatal(err)
+	}
+	ts.publish(ctx, t, subj(events.KindStarted), &events.JobStarted{JobRef: ref, QueueSeq: 7, Attempt: 1, Runner: "dead", Run: "run-1", Token: "7.1", StartedAt: time.Now()})
+	// The power comes back: runner b runs delivery 1 again and finishes it
+	// while the dead runner's lease is still there.
+	ts.publish(ctx, t, subj(events.KindStarted), &events.JobStarted{JobRef: ref, QueueSeq: 7, Attempt: 1, Runner: "b", Run: "run-2", Token: "7.1", StartedAt: time.Now()})
+	ts.publish(ctx, t, subj(events.KindFinished), &events.JobFinished{JobRef: ref, QueueSeq: 7, Attempt: 1, Runner: "b", Run: "run-2", Token: "7.1",
+		Status: events.StatusPassed, FinishedAt: time.Now()})
+	waitApplied(t, s.JS, r.View().DB())
+	if rec, _ := r.View().Job(ref.JobID); rec.Status != events.StatusRunning || rec.Runner != "dead" {
+		t.Fatalf("while the dead runner's lease names the job: %s by %s, want running by dead", rec.Status, rec.Runner)
+	}
+	if ids, err := r.View().DB().Waiting(ctx, 10); err != nil || len(ids) != 1 || ids[0] != ref.JobID {
+		t.Fatalf("waiting jobs %v (%v), want %s", ids, err, ref.JobID)
+	}
+
+	// The reaper deletes the lease; no event for the job comes.
+	if err := runners.Delete(ctx, events.LeaseKey("dead")); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		rec, _ := r.View().Job(ref.JobID)
+		if rec.Status != events.StatusPassed || rec.Runner != "b" || rec.Attempt != 2 {
+			return fmt.Errorf("record: %s by %s, attempt %d; want passed by b, attempt 2", rec.Status, rec.Runner, rec.Attempt)
+		}
+		return nil
+	})
+	if ids, err := r.View().DB().Waiting(ctx, 10); err != nil || len(ids) != 0 {
+		t.Fatalf("waiting jobs after the rejudge: %v (%v)", ids, err)
+	}
+}

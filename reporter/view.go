@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,6 +49,9 @@ type View struct {
 	stats   FoldStats
 
 	cells cellCache
+	// mayWait says records may hold events waiting to be judged (the
+	// waiting table is not known to be empty): the fold's tick rejudges.
+	mayWait atomic.Bool
 	// guard, when set, checks a result event's signature, and a runner's
 	// claims, before the fold applies it (Reporter.admitter); nil: every
 	// event is applied (a view of tests without keys).
@@ -68,8 +72,10 @@ type Change struct {
 // NewView returns a view of the read model db, folded from js's results
 // stream, and of the runners bucket; Run fills and updates it.
 func NewView(db *readmodel.DB, js jetstream.JetStream, runners jetstream.KeyValue, log zerolog.Logger) *View {
-	return &View{db: db, js: js, runners: runners, log: log,
+	v := &View{db: db, js: js, runners: runners, log: log,
 		leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
+	v.mayWait.Store(true) // until the waiting table is seen empty
+	return v
 }
 
 // DB is the read model.

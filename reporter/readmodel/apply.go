@@ -77,6 +77,71 @@ func (db *DB) Apply(ctx context.Context, stream string, last uint64, fold func(t
 	return tx.Commit()
 }
 
+// Revise runs fold in one transaction that changes records without moving
+// the applied position of stream (the fold judging again the events its
+// records hold waiting). Like Apply, it takes its turn on the position's
+// row with other reporters sharing a Postgres database.
+func (db *DB) Revise(ctx context.Context, stream string, fold func(tx *Tx, applied uint64) error) error {
+	tx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	lock := ""
+	if db.dialect == Postgres {
+		lock = " FOR UPDATE"
+	}
+	var applied uint64
+	err = tx.QueryRowContext(ctx, db.q(`SELECT seq FROM position WHERE stream = ?`+lock), stream).Scan(&applied)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if err := fold(&Tx{db: db, tx: tx}, applied); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// SetWaiting notes the jobs whose record now holds events waiting to be
+// judged (wait), and those whose record no longer does (done).
+func (t *Tx) SetWaiting(ctx context.Context, wait, done []string) error {
+	for len(done) > 0 {
+		n := min(500, len(done))
+		args := make([]any, n)
+		for i, id := range done[:n] {
+			args[i] = id
+		}
+		if _, err := t.tx.ExecContext(ctx, t.db.q(`DELETE FROM waiting WHERE job_id IN (`+marks(n)+`)`), args...); err != nil {
+			return err
+		}
+		done = done[n:]
+	}
+	args := make([]any, len(wait))
+	for i, id := range wait {
+		args[i] = id
+	}
+	return t.upsert(ctx, `INSERT INTO waiting (job_id)`, 1, `ON CONFLICT (job_id) DO NOTHING`, args)
+}
+
+// Waiting returns up to limit jobs whose record holds events waiting to be
+// judged (see Tx.SetWaiting).
+func (db *DB) Waiting(ctx context.Context, limit int) ([]string, error) {
+	rows, err := db.sql.QueryContext(ctx, db.q(`SELECT job_id FROM waiting ORDER BY job_id LIMIT ?`), limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
 // Position returns the stream sequence applied last (0: none).
 func (db *DB) Position(ctx context.Context, stream string) (uint64, error) {
 	var seq uint64
@@ -276,6 +341,9 @@ func (db *DB) Prune(ctx context.Context, t time.Time, final []string) (int64, er
 	}
 	n, _ := res.RowsAffected()
 	if n > 0 {
+		if _, err := db.sql.ExecContext(ctx, `DELETE FROM waiting WHERE job_id NOT IN (SELECT job_id FROM records)`); err != nil {
+			return n, err
+		}
 		if _, err := db.sql.ExecContext(ctx, db.q(`DELETE FROM commits WHERE first_seen < ? AND NOT EXISTS
 			(SELECT 1 FROM records r WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha)`),
 			t.UnixNano()); err != nil {

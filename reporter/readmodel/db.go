@@ -157,7 +157,7 @@ func (db *DB) q(s string) string {
 }
 
 // SchemaVersion is the version this code writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] takes a database from version i to i+1. A database is
 // brought to SchemaVersion on Open; never edit a released step, add one.
@@ -208,6 +208,12 @@ var migrations = []func(d Dialect) []string{
 			`ALTER TABLE records ADD COLUMN author_email TEXT NOT NULL DEFAULT ''`,
 			`CREATE INDEX records_finished ON records (finished_at)`,
 		}
+	},
+	// 2 → 3: the jobs whose record holds runner events waiting to be judged
+	// (a claim on a delivery a live run held), looked at again when leases
+	// change rather than only when their record does.
+	func(d Dialect) []string {
+		return []string{`CREATE TABLE waiting (job_id TEXT PRIMARY KEY)`}
 	},
 }
 
@@ -282,7 +288,7 @@ func (db *DB) Reset(ctx context.Context) error {
 		return err
 	}
 	defer tx.Rollback()
-	for _, t := range []string{"position", "records", "commits", "cells", "bad_events"} {
+	for _, t := range []string{"position", "records", "commits", "cells", "bad_events", "waiting"} {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
 			return err
 		}
