@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -274,6 +275,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Restart("reaper", NewReaper(d.js.Conn(), d.js, d.cfg.Metrics, d.log.With().Str("component", "reaper").Logger()).Run)
 	g.Restart("aging", d.runAging)
 	g.Restart("periodic", d.runPeriodic)
+	g.Restart("jetstream watch", func(ctx context.Context) error {
+		return parts.WatchJetStream(ctx, d.js, events.StreamJobs, events.HealthSubject("dispatcher", nuid.Next()), d.cfg.Metrics, nil, d.log)
+	})
 	if d.gate != nil {
 		g.Restart("broken-build flow", d.RunGate)
 	}

@@ -79,8 +79,8 @@ func objPut(bucket string) []string {
 
 // common: every service looks its streams and buckets up at start (stream
 // info, read-only) and makes sure they exist; when the admin created them, that
-// is all it needs.
-var common = []string{jsAPI("INFO"), jsAPI("STREAM.INFO.*")}
+// is all it needs. Each writes its probe of the server (JETCI_HEALTH).
+var common = []string{jsAPI("INFO"), jsAPI("STREAM.INFO.*"), SubjectHealth + ".>"}
 
 func cat(lists ...[]string) []string {
 	var out []string

@@ -21,6 +21,7 @@ const (
 	StreamNotify  = "JETCI_NOTIFY"
 	StreamBranch  = "JETCI_BRANCHES"
 	StreamBisect  = "JETCI_BISECT"
+	StreamHealth  = "JETCI_HEALTH"
 
 	// SubjectMaxDeliveries is the server's advisory for a job that reached
 	// JobMaxDeliver; JETCI_DEAD keeps these so none is missed while no
@@ -202,6 +203,12 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 			MaxAge: 90 * 24 * time.Hour, MaxMsgsPerSubject: 1000, Duplicates: DedupWindow,
 			Description: "every step of the culprit searches (bisections) of each branch",
 		},
+		{
+			Name: StreamHealth, Subjects: []string{SubjectHealth + ".>"},
+			Retention: jetstream.LimitsPolicy, Storage: s.Storage, Replicas: s.Replicas,
+			MaxAge: time.Hour, MaxMsgsPerSubject: 1, MaxBytes: 1 << 20, Discard: jetstream.DiscardOld,
+			Description: "the services' write probes: the last one of each process, to tell a server that takes no write",
+		},
 	}
 }
 
@@ -217,7 +224,7 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			if cfg.MaxBytes > 0 && IsStorageFull(err) {
 				return fmt.Errorf("create stream %s: %w: it reserves %d bytes, more than the server's JetStream storage has left; "+
-					"give it less with --live-logs-max (e.g. 64MiB), or free or add disk space under the server's store_dir", cfg.Name, err, cfg.MaxBytes)
+					"create it with less first (jetci setup --live-logs-max 64MiB; jetci up and jetci server take the flag too), or free or add disk space under the server's store_dir", cfg.Name, err, cfg.MaxBytes)
 			}
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}

@@ -22,6 +22,10 @@ const (
 	SubjectRecheck = "jetci.recheck"
 	SubjectPoke    = "jetci.poke"
 	SubjectBisect  = "jetci.bisect"
+	// SubjectHealth is where every service writes a small probe every few
+	// seconds (stream JETCI_HEALTH): a server that answers but takes no
+	// write (a full disk under a standalone nats-server's store) shows.
+	SubjectHealth = "jetci.health"
 	// SubjectQueryResults is the reporter's results service (request and
 	// reply, a NATS micro service): a page of job records from its read model.
 	SubjectQueryResults = "jetci.query.results"
@@ -33,6 +37,12 @@ const (
 	KindStarted  = "started"
 	KindFinished = "finished"
 )
+
+// HealthSubject is the subject of a service's JetStream probe: service is
+// its kind (reporter, runner…), id names the process.
+func HealthSubject(service, id string) string {
+	return SubjectHealth + "." + Token(service) + "." + Token(id)
+}
 
 // MaxTokenLen bounds a name token. Longer names are hashed (see Token).
 const MaxTokenLen = 160

@@ -27,8 +27,9 @@ type parts struct {
 	restarts *prometheus.CounterVec
 	spooled  prometheus.Gauge
 
-	mu    sync.Mutex
-	state map[string]partState // "service/part" -> state
+	mu       sync.Mutex
+	state    map[string]partState // "service/part" -> state
+	problems map[string]error     // what a watch sees wrong outside the service (SetProblem)
 }
 
 func (m *Metrics) partsInit() *parts {
@@ -40,6 +41,7 @@ func (m *Metrics) partsInit() *parts {
 		m.parts.spooled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetci_runner_spooled_logs",
 			Help: "Job logs kept on the runner's disk because the log store did not answer; uploaded when it does."})
 		m.parts.state = map[string]partState{}
+		m.parts.problems = map[string]error{}
 		m.reg.MustRegister(m.parts.up, m.parts.restarts, m.parts.spooled)
 	})
 	return &m.parts
@@ -71,6 +73,33 @@ func (m *Metrics) PartFailed(service, part string, err error) {
 	p.mu.Unlock()
 }
 
+// SetProblem records (err non-nil) or clears what a watch sees wrong outside
+// the service, under name: /healthz answers 503 with it while it lasts.
+func (m *Metrics) SetProblem(name string, err error) {
+	if m == nil {
+		return
+	}
+	p := m.partsInit()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		delete(p.problems, name)
+	} else {
+		p.problems[name] = err
+	}
+}
+
+// Problem returns what the watch name last saw wrong, nil when nothing.
+func (m *Metrics) Problem(name string) error {
+	if m == nil {
+		return nil
+	}
+	p := m.partsInit()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.problems[name]
+}
+
 // SetSpooledLogs sets how many job logs wait on the runner's disk.
 func (m *Metrics) SetSpooledLogs(n int) {
 	if m != nil {
@@ -92,6 +121,9 @@ func (m *Metrics) PartsHealth() []string {
 		if s.err != nil {
 			down = append(down, fmt.Sprintf("%s: failed %s ago, restarting: %v", name, time.Since(s.since).Round(time.Second), s.err))
 		}
+	}
+	for name, err := range p.problems {
+		down = append(down, fmt.Sprintf("%s: %v", name, err))
 	}
 	sort.Strings(down)
 	return down

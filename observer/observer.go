@@ -48,9 +48,11 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/parts"
 )
 
 // Observer is the commit-watching service.
@@ -140,6 +142,11 @@ func (o *Observer) Run(ctx context.Context) error {
 		defer psub.Unsubscribe()
 	}
 	var wg sync.WaitGroup
+	// Says so in the log and /healthz when the server's JetStream stops
+	// answering (a standalone nats-server on a full disk).
+	wg.Go(func() {
+		_ = parts.WatchJetStream(ctx, o.js, events.StreamCommits, events.HealthSubject("observer", nuid.Next()), o.cfg.Metrics, nil, o.log)
+	})
 	for name := range o.repos {
 		wg.Add(1)
 		go func() {

@@ -28,9 +28,11 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -83,6 +85,7 @@ func (c Config) Validate() error {
 // Reporter consumes results and serves them.
 type Reporter struct {
 	cfg       Config
+	jsProblem atomic.Pointer[error] // what the JetStream watch saw last (nil: nothing yet)
 	js        jetstream.JetStream
 	log       zerolog.Logger
 	store     *Store
@@ -256,6 +259,9 @@ func (r *Reporter) Run(ctx context.Context) error {
 	}
 	g.Must("results", r.consume)
 	g.Must("query service", r.queryService)
+	g.Restart("jetstream watch", func(ctx context.Context) error {
+		return parts.WatchJetStream(ctx, r.js, events.StreamResults, events.HealthSubject("reporter", nuid.Next()), r.cfg.Metrics, func(err error) { r.jsProblem.Store(&err) }, r.log)
+	})
 	if r.cfg.HistoryRetention > 0 {
 		g.Restart("retention", func(ctx context.Context) error { r.prune(ctx); return nil })
 	}

@@ -292,10 +292,17 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// health is Config.Health's verdict, nil when there is none.
+// health is Config.Health's verdict, or else what the reporter's own watch
+// of JetStream sees (parts.WatchJetStream: a standalone nats-server whose
+// disk is full), nil when there is nothing wrong.
 func (r *Reporter) health() error {
-	if r.cfg.Health == nil {
-		return nil
+	if r.cfg.Health != nil {
+		if err := r.cfg.Health(); err != nil {
+			return err
+		}
 	}
-	return r.cfg.Health()
+	if p := r.jsProblem.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

@@ -52,6 +52,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/parts"
 	"github.com/jetci/jetci/metrics"
 )
 
@@ -311,6 +312,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // ctx ended
 	}
+	// Says so in the log and /healthz when the server's JetStream stops
+	// answering (a standalone nats-server on a full disk).
+	wctx, stopWatch := context.WithCancel(ctx)
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		_ = parts.WatchJetStream(wctx, r.js, events.StreamJobs, events.HealthSubject("runner", r.id), r.cfg.Metrics, nil, r.log)
+	})
+	defer watch.Wait()
+	defer stopWatch()
 	csub, err := r.nc.Subscribe(events.SubjectCancel+".*", r.onCancel)
 	if err != nil {
 		return fmt.Errorf("runner: subscribe: %w", err)
