@@ -116,7 +116,7 @@ func (r *Runner) newStepExec(slot int, job *events.JobQueued, ws, home, tmp, cac
 	if x.mode != ExecHost && os.Geteuid() == 0 {
 		x.uid, x.gid = r.cfg.sandboxUID(slot), r.cfg.sandboxUID(slot)
 	}
-	if x.mode == ExecSandbox && cgroupsReady() == nil {
+	if (x.mode == ExecSandbox || x.mode == ExecContainer && engineCgroupsWhy(x.engine) == "") && cgroupsReady() == nil {
 		x.slotCgroup = func() (*stepCgroup, error) { return r.slotCgroup(slot) }
 	}
 	return x, x.own()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +32,10 @@ type cgroupLayout struct {
 	v2     string            // the cgroup2 directory jetci uses ("": v1)
 	v1     map[string]string // controller → the directory jetci uses under it
 	reason string            // why there are none
+	// Where the hierarchies are mounted: v2's, and every v1 controller's
+	// (a container engine told --cgroup-parent makes that path in each).
+	v2mount  string
+	v1mounts map[string]string // controller → mount point
 }
 
 var (
@@ -71,6 +76,7 @@ func detectCgroups(mountinfo, self string) cgroupLayout {
 	defer f.Close()
 	var l cgroupLayout
 	l.v1 = map[string]string{}
+	mounts := map[string]string{}
 	var v2mount, v2root string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -94,6 +100,9 @@ func detectCgroups(mountinfo, self string) cgroupLayout {
 			}
 		case "cgroup":
 			for _, c := range strings.Split(super, ",") {
+				if _, ok := mounts[c]; !ok && c != "rw" && c != "ro" {
+					mounts[c] = mnt
+				}
 				if c == "memory" || c == "pids" || c == "cpuacct" {
 					if _, ok := l.v1[c]; !ok {
 						l.v1[c] = filepath.Join(mnt, strings.TrimPrefix(own[c], root))
@@ -107,10 +116,11 @@ func detectCgroups(mountinfo, self string) cgroupLayout {
 		b, _ := os.ReadFile(filepath.Join(v2mount, "cgroup.controllers"))
 		ctl := " " + strings.TrimSpace(string(b)) + " "
 		if strings.Contains(ctl, " memory ") && strings.Contains(ctl, " pids ") {
-			return cgroupLayout{v2: dir}
+			return cgroupLayout{v2: dir, v2mount: v2mount}
 		}
 	}
 	if l.v1["memory"] != "" && l.v1["pids"] != "" {
+		l.v1mounts = mounts
 		return l
 	}
 	return cgroupLayout{reason: "neither cgroup v2 with the memory and pids controllers nor the v1 memory and pids controllers are mounted"}
@@ -180,6 +190,12 @@ type stepCgroup struct {
 	v2   string
 	v1   map[string]string // controller → directory
 	dirs []string
+	// rel is the group's path inside the hierarchy that counts its CPU time
+	// (v2's, or v1's cpuacct), what a container engine takes as
+	// --cgroup-parent; others are the directories the engine makes at that
+	// path in the other v1 hierarchies, removed with the group.
+	rel    string
+	others []string
 	// The counters when the step started.
 	oomBase, pidsBase int
 	cpuBase           time.Duration
@@ -201,12 +217,32 @@ func newSlotCgroup(name string) (*stepCgroup, error) {
 		}
 		cg.v2 = filepath.Join(parent, name)
 		cg.dirs = []string{cg.v2}
+		if rel, err := filepath.Rel(l.v2mount, cg.v2); err == nil && !strings.HasPrefix(rel, "..") {
+			cg.rel = "/" + rel
+		}
 	} else {
 		cg.v1 = map[string]string{}
 		for _, c := range []string{"memory", "pids", "cpuacct"} {
 			if d := l.v1[c]; d != "" {
 				cg.v1[c] = filepath.Join(d, name)
 				cg.dirs = append(cg.dirs, cg.v1[c])
+			}
+		}
+		// The engine makes --cgroup-parent's path in every controller; it is
+		// the one that counts CPU time that must be the slot's.
+		if d := cg.v1["cpuacct"]; d != "" {
+			if rel, err := filepath.Rel(l.v1mounts["cpuacct"], d); err == nil && !strings.HasPrefix(rel, "..") {
+				cg.rel = "/" + rel
+				seen := map[string]bool{}
+				for _, d := range cg.dirs {
+					seen[d] = true
+				}
+				for _, m := range l.v1mounts {
+					if d := filepath.Join(m, cg.rel); !seen[d] {
+						seen[d] = true
+						cg.others = append(cg.others, d)
+					}
+				}
 			}
 		}
 	}
@@ -364,6 +400,14 @@ func (cg *stepCgroup) peakMemory() int64 {
 // remove kills what is left and removes the group's directories.
 func (cg *stepCgroup) remove() {
 	cg.kill()
+	// What a container engine made under the group (its containers' and
+	// conmon's groups, empty once they exited) goes first.
+	for _, d := range append(slices.Clone(cg.dirs), cg.others...) {
+		removeChildren(d)
+	}
+	for _, d := range cg.others {
+		_ = unix.Rmdir(d)
+	}
 	for _, d := range cg.dirs {
 		for i := 0; i < 50; i++ {
 			err := unix.Rmdir(d)
@@ -372,6 +416,18 @@ func (cg *stepCgroup) remove() {
 			}
 			time.Sleep(2 * time.Millisecond) // killed processes are still exiting
 			cg.kill()
+		}
+	}
+}
+
+// removeChildren removes the (empty) cgroups under dir, deepest first.
+func removeChildren(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() {
+			sub := filepath.Join(dir, e.Name())
+			removeChildren(sub)
+			_ = unix.Rmdir(sub)
 		}
 	}
 }

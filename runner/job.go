@@ -242,8 +242,12 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 			note += "; " + job.Arch + " emulated: " + r.emulated
 		}
 		out.Note("%s", note)
-		if x.mode == ExecContainer && lim != nil && lim.CPUMs > 0 {
-			out.Note("[jetci] the cpu limit is not enforced in containers (memory and processes are)")
+		if x.mode == ExecContainer && lim != nil && lim.CPUMs > 0 && x.slotCgroup == nil {
+			why := engineCgroupsWhy(x.engine)
+			if why == "" {
+				why = "no cgroups here"
+			}
+			out.Note("[jetci] the cpu limit is not enforced in this container (memory and processes are): %s", why)
 		}
 	}
 	switch {

@@ -121,10 +121,13 @@ var containerSeq atomic.Int64
 //
 // keep leaves the container after it exits (no --rm), for the runner to ask
 // whether the kernel killed it for memory.
-func (x *stepExec) containerArgs(name, step string, lim *jobLimits, keep bool) []string {
+func (x *stepExec) containerArgs(name, step string, lim *jobLimits, keep bool, cgroupParent string) []string {
 	ws, _ := filepath.Abs(x.ws)
 	args := []string{"run", "--name", name, "--init", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "all",
 		"--security-opt", "no-new-privileges", "--pull", "never", "--log-driver", "none", "-w", ws}
+	if cgroupParent != "" {
+		args = append(args, "--cgroup-parent", cgroupParent)
+	}
 	if !keep {
 		args = append(args, "--rm")
 	}
@@ -171,6 +174,50 @@ func (x *stepExec) containerArgs(name, step string, lim *jobLimits, keep bool) [
 		args = append(args, "-e", k)
 	}
 	return append(args, x.image, "sh", "-c", step)
+}
+
+// containerCgroup readies the slot's cgroup as the parent of a step's
+// container (its limits lifted: the container has its own), so that its
+// CPU time is counted there.
+func (x *stepExec) containerCgroup() (*stepCgroup, error) {
+	cg, err := x.slotCgroup()
+	if err != nil {
+		return nil, err
+	}
+	if cg.rel == "" {
+		return nil, errors.New("no cgroup counts the slot's CPU time (cpuacct is not mounted)")
+	}
+	if err := cg.start(0, 0); err != nil {
+		return nil, err
+	}
+	return cg, nil
+}
+
+var (
+	engineCgOnce sync.Once
+	engineCgWhy  string
+)
+
+// engineCgroupsWhy says why the engine cannot put containers under a cgroup
+// the runner names ("" when it can): only podman run as root with its
+// cgroupfs manager takes a --cgroup-parent path (the systemd manager wants
+// a slice; rootless podman on cgroup v1 has no cgroups at all).
+func engineCgroupsWhy(engine string) string {
+	engineCgOnce.Do(func() {
+		switch {
+		case filepath.Base(engine) != "podman":
+			engineCgWhy = "only podman is told where to put a container's cgroup"
+		case os.Geteuid() != 0:
+			engineCgWhy = "rootless podman puts containers in cgroups of its own"
+		default:
+			x := &stepExec{engine: engine}
+			out, err := x.engineCommand("info", "--format", "{{.Host.CgroupManager}}").Output()
+			if m := strings.TrimSpace(string(out)); err != nil || m != "cgroupfs" {
+				engineCgWhy = fmt.Sprintf("podman's cgroup manager is %q (%v), not cgroupfs", m, err)
+			}
+		}
+	})
+	return engineCgWhy
 }
 
 // hybridUnified is the empty cgroup2 mount of a hybrid host, "" otherwise.
@@ -221,7 +268,19 @@ func startIsolated(x *stepExec, step string, pw *os.File, lim *jobLimits) (*isol
 	if x.mode == ExecContainer {
 		s.name = fmt.Sprintf("jetci-%d-%d", os.Getpid(), containerSeq.Add(1))
 		s.keep = lim != nil && lim.MemoryBytes > 0
-		s.cmd = x.engineCommand(x.containerArgs(s.name, step, lim, s.keep)...)
+		parent := ""
+		if lim != nil && lim.CPUMs > 0 && x.slotCgroup != nil { // else the job's log says why not
+			// The engine makes the container's cgroup under the slot's, whose
+			// CPU time then counts the container's (the kernel's hierarchical
+			// accounting): the runner kills at the limit, as in a sandbox.
+			// The container's own memory and process limits are the engine's.
+			cg, err := x.containerCgroup()
+			if err != nil {
+				return nil, fmt.Errorf("cpu limit cannot be enforced in a container: %w", err)
+			}
+			s.cg, parent = cg, cg.rel
+		}
+		s.cmd = x.engineCommand(x.containerArgs(s.name, step, lim, s.keep, parent)...)
 		s.cmd.Env = x.env
 		s.cmd.Stdout, s.cmd.Stderr = pw, pw
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -41,3 +41,4 @@ func cgroupsReady() error { return errNoIsolation }
 
 func (r *Runner) slotCgroup(int) (*stepCgroup, error) { return nil, errNoIsolation }
 func (r *Runner) removeCgroups()                      {}
+func engineCgroupsWhy(string) string                  { return errNoIsolation.Error() }

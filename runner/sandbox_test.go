@@ -233,7 +233,7 @@ func buildImage(t testing.TB, engine string) string {
 	}
 	_ = tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin))})
 	_, _ = tw.Write(bin)
-	for _, a := range []string{"sh", "ls", "cat", "echo", "id", "touch", "test", "uname", "sleep", "grep", "true", "false", "wc", "tr", "mkdir", "rm", "env", "sort", "head"} {
+	for _, a := range []string{"sh", "ls", "cat", "echo", "id", "touch", "test", "uname", "sleep", "grep", "true", "false", "wc", "tr", "mkdir", "rm", "env", "sort", "head", "setsid"} {
 		_ = tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
 	}
 	etc := "jetci test image\n"
@@ -287,8 +287,18 @@ func TestImageJob(t *testing.T) {
 		j.Image, j.Limits = image, &events.Limits{MemoryBytes: 32 << 20}
 	}, "head -c 200000000 /dev/zero | tr '\\0' a | sort >/dev/null", "echo never-runs")
 	slow := enqueueMod(t, s, repo, c, func(j *events.JobQueued) { j.Image, j.TimeoutMs = image, 1500 }, "sleep 300.4714")
+	// Over its CPU time: counted by the kernel in the slot's cgroup, which
+	// the engine puts the container under, and killed at the limit — in a
+	// process that left the step's session too.
+	burn := enqueueMod(t, s, repo, c, func(j *events.JobQueued) {
+		j.Image, j.Limits, j.TimeoutMs = image, &events.Limits{CPUMs: 1000}, 120000
+	}, "setsid sh -c 'while :; do :; done' & sh -c 'while :; do :; done'", "echo never-runs")
 	if fin := res.wait(t, hog.JobID); fin.Status != events.StatusFailed || !strings.Contains(fin.Error, "memory limit of 32MiB exceeded") {
 		t.Errorf("memory hog in a container: %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
+	if fin := res.wait(t, burn.JobID); fin.Status != events.StatusFailed || !strings.Contains(fin.Error, "cpu limit of 1s exceeded") ||
+		strings.Contains(readLog(t, s, fin.Log), "never-runs\n") {
+		t.Errorf("CPU burner in a container: %+v\n%s", fin, readLog(t, s, fin.Log))
 	}
 	if fin := res.wait(t, slow.JobID); fin.Status != events.StatusError || !strings.Contains(fin.Error, "timeout") {
 		t.Errorf("slow job in a container: %+v\n%s", fin, readLog(t, s, fin.Log))
