@@ -66,7 +66,7 @@ func parseJSONLines(b []byte) ([]reporter.Record, error) {
 func waitStatus(t testing.TB, read func() ([]reporter.Record, error), commit string, want string) []reporter.Record {
 	t.Helper()
 	var got []reporter.Record
-	brokertest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+	brokertest.CheckFor(t, 2*time.Minute, 50*time.Millisecond, func() error {
 		recs, err := read()
 		if err != nil {
 			return err

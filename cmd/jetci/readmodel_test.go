@@ -200,7 +200,8 @@ func TestResultsThroughTheService(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- rep.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+	// 9,000 events: seconds, but minutes under -race on a loaded machine.
+	brokertest.CheckFor(t, 3*time.Minute, 20*time.Millisecond, func() error {
 		pos, err := rep.View().DB().Position(ctx, events.StreamResults)
 		if err != nil || pos < last {
 			return fmt.Errorf("applied %d of %d", pos, last)
