@@ -36,4 +36,3 @@ func TestMailTemplateErrorsAreReported(t *testing.T) {
 		t.Errorf("renderFailed logged %q, want an error naming the mail", logs.String())
 	}
 }
-
