@@ -135,7 +135,9 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.Explain(nc, withRetention(events.SetupFor(nc)).Ensure(sctx, js))
+		setup := withRetention(events.SetupFor(nc))
+		setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
+		return events.Explain(nc, setup.Ensure(sctx, js))
 	})
 	if err != nil {
 		return nil
@@ -149,8 +151,11 @@ Usage: jetci setup --nats URL --nats-user admin [--log-retention D] [--artifact-
                    [--runner-identity NAME=FILE ...] [--revoke-runner NAME ...]
 
 Creates jetci's streams and buckets on a NATS server or cluster (three replicas
-on a cluster), as the admin user, and exits. Existing ones are left as they
-are, except that --log-retention and --artifact-retention are applied. The
+on a cluster), as the admin user, and exits. Existing ones are brought to
+jetci's configuration (limits, subjects, replicas; it prints each change):
+what the server cannot change on an existing stream (storage, retention
+policy) is printed and left. --live-logs-max, --log-retention and
+--artifact-retention change existing ones only when given. The
 services' own users may not create streams: run this once before them (jetci
 server does the same at start when it is given the admin's credentials).
 
@@ -191,6 +196,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	}
 	defer nc.Close()
 	setup, _ := retention(events.SetupFor(nc))
+	setup.Update, setup.Note = true, func(msg string) { fmt.Fprintln(m.Stdout, msg) }
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
 		sctx, scancel := context.WithTimeout(rctx, 10*time.Second)

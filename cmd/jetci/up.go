@@ -147,9 +147,9 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
-	if setup.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
-		setup.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
-	}
+	// Sized to the disk when created: a small disk can still start.
+	setup.CreateLiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
+	setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
 	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-up", Wait: true, Log: log})
 	if err != nil {
 		return err

@@ -49,7 +49,7 @@ func retentionFlags(fs *flag.FlagSet) func(events.Setup) (events.Setup, error) {
 	logs := fs.Duration("log-retention", 0, "how long full job logs are kept (e.g. 720h; default 30 days, or what the bucket has)")
 	arts := fs.Duration("artifact-retention", 0, "how long job artifacts are kept (e.g. 168h; default 30 days, or what the bucket has)")
 	var liveLogs sizeFlag
-	fs.Var(&liveLogs, "live-logs-max", "space reserved for live job output, JETCI_LOGS (e.g. 64MiB; default 1GiB, or an eighth of the store's free space when the server runs here and that is less); applies when the stream is created")
+	fs.Var(&liveLogs, "live-logs-max", "space reserved for live job output, JETCI_LOGS (e.g. 64MiB; default 1GiB, or an eighth of the store's free space when the server runs here and that is less) when the stream is created; given, it is applied to an existing stream too")
 	return func(s events.Setup) (events.Setup, error) {
 		if liveLogs < 0 || liveLogs > 0 && liveLogs < 1<<20 {
 			return s, fmt.Errorf("--live-logs-max %d: want at least 1MiB", int64(liveLogs))
