@@ -132,6 +132,12 @@ type CommitDetected struct {
 	// "probe", "module_globs", "pipeline" (then PipelineErr says why) or
 	// "parents" (the first parent is always kept). Empty when nothing was cut.
 	Truncated []string `json:"truncated,omitempty"`
+	// OlderSkipped is set on the oldest commit published by a poll that
+	// found more new commits on the branch than the observer may publish at
+	// once (jetci observer --max-new-commits, 1000 by default): the commits
+	// before this one, back to the last published head, were not published
+	// and are not tested.
+	OlderSkipped bool `json:"older_commits_skipped,omitempty"`
 }
 
 // MaxDeadGlobs bounds GlobCheck.Dead, so that the event stays small.

@@ -184,11 +184,11 @@ func (n *Notifier) render(text, html executor, d any) (string, string, error) {
 }
 
 // renderFailed reports a mail that could not be rendered: an error in the
-// log and a failed notification in the metrics. The same data would fail
+// log and an unrenderable notification in the metrics. The same data would fail
 // again, so it is not retried.
 func (n *Notifier) renderFailed(id, jobID, event string, err error) {
 	n.log.Error().Err(err).Str("id", id).Str("job_id", jobID).Str("event", event).Msg("mail not sent: its template failed")
-	n.metrics.Notification("mail", "failed")
+	n.metrics.Notification("mail", "unrenderable")
 }
 
 // compose builds the RFC 5322 message: text and HTML alternatives.

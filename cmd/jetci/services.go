@@ -303,6 +303,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
+	maxNew := maxNewCommitsFlag(fs)
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
@@ -321,7 +322,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	if len(cfg.Repos) == 0 {
 		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
 	}
-	cfg.Poll, cfg.CacheDir = *poll, *cache
+	cfg.Poll, cfg.CacheDir, cfg.MaxNewCommits = *poll, *cache, *maxNew
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -57,6 +57,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
 	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
+	maxNew := maxNewCommitsFlag(fs)
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
 	adminToken := adminTokenFlags(fs)
 	retention := retentionFlags(fs)
@@ -108,7 +109,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		}
 		ocfg.Repos = append(ocfg.Repos, repo)
 	}
-	ocfg.Poll = *poll
+	ocfg.Poll, ocfg.MaxNewCommits = *poll, *maxNew
 	ocfg.CacheDir = filepath.Join(*data, "observer")
 	if err := ocfg.Validate(); err != nil {
 		return err
