@@ -250,7 +250,7 @@ type JobFinished struct {
 	// Run names the run (random per delivery taken; two runs of one
 	// delivery, e.g. after the server lost its consumer state, differ), and
 	// Token the delivery as the server made it: a result is accepted from the
-	// first run that claimed its delivery only (README "Security model").
+	// first run that claimed its delivery only (docs/security.md).
 	Run          string    `json:"run,omitempty"`
 	Token        string    `json:"delivery_token,omitempty"`
 	Status       Status    `json:"status"`

@@ -223,7 +223,7 @@ func AccountsConf() string {
 	var b strings.Builder
 	b.WriteString(`# The jetci account: one user per role, each allowed only its own subjects.
 # GENERATED from events/roles.go by 'go test ./events -run TestAccountsConf -update';
-# edit roles.go, not this file. README "Security model" explains each role.
+# edit roles.go, not this file. docs/security.md ("Roles") explains each role.
 #
 # Passwords come from the environment of the server; it will not start until
 # every one is set, e.g.  export JETCI_RUNNER_PASSWORD=$(openssl rand -hex 16)

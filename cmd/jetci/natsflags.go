@@ -63,7 +63,7 @@ func (n *natsFlags) tlsFlags(fs *flag.FlagSet) {
 //
 // The password is the first of: --nats-password, --nats-password-file,
 // $JETCI_<USER>_PASSWORD (the variable the shipped nats.conf reads the user's
-// password from on the server, so the README's exports work on one machine
+// password from on the server, so the exports of docs/deployment.md work on one machine
 // as they are), $JETCI_NATS_PASSWORD.
 func (n *natsFlags) resolve() error {
 	if n.auth.Password != "" {

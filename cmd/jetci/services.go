@@ -32,7 +32,7 @@ Runs the NATS JetStream server alone (embedded in jetci), for deployments where
 the observer, dispatcher, reporter and runners run as separate processes. The
 config file has the syntax of the real nats-server, which accepts the same file:
 'nats-server -c nats.conf'. The shipped nats.conf has one user per role (see
-README, Security model); its passwords come from the JETCI_<ROLE>_PASSWORD
+docs/security.md); its passwords come from the JETCI_<ROLE>_PASSWORD
 variables.
 
 jetci's streams and buckets are created at start, over an in-process
@@ -97,7 +97,7 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	}
 	log.Info().Str("url", srv.ClientURL()).Bool("tls", srv.TLS()).Bool("auth", srv.AuthRequired()).Msg("nats server ready")
 	if !srv.Loopback() && !srv.AuthRequired() {
-		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see README, Security model)")
+		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see docs/security.md)")
 	}
 	var js jetstream.JetStream
 	switch {
@@ -344,7 +344,7 @@ detected test command) and per CPU architecture in its matrix, queued for the
 runners of that architecture and pool. It also watches the runners' leases and
 hands the jobs of a runner that died back to the queue within seconds.
 
-Scheduling (see README, Scheduling): jobs that wait too long move up a priority
+Scheduling (see docs/scheduling.md): jobs that wait too long move up a priority
 class (--age-after); --periodic queues a full check of every branch head on a
 cron schedule; --gate puts branches under the broken-build flow (a failed first
 check holds later commits until a second check passes; jetci recheck reopens a
@@ -500,12 +500,12 @@ last event it applied, and is rebuilt from the streams when missing), and serves
 the web UI (overview, branch history, jobs with live logs and artifacts, runners,
 queue), the JSON API under /api/v1/ and the results service of jetci results.
 With an admin token, the UI and API can also trigger, re-check and cancel jobs;
-without one they are read-only. Several reporters may run at once. See README,
+without one they are read-only. Several reporters may run at once. See docs/web-and-api.md,
 History: the read model.
 
 With --smtp or --webhook (or --notify-config) it also mails the author (and the
 --mail-to recipients) when a branch breaks or is fixed, and POSTs signed webhooks;
-each exactly once, through an outbox in JetStream. See README, Notifications.
+each exactly once, through an outbox in JetStream. See docs/notifications.md.
 `
 
 func (m *Main) reporter(ctx context.Context, args []string) error {

@@ -37,7 +37,7 @@ Its NATS server has no authentication and no TLS, and says so at start; it
 listens on loopback, so only users of this machine can reach it. Listening on a
 reachable address (--nats-listen) needs --insecure, and then anyone who reaches
 it can queue jobs and read results: for several machines, run 'jetci server
---config nats.conf' with a user per role instead (README, Security model).
+--config nats.conf' with a user per role instead (docs/security.md).
 
 A repo is a local path or a git URL; it is named after its base name without
 ".git", or give the name: --repo name=PATH_OR_URL.
@@ -96,7 +96,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 	if !isLoopback(*listen) && !*insecure {
 		return fmt.Errorf("--nats-listen %s is reachable from other machines, and jetci up's NATS server has no authentication or TLS: anyone who reaches it could queue jobs (run code on your runners) and read every result. "+
-			"For several machines run 'jetci server --config nats.conf' with its per-role users (README, Security model), or pass --insecure to accept the risk", *listen)
+			"For several machines run 'jetci server --config nats.conf' with its per-role users (docs/security.md), or pass --insecure to accept the risk", *listen)
 	}
 	if *runners < 0 {
 		return fmt.Errorf("--runners %d: want 0 or more", *runners)

@@ -68,7 +68,7 @@ func retentionFlags(fs *flag.FlagSet) func(events.Setup) (events.Setup, error) {
 // notifyFlags registers the notification flags; the returned function builds
 // the resolved config: the --notify-config file first, flags over it.
 func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
-	file := fs.String("notify-config", "", "YAML file with mail and webhook settings (see README, Notifications)")
+	file := fs.String("notify-config", "", "YAML file with mail and webhook settings (see docs/notifications.md)")
 	public := fs.String("public-url", "", "the web UI's address as people reach it, for links in mails and webhooks (default: http://<--http>)")
 	smtpAddr := fs.String("smtp", "", "SMTP server host:port; mail is off without it")
 	smtpTLS := fs.String("smtp-tls", "", "starttls, tls (implicit, port 465) or none (default: tls on port 465, else starttls)")
