@@ -421,7 +421,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	nf := connFlags(fs, events.RoleRunner)
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
-	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
+	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs, for a runner that has the machine to itself; jetci up and jetci pool default to 1 per runner, as they run several runners on one machine)")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	identity := fs.String("identity", os.Getenv("JETCI_RUNNER_IDENTITY"),
