@@ -191,7 +191,9 @@ $JETCI_ADMIN_TOKEN) come after their -file flags, as their help says.
 `
 
 // flagEnv is the environment variable of a flag (the environment rule).
-func flagEnv(name string) string { return "JETCI_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
+func flagEnv(name string) string {
+	return "JETCI_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
 
 // jobVars are the variables a runner sets for every job (runner/env.go,
 // runner/job.go); the environment rule does not read them.
