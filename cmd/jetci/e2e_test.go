@@ -20,7 +20,8 @@ var (
 	buildErr  error
 )
 
-// jetciBinary builds the jetci binary once per test run.
+// jetciBinary builds the jetci binary once per test run, with -race when the
+// suite runs with it.
 func jetciBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -30,7 +31,11 @@ func jetciBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "jetci")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race") // the children are checked as the suite is
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
