@@ -67,7 +67,7 @@ func TestChaos(t *testing.T) {
 	repo := newGitRepo(t)
 	first := repo.Commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f n.txt || test ! -f n.txt\"]\n"})
 	dir := t.TempDir()
-	natsAddr := freeAddr(t)
+	natsAddr := reserveAddr(t)
 	url := "nats://" + natsAddr
 	server := &service{name: "server", args: []string{"server", "--listen", natsAddr, "--store", filepath.Join(dir, "nats")}}
 	server.start(t, bin)
