@@ -264,8 +264,8 @@ func (m *Main) parseLogged(fs *flag.FlagSet, args []string, l *logFlags) (zerolo
 }
 
 func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", envOr("JETCI_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env JETCI_LOG_LEVEL)")
-	fs.StringVar(&l.format, "log-format", envOr("JETCI_LOG_FORMAT", "auto"), "log format: auto (human on a terminal, JSON otherwise), console, json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&l.format, "log-format", "auto", "log format: auto (human on a terminal, JSON otherwise), console, json")
 }
 
 func (l *logFlags) logger(w io.Writer) (zerolog.Logger, error) {
@@ -296,13 +296,6 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // listFlag is a flag that may be repeated, or given as a comma-separated list.
