@@ -90,9 +90,9 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	defer srv.Shutdown()
 	sized := withRetention
 	withRetention = func(s events.Setup) events.Setup {
-		if s = sized(s); s.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
-			s.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
-		}
+		// Sized to the disk when created: a small disk can still start.
+		s = sized(s)
+		s.CreateLiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
 		return s
 	}
 	log.Info().Str("url", srv.ClientURL()).Bool("tls", srv.TLS()).Bool("auth", srv.AuthRequired()).Msg("nats server ready")
