@@ -46,7 +46,10 @@ type Config struct {
 	// second check of the head after FixWindow opens it again or fails it.
 	Gate      []GateRule
 	FixWindow time.Duration
-	GateTick  time.Duration // how often fix windows are looked at
+	// GateTick is how often fix windows are looked at; 0: every second, or
+	// every quarter of a FixWindow shorter than a second (at least 10ms), so
+	// that a short window ends on time.
+	GateTick time.Duration
 	// AgeAfter moves a job that waited this long in its class, untaken, up
 	// one class, so that low classes do not starve (0: never).
 	AgeAfter time.Duration
@@ -71,8 +74,19 @@ type Config struct {
 // DefaultConfig tests on this machine's architecture in the default pool.
 func DefaultConfig() Config {
 	return Config{Arch: []string{runtime.GOARCH}, Pool: "default", DefaultTimeout: 30 * time.Minute,
-		FixWindow: 30 * time.Minute, GateTick: time.Second, AgeAfter: time.Hour, PeriodicTick: time.Second,
+		FixWindow: 30 * time.Minute, AgeAfter: time.Hour, PeriodicTick: time.Second,
 		BisectTick: time.Second}
+}
+
+// gateTick is GateTick, or its default for FixWindow.
+func (c Config) gateTick() time.Duration {
+	switch {
+	case c.GateTick > 0:
+		return c.GateTick
+	case c.FixWindow < time.Second:
+		return max(c.FixWindow/4, 10*time.Millisecond)
+	}
+	return time.Second
 }
 
 // Validate reports the first bad field.
@@ -91,7 +105,7 @@ func (c Config) Validate() error {
 	if err := events.ValidName("pool", c.Pool); err != nil {
 		return fmt.Errorf("dispatcher: Pool: %w", err)
 	}
-	if len(c.Gate) > 0 && (c.FixWindow <= 0 || c.GateTick <= 0) {
+	if len(c.Gate) > 0 && (c.FixWindow <= 0 || c.GateTick < 0) {
 		return fmt.Errorf("dispatcher: FixWindow %s, GateTick %s: want more than 0", c.FixWindow, c.GateTick)
 	}
 	if c.Periodic != "" {

@@ -623,7 +623,7 @@ func (d *Dispatcher) startCheck(ctx context.Context, repo, branch, kind string) 
 // runTimer starts second checks when fix windows end, and releases held
 // commits of open branches (after a crash mid-release, say).
 func (d *Dispatcher) runTimer(ctx context.Context) {
-	t := time.NewTicker(d.cfg.GateTick)
+	t := time.NewTicker(d.cfg.gateTick())
 	defer t.Stop()
 	for {
 		select {

@@ -13,7 +13,7 @@ import (
 // the results stream (the broken-build flow, culprit finding): an event the
 // runner user could have made up without a runner identity is dropped, as
 // the reporter drops it. (Which run owns a delivery is the reporter's to
-// judge: see the README, "Who may report a result".)
+// judge: see docs/security.md, "Who may report a result".)
 type resultKeys struct {
 	once sync.Once
 	keys *events.Keys

@@ -3,21 +3,17 @@
 // travel between the observer, the dispatcher, the runners and the reporter.
 // Services import events and never each other.
 //
-// # Subject tree
+// # The wire contract
 //
-//	jetci.commit.<repo>.<branch>                      CommitDetected     stream JETCI_COMMITS (limits)
-//	jetci.job.<pool>.<arch>.<class>.<repo>.<branch>   JobQueued          stream JETCI_JOBS (work queue)
-//	jetci.result.<repo>.<branch>.queued               JobQueued          stream JETCI_RESULTS (limits, kept)
-//	jetci.result.<repo>.<branch>.started              JobStarted         stream JETCI_RESULTS
-//	jetci.result.<repo>.<branch>.finished             JobFinished        stream JETCI_RESULTS
-//	jetci.log.<job-id>                                LogChunk           stream JETCI_LOGS (limits, 24 h): live output
-//	jetci.cancel.<job-id>                             CancelRequest      core NATS: the runner running the job kills it
-//	jetci.notify.{mail,webhook}                       (reporter's own)   stream JETCI_NOTIFY (work queue, bounded): the outbox
-//	jetci.trigger.<repo>                              TriggerRequest     core NATS request/reply, queue group "observers"
-//	jetci.poke.<repo>                                 (empty)            core NATS request/reply, queue group "observers": poll now
-//	jetci.wake.<pool>.<arch>                          (empty)            core NATS: a job was handed back; idle runners look again
-//	jetci.alive.<incarnation>.<runner id>             (empty)            core NATS request: the dispatcher's probe; "no responders" = the runner's connection closed
-//	jetci.bisect.<repo>.<branch>                      Bisection          stream JETCI_BISECT (limits, 90 days): culprit searches
+// docs/wire.md is the one table of every subject (its message, whether a
+// stream stores it or it is core NATS, which roles may publish and read it),
+// stream (subjects, retention, limits, durable consumers) and bucket (kind,
+// TTL, writers, readers). [WireDoc] renders it from the definitions in this
+// package (the Subject*, Stream*, Consumer* and Bucket* constants,
+// [Setup.StreamConfigs], [Setup.BucketConfigs], [Roles]); TestWireDoc keeps
+// the file equal to it and fails when a constant is missing from it. After a
+// change here, run 'go generate ./events' (or 'go test ./events -run
+// TestWireDoc -update').
 //
 // <repo> and <branch> are tokens made by [Token]: base64url without padding of
 // the name as git spells it, so any branch git accepts (feature/x.y, a>b, ünï, *)
@@ -40,21 +36,6 @@
 // durable consumer "reporter" and folds it into one record per job in the
 // jetci-results bucket.
 //
-// # Buckets
-//
-//	jetci-heads    KV     last published head per repo and branch (observer)
-//	jetci-results  KV     one record per job: <repo>.<branch>.<job-id> (reporter)
-//	jetci-runners  KV     leases: runner.<id> is a live runner and the jobs it holds (see Lease);
-//	                      entries expire LeaseTTL after the last refresh
-//	jetci-reaped   KV     one key per job attempt held under an expired lease (see ReapKey)
-//	jetci-cancel   KV     cancel requests by job id (see CancelRequest)
-//	jetci-notify   KV     notification state per repo, branch, job and arch (passing/failing, first failure)
-//	jetci-sent     KV     one key per notification sent or being sent (30 days), so none goes out twice
-//	jetci-logs     object full job logs, "<job-id>/<queue-seq>-<attempt>.log" (see LogObject)
-//	jetci-artifacts object files jobs left, "<job-id>/<queue-seq>-<attempt>/<path>" (see ArtifactObject)
-//	jetci-bisect   KV     culprit finding (90 days): b.<repo>.<branch>.<job-id> a Bisection (see BisectKey);
-//	                      c.… the commits and o.… the job outcomes of bisected branches (dispatcher)
-//
 // # Roles and permissions
 //
 // Each kind of process connects as the user of its role ([Roles]: observer,
@@ -75,3 +56,5 @@
 // retrying them forever. Publishes that must not duplicate carry a Nats-Msg-Id
 // ([CommitMsgID], [JobMsgID], [ResultMsgID]).
 package events
+
+//go:generate go test -run TestWireDoc -update

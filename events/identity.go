@@ -326,9 +326,7 @@ func EnsureKeys(ctx context.Context, js jetstream.JetStream, s Setup) error {
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return fmt.Errorf("bucket %s: %w", BucketKeys, err)
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketKeys,
-		Description: "who may report results: the service key and the runner identities' public keys",
-		Storage:     s.Storage, Replicas: s.Replicas, History: 1})
+	kv, err := js.CreateKeyValue(ctx, s.keysConfig())
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		return nil
 	}
@@ -336,6 +334,12 @@ func EnsureKeys(ctx context.Context, js jetstream.JetStream, s Setup) error {
 		return fmt.Errorf("create bucket %s: %w", BucketKeys, err)
 	}
 	return EnsureServiceKey(ctx, kv)
+}
+
+func (s Setup) keysConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: BucketKeys,
+		Description: "who may report results: the service key and the runner identities' public keys",
+		Storage:     s.Storage, Replicas: s.Replicas, History: 1}
 }
 
 // EnsureServiceKey makes the service key if the keys bucket has none (the

@@ -60,7 +60,10 @@ func RunnerIDFromKey(key string) string {
 // WakeSubject is a core-NATS subject (not stored) on which runners of a pool
 // and arch are told that a job became available without a new publish, e.g. a
 // job handed back from a dead runner.
-func WakeSubject(pool, arch string) string { return "jetci.wake." + pool + "." + arch }
+func WakeSubject(pool, arch string) string { return SubjectWake + "." + pool + "." + arch }
+
+// SubjectWake is the root of WakeSubject.
+const SubjectWake = "jetci.wake"
 
 // SubjectAlive is the root of the runners' alive subjects (core NATS, not
 // stored). Each runner process answers requests on AliveSubject(id,

@@ -132,6 +132,12 @@ type CommitDetected struct {
 	// "probe", "module_globs", "pipeline" (then PipelineErr says why) or
 	// "parents" (the first parent is always kept). Empty when nothing was cut.
 	Truncated []string `json:"truncated,omitempty"`
+	// OlderSkipped is set on the oldest commit published by a poll that
+	// found more new commits on the branch than the observer may publish at
+	// once (jetci observer --max-new-commits, 1000 by default): the commits
+	// before this one, back to the last published head, were not published
+	// and are not tested.
+	OlderSkipped bool `json:"older_commits_skipped,omitempty"`
 }
 
 // MaxDeadGlobs bounds GlobCheck.Dead, so that the event stays small.
@@ -244,7 +250,7 @@ type JobFinished struct {
 	// Run names the run (random per delivery taken; two runs of one
 	// delivery, e.g. after the server lost its consumer state, differ), and
 	// Token the delivery as the server made it: a result is accepted from the
-	// first run that claimed its delivery only (README "Security model").
+	// first run that claimed its delivery only (docs/security.md).
 	Run          string    `json:"run,omitempty"`
 	Token        string    `json:"delivery_token,omitempty"`
 	Status       Status    `json:"status"`

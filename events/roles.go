@@ -118,7 +118,7 @@ func Roles() []Role {
 	runnerPub := cat(common, sub(SubjectResults, SubjectLogs), jobConsumers,
 		kvWrite(BucketRunners), kvGet(BucketReaped), kvWrite(BucketReaped), kvGet(BucketCancel),
 		objPut(BucketLogs), objPut(BucketArtifacts))
-	runnerSub := sub(SubjectJobs, SubjectCancel, "jetci.wake", SubjectAlive)
+	runnerSub := sub(SubjectJobs, SubjectCancel, SubjectWake, SubjectAlive)
 	return []Role{
 		{
 			Name: RoleObserver,
@@ -131,7 +131,7 @@ func Roles() []Role {
 		{
 			Name: RoleDispatcher,
 			Doc:  "turns commits into jobs; schedules, gates, ages and cancels superseded jobs; hands back jobs of dead runners",
-			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, SubjectBisect, "jetci.wake", SubjectAlive),
+			Publish: cat(common, sub(SubjectJobs, SubjectResults, SubjectBranch, SubjectTrigger, SubjectBisect, SubjectWake, SubjectAlive),
 				durable(StreamCommits, ConsumerDispatcher), getMsg(StreamCommits),
 				durable(StreamResults, ConsumerGate),
 				durable(StreamResults, ConsumerBisect), durable(StreamCommits, ConsumerBisectCommits), // culprit finding
@@ -223,7 +223,7 @@ func AccountsConf() string {
 	var b strings.Builder
 	b.WriteString(`# The jetci account: one user per role, each allowed only its own subjects.
 # GENERATED from events/roles.go by 'go test ./events -run TestAccountsConf -update';
-# edit roles.go, not this file. README "Security model" explains each role.
+# edit roles.go, not this file. docs/security.md ("Roles") explains each role.
 #
 # Passwords come from the environment of the server; it will not start until
 # every one is set, e.g.  export JETCI_RUNNER_PASSWORD=$(openssl rand -hex 16)

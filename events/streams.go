@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -105,8 +106,26 @@ type Setup struct {
 	LogRetention      time.Duration
 	ArtifactRetention time.Duration
 	// LiveLogBytes is the space JETCI_LOGS may use (JetStream reserves it when
-	// the stream is created); 0 means LiveLogBytes. See LiveLogBytesFor.
+	// the stream is created). 0 creates the stream with CreateLiveLogBytes, or
+	// else LiveLogBytes, and leaves an existing stream's limit alone; a set
+	// value is applied to an existing stream too (with Update).
 	LiveLogBytes int64
+	// CreateLiveLogBytes replaces the default of LiveLogBytes when the stream
+	// is created, and only then (jetci up sizes it to the disk: see
+	// LiveLogBytesFor).
+	CreateLiveLogBytes int64
+	// Update applies this Setup to the streams and buckets that exist already:
+	// their limits (age, size, count, history, duplicate window), discard
+	// policy, subjects, description and replicas. jetci setup, jetci server
+	// (with the admin's credentials) and jetci up set it; the services leave
+	// it false and only create what is missing, so a service started with
+	// defaults never undoes the admin's settings. What the server cannot change
+	// on an existing stream (its storage type and retention policy) is left as
+	// it is and reported through Note.
+	Update bool
+	// Note, if set, hears of every change made to an existing stream or
+	// bucket, and of every difference that cannot be changed.
+	Note func(msg string)
 }
 
 // Bounds of the JETCI_LOGS reservation sized to a disk.
@@ -139,7 +158,16 @@ func (s Setup) liveLogBytes() int64 {
 	if s.LiveLogBytes > 0 {
 		return s.LiveLogBytes
 	}
+	if s.CreateLiveLogBytes > 0 {
+		return s.CreateLiveLogBytes
+	}
 	return LiveLogBytes
+}
+
+func (s Setup) note(format string, args ...any) {
+	if s.Note != nil {
+		s.Note(fmt.Sprintf(format, args...))
+	}
 }
 
 // SetupFor fits the server nc is connected to: three replicas of everything
@@ -212,24 +240,10 @@ func (s Setup) StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
-// Ensure creates every stream and bucket that does not exist yet. Existing ones
-// are left as they are, so an operator's changes survive restarts.
-func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
-	for _, cfg := range s.StreamConfigs() {
-		if _, err := js.Stream(ctx, cfg.Name); err == nil {
-			continue
-		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return fmt.Errorf("stream %s: %w", cfg.Name, err)
-		}
-		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			if cfg.MaxBytes > 0 && IsStorageFull(err) {
-				return fmt.Errorf("create stream %s: %w: it reserves %d bytes, more than the server's JetStream storage has left; "+
-					"create it with less first (jetci setup --live-logs-max 64MiB; jetci up and jetci server take the flag too), or free or add disk space under the server's store_dir", cfg.Name, err, cfg.MaxBytes)
-			}
-			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
-		}
-	}
-	kvs := []jetstream.KeyValueConfig{
+// BucketConfigs returns the configuration of every jetci key-value bucket,
+// the keys bucket (BucketKeys) included.
+func (s Setup) BucketConfigs() []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
 		{Bucket: BucketHeads, Description: "last published head per repo and branch", Storage: s.Storage, Replicas: s.Replicas},
 		{Bucket: BucketResults, Description: "one record per job", Storage: s.Storage, Replicas: s.Replicas, TTL: RebuildWindow},
 		{Bucket: BucketRunners, Description: "live runners and the jobs they hold (leases)", Storage: s.Storage, Replicas: s.Replicas,
@@ -253,12 +267,62 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 			Replicas: s.Replicas, TTL: 24 * time.Hour, History: 1},
 		{Bucket: BucketSent, Description: "notifications sent (or being sent), so none goes out twice", Storage: s.Storage, Replicas: s.Replicas,
 			TTL: 30 * 24 * time.Hour},
+		s.keysConfig(),
 	}
-	for _, cfg := range kvs {
+}
+
+// ObjectStoreConfigs returns the configuration of jetci's object stores.
+func (s Setup) ObjectStoreConfigs() []jetstream.ObjectStoreConfig {
+	return []jetstream.ObjectStoreConfig{
+		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true,
+			Storage: s.Storage, Replicas: s.Replicas},
+		{Bucket: BucketArtifacts, Description: "files jobs left for download", TTL: s.retention(s.ArtifactRetention),
+			Storage: s.Storage, Replicas: s.Replicas},
+	}
+}
+
+// Ensure creates every stream and bucket that does not exist yet. With
+// Update, it also applies the Setup to existing ones (see Setup.Update);
+// without, existing ones are left as they are, but for retentions given
+// explicitly (LogRetention, ArtifactRetention).
+func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
+	for _, cfg := range s.StreamConfigs() {
+		if st, err := js.Stream(ctx, cfg.Name); err == nil {
+			if !s.Update {
+				continue
+			}
+			have := st.CachedInfo().Config
+			if cfg.Name == StreamLogs && s.LiveLogBytes == 0 {
+				cfg.MaxBytes = have.MaxBytes // sized at creation; only a given size changes it
+			}
+			if err := s.updateStream(ctx, js, "stream "+cfg.Name, have, cfg); err != nil {
+				return err
+			}
+			continue
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			if cfg.MaxBytes > 0 && IsStorageFull(err) {
+				return fmt.Errorf("create stream %s: %w: it reserves %d bytes, more than the server's JetStream storage has left; "+
+					"create it with less first (jetci setup --live-logs-max 64MiB; jetci up and jetci server take the flag too), or free or add disk space under the server's store_dir", cfg.Name, err, cfg.MaxBytes)
+			}
+			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+	}
+	for _, cfg := range s.BucketConfigs() {
 		if _, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+			if s.Update {
+				if err := s.updateBucket(ctx, js, cfg); err != nil {
+					return err
+				}
+			}
 			continue
 		} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 			return fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+		}
+		if cfg.Bucket == BucketKeys {
+			continue // EnsureKeys makes it with its service key
 		}
 		if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
 			return fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
@@ -267,17 +331,98 @@ func (s Setup) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	if err := EnsureKeys(ctx, js, s); err != nil {
 		return err
 	}
-	objs := []jetstream.ObjectStoreConfig{
-		{Bucket: BucketLogs, Description: "full job logs", TTL: s.retention(s.LogRetention), Compression: true},
-		{Bucket: BucketArtifacts, Description: "files jobs left for download", TTL: s.retention(s.ArtifactRetention)},
-	}
-	for i, cfg := range objs {
-		cfg.Storage, cfg.Replicas = s.Storage, s.Replicas
+	for i, cfg := range s.ObjectStoreConfigs() {
 		set := []time.Duration{s.LogRetention, s.ArtifactRetention}[i] > 0
 		if err := ensureObjectStore(ctx, js, cfg, set); err != nil {
 			return err
 		}
+		if s.Update {
+			st, err := js.Stream(ctx, "OBJ_"+cfg.Bucket)
+			if err != nil {
+				return fmt.Errorf("object store %s: %w", cfg.Bucket, err)
+			}
+			have := st.CachedInfo().Config
+			want := have
+			want.Description, want.Replicas, want.Storage = cfg.Description, cfg.Replicas, cfg.Storage
+			if err := s.updateStream(ctx, js, "object store "+cfg.Bucket, have, want); err != nil {
+				return err
+			}
+		}
 	}
+	return nil
+}
+
+// updateBucket applies cfg to the stream under an existing key-value bucket.
+func (s Setup) updateBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
+	st, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+	}
+	have := st.CachedInfo().Config
+	want := have
+	want.Description, want.MaxAge, want.Replicas, want.Storage = cfg.Description, cfg.TTL, cfg.Replicas, cfg.Storage
+	want.MaxMsgsPerSubject = max(int64(cfg.History), 1)
+	if cfg.LimitMarkerTTL > 0 {
+		want.AllowMsgTTL, want.SubjectDeleteMarkerTTL = true, cfg.LimitMarkerTTL
+	}
+	return s.updateStream(ctx, js, "bucket "+cfg.Bucket, have, want)
+}
+
+// updateStream makes an existing stream's configuration have what jetci
+// manages of want, says what it changed (Note), and leaves and reports what
+// the server cannot change.
+func (s Setup) updateStream(ctx context.Context, js jetstream.JetStream, what string, have, want jetstream.StreamConfig) error {
+	cfg := have
+	cfg.Subjects = slices.Clone(have.Subjects)
+	var changed []string
+	set := func(name string, h, w any, apply func()) {
+		if h != w {
+			changed = append(changed, fmt.Sprintf("%s %v → %v", name, h, w))
+			apply()
+		}
+	}
+	limit := func(n int64) int64 { // 0 asks for no limit, which the server keeps as -1
+		if n <= 0 {
+			return -1
+		}
+		return n
+	}
+	if len(want.Subjects) > 0 && !slices.Equal(have.Subjects, want.Subjects) {
+		changed = append(changed, fmt.Sprintf("subjects %v → %v", have.Subjects, want.Subjects))
+		cfg.Subjects = slices.Clone(want.Subjects)
+	}
+	set("description", have.Description, want.Description, func() { cfg.Description = want.Description })
+	set("max_age", have.MaxAge, want.MaxAge, func() { cfg.MaxAge = want.MaxAge })
+	set("max_msgs", have.MaxMsgs, limit(want.MaxMsgs), func() { cfg.MaxMsgs = limit(want.MaxMsgs) })
+	set("max_bytes", have.MaxBytes, limit(want.MaxBytes), func() { cfg.MaxBytes = limit(want.MaxBytes) })
+	set("max_msgs_per_subject", have.MaxMsgsPerSubject, limit(want.MaxMsgsPerSubject), func() { cfg.MaxMsgsPerSubject = limit(want.MaxMsgsPerSubject) })
+	set("discard", have.Discard, want.Discard, func() { cfg.Discard = want.Discard })
+	set("replicas", max(have.Replicas, 1), max(want.Replicas, 1), func() { cfg.Replicas = max(want.Replicas, 1) })
+	if want.AllowMsgTTL {
+		set("allow_msg_ttl", have.AllowMsgTTL, true, func() { cfg.AllowMsgTTL = true })
+		set("subject_delete_marker_ttl", have.SubjectDeleteMarkerTTL, want.SubjectDeleteMarkerTTL, func() { cfg.SubjectDeleteMarkerTTL = want.SubjectDeleteMarkerTTL })
+	}
+	if want.Duplicates > 0 {
+		set("duplicate_window", have.Duplicates, want.Duplicates, func() { cfg.Duplicates = want.Duplicates })
+	}
+	if cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge {
+		cfg.Duplicates = cfg.MaxAge // the server refuses a window longer than the age
+	}
+	if have.Retention != want.Retention {
+		s.note("%s: its retention policy is %s, jetci's is %s; the server cannot change it on an existing stream: "+
+			"to change it, delete the stream (losing its messages) and run jetci setup", what, have.Retention, want.Retention)
+	}
+	if have.Storage != want.Storage {
+		s.note("%s: its storage is %s, jetci's is %s; the server cannot change it on an existing stream: "+
+			"to change it, delete the stream (losing its messages) and run jetci setup", what, have.Storage, want.Storage)
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("update %s (%s): %w", what, strings.Join(changed, ", "), err)
+	}
+	s.note("%s updated: %s", what, strings.Join(changed, ", "))
 	return nil
 }
 

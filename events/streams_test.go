@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,5 +148,78 @@ func TestMsgGone(t *testing.T) {
 	if events.MsgGone(nil) || events.MsgGone(errors.New("timeout")) || events.MsgGone(jetstream.ErrStreamNotFound) ||
 		events.MsgGone(fmt.Errorf("%w: nats: API error: code=500 err_code=10057 description=write failed", jetstream.ErrMsgDeleteUnsuccessful)) {
 		t.Error("MsgGone of other errors")
+	}
+}
+
+// TestEnsureUpdatesExisting: with Update, Ensure brings existing streams and
+// buckets back to jetci's configuration and says what it changed; without,
+// it leaves them; what the server cannot change is reported, not attempted.
+func TestEnsureUpdatesExisting(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	var notes []string
+	upd := events.DefaultSetup()
+	upd.Update = true
+	upd.Note = func(m string) { notes = append(notes, m) }
+	// A fresh deployment is already what jetci wants: nothing to change.
+	if err := upd.Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if len(notes) > 0 {
+		t.Fatalf("Ensure with Update on a fresh deployment changed: %q", notes)
+	}
+	config := func(name string) jetstream.StreamConfig {
+		st, err := s.JS.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().Config
+	}
+	// Someone (an older jetci) left other settings.
+	for _, name := range []string{events.StreamCommits, "KV_" + events.BucketSessions} {
+		c := config(name)
+		c.MaxAge, c.Description = 2*time.Hour, "old"
+		if _, err := s.JS.UpdateStream(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if c := config(events.StreamCommits); c.MaxAge != 2*time.Hour {
+		t.Fatalf("Ensure without Update changed max_age to %s", c.MaxAge)
+	}
+	upd.LiveLogBytes = 32 << 20
+	if err := upd.Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if c := config(events.StreamCommits); c.MaxAge != 90*24*time.Hour || c.Description != "every new commit seen by an observer" {
+		t.Errorf("after Update: %s max_age %s, description %q", events.StreamCommits, c.MaxAge, c.Description)
+	}
+	if c := config("KV_" + events.BucketSessions); c.MaxAge != 24*time.Hour {
+		t.Errorf("after Update: bucket %s ttl %s, want 24h", events.BucketSessions, c.MaxAge)
+	}
+	if c := config(events.StreamLogs); c.MaxBytes != 32<<20 {
+		t.Errorf("after Update with LiveLogBytes 32MiB: %s max_bytes %d", events.StreamLogs, c.MaxBytes)
+	}
+	all := fmt.Sprint(notes)
+	for _, want := range []string{"stream " + events.StreamCommits + " updated: description old →", "max_age 2h0m0s → 2160h0m0s",
+		"bucket " + events.BucketSessions + " updated", "stream " + events.StreamLogs + " updated: max_bytes"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("notes lack %q: %q", want, notes)
+		}
+	}
+	// Memory storage cannot replace file storage on existing streams: said, not done.
+	notes = nil
+	mem := upd
+	mem.Storage = jetstream.MemoryStorage
+	if err := mem.Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	if c := config(events.StreamJobs); c.Storage != jetstream.FileStorage {
+		t.Fatalf("storage changed to %s", c.Storage)
+	}
+	if all := fmt.Sprint(notes); !strings.Contains(all, "stream "+events.StreamJobs+": its storage is File, jetci's is Memory; the server cannot change it") {
+		t.Errorf("notes do not say the storage cannot change: %q", notes)
 	}
 }

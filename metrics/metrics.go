@@ -33,6 +33,7 @@ type Metrics struct {
 	pollTime    *prometheus.HistogramVec
 	pollErrors  *prometheus.CounterVec
 	commits     *prometheus.CounterVec
+	limitHits   *prometheus.CounterVec
 	notes       *prometheus.CounterVec
 	parts       parts // parts.go
 	forged      *prometheus.CounterVec
@@ -57,15 +58,17 @@ func New(js jetstream.JetStream) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(0.002, 2.5, 12)}, []string{"repo"})
 	m.pollErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_observer_poll_errors_total", Help: "Polls of a repository that failed."}, []string{"repo"})
 	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_commits_detected_total", Help: "Commits published by the observer."}, []string{"repo"})
+	m.limitHits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_observer_commit_limit_hits_total",
+		Help: "Polls that found more new commits on a branch than --max-new-commits: only the newest were published, older ones were skipped."}, []string{"repo"})
 	m.notes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_notifications_total",
-		Help: "Notifications by kind (mail, webhook) and outcome: sent, failed (a try failed; it is retried), gave_up, dropped (outbox full), doubt (a crash left it unknown whether it went out; not resent)."},
+		Help: "Notifications by kind (mail, webhook) and outcome: sent, failed (a try failed; it is retried), gave_up, dropped (outbox full), doubt (a crash left it unknown whether it went out; not resent), unrenderable (its mail template failed; not sent)."},
 		[]string{"kind", "outcome"})
 	m.forged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_forgeries_total",
 		Help: "Things the reporter refused as forged: result events, logs and artifacts that do not match their signed digest, bad records."}, []string{"what"})
 	m.authFailed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetci_auth_failures_total",
 		Help: "Failed logins and bearer tokens (outcome=refused), and attempts turned away by the per-client backoff (outcome=throttled)."}, []string{"outcome"})
 	m.reg.MustRegister(m.forged, m.authFailed, m.notes, m.queued, m.started, m.finished, m.running, m.duration, m.redelivered, m.handedBack, m.gaveUp,
-		m.pollTime, m.pollErrors, m.commits, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.pollTime, m.pollErrors, m.commits, m.limitHits, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if js != nil {
 		m.reg.MustRegister(&queueCollector{js: js})
 	}
@@ -142,6 +145,14 @@ func (m *Metrics) Poll(repo string, took time.Duration, err error) {
 func (m *Metrics) CommitDetected(repo string) {
 	if m != nil {
 		m.commits.WithLabelValues(repo).Inc()
+	}
+}
+
+// CommitLimitHit counts a poll that found more new commits on a branch than
+// the observer may publish at once.
+func (m *Metrics) CommitLimitHit(repo string) {
+	if m != nil {
+		m.limitHits.WithLabelValues(repo).Inc()
 	}
 }
 

@@ -48,7 +48,7 @@ func (c Config) Validate() error {
 	case c.Concurrency < 1:
 		return fmt.Errorf("observer: Concurrency %d: want at least 1", c.Concurrency)
 	case c.MaxNewCommits < 1:
-		return fmt.Errorf("observer: MaxNewCommits %d: want at least 1", c.MaxNewCommits)
+		return fmt.Errorf("--max-new-commits %d: want at least 1", c.MaxNewCommits)
 	case c.PipelineMax < 1 || c.PipelineMax > 512<<10:
 		return fmt.Errorf("observer: PipelineMax %d: want 1 to %d bytes", c.PipelineMax, 512<<10)
 	case c.ChangedMax < 0:

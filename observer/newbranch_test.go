@@ -104,10 +104,15 @@ func TestNewBranchEveryCommit(t *testing.T) {
 		repo.commit("huge", nil)
 	}
 	head := repo.git("rev-parse", "HEAD")
-	if evs := pollAndWait(t, s, o3, c, "proj", 2); evs[1].Commit != head {
+	evs = pollAndWait(t, s, o3, c, "proj", 2)
+	if evs[1].Commit != head {
 		t.Fatalf("capped new branch: %v", names(evs))
 	}
-	if n := len(logs.lines("warn", "more new commits than MaxNewCommits")); n != 1 {
+	// The skip is visible: on the oldest published commit's event, and in the log.
+	if !evs[0].OlderSkipped || evs[1].OlderSkipped {
+		t.Fatalf("older_commits_skipped: %v %v, want set on the oldest published commit only", evs[0].OlderSkipped, evs[1].OlderSkipped)
+	}
+	if n := len(logs.lines("warn", "more new commits than --max-new-commits")); n != 1 {
 		t.Fatalf("%d cap warnings, want 1", n)
 	}
 }

@@ -381,6 +381,7 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string,
 		}
 	}
 	var list []string
+	skippedBefore := "" // the oldest published commit, when older ones were skipped
 	if !old.IsZero() || (!known && !ps.baseline && len(w.heads) > 0) {
 		var commits []*object.Commit
 		var err error
@@ -391,8 +392,17 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string,
 		} else {
 			commits, err = newBranchCommits(p, head, o.cfg.MaxNewCommits)
 		}
-		if errors.Is(err, errTooMany) {
-			log.Warn().Int("max", o.cfg.MaxNewCommits).Bool("new_branch", !known).Msg("more new commits than MaxNewCommits; publishing the newest only")
+		tooMany := errors.Is(err, errTooMany)
+		if tooMany {
+			oldest := ""
+			if len(commits) > 0 {
+				oldest = commits[0].Hash.String()
+				skippedBefore = oldest
+			}
+			log.Warn().Int("max_new_commits", o.cfg.MaxNewCommits).Bool("new_branch", !known).Str("oldest_published", oldest).
+				Msg("more new commits than --max-new-commits in one poll: publishing the newest only; the older ones are skipped, not tested " +
+					"(the oldest published commit's event says older_commits_skipped; raise --max-new-commits to test them)")
+			o.cfg.Metrics.CommitLimitHit(w.Name)
 		} else if err != nil {
 			return &cacheError{fmt.Errorf("new commits on %s: %w", branch, err)}
 		}
@@ -417,6 +427,7 @@ func (o *Observer) publishBranch(ctx context.Context, w *watched, branch string,
 		}
 		ev.Class = events.ClassFirst
 		ev.NewBranch = len(ev.Parents) > 0 && !checked[ev.Parents[0]]
+		ev.OlderSkipped = sha == skippedBefore
 		checked[sha] = true
 		if err := o.publish(ctx, ev, ""); err != nil {
 			return err

@@ -309,7 +309,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Poll = 0 }, "Poll 0s"},
 		{func(c *Config) { c.CacheDir = "" }, "CacheDir"},
 		{func(c *Config) { c.Concurrency = 0 }, "Concurrency 0"},
-		{func(c *Config) { c.MaxNewCommits = -1 }, "MaxNewCommits -1"},
+		{func(c *Config) { c.MaxNewCommits = -1 }, "--max-new-commits -1"},
 		{func(c *Config) { c.PipelineMax = 2 << 20 }, "PipelineMax 2097152"},
 		{func(c *Config) { c.ChangedMax = -1 }, "ChangedMax -1"},
 	} {

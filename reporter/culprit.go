@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/mail"
 	"slices"
-	"strings"
 	"text/template"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -96,11 +95,13 @@ func (n *Notifier) BisectionChanged(ctx context.Context, b *events.Bisection) er
 	}
 	subject := fmt.Sprintf("[jetci] CULPRIT: %s %s %s/%s broke at %s: %s", b.Repo, b.Branch, b.Name(), b.Arch,
 		events.Short(b.Culprit.Commit), trimSubject(b.Culprit.Subject))
-	var text, html strings.Builder
-	_ = culpritText.Execute(&text, d)
-	_ = culpritHTML.Execute(&html, d)
+	text, html, err := n.render(culpritText, culpritHTML, d)
+	if err != nil {
+		n.renderFailed("mail.culprit."+b.ID, d.BadJobID, EventCulprit, err)
+		return nil
+	}
 	return n.enqueue(ctx, &Notification{ID: "mail.culprit." + b.ID, Event: EventCulprit, JobID: d.BadJobID,
-		Mail: &MailMessage{To: []string{addr.Address}, Subject: subject, Text: text.String(), HTML: html.String()}})
+		Mail: &MailMessage{To: []string{addr.Address}, Subject: subject, Text: text, HTML: html}})
 }
 
 // objectTail is the last lines of a stored log object ("" if there is none).

@@ -18,7 +18,7 @@ import (
 	"github.com/jetci/jetci/reporter/readmodel"
 )
 
-// Handler serves the pages, the JSON API and the actions. See README.md
+// Handler serves the pages, the JSON API and the actions. See docs/web-and-api.md
 // ("Web UI and API") for the API with examples.
 //
 //	GET  /                         overview: every repo, branch × job × arch

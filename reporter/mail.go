@@ -10,12 +10,12 @@ import (
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
+	"io"
 	"mime"
 	"mime/multipart"
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
-	"net/smtp"
 	"net/textproto"
 	"net/url"
 	"os"
@@ -23,6 +23,9 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"github.com/jetci/jetci/events"
 )
@@ -153,11 +156,39 @@ func (n *Notifier) mail(ctx context.Context, r *Record, event string, first *fai
 	}
 	word := map[string]string{EventFailed: "FAILED", EventFixed: "FIXED", EventStillFailing: "still failing", EventPassed: "passed"}[event]
 	subject := fmt.Sprintf("[jetci] %s: %s %s %s/%s at %s: %s", word, r.Repo, r.Branch, r.Name(), r.Arch, d.Short, d.Subject)
-	var text, html bytes.Buffer
-	_ = mailText.Execute(&text, d)
-	_ = mailHTML.Execute(&html, d)
-	return &Notification{ID: fmt.Sprintf("mail.%s.%s.%d", event, r.JobID, r.Attempt), Event: event, JobID: r.JobID,
-		Mail: &MailMessage{To: to, Subject: subject, Text: text.String(), HTML: html.String()}}
+	id := fmt.Sprintf("mail.%s.%s.%d", event, r.JobID, r.Attempt)
+	text, html, err := n.render(mailText, mailHTML, d)
+	if err != nil {
+		n.renderFailed(id, r.JobID, event, err)
+		return nil
+	}
+	return &Notification{ID: id, Event: event, JobID: r.JobID,
+		Mail: &MailMessage{To: to, Subject: subject, Text: text, HTML: html}}
+}
+
+// executor is a text or HTML template.
+type executor interface {
+	Execute(w io.Writer, data any) error
+}
+
+// render fills a mail's text and HTML templates.
+func (n *Notifier) render(text, html executor, d any) (string, string, error) {
+	var tb, hb bytes.Buffer
+	if err := text.Execute(&tb, d); err != nil {
+		return "", "", fmt.Errorf("text template: %w", err)
+	}
+	if err := html.Execute(&hb, d); err != nil {
+		return "", "", fmt.Errorf("HTML template: %w", err)
+	}
+	return tb.String(), hb.String(), nil
+}
+
+// renderFailed reports a mail that could not be rendered: an error in the
+// log and an unrenderable notification in the metrics. The same data would fail
+// again, so it is not retried.
+func (n *Notifier) renderFailed(id, jobID, event string, err error) {
+	n.log.Error().Err(err).Str("id", id).Str("job_id", jobID).Str("event", event).Msg("mail not sent: its template failed")
+	n.metrics.Notification("mail", "unrenderable")
 }
 
 // compose builds the RFC 5322 message: text and HTML alternatives.
@@ -231,21 +262,27 @@ func (c MailConfig) send(ctx context.Context, from string, to []string, msg []by
 		deadline = dl
 	}
 	_ = conn.SetDeadline(deadline)
-	cl, err := smtp.NewClient(conn, host)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
+	var cl *smtp.Client
 	if c.TLS == "starttls" {
-		if ok, _ := cl.Extension("STARTTLS"); !ok {
-			return errors.New("the server does not offer STARTTLS (set tls: none to send in the clear, or tls: tls for port 465)")
-		}
-		if err := cl.StartTLS(tc); err != nil {
+		if cl, err = smtp.NewClientStartTLS(conn, tc); err != nil {
+			if strings.Contains(err.Error(), "doesn't support STARTTLS") {
+				return errors.New("the server does not offer STARTTLS (set tls: none to send in the clear, or tls: tls for port 465)")
+			}
 			return fmt.Errorf("starttls: %w", err)
 		}
+	} else {
+		cl = smtp.NewClient(conn)
 	}
+	defer cl.Close()
+	// go-smtp sets a deadline per command; keep the whole exchange within ours.
+	cl.CommandTimeout, cl.SubmissionTimeout = time.Until(deadline), time.Until(deadline)
 	if c.Username != "" {
-		if err := cl.Auth(smtp.PlainAuth("", c.Username, c.Password, host)); err != nil {
+		// As net/smtp's PlainAuth did: never send a password in the clear,
+		// but to this machine.
+		if _, isTLS := cl.TLSConnectionState(); !isTLS && !isLocalhost(host) {
+			return errors.New("auth: refusing to send the password over an unencrypted connection (use tls: starttls or tls)")
+		}
+		if err := cl.Auth(sasl.NewPlainClient("", c.Username, c.Password)); err != nil {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
@@ -253,11 +290,11 @@ func (c MailConfig) send(ctx context.Context, from string, to []string, msg []by
 	if a, err := mail.ParseAddress(from); err == nil {
 		addr = a.Address
 	}
-	if err := cl.Mail(addr); err != nil {
+	if err := cl.Mail(addr, nil); err != nil {
 		return fmt.Errorf("MAIL FROM: %w", err)
 	}
 	for _, t := range to {
-		if err := cl.Rcpt(t); err != nil {
+		if err := cl.Rcpt(t, nil); err != nil {
 			return fmt.Errorf("RCPT TO %s: %w", t, err)
 		}
 	}
@@ -272,6 +309,14 @@ func (c MailConfig) send(ctx context.Context, from string, to []string, msg []by
 		return fmt.Errorf("end of DATA: %w", err)
 	}
 	return cl.Quit()
+}
+
+func isLocalhost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func newID() string {

@@ -11,7 +11,7 @@ import (
 	"path"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // NotifyConfig says who hears about broken and fixed branches, and how.

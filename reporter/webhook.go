@@ -19,7 +19,7 @@ import (
 // TypeWebhook versions the webhook payload. Fields are only ever added to v1.
 const TypeWebhook = "jetci.webhook.v1"
 
-// WebhookPayload is the JSON body POSTed to webhooks (see README, "Webhooks").
+// WebhookPayload is the JSON body POSTed to webhooks (see docs/notifications.md, "Webhooks").
 type WebhookPayload struct {
 	Type       string        `json:"type"`
 	Event      string        `json:"event"`                // finished, failed, fixed or still-failing

@@ -148,7 +148,7 @@ const minEncoded = 6
 // print: hex (lower and upper case), URL escaping (query and path), and
 // base64 (standard and URL alphabets, padded or not) — for base64 also the
 // part that stays the same wherever the value sits inside a longer encoded
-// text (its three alignments). README "Jobs and inputs from outside" says
+// text (its three alignments). docs/security.md ("Jobs and inputs from outside") says
 // what this cannot catch.
 func encodings(v string) []string {
 	if len(v) < minEncoded {

@@ -1,9 +1,11 @@
 // Package brokertest starts a real embedded JetStream server for tests: random
 // loopback port, storage in t.TempDir(), jetci's streams and buckets created.
+// The server's log is kept and shown when the test fails.
 package brokertest
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +24,11 @@ type Server struct {
 	NC  *nats.Conn
 	JS  jetstream.JetStream
 	dir string
+	log *serverLog
 }
+
+// Log is what the server logged so far (also shown when the test fails).
+func (s *Server) Log() string { return s.log.String() }
 
 // Run starts a server with jetci's streams; it stops when the test ends.
 func Run(tb testing.TB) *Server {
@@ -41,9 +47,16 @@ func RunDir(tb testing.TB, dir string) *Server {
 // it and bring it back where its clients reconnect.
 func RunAt(tb testing.TB, dir, addr string) *Server {
 	tb.Helper()
-	srv, err := broker.Start(broker.Config{Listen: addr, StoreDir: dir}, zerolog.Nop())
+	logs := &serverLog{}
+	// Registered first, so it runs last: after the server's shutdown.
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("nats server log (%s, %s):\n%s", addr, dir, logs.String())
+		}
+	})
+	srv, err := broker.Start(broker.Config{Listen: addr, StoreDir: dir}, zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger())
 	if err != nil {
-		tb.Fatalf("start nats: %v", err)
+		tb.Fatalf("start nats: %v\nits log:\n%s", err, logs.String())
 	}
 	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "test", Log: zerolog.Nop()})
 	if err != nil {
@@ -55,9 +68,38 @@ func RunAt(tb testing.TB, dir, addr string) *Server {
 	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
 		tb.Fatalf("setup: %v", err)
 	}
-	s := &Server{Server: srv, URL: srv.ClientURL(), NC: nc, JS: js, dir: dir}
+	s := &Server{Server: srv, URL: srv.ClientURL(), NC: nc, JS: js, dir: dir, log: logs}
 	tb.Cleanup(s.Stop)
 	return s
+}
+
+// serverLog keeps the server's log for a failing test: the last
+// serverLogMax bytes of it.
+type serverLog struct {
+	mu  sync.Mutex
+	buf []byte
+	cut bool
+}
+
+const serverLogMax = 1 << 20
+
+func (l *serverLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if over := len(l.buf) - serverLogMax; over > 0 {
+		l.buf, l.cut = append(l.buf[:0], l.buf[over:]...), true
+	}
+	return len(p), nil
+}
+
+func (l *serverLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cut {
+		return "[…earlier lines dropped]\n" + string(l.buf)
+	}
+	return string(l.buf)
 }
 
 // Stop closes the client and shuts the server down; it is safe to call twice.

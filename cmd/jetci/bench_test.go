@@ -231,7 +231,7 @@ func benchSetup(b *testing.B) (*gitRepo, *finishedWatch, string) {
 
 func startUpBench(b *testing.B, repo, poll string) string {
 	b.Helper()
-	natsAddr := freeAddr(b)
+	natsAddr := reserveAddr(b)
 	args := []string{"up", "--data", b.TempDir(), "--nats-listen", natsAddr, "--http", "", "--poll", poll, "--runners", "2", "--log-level", "warn", "--log-format", "json", "--repo", repo}
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
@@ -263,7 +263,7 @@ func BenchmarkPushHookToStarted(b *testing.B) {
 	repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
 	secretFile := filepath.Join(b.TempDir(), "secret")
 	os.WriteFile(secretFile, []byte("bench-secret"), 0o600)
-	natsAddr, httpAddr := freeAddr(b), freeAddr(b)
+	natsAddr, httpAddr := reserveAddr(b), reserveAddr(b)
 	args := []string{"up", "--data", b.TempDir(), "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "1h", "--runners", "2",
 		"--hook-secret-file", secretFile, "--log-level", "warn", "--log-format", "json", "--repo", repo.Dir}
 	ctx, cancel := context.WithCancel(context.Background())

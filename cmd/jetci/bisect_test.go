@@ -311,7 +311,7 @@ func TestBisectSurvivesADispatcherRestart(t *testing.T) {
 	shas := []string{"", repo.Commit("commit 1", map[string]string{".jetci.yml": pipeline})}
 	allow(shas[1])
 
-	natsAddr := freeAddr(t)
+	natsAddr := reserveAddr(t)
 	url := "nats://" + natsAddr
 	data := t.TempDir()
 	logs := &syncBuffer{}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
@@ -52,6 +53,8 @@ func (s *service) kill() {
 	}
 }
 
+var chaosSeed = flag.Uint64("chaos-seed", 0, "TestChaos: the seed of its random kills (0: a new one, logged)")
+
 // TestChaos drives 200 commits through separate jetci processes while killing
 // (SIGKILL) and restarting runners, the dispatcher, the observer and the reporter
 // at random, then checks every commit has exactly one result, passed.
@@ -64,7 +67,7 @@ func TestChaos(t *testing.T) {
 	repo := newGitRepo(t)
 	first := repo.Commit("pipeline", map[string]string{".jetci.yml": "jobs:\n  check:\n    steps: [\"test -f n.txt || test ! -f n.txt\"]\n"})
 	dir := t.TempDir()
-	natsAddr := freeAddr(t)
+	natsAddr := reserveAddr(t)
 	url := "nats://" + natsAddr
 	server := &service{name: "server", args: []string{"server", "--listen", natsAddr, "--store", filepath.Join(dir, "nats")}}
 	server.start(t, bin)
@@ -92,6 +95,15 @@ func TestChaos(t *testing.T) {
 	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url) }, first, "passed")
 
 	// Chaos: every 300-700 ms kill a random service, restart it 200 ms later.
+	// The choices come from a seed that is logged, so a failing run's
+	// sequence of kills can be asked for again (the timing of the processes
+	// still varies from run to run).
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	t.Logf("chaos seed %d (run these kills again: go test ./cmd/jetci -run 'TestChaos$' -chaos-seed %d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
 	stop := make(chan struct{})
 	chaosDone := make(chan int)
 	go func() {
@@ -101,9 +113,9 @@ func TestChaos(t *testing.T) {
 			case <-stop:
 				chaosDone <- kills
 				return
-			case <-time.After(time.Duration(300+rand.IntN(400)) * time.Millisecond):
+			case <-time.After(time.Duration(300+rng.IntN(400)) * time.Millisecond):
 			}
-			s := services[rand.IntN(len(services))]
+			s := services[rng.IntN(len(services))]
 			s.kill()
 			kills++
 			time.Sleep(200 * time.Millisecond)

@@ -39,8 +39,8 @@ func TestClusterNodeLoss(t *testing.T) {
 	var clients, routes []string
 	var clusterAddrs []string
 	for range 3 {
-		clients = append(clients, freeAddr(t))
-		clusterAddrs = append(clusterAddrs, freeAddr(t))
+		clients = append(clients, reserveAddr(t))
+		clusterAddrs = append(clusterAddrs, reserveAddr(t))
 	}
 	for _, a := range clusterAddrs {
 		routes = append(routes, "nats-route://"+a)

@@ -30,7 +30,7 @@ func TestSeparateServices(t *testing.T) {
 		".jetci.yml": "jobs:\n  test:\n    steps: [python3 -m unittest discover -s tests -v, mkdir -p out, echo hi > out/a.txt]\n    artifacts: [out]\n" +
 			"  build:\n    steps: [echo built]\n    pool: builders\n", // for the runner that jetci pool starts
 	})
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	natsAddr, httpAddr := reserveAddr(t), reserveAddr(t)
 	url := "nats://" + natsAddr
 	data := t.TempDir()
 	hooks := make(chan string, 100)
@@ -202,7 +202,7 @@ func TestSeparateServices(t *testing.T) {
 // TestServiceMetricsFlag: a service started with --metrics serves /metrics and
 // /healthz there.
 func TestServiceMetricsFlag(t *testing.T) {
-	natsAddr, maddr := freeAddr(t), freeAddr(t)
+	natsAddr, maddr := reserveAddr(t), reserveAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	args := []string{"server", "--listen", natsAddr, "--store", t.TempDir(), "--metrics", maddr, "--log-format", "json"}

@@ -20,7 +20,8 @@ var (
 	buildErr  error
 )
 
-// jetciBinary builds the jetci binary once per test run.
+// jetciBinary builds the jetci binary once per test run, with -race when the
+// suite runs with it.
 func jetciBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -30,7 +31,11 @@ func jetciBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "jetci")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race") // the children are checked as the suite is
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -58,7 +63,7 @@ type upProcess struct {
 
 func startUpProcess(t *testing.T, bin, data, natsAddr string, repos ...string) *upProcess {
 	t.Helper()
-	args := []string{"up", "--data", data, "--nats-listen", natsAddr, "--http", freeAddr(t), "--poll", "100ms", "--runners", "2"}
+	args := []string{"up", "--data", data, "--nats-listen", natsAddr, "--http", "127.0.0.1:0", "--poll", "100ms", "--runners", "2"} // its web UI is not used: any port
 	for _, r := range repos {
 		args = append(args, "--repo", r)
 	}
@@ -118,7 +123,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
 	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	data, natsAddr := t.TempDir(), freeAddr(t)
+	data, natsAddr := t.TempDir(), reserveAddr(t)
 	up := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read := binResults(bin, up.url)
 	waitStatus(t, read, first, "passed")

@@ -184,7 +184,7 @@ func TestRolePasswordFromItsServerVariable(t *testing.T) {
 // needs), and sets the streams up once the server is there; without a server
 // it gives up after --timeout, saying so.
 func TestSetupWaitsForTheServer(t *testing.T) {
-	addr := freeAddr(t)
+	addr := reserveAddr(t)
 	var out, errb syncBuffer
 	done := make(chan int, 1)
 	go func() {
@@ -213,7 +213,7 @@ func TestSetupWaitsForTheServer(t *testing.T) {
 
 	errb = syncBuffer{}
 	code := (&Main{Stdout: &out, Stderr: &errb}).Run(context.Background(),
-		[]string{"setup", "--nats", "nats://" + freeAddr(t), "--timeout", "1s", "--log-format", "json"})
+		[]string{"setup", "--nats", "nats://" + reserveAddr(t), "--timeout", "1s", "--log-format", "json"})
 	if code == 0 || !strings.Contains(errb.String(), "within --timeout 1s") {
 		t.Fatalf("setup without a server: code %d, %s", code, errb.String())
 	}

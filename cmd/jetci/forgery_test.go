@@ -41,7 +41,7 @@ func TestResultsOnlyFromTheirRunner(t *testing.T) {
 	sha := repo.Commit("two jobs", map[string]string{".jetci.yml": "jobs:\n" +
 		"  quick:\n    steps: [echo quick output]\n" +
 		"  hold:\n    steps: ['while [ ! -f " + flag + " ]; do sleep 0.05; done; echo held output']\n"})
-	httpAddr := freeAddr(t)
+	httpAddr := reserveAddr(t)
 	base := "http://" + httpAddr
 	data := t.TempDir()
 	ctx, start, _ := serviceGroup(t)

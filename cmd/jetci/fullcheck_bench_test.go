@@ -46,7 +46,7 @@ func BenchmarkFullCheck15k(b *testing.B) {
 		repo := newGitRepo(b)
 		commit := repo.Commit("no-op", map[string]string{"a.txt": "a\n"})
 		dir := b.TempDir()
-		addr := freeAddr(b)
+		addr := reserveAddr(b)
 		url := "nats://" + addr
 		procs := map[string]*child{}
 		start := func(name string, args ...string) {

@@ -57,7 +57,7 @@ func startGateSystem(t *testing.T, window time.Duration) *gateSystem {
 	}
 	g := &gateSystem{t: t, bin: jetciBinary(t), repo: newGitRepo(t), sink: smtptest.Start(t), logs: map[string]*syncBuffer{}, pw: setRolePasswords(t)}
 	data := t.TempDir()
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	natsAddr, httpAddr := reserveAddr(t), reserveAddr(t)
 	g.url, g.web = "nats://"+natsAddr, "http://"+httpAddr
 	t.Cleanup(func() {
 		for name, l := range g.logs {

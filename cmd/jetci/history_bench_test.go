@@ -90,7 +90,7 @@ func BenchmarkHistory(b *testing.B) {
 		if backend == "postgres" {
 			dsn = pgtest.Start(b).NewDB()
 		}
-		addr := freeAddr(b)
+		addr := reserveAddr(b)
 		startReporter := func() *child {
 			c := &child{cmd: exec.Command(bin, "reporter", "--nats", s.URL, "--http", addr, "--db", dsn, "--log-level", "warn"), logs: &syncBuffer{}}
 			c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs

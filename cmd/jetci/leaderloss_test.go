@@ -52,8 +52,8 @@ func clusterLeaderLoss(t testing.TB, commits int) leaderLoss {
 	}
 	var clients, clusterAddrs, routes, urls []string
 	for range 3 {
-		clients = append(clients, freeAddr(t))
-		clusterAddrs = append(clusterAddrs, freeAddr(t))
+		clients = append(clients, reserveAddr(t))
+		clusterAddrs = append(clusterAddrs, reserveAddr(t))
 	}
 	for _, a := range clusterAddrs {
 		routes = append(routes, "nats-route://"+a)

@@ -127,8 +127,101 @@ func (m *Main) flagSet(name, usage string) *flag.FlagSet {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "%s\nFlags:\n", strings.TrimSpace(usage)+"\n")
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), envHelp)
 	}
 	return fs
+}
+
+// flagGroup is a heading of a command's help and the flags under it.
+type flagGroup struct {
+	title string
+	flags []string
+}
+
+// groupFlags makes a command's help list its flags under headings, in the
+// groups' order; a flag in no group is listed last, under "Other".
+func groupFlags(fs *flag.FlagSet, usage string, groups []flagGroup) {
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprint(w, strings.TrimSpace(usage)+"\n\nFlags:\n")
+		listed := map[string]bool{}
+		list := func(title string, names []string) {
+			part := flag.NewFlagSet("", flag.ContinueOnError)
+			part.SetOutput(w)
+			added := 0
+			for _, n := range names {
+				if f := fs.Lookup(n); f != nil && !listed[n] {
+					listed[n] = true
+					part.Var(f.Value, f.Name, f.Usage)
+					part.Lookup(n).DefValue = f.DefValue
+					added++
+				}
+			}
+			if added == 0 {
+				return
+			}
+			fmt.Fprintf(w, "\n%s:\n", title)
+			part.PrintDefaults()
+		}
+		for _, g := range groups {
+			list(g.title, g.flags)
+		}
+		var rest []string
+		fs.VisitAll(func(f *flag.Flag) {
+			if !listed[f.Name] {
+				rest = append(rest, f.Name)
+			}
+		})
+		if len(rest) > 0 {
+			list("Other", rest)
+		}
+		fmt.Fprint(w, envHelp)
+	}
+}
+
+// The environment rule: every flag may be given as JETCI_<FLAG>.
+const envHelp = `
+Environment: every flag may also be set as JETCI_<FLAG>, its name in capitals
+with _ for -, e.g. JETCI_LOG_LEVEL=debug for --log-level; the command line wins.
+Not read this way: the variables a runner gives each job (JETCI_REPO,
+JETCI_BRANCH, JETCI_COMMIT, JETCI_ARCH, JETCI_JOB, …), so that a jetci command
+run inside a job does not take them for its own flags; --nats-password and
+--admin-token, whose variables ($JETCI_<USER>_PASSWORD, $JETCI_NATS_PASSWORD,
+$JETCI_ADMIN_TOKEN) come after their -file flags, as their help says.
+`
+
+// flagEnv is the environment variable of a flag (the environment rule).
+func flagEnv(name string) string {
+	return "JETCI_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// jobVars are the variables a runner sets for every job (runner/env.go,
+// runner/job.go); the environment rule does not read them.
+var jobVars = map[string]bool{"JETCI_REPO": true, "JETCI_BRANCH": true, "JETCI_COMMIT": true, "JETCI_ARCH": true,
+	"JETCI_JOB": true, "JETCI_MODULE": true, "JETCI_JOB_ID": true, "JETCI_ATTEMPT": true, "JETCI_RETRY": true, "JETCI_EMULATED": true}
+
+// envOwnOrder are the flags whose variables are read in their own order of
+// precedence, after a file flag (see their help), not by the rule.
+var envOwnOrder = map[string]bool{"nats-password": true, "admin-token": true}
+
+// applyEnv sets each flag not given on the command line from its JETCI_<FLAG>
+// variable, when that is set and not empty.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := flagEnv(f.Name)
+		if err != nil || given[f.Name] || envOwnOrder[f.Name] || jobVars[name] {
+			return
+		}
+		if v := os.Getenv(name); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("$%s (for --%s): %v", name, f.Name, e)
+			}
+		}
+	})
+	return err
 }
 
 // parse parses flags and refuses stray arguments.
@@ -138,6 +231,10 @@ func parse(fs *flag.FlagSet, args []string) error {
 			fs.SetOutput(os.Stdout)
 			return err
 		}
+		return errUsage
+	}
+	if err := applyEnv(fs); err != nil {
+		fmt.Fprintln(fs.Output(), err)
 		return errUsage
 	}
 	if fs.NArg() > 0 {
@@ -167,8 +264,8 @@ func (m *Main) parseLogged(fs *flag.FlagSet, args []string, l *logFlags) (zerolo
 }
 
 func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", envOr("JETCI_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env JETCI_LOG_LEVEL)")
-	fs.StringVar(&l.format, "log-format", envOr("JETCI_LOG_FORMAT", "auto"), "log format: auto (human on a terminal, JSON otherwise), console, json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&l.format, "log-format", "auto", "log format: auto (human on a terminal, JSON otherwise), console, json")
 }
 
 func (l *logFlags) logger(w io.Writer) (zerolog.Logger, error) {
@@ -199,13 +296,6 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // listFlag is a flag that may be repeated, or given as a comma-separated list.

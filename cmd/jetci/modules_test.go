@@ -38,7 +38,7 @@ func TestModulesAffectedSet(t *testing.T) {
 	files[".jetci.yml"] = g.Pipeline(archs...)
 	root := repo.Commit("all modules", files)
 
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	natsAddr, httpAddr := reserveAddr(t), reserveAddr(t)
 	args := []string{"up", "--data", t.TempDir(), "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "50ms", "--runners", "0",
 		"--arch", strings.Join(archs, ","), "--log-level", "warn", "--log-format", "json", "--repo", repo.Dir}
 	ctx, cancel := context.WithCancel(context.Background())

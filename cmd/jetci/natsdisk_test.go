@@ -45,7 +45,7 @@ func TestStandaloneNatsServerFullDisk(t *testing.T) {
 	parts.JetStreamWatch.Every, parts.JetStreamWatch.Timeout = 200*time.Millisecond, 2*time.Second
 	t.Cleanup(func() { parts.JetStreamWatch = old })
 
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	natsAddr, httpAddr := reserveAddr(t), reserveAddr(t)
 	host, port, _ := strings.Cut(natsAddr, ":")
 	conf := filepath.Join(t.TempDir(), "nats.conf")
 	// max_file_store above the disk's size: the server takes writes until

@@ -30,7 +30,7 @@ type natsFlags struct {
 // role the command connects as (events.Roles), which sets its inbox prefix.
 func connFlags(fs *flag.FlagSet, role string) *natsFlags {
 	n := &natsFlags{role: role}
-	fs.StringVar(&n.url, "nats", envOr("JETCI_NATS", events.DefaultURL), "NATS server URL; several, comma-separated, for a cluster (env JETCI_NATS)")
+	fs.StringVar(&n.url, "nats", events.DefaultURL, "NATS server URL; several, comma-separated, for a cluster")
 	n.register(fs, "connect")
 	return n
 }
@@ -42,20 +42,20 @@ func (n *natsFlags) register(fs *flag.FlagSet, what string) {
 	if n.role != "" {
 		as = fmt.Sprintf(" (this command's role: %s)", n.role)
 	}
-	fs.StringVar(&n.auth.User, "nats-user", os.Getenv("JETCI_NATS_USER"), "NATS user to "+what+" as"+as+" (env JETCI_NATS_USER)")
+	fs.StringVar(&n.auth.User, "nats-user", "", "NATS user to "+what+" as"+as+"")
 	fs.StringVar(&n.auth.Password, "nats-password", "", "its password (default: $JETCI_<USER>_PASSWORD, e.g. $JETCI_RUNNER_PASSWORD for --nats-user runner, else $JETCI_NATS_PASSWORD); visible to other local users in the process list: prefer the environment or --nats-password-file")
-	fs.StringVar(&n.passwordFile, "nats-password-file", os.Getenv("JETCI_NATS_PASSWORD_FILE"), "file holding the password (env JETCI_NATS_PASSWORD_FILE)")
-	fs.StringVar(&n.auth.CredsFile, "nats-creds", os.Getenv("JETCI_NATS_CREDS"), "NATS credentials file (JWT and seed) instead of a user (env JETCI_NATS_CREDS)")
-	fs.StringVar(&n.auth.NKeyFile, "nats-nkey", os.Getenv("JETCI_NATS_NKEY"), "file with an nkey seed instead of a user (env JETCI_NATS_NKEY)")
+	fs.StringVar(&n.passwordFile, "nats-password-file", "", "file holding the password")
+	fs.StringVar(&n.auth.CredsFile, "nats-creds", "", "NATS credentials file (JWT and seed) instead of a user")
+	fs.StringVar(&n.auth.NKeyFile, "nats-nkey", "", "file with an nkey seed instead of a user")
 	if what == "connect" {
 		n.tlsFlags(fs)
 	}
 }
 
 func (n *natsFlags) tlsFlags(fs *flag.FlagSet) {
-	fs.StringVar(&n.auth.TLSCA, "tls-ca", os.Getenv("JETCI_TLS_CA"), "CA certificate (PEM) to check the NATS server's certificate with; turns TLS on (env JETCI_TLS_CA)")
-	fs.StringVar(&n.auth.TLSCert, "tls-cert", os.Getenv("JETCI_TLS_CERT"), "client certificate (PEM), for servers that verify clients (env JETCI_TLS_CERT)")
-	fs.StringVar(&n.auth.TLSKey, "tls-key", os.Getenv("JETCI_TLS_KEY"), "its private key (PEM) (env JETCI_TLS_KEY)")
+	fs.StringVar(&n.auth.TLSCA, "tls-ca", "", "CA certificate (PEM) to check the NATS server's certificate with; turns TLS on")
+	fs.StringVar(&n.auth.TLSCert, "tls-cert", "", "client certificate (PEM), for servers that verify clients")
+	fs.StringVar(&n.auth.TLSKey, "tls-key", "", "its private key (PEM)")
 }
 
 // resolve reads the password from its file or the environment, and checks the
@@ -63,7 +63,7 @@ func (n *natsFlags) tlsFlags(fs *flag.FlagSet) {
 //
 // The password is the first of: --nats-password, --nats-password-file,
 // $JETCI_<USER>_PASSWORD (the variable the shipped nats.conf reads the user's
-// password from on the server, so the README's exports work on one machine
+// password from on the server, so the exports of docs/deployment.md work on one machine
 // as they are), $JETCI_NATS_PASSWORD.
 func (n *natsFlags) resolve() error {
 	if n.auth.Password != "" {

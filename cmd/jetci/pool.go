@@ -50,7 +50,7 @@ func (m *Main) pool(ctx context.Context, args []string) error {
 	maxN := fs.Int("max", runtime.NumCPU(), "runners at most")
 	arch := fs.String("arch", runtime.GOARCH, "CPU architecture the runners serve")
 	poolName := fs.String("pool", "default", "runner pool the runners serve")
-	slots := fs.Int("slots", 1, "slots of each runner")
+	slots := fs.Int("slots", 1, "jobs each runner runs in parallel (1: the pool follows the load by starting runners, up to --max; a lone jetci runner defaults to the number of CPUs)")
 	work := fs.String("work", ".jetci-pool", "directory for the runners' work directories")
 	idle := fs.Duration("idle", time.Minute, "stop a runner idle this long (above --min)")
 	tick := fs.Duration("interval", time.Second, "how often the load is looked at")

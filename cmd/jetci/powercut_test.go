@@ -19,7 +19,7 @@ func TestPowerCut(t *testing.T) {
 	bin := jetciBinary(t)
 	repo := newGitRepo(t)
 	commits := []string{repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})}
-	data, natsAddr := t.TempDir(), freeAddr(t)
+	data, natsAddr := t.TempDir(), reserveAddr(t)
 	up := startUpProcess(t, bin, data, natsAddr, repo.Dir)
 	read := binResults(bin, up.url)
 	waitStatus(t, read, commits[0], "passed")

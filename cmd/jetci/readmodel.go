@@ -48,7 +48,7 @@ Empties the reporter's read model and rebuilds it from the JETCI_RESULTS
 stream, then exits. Stop the reporters that use the database first (jetci up
 with the same --data, or every reporter on the Postgres database). A SQLite
 file that is not a database any more is replaced. What the stream no longer
-holds (see --history-retention and the stream's limits in the README) cannot
+holds (see --history-retention and the stream's limits in docs/wire.md) cannot
 be rebuilt.
 `
 

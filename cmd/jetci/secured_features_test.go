@@ -47,7 +47,7 @@ func TestSecuredModulesCulpritAndTests(t *testing.T) {
 	f := files(1)
 	f[".jetci.yml"] = pipeline
 	shas := []string{"", repo.Commit("commit 1", f)}
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
+	natsAddr, httpAddr := reserveAddr(t), reserveAddr(t)
 	url := "nats://" + natsAddr
 	data := t.TempDir()
 	ctx, start, logs := serviceGroup(t)

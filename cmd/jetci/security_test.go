@@ -374,7 +374,7 @@ func TestNKeySeed(t *testing.T) {
 // `jetci setup` as the admin then creates them, and refuses another role.
 func TestServerWithoutAdminThenSetup(t *testing.T) {
 	pw := setRolePasswords(t)
-	natsAddr := freeAddr(t)
+	natsAddr := reserveAddr(t)
 	url := "nats://" + natsAddr
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}

@@ -32,7 +32,7 @@ Runs the NATS JetStream server alone (embedded in jetci), for deployments where
 the observer, dispatcher, reporter and runners run as separate processes. The
 config file has the syntax of the real nats-server, which accepts the same file:
 'nats-server -c nats.conf'. The shipped nats.conf has one user per role (see
-README, Security model); its passwords come from the JETCI_<ROLE>_PASSWORD
+docs/security.md); its passwords come from the JETCI_<ROLE>_PASSWORD
 variables.
 
 jetci's streams and buckets are created at start, over an in-process
@@ -90,14 +90,14 @@ func (m *Main) server(ctx context.Context, args []string) error {
 	defer srv.Shutdown()
 	sized := withRetention
 	withRetention = func(s events.Setup) events.Setup {
-		if s = sized(s); s.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
-			s.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
-		}
+		// Sized to the disk when created: a small disk can still start.
+		s = sized(s)
+		s.CreateLiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
 		return s
 	}
 	log.Info().Str("url", srv.ClientURL()).Bool("tls", srv.TLS()).Bool("auth", srv.AuthRequired()).Msg("nats server ready")
 	if !srv.Loopback() && !srv.AuthRequired() {
-		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see README, Security model)")
+		log.Warn().Msg("nats server open to the network without authentication: anyone who reaches it can publish jobs and read results (see docs/security.md)")
 	}
 	var js jetstream.JetStream
 	switch {
@@ -135,7 +135,9 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.Explain(nc, withRetention(events.SetupFor(nc)).Ensure(sctx, js))
+		setup := withRetention(events.SetupFor(nc))
+		setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
+		return events.Explain(nc, setup.Ensure(sctx, js))
 	})
 	if err != nil {
 		return nil
@@ -149,8 +151,11 @@ Usage: jetci setup --nats URL --nats-user admin [--log-retention D] [--artifact-
                    [--runner-identity NAME=FILE ...] [--revoke-runner NAME ...]
 
 Creates jetci's streams and buckets on a NATS server or cluster (three replicas
-on a cluster), as the admin user, and exits. Existing ones are left as they
-are, except that --log-retention and --artifact-retention are applied. The
+on a cluster), as the admin user, and exits. Existing ones are brought to
+jetci's configuration (limits, subjects, replicas; it prints each change):
+what the server cannot change on an existing stream (storage, retention
+policy) is printed and left. --live-logs-max, --log-retention and
+--artifact-retention change existing ones only when given. The
 services' own users may not create streams: run this once before them (jetci
 server does the same at start when it is given the admin's credentials).
 
@@ -191,6 +196,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 	}
 	defer nc.Close()
 	setup, _ := retention(events.SetupFor(nc))
+	setup.Update, setup.Note = true, func(msg string) { fmt.Fprintln(m.Stdout, msg) }
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
 		sctx, scancel := context.WithTimeout(rctx, 10*time.Second)
@@ -297,6 +303,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
+	maxNew := maxNewCommitsFlag(fs)
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
@@ -315,7 +322,7 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	if len(cfg.Repos) == 0 {
 		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
 	}
-	cfg.Poll, cfg.CacheDir = *poll, *cache
+	cfg.Poll, cfg.CacheDir, cfg.MaxNewCommits = *poll, *cache, *maxNew
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -337,7 +344,7 @@ detected test command) and per CPU architecture in its matrix, queued for the
 runners of that architecture and pool. It also watches the runners' leases and
 hands the jobs of a runner that died back to the queue within seconds.
 
-Scheduling (see README, Scheduling): jobs that wait too long move up a priority
+Scheduling (see docs/scheduling.md): jobs that wait too long move up a priority
 class (--age-after); --periodic queues a full check of every branch head on a
 cron schedule; --gate puts branches under the broken-build flow (a failed first
 check holds later commits until a second check passes; jetci recheck reopens a
@@ -414,7 +421,7 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	nf := connFlags(fs, events.RoleRunner)
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
-	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs)")
+	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs, for a runner that has the machine to itself; jetci up and jetci pool default to 1 per runner, as they run several runners on one machine)")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	identity := fs.String("identity", os.Getenv("JETCI_RUNNER_IDENTITY"),
@@ -493,12 +500,12 @@ last event it applied, and is rebuilt from the streams when missing), and serves
 the web UI (overview, branch history, jobs with live logs and artifacts, runners,
 queue), the JSON API under /api/v1/ and the results service of jetci results.
 With an admin token, the UI and API can also trigger, re-check and cancel jobs;
-without one they are read-only. Several reporters may run at once. See README,
+without one they are read-only. Several reporters may run at once. See docs/web-and-api.md,
 History: the read model.
 
 With --smtp or --webhook (or --notify-config) it also mails the author (and the
 --mail-to recipients) when a branch breaks or is fixed, and POSTs signed webhooks;
-each exactly once, through an outbox in JetStream. See README, Notifications.
+each exactly once, through an outbox in JetStream. See docs/notifications.md.
 `
 
 func (m *Main) reporter(ctx context.Context, args []string) error {

@@ -77,7 +77,7 @@ func newTestPKI(t *testing.T) testPKI {
 func TestServerTLS(t *testing.T) {
 	pw := setRolePasswords(t)
 	pki := newTestPKI(t)
-	natsAddr := freeAddr(t)
+	natsAddr := reserveAddr(t)
 	url := "nats://" + natsAddr
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -37,11 +37,25 @@ Its NATS server has no authentication and no TLS, and says so at start; it
 listens on loopback, so only users of this machine can reach it. Listening on a
 reachable address (--nats-listen) needs --insecure, and then anyone who reaches
 it can queue jobs and read results: for several machines, run 'jetci server
---config nats.conf' with a user per role instead (README, Security model).
+--config nats.conf' with a user per role instead (docs/security.md).
 
 A repo is a local path or a git URL; it is named after its base name without
 ".git", or give the name: --repo name=PATH_OR_URL.
 `
+
+// upGroups are the headings of jetci up's help. A new flag of up goes in one.
+var upGroups = []flagGroup{
+	{"Repositories", []string{"repo", "poll", "max-new-commits"}},
+	{"Broker (the embedded NATS server and its storage)", []string{"data", "nats-listen", "insecure", "log-retention", "artifact-retention", "live-logs-max"}},
+	{"Web UI and API", []string{"http", "public-url", "db", "history-retention"}},
+	{"Runners (local to this machine)", []string{"runners", "slots", "arch", "grace", "artifact-limit", "exec", "host-fallback", "sandbox-uid",
+		"image", "secret", "pass-env", "limit-cpu", "limit-memory", "limit-processes"}},
+	{"Scheduling", []string{"age-after", "gate", "fix-window", "coalesce", "bisect", "periodic", "periodic-skip-passed"}},
+	{"Notifications", []string{"notify-config", "smtp", "smtp-tls", "smtp-user", "smtp-password-file", "mail-from", "mail-to", "mail-results",
+		"mail-managers", "webhook", "webhook-secret-file", "webhook-events"}},
+	{"Security", []string{"admin-token", "admin-token-file", "hook-secret-file"}},
+	{"Logging", []string{"log-level", "log-format"}},
+}
 
 func (m *Main) up(ctx context.Context, args []string) error {
 	fs := m.flagSet("up", upUsage)
@@ -52,11 +66,12 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	insecure := fs.Bool("insecure", false, "allow --nats-listen on a non-loopback address although the embedded server has no authentication or TLS: anyone who reaches it can queue jobs (run code) and read results")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
 	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
-	slots := fs.Int("slots", 1, "parallel jobs per local runner")
+	slots := fs.Int("slots", 1, "jobs each local runner runs in parallel (1: with --runners 2, two jobs at once; a lone jetci runner, which has the machine to itself, defaults to the number of CPUs)")
 	artifactLimit := sizeFlag(runner.DefaultConfig().ArtifactLimit)
 	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
 	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
+	maxNew := maxNewCommitsFlag(fs)
 	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
 	adminToken := adminTokenFlags(fs)
 	retention := retentionFlags(fs)
@@ -66,6 +81,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	jobs := jobFlags(fs)
 	dbf := readModelFlags(fs, "DATA/"+reporter.DBFile)
 	lf := registerLogFlags(fs)
+	groupFlags(fs, upUsage, upGroups)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
@@ -95,7 +111,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 	if !isLoopback(*listen) && !*insecure {
 		return fmt.Errorf("--nats-listen %s is reachable from other machines, and jetci up's NATS server has no authentication or TLS: anyone who reaches it could queue jobs (run code on your runners) and read every result. "+
-			"For several machines run 'jetci server --config nats.conf' with its per-role users (README, Security model), or pass --insecure to accept the risk", *listen)
+			"For several machines run 'jetci server --config nats.conf' with its per-role users (docs/security.md), or pass --insecure to accept the risk", *listen)
 	}
 	if *runners < 0 {
 		return fmt.Errorf("--runners %d: want 0 or more", *runners)
@@ -108,7 +124,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		}
 		ocfg.Repos = append(ocfg.Repos, repo)
 	}
-	ocfg.Poll = *poll
+	ocfg.Poll, ocfg.MaxNewCommits = *poll, *maxNew
 	ocfg.CacheDir = filepath.Join(*data, "observer")
 	if err := ocfg.Validate(); err != nil {
 		return err
@@ -147,9 +163,9 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Shutdown()
-	if setup.LiveLogBytes == 0 { // sized to the disk: a small disk can still start
-		setup.LiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
-	}
+	// Sized to the disk when created: a small disk can still start.
+	setup.CreateLiveLogBytes = events.LiveLogBytesFor(srv.StoreFree())
+	setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
 	nc, js, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Name: "jetci-up", Wait: true, Log: log})
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"runtime"
@@ -49,8 +50,9 @@ func startUpWith(t testing.TB, data string, extra []string, repos ...string) (st
 // base URL of its web UI, and a stop func.
 func startUpHTTP(t testing.TB, data string, extra []string, repos ...string) (string, string, func()) {
 	t.Helper()
-	natsAddr, httpAddr := freeAddr(t), freeAddr(t)
-	args := append([]string{"up", "--data", data, "--nats-listen", natsAddr, "--http", httpAddr, "--poll", "100ms", "--log-format", "json"}, extra...)
+	// Port 0: the servers bind any free port and jetci up logs the ones
+	// they got (upAddrs), so no port is chosen before its bind.
+	args := append([]string{"up", "--data", data, "--nats-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--poll", "100ms", "--log-format", "json"}, extra...)
 	for _, r := range repos {
 		args = append(args, "--repo", r)
 	}
@@ -80,7 +82,31 @@ func startUpHTTP(t testing.TB, data string, extra []string, repos ...string) (st
 			t.Logf("jetci up log:\n%s", logs.String())
 		}
 	})
-	return "nats://" + natsAddr, "http://" + httpAddr, stop
+	natsURL, httpAddr := upAddrs(t, logs, done)
+	return natsURL, "http://" + httpAddr, stop
+}
+
+// upAddrs waits for jetci up's "jetci is up" log line (JSON) and returns the
+// NATS URL and HTTP address it names: those its servers bound.
+func upAddrs(t testing.TB, logs *syncBuffer, done chan int) (string, string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var l struct{ Message, NATS, HTTP string }
+			if json.Unmarshal([]byte(line), &l) == nil && l.Message == "jetci is up" {
+				return l.NATS, l.HTTP
+			}
+		}
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("jetci up exited %d before it was up; log:\n%s", code, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("jetci up did not say it was up within 60s; log:\n%s", logs.String())
+	return "", ""
 }
 
 // TestUpFiveHundredLinesScenario is the 500-lines chapter's scenario on the whole
@@ -138,10 +164,9 @@ func TestUpBadInputGetsErrorResults(t *testing.T) {
 func TestUpServesMetrics(t *testing.T) {
 	repo := newGitRepo(t)
 	first := repo.Commit("add tests", map[string]string{"tests/test_ok.py": passingTest})
-	httpAddr := freeAddr(t)
-	url, _ := startUpWith(t, t.TempDir(), []string{"--runners", "1", "--http", httpAddr}, repo.Dir)
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1"}, repo.Dir)
 	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url) }, first, "passed")
-	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	resp, err := http.Get(web + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

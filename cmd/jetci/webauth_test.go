@@ -37,7 +37,7 @@ func TestWebSessionsLimitsAndInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, start, _ := serviceGroup(t)
-	a, b, metricsA := freeAddr(t), freeAddr(t), freeAddr(t)
+	a, b, metricsA := reserveAddr(t), reserveAddr(t), reserveAddr(t)
 	for _, addr := range []string{a, b} {
 		args := []string{"reporter", "--nats", url0, "--http", addr, "--admin-token", token, "--hook-secret-file", secret, "--log-format", "json"}
 		if addr == a {

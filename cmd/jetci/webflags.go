@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jetci/jetci/dispatcher"
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
 )
@@ -49,7 +48,7 @@ func retentionFlags(fs *flag.FlagSet) func(events.Setup) (events.Setup, error) {
 	logs := fs.Duration("log-retention", 0, "how long full job logs are kept (e.g. 720h; default 30 days, or what the bucket has)")
 	arts := fs.Duration("artifact-retention", 0, "how long job artifacts are kept (e.g. 168h; default 30 days, or what the bucket has)")
 	var liveLogs sizeFlag
-	fs.Var(&liveLogs, "live-logs-max", "space reserved for live job output, JETCI_LOGS (e.g. 64MiB; default 1GiB, or an eighth of the store's free space when the server runs here and that is less); applies when the stream is created")
+	fs.Var(&liveLogs, "live-logs-max", "space reserved for live job output, JETCI_LOGS (e.g. 64MiB; default 1GiB, or an eighth of the store's free space when the server runs here and that is less) when the stream is created; given, it is applied to an existing stream too")
 	return func(s events.Setup) (events.Setup, error) {
 		if liveLogs < 0 || liveLogs > 0 && liveLogs < 1<<20 {
 			return s, fmt.Errorf("--live-logs-max %d: want at least 1MiB", int64(liveLogs))
@@ -68,7 +67,7 @@ func retentionFlags(fs *flag.FlagSet) func(events.Setup) (events.Setup, error) {
 // notifyFlags registers the notification flags; the returned function builds
 // the resolved config: the --notify-config file first, flags over it.
 func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
-	file := fs.String("notify-config", "", "YAML file with mail and webhook settings (see README, Notifications)")
+	file := fs.String("notify-config", "", "YAML file with mail and webhook settings (see docs/notifications.md)")
 	public := fs.String("public-url", "", "the web UI's address as people reach it, for links in mails and webhooks (default: http://<--http>)")
 	smtpAddr := fs.String("smtp", "", "SMTP server host:port; mail is off without it")
 	smtpTLS := fs.String("smtp-tls", "", "starttls, tls (implicit, port 465) or none (default: tls on port 465, else starttls)")
@@ -135,77 +134,20 @@ func notifyFlags(fs *flag.FlagSet) func() (reporter.NotifyConfig, error) {
 	}
 }
 
-// sizeFlag is a byte count with an optional unit: 512, 64KiB, 100MiB, 1GiB
-// (KB, MB, GB are powers of 1000).
+// sizeFlag is a byte count with an optional unit: 512, 64KiB, 100MiB, 1GiB,
+// 2TiB (KB, MB, GB, TB are powers of 1000), read by events.ParseSize, the
+// one size parser (pipeline limits use it too).
 type sizeFlag int64
 
 func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
 
 func (s *sizeFlag) Set(v string) error {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
-	num, mult := strings.TrimSpace(v), int64(1)
-	for _, u := range units {
-		if n, ok := strings.CutSuffix(num, u.suffix); ok {
-			num, mult = strings.TrimSpace(n), u.mult
-			break
-		}
+	n, err := events.ParseSize(v)
+	if err != nil {
+		return fmt.Errorf("want a size like 512, 64KiB, 100MiB, 1GiB or 2TiB")
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return fmt.Errorf("want a size like 512, 64KiB, 100MiB or 1GiB")
-	}
-	*s = sizeFlag(n * mult)
+	*s = sizeFlag(n)
 	return nil
-}
-
-// gateFlags registers the broken-build flow's flags.
-func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
-	var rules listFlag
-	fs.Var(&rules, "gate", "put branches under the broken-build flow: REPO[:BRANCH_PATTERN] (repeat; REPO * for all). A failed first check holds later commits until a second check of the head passes")
-	window := fs.Duration("fix-window", 30*time.Minute, "broken-build flow: how long the author has to fix a broken branch before its second check")
-	age := fs.Duration("age-after", time.Hour, "a job waiting this long in its priority class, untaken, moves up one class (0: never)")
-	periodic := fs.String("periodic", "", `schedule of the periodic full check in cron syntax, e.g. "0 2 * * *", @nightly or "@every 6h" (default: none)`)
-	skip := fs.Bool("periodic-skip-passed", false, "periodic full check: skip branches whose head passed since the last one")
-	var coalesce listFlag
-	fs.Var(&coalesce, "coalesce", "REPO[:BRANCH_PATTERN] where a new commit cancels the waiting jobs of older ones, 'superseded' (repeat; default: every commit is tested)")
-	var bisect listFlag
-	fs.Var(&bisect, "bisect", "REPO[:BRANCH_PATTERN] where a failure after untested commits (superseded, held) is bisected to the commit that caused it, whose author is mailed (repeat; REPO * for all)")
-	return func(c *dispatcher.Config) error {
-		c.Periodic, c.PeriodicSkipPassed = *periodic, *skip
-		for _, s := range bisect {
-			r, err := dispatcher.ParseGateRule(s)
-			if err != nil {
-				return fmt.Errorf("--bisect %w", err)
-			}
-			c.Bisect = append(c.Bisect, r)
-		}
-		for _, s := range coalesce {
-			r, err := dispatcher.ParseGateRule(s)
-			if err != nil {
-				return fmt.Errorf("--coalesce %w", err)
-			}
-			c.Coalesce = append(c.Coalesce, r)
-		}
-		if *age < 0 {
-			return fmt.Errorf("--age-after %s: want 0 or more", *age)
-		}
-		c.AgeAfter = *age
-		for _, s := range rules {
-			r, err := dispatcher.ParseGateRule(s)
-			if err != nil {
-				return fmt.Errorf("--gate %w", err)
-			}
-			c.Gate = append(c.Gate, r)
-		}
-		c.FixWindow = *window
-		if *window < time.Second {
-			c.GateTick = max(*window/4, 10*time.Millisecond)
-		}
-		return nil
-	}
 }
 
 // hookSecretFlag registers --hook-secret-file; the returned function reads the
