@@ -230,8 +230,8 @@ func (t *Tx) putRecords(ctx context.Context, rows []Row) error {
 func (t *Tx) putCommits(ctx context.Context, rows []Row) error {
 	type key struct{ repo, branch, commit string }
 	type val struct {
-		first           int64
-		subject, author string
+		first                  int64
+		subject, author, email string
 	}
 	by := map[key]val{}
 	var order []key
@@ -250,19 +250,23 @@ func (t *Tx) putCommits(ctx context.Context, rows []Row) error {
 		if v.author == "" {
 			v.author = r.Author
 		}
+		if v.email == "" {
+			v.email = r.AuthorEmail
+		}
 		by[k] = v
 	}
-	args := make([]any, 0, len(order)*6)
+	args := make([]any, 0, len(order)*7)
 	for _, k := range order {
 		v := by[k]
-		args = append(args, k.repo, k.branch, k.commit, v.first, v.subject, v.author)
+		args = append(args, k.repo, k.branch, k.commit, v.first, v.subject, v.author, v.email)
 	}
-	return t.upsert(ctx, `INSERT INTO commits (repo, branch, commit_sha, first_seen, subject, author)`, 6,
+	return t.upsert(ctx, `INSERT INTO commits (repo, branch, commit_sha, first_seen, subject, author, author_email)`, 7,
 		`ON CONFLICT (repo, branch, commit_sha) DO UPDATE SET
 		first_seen = CASE WHEN commits.first_seen = 0 OR (excluded.first_seen <> 0 AND excluded.first_seen < commits.first_seen)
 			THEN excluded.first_seen ELSE commits.first_seen END,
 		subject = CASE WHEN commits.subject = '' THEN excluded.subject ELSE commits.subject END,
-		author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END`, args)
+		author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END,
+		author_email = CASE WHEN commits.author_email = '' THEN excluded.author_email ELSE commits.author_email END`, args)
 }
 
 func (t *Tx) putCells(ctx context.Context, rows []Row) error {

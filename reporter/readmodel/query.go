@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Filter selects records. Empty fields match everything.
@@ -116,15 +117,31 @@ func (f Filter) where(db *DB) (string, []any) {
 		args = append(args, f.Until.UnixNano())
 	}
 	if f.Text != "" {
-		like := "LIKE"
-		if db.dialect == Postgres {
-			like = "ILIKE" // SQLite's LIKE ignores ASCII case already
-		}
-		p := "%" + likeEscape(f.Text) + "%"
-		conds = append(conds, fmt.Sprintf("(subject %[1]s ? ESCAPE '\\' OR author %[1]s ? ESCAPE '\\' OR author_email %[1]s ? ESCAPE '\\')", like))
-		args = append(args, p, p, p)
+		sub, a := db.textCommits(f.Text)
+		conds = append(conds, "(repo, branch, commit_sha) IN ("+sub+")")
+		args = append(args, a...)
 	}
 	return strings.Join(conds, " AND "), args
+}
+
+// textCommits selects (repo, branch, commit_sha) of the commits whose
+// subject, author name or mail holds text, ignoring case, through the
+// trigram index of schema 4: FTS5 on SQLite, pg_trgm on PostgreSQL. On
+// SQLite, text shorter than three characters (no whole trigram) reads the
+// commits table instead, and ignores the case of ASCII letters only.
+func (db *DB) textCommits(text string) (string, []any) {
+	if db.dialect == SQLite && utf8.RuneCountInString(text) >= 3 {
+		// One phrase, in those columns: a phrase of trigrams is a substring.
+		return `SELECT repo, branch, commit_sha FROM commits_text WHERE commits_text MATCH ?`,
+			[]any{`{subject author author_email} : "` + strings.ReplaceAll(text, `"`, `""`) + `"`}
+	}
+	like := "LIKE"
+	if db.dialect == Postgres {
+		like = "ILIKE" // SQLite's LIKE ignores ASCII case already
+	}
+	p := "%" + likeEscape(text) + "%"
+	return fmt.Sprintf(`SELECT repo, branch, commit_sha FROM commits WHERE subject %[1]s ? ESCAPE '\' OR author %[1]s ? ESCAPE '\' OR author_email %[1]s ? ESCAPE '\'`, like),
+		[]any{p, p, p}
 }
 
 func likeEscape(s string) string {
@@ -394,7 +411,7 @@ func (db *DB) Dump(ctx context.Context) (string, error) {
 		}
 	}
 	for _, q := range []string{
-		`SELECT repo || ' ' || branch || ' ' || commit_sha || ' ' || first_seen || ' ' || subject || ' ' || author FROM commits ORDER BY repo, branch, commit_sha`,
+		`SELECT repo || ' ' || branch || ' ' || commit_sha || ' ' || first_seen || ' ' || subject || ' ' || author || ' ' || author_email FROM commits ORDER BY repo, branch, commit_sha`,
 		`SELECT repo || ' ' || branch || ' ' || module || ' ' || job || ' ' || arch || ' ' || job_id || ' ' || first_seen FROM cells ORDER BY repo, branch, module, job, arch`,
 	} {
 		rows, err := db.sql.QueryContext(ctx, q)
