@@ -48,6 +48,9 @@ type DB struct {
 	// where names the database for messages: the SQLite file, or the
 	// Postgres URL without its password.
 	where string
+	// Trace, when set, hears of every list query before it runs (the
+	// statement as sent, and its arguments): benchmarks explain them.
+	Trace func(stmt string, args []any)
 }
 
 // ErrCorrupt says the SQLite file is not a database jetci can use.
@@ -215,11 +218,11 @@ var migrations = []func(d Dialect) []string{
 	func(d Dialect) []string {
 		return []string{`CREATE TABLE waiting (job_id TEXT PRIMARY KEY)`}
 	},
-	// 3 → 4: text search (q=) through an index. The commit's subject,
-	// author and mail are searched on the commits (a branch's commit is one
-	// row however many jobs it has, and the text is the commit's), by
+	// 3 → 4: the commit's subject, author and mail are searched (q=), and
+	// the author and a commit prefix looked up, on the commits (a branch's
+	// commit is one row however many jobs it has) through indexes. Text by
 	// trigrams: SQLite's FTS5 trigram tokenizer in a table kept by
-	// triggers, PostgreSQL's pg_trgm in a GIN index. A substring of three
+	// triggers, PostgreSQL's pg_trgm in a GIN index; a substring of three
 	// characters or more is then found without reading every commit.
 	func(d Dialect) []string {
 		stmts := []string{
@@ -227,6 +230,10 @@ var migrations = []func(d Dialect) []string{
 			`UPDATE commits SET author_email = COALESCE((SELECT r.author_email FROM records r
 				WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha
 				AND r.author_email <> '' LIMIT 1), '')`,
+			// A commit prefix or an author without a branch.
+			`CREATE INDEX commits_sha ON commits (commit_sha)`,
+			`CREATE INDEX commits_author ON commits (author)`,
+			`CREATE INDEX commits_email ON commits (author_email)`,
 		}
 		if d == Postgres {
 			// pg_trgm ships with PostgreSQL (Debian: postgresql-contrib,

@@ -80,9 +80,20 @@ type Paged struct {
 	Prev, Next Cursor
 }
 
-func (f Filter) where(db *DB) (string, []any) {
+// commitsFirst bounds the commits a commit-level filter (text, author,
+// commit prefix) may select for the records to be read commit by commit,
+// through the records_commit index, and sorted. When it selects more, the
+// list is read in its order (an index on time) keeping the records of those
+// commits: they are then common enough for a page to fill soon.
+var commitsFirst = 32 // a variable for tests
+
+// where returns the condition on records that f makes; none says that no
+// record can match (a commit-level filter selected no commit).
+// table is what to select from: "records", with an index to use when the
+// planner would not see it.
+func (f Filter) where(ctx context.Context, db *DB) (cond string, args []any, table string, none bool, err error) {
+	table = "records"
 	var conds []string
-	var args []any
 	eq := func(col, v string) {
 		if v != "" {
 			conds = append(conds, col+" = ?")
@@ -94,19 +105,19 @@ func (f Filter) where(db *DB) (string, []any) {
 	eq("module", f.Module)
 	eq("job", f.Job)
 	eq("arch", f.Arch)
-	if f.Commit != "" {
-		conds = append(conds, "commit_sha LIKE ?")
-		args = append(args, likeEscape(f.Commit)+"%")
-	}
 	if len(f.Status) > 0 {
-		conds = append(conds, "status IN ("+marks(len(f.Status))+")")
+		// Known statuses inline, so that the planner sees when the partial
+		// index of live records (records_live) covers them.
+		var in []string
 		for _, s := range f.Status {
-			args = append(args, s)
+			if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyz") == "" {
+				in = append(in, "'"+s+"'")
+			} else {
+				in = append(in, "?")
+				args = append(args, s)
+			}
 		}
-	}
-	if f.Author != "" {
-		conds = append(conds, "(author = ? OR author_email = ?)")
-		args = append(args, f.Author, f.Author)
+		conds = append(conds, "status IN ("+strings.Join(in, ", ")+")")
 	}
 	if !f.Since.IsZero() {
 		conds = append(conds, "first_seen >= ?")
@@ -116,23 +127,97 @@ func (f Filter) where(db *DB) (string, []any) {
 		conds = append(conds, "first_seen < ?")
 		args = append(args, f.Until.UnixNano())
 	}
-	if f.Text != "" {
-		sub, a := db.textCommits(f.Text)
-		conds = append(conds, "(repo, branch, commit_sha) IN ("+sub+")")
-		args = append(args, a...)
+	if f.Commit == "" && f.Author == "" && f.Text == "" {
+		return strings.Join(conds, " AND "), args, table, false, nil
 	}
-	return strings.Join(conds, " AND "), args
+	// The commit, author and text are the commit's: looked up in the
+	// commits table, through its indexes, then the records of the commits
+	// found.
+	var cc []string
+	var ca []any
+	if f.Repo != "" {
+		cc, ca = append(cc, "repo = ?"), append(ca, f.Repo)
+	}
+	if f.Branch != "" {
+		cc, ca = append(cc, "branch = ?"), append(ca, f.Branch)
+	}
+	if f.Commit != "" {
+		// The range uses the index; LIKE keeps the prefix exact.
+		cc = append(cc, `commit_sha >= ? AND commit_sha < ? AND commit_sha LIKE ? ESCAPE '\'`)
+		ca = append(ca, f.Commit, f.Commit+"\U0010FFFF", likeEscape(f.Commit)+"%")
+	}
+	if f.Author != "" {
+		cc = append(cc, "(author = ? OR author_email = ?)")
+		ca = append(ca, f.Author, f.Author)
+	}
+	if f.Text != "" {
+		c, a := db.textCond(f.Text)
+		cc, ca = append(cc, c), append(ca, a...)
+	}
+	commits := "FROM commits WHERE " + strings.Join(cc, " AND ")
+	rows, err := db.query(ctx, db.q("SELECT repo, branch, commit_sha "+commits+" LIMIT ?"), append(slices.Clip(ca), commitsFirst+1)...)
+	if err != nil {
+		return "", nil, "", false, err
+	}
+	var repos, branches, shas []string
+	n := 0
+	for rows.Next() {
+		var repo, branch, sha string
+		if err := rows.Scan(&repo, &branch, &sha); err != nil {
+			rows.Close()
+			return "", nil, "", false, err
+		}
+		repos, branches, shas = appendNew(repos, repo), appendNew(branches, branch), appendNew(shas, sha)
+		n++
+	}
+	if err := rows.Close(); err != nil {
+		return "", nil, "", false, err
+	}
+	switch {
+	case n == 0:
+		return "", nil, "", true, nil
+	case n <= commitsFirst:
+		// A few commits: their records, through the records_commit index. A
+		// commit's subject and author are the same on every branch, so the
+		// product of repos, branches and shas selects no other commit.
+		if db.dialect == SQLite {
+			// Else SQLite may walk the whole branch in order (records_branch)
+			// to spare itself sorting a few commits' records.
+			table = "records INDEXED BY records_commit"
+		}
+		for i, vs := range [][]string{repos, branches, shas} {
+			conds = append(conds, []string{"repo", "branch", "commit_sha"}[i]+" IN ("+marks(len(vs))+")")
+			for _, v := range vs {
+				args = append(args, v)
+			}
+		}
+	default:
+		plus := "+" // SQLite: no index for this term, the list's order leads
+		if db.dialect == Postgres {
+			plus = ""
+		}
+		conds = append(conds, plus+"commit_sha IN (SELECT commit_sha "+commits+")")
+		args = append(args, ca...)
+	}
+	return strings.Join(conds, " AND "), args, table, false, nil
 }
 
-// textCommits selects (repo, branch, commit_sha) of the commits whose
-// subject, author name or mail holds text, ignoring case, through the
-// trigram index of schema 4: FTS5 on SQLite, pg_trgm on PostgreSQL. On
-// SQLite, text shorter than three characters (no whole trigram) reads the
-// commits table instead, and ignores the case of ASCII letters only.
-func (db *DB) textCommits(text string) (string, []any) {
+func appendNew(s []string, v string) []string {
+	if slices.Contains(s, v) {
+		return s
+	}
+	return append(s, v)
+}
+
+// textCond is the condition on commits that their subject, author name or
+// mail holds text, ignoring case, through the trigram index of schema 4:
+// FTS5 on SQLite, pg_trgm on PostgreSQL. On SQLite, text shorter than three
+// characters (no whole trigram) reads the commits table instead, and ignores
+// the case of ASCII letters only.
+func (db *DB) textCond(text string) (string, []any) {
 	if db.dialect == SQLite && utf8.RuneCountInString(text) >= 3 {
 		// One phrase, in those columns: a phrase of trigrams is a substring.
-		return `SELECT repo, branch, commit_sha FROM commits_text WHERE commits_text MATCH ?`,
+		return `(repo, branch, commit_sha) IN (SELECT repo, branch, commit_sha FROM commits_text WHERE commits_text MATCH ?)`,
 			[]any{`{subject author author_email} : "` + strings.ReplaceAll(text, `"`, `""`) + `"`}
 	}
 	like := "LIKE"
@@ -140,7 +225,7 @@ func (db *DB) textCommits(text string) (string, []any) {
 		like = "ILIKE" // SQLite's LIKE ignores ASCII case already
 	}
 	p := "%" + likeEscape(text) + "%"
-	return fmt.Sprintf(`SELECT repo, branch, commit_sha FROM commits WHERE subject %[1]s ? ESCAPE '\' OR author %[1]s ? ESCAPE '\' OR author_email %[1]s ? ESCAPE '\'`, like),
+	return fmt.Sprintf(`(subject %[1]s ? ESCAPE '\' OR author %[1]s ? ESCAPE '\' OR author_email %[1]s ? ESCAPE '\')`, like),
 		[]any{p, p, p}
 }
 
@@ -186,7 +271,7 @@ func (db *DB) page(ctx context.Context, cols, table, where string, args []any, t
 	}
 	stmt += fmt.Sprintf(" ORDER BY %s %s, %s %s LIMIT ?", timeCol, dir, idCol, dir)
 	args = append(args, p.Limit+1)
-	rows, err := db.sql.QueryContext(ctx, db.q(stmt), args...)
+	rows, err := db.query(ctx, db.q(stmt), args...)
 	if err != nil {
 		return Paged{}, err
 	}
@@ -240,9 +325,12 @@ func scanRow(rows interface{ Scan(...any) error }) (Row, error) {
 // Records returns one page of the records f selects, ordered by when they
 // were first queued (oldest first), then job id.
 func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, error) {
-	where, args := f.where(db)
+	where, args, table, none, err := f.where(ctx, db)
+	if err != nil || none {
+		return nil, Paged{}, err
+	}
 	var out []Row
-	pg, err := db.page(ctx, recordCols, "records", where, args, "first_seen", "sort_key", true, p, func(rows *sql.Rows) (Cursor, error) {
+	pg, err := db.page(ctx, recordCols, table, where, args, "first_seen", "sort_key", true, p, func(rows *sql.Rows) (Cursor, error) {
 		r, err := scanRow(rows)
 		if err != nil {
 			return Cursor{}, err
@@ -258,12 +346,56 @@ func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, erro
 	return out, pg, err
 }
 
+// query and queryRow run the lists' queries, telling Trace of them.
+func (db *DB) query(ctx context.Context, stmt string, args ...any) (*sql.Rows, error) {
+	if db.Trace != nil {
+		db.Trace(stmt, args)
+	}
+	return db.sql.QueryContext(ctx, stmt, args...)
+}
+
+func (db *DB) queryRow(ctx context.Context, stmt string, args ...any) *sql.Row {
+	if db.Trace != nil {
+		db.Trace(stmt, args)
+	}
+	return db.sql.QueryRowContext(ctx, stmt, args...)
+}
+
+// Explain returns the database's plan for a statement (as Trace gives it):
+// EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL, one line a step.
+func (db *DB) Explain(ctx context.Context, stmt string, args ...any) (string, error) {
+	prefix := "EXPLAIN QUERY PLAN "
+	if db.dialect == Postgres {
+		prefix = "EXPLAIN "
+	}
+	rows, err := db.sql.QueryContext(ctx, prefix+stmt, args...)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var b strings.Builder
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return "", err
+		}
+		// SQLite: id, parent, notused, detail; PostgreSQL: one text column.
+		fmt.Fprintf(&b, "%v\n", vals[len(vals)-1])
+	}
+	return b.String(), rows.Err()
+}
+
 // ErrNotFound is returned for a job no record has.
 var ErrNotFound = errors.New("not found")
 
 // Job returns the record of one job.
 func (db *DB) Job(ctx context.Context, id string) (Row, error) {
-	r, err := scanRow(db.sql.QueryRowContext(ctx, db.q(`SELECT `+recordCols+` FROM records WHERE job_id = ?`), id))
+	r, err := scanRow(db.queryRow(ctx, db.q(`SELECT `+recordCols+` FROM records WHERE job_id = ?`), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, ErrNotFound
 	}
@@ -318,7 +450,7 @@ func (db *DB) CommitJobs(ctx context.Context, repo, branch string, shas []string
 }
 
 func (db *DB) rows(ctx context.Context, stmt string, args ...any) ([]Row, error) {
-	rows, err := db.sql.QueryContext(ctx, db.q(stmt), args...)
+	rows, err := db.query(ctx, db.q(stmt), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +478,7 @@ func (db *DB) Branches(ctx context.Context, repo string) ([]BranchRow, error) {
 		stmt += ` WHERE repo = ?`
 		args = append(args, repo)
 	}
-	rows, err := db.sql.QueryContext(ctx, db.q(stmt+` ORDER BY repo, branch`), args...)
+	rows, err := db.query(ctx, db.q(stmt+` ORDER BY repo, branch`), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -372,7 +504,7 @@ func (db *DB) Cells(ctx context.Context, repo, branch string) ([]Row, error) {
 // Head returns the newest commit of a branch.
 func (db *DB) Head(ctx context.Context, repo, branch string) (CommitRow, error) {
 	var c CommitRow
-	err := db.sql.QueryRowContext(ctx, db.q(`SELECT repo, branch, commit_sha, first_seen, subject, author FROM commits
+	err := db.queryRow(ctx, db.q(`SELECT repo, branch, commit_sha, first_seen, subject, author FROM commits
 		WHERE repo = ? AND branch = ? ORDER BY first_seen DESC, commit_sha DESC LIMIT 1`), repo, branch).
 		Scan(&c.Repo, &c.Branch, &c.Commit, &c.FirstSeen, &c.Subject, &c.Author)
 	if errors.Is(err, sql.ErrNoRows) {

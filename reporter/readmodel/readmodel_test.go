@@ -27,7 +27,7 @@ func backends(t *testing.T, f func(t *testing.T, open func() string)) {
 	})
 }
 
-func mustOpen(t *testing.T, dsn string) *DB {
+func mustOpen(t testing.TB, dsn string) *DB {
 	t.Helper()
 	db, err := Open(context.Background(), dsn)
 	if err != nil {
