@@ -144,7 +144,7 @@ func TestApplyAndPage(t *testing.T) {
 			t.Fatalf("head %+v %v", h, err)
 		}
 		// Retention keeps the latest cells.
-		n, err := db.Prune(ctx, timeAt(2000+25), []string{"passed", "failed"})
+		n, err := db.Prune(ctx, timeAt(2000+25), []string{"passed", "failed"}, nil)
 		if err != nil || n != 25 {
 			t.Fatalf("pruned %d, want 25 (%v)", n, err)
 		}

@@ -139,7 +139,7 @@ func searchBackend(t *testing.T, open func() string, results map[string][]string
 		if n := searchCount(t, db, "gus@"); n != 1 {
 			t.Fatalf("a mail written after the commit: %d records, want 1", n)
 		}
-		if _, err := db.Prune(ctx, timeAt(2000+200), []string{"passed"}); err != nil {
+		if _, err := db.Prune(ctx, timeAt(2000+200), []string{"passed"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if n := searchCount(t, db, "parser"); n != 0 {
