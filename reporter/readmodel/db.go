@@ -230,6 +230,9 @@ var migrations = []func(d Dialect) []string{
 			`UPDATE commits SET author_email = COALESCE((SELECT r.author_email FROM records r
 				WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha
 				AND r.author_email <> '' LIMIT 1), '')`,
+			// A module's history (module=, with or without job and arch),
+			// which is too thin in the list's order for a page to fill soon.
+			`CREATE INDEX records_module ON records (module, first_seen, sort_key)`,
 			// A commit prefix or an author without a branch.
 			`CREATE INDEX commits_sha ON commits (commit_sha)`,
 			`CREATE INDEX commits_author ON commits (author)`,

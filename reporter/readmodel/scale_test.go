@@ -124,6 +124,7 @@ func listQueries(n int) []listQuery {
 		{"results repo branch limit=100 (jetci results)", records(Filter{Repo: "proj", Branch: "b4"}, Page{Limit: 100})},
 		{"results repo branch before=end", records(Filter{Repo: "proj", Branch: "b4"}, Page{Limit: 100, Before: End})},
 		{"results repo branch module", records(Filter{Repo: "proj", Branch: "b3", Module: "m007"}, Page{Limit: 100})},
+		{"results repo module", records(Filter{Repo: "proj", Module: "m007"}, Page{Limit: 100, Before: End})},
 		{"results module job arch", records(Filter{Module: "m007", Job: "test", Arch: "arm64"}, Page{Limit: 100, Before: End})},
 		{"results status=failed arch=arm64", records(Filter{Status: []string{"failed"}, Arch: "arm64"}, Page{Limit: 100})},
 		{"results status=failed before=end", records(Filter{Status: []string{"failed"}}, Page{Limit: 100, Before: End})},
