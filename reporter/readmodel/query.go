@@ -1,11 +1,15 @@
 package readmodel
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -530,16 +534,44 @@ func (db *DB) Count(ctx context.Context) (int64, error) {
 // models that agree dump the same (tests compare a rebuild with the live one).
 func (db *DB) Dump(ctx context.Context) (string, error) {
 	var b strings.Builder
+	err := db.dump(ctx, &b)
+	return b.String(), err
+}
+
+// Digest is a SHA-256 of Dump, read a row at a time: it compares read
+// models of any size.
+func (db *DB) Digest(ctx context.Context) (string, error) {
+	h := sha256.New()
+	w := bufio.NewWriterSize(h, 1<<16)
+	if err := db.dump(ctx, w); err != nil {
+		return "", err
+	}
+	if err := w.Flush(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (db *DB) dump(ctx context.Context, b io.Writer) error {
 	for _, q := range []string{
 		`SELECT ` + recordCols + ` FROM records ORDER BY job_id`,
 	} {
-		rs, err := db.rows(ctx, q)
+		rows, err := db.sql.QueryContext(ctx, q)
 		if err != nil {
-			return "", err
+			return err
 		}
-		for _, r := range rs {
-			fmt.Fprintf(&b, "record %s %s %s %s %s %s %s %s %q %q %q %d %d %q %s\n", r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job,
+		for rows.Next() {
+			r, err := scanRow(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			fmt.Fprintf(b, "record %s %s %s %s %s %s %s %s %q %q %q %d %d %q %s\n", r.JobID, r.Repo, r.Branch, r.Commit, r.Module, r.Job,
 				r.Arch, r.Status, r.Author, r.AuthorEmail, r.Subject, r.FirstSeen, r.FinishedAt, r.SortKey, r.Data)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
 		}
 	}
 	for _, q := range []string{
@@ -548,17 +580,20 @@ func (db *DB) Dump(ctx context.Context) (string, error) {
 	} {
 		rows, err := db.sql.QueryContext(ctx, q)
 		if err != nil {
-			return "", err
+			return err
 		}
 		for rows.Next() {
 			var s string
 			if err := rows.Scan(&s); err != nil {
 				rows.Close()
-				return "", err
+				return err
 			}
-			b.WriteString(s + "\n")
+			io.WriteString(b, s+"\n")
 		}
 		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 	}
-	return b.String(), nil
+	return nil
 }
