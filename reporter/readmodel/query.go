@@ -84,18 +84,29 @@ type Paged struct {
 	Prev, Next Cursor
 }
 
-// commitsFirst bounds the commits a commit-level filter (text, author,
+// commitsFirst, when set (tests), replaces the bound of commitsBound.
+var commitsFirst = -1
+
+// commitsBound is how many commits a commit-level filter (text, author,
 // commit prefix) may select for the records to be read commit by commit,
-// through the records_commit index, and sorted. When it selects more, the
+// through the records_commit index, and sorted; when it selects more, the
 // list is read in its order (an index on time) keeping the records of those
-// commits: they are then common enough for a page to fill soon.
-var commitsFirst = 32 // a variable for tests
+// commits. With m of the T commits selected, J jobs a commit and a page of
+// L: reading commit by commit reads m·J records, in the list's order about
+// L·(T/m)·J; the first is the cheaper while m² ≤ L·T, and either then reads
+// at most J·√(L·T) records, whatever the filter.
+func commitsBound(limit int, total int64) int {
+	if commitsFirst >= 0 {
+		return commitsFirst
+	}
+	return max(int(math.Sqrt(float64(limit)*float64(total))), 8)
+}
 
 // where returns the condition on records that f makes; none says that no
 // record can match (a commit-level filter selected no commit).
 // table is what to select from: "records", with an index to use when the
 // planner would not see it.
-func (f Filter) where(ctx context.Context, db *DB) (cond string, args []any, table string, none bool, err error) {
+func (f Filter) where(ctx context.Context, db *DB, limit int) (cond string, args []any, table string, none bool, err error) {
 	table = "records"
 	var conds []string
 	eq := func(col, v string) {
@@ -159,7 +170,23 @@ func (f Filter) where(ctx context.Context, db *DB) (cond string, args []any, tab
 		cc, ca = append(cc, c), append(ca, a...)
 	}
 	commits := "FROM commits WHERE " + strings.Join(cc, " AND ")
-	rows, err := db.query(ctx, db.q("SELECT repo, branch, commit_sha "+commits+" LIMIT ?"), append(slices.Clip(ca), commitsFirst+1)...)
+	// How many commits the repo and branch filters leave (cc and ca start
+	// with those two).
+	scope, n0 := "SELECT count(*) FROM commits", 0
+	for _, v := range []string{f.Repo, f.Branch} {
+		if v != "" {
+			n0++
+		}
+	}
+	if n0 > 0 {
+		scope += " WHERE " + strings.Join(cc[:n0], " AND ")
+	}
+	var total int64
+	if err := db.queryRow(ctx, db.q(scope), ca[:n0]...).Scan(&total); err != nil {
+		return "", nil, "", false, err
+	}
+	bound := commitsBound(limit, total)
+	rows, err := db.query(ctx, db.q("SELECT repo, branch, commit_sha "+commits+" LIMIT ?"), append(slices.Clip(ca), bound+1)...)
 	if err != nil {
 		return "", nil, "", false, err
 	}
@@ -180,7 +207,7 @@ func (f Filter) where(ctx context.Context, db *DB) (cond string, args []any, tab
 	switch {
 	case n == 0:
 		return "", nil, "", true, nil
-	case n <= commitsFirst:
+	case n <= bound:
 		// A few commits: their records, through the records_commit index. A
 		// commit's subject and author are the same on every branch, so the
 		// product of repos, branches and shas selects no other commit.
@@ -329,7 +356,7 @@ func scanRow(rows interface{ Scan(...any) error }) (Row, error) {
 // Records returns one page of the records f selects, ordered by when they
 // were first queued (oldest first), then job id.
 func (db *DB) Records(ctx context.Context, f Filter, p Page) ([]Row, Paged, error) {
-	where, args, table, none, err := f.where(ctx, db)
+	where, args, table, none, err := f.where(ctx, db, p.Limit)
 	if err != nil || none {
 		return nil, Paged{}, err
 	}
