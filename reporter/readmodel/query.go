@@ -157,9 +157,14 @@ func (f Filter) where(ctx context.Context, db *DB, limit int) (cond string, args
 		cc, ca = append(cc, "branch = ?"), append(ca, f.Branch)
 	}
 	if f.Commit != "" {
-		// The range uses the index; LIKE keeps the prefix exact.
-		cc = append(cc, `commit_sha >= ? AND commit_sha < ? AND commit_sha LIKE ? ESCAPE '\'`)
-		ca = append(ca, f.Commit, f.Commit+"\U0010FFFF", likeEscape(f.Commit)+"%")
+		// The range uses the index (a hex prefix: "g" sorts after every
+		// hex digit in any collation); LIKE keeps the prefix exact.
+		if strings.Trim(f.Commit, "0123456789abcdef") == "" {
+			cc = append(cc, `commit_sha >= ? AND commit_sha < ?`)
+			ca = append(ca, f.Commit, f.Commit+"g")
+		}
+		cc = append(cc, `commit_sha LIKE ? ESCAPE '\'`)
+		ca = append(ca, likeEscape(f.Commit)+"%")
 	}
 	if f.Author != "" {
 		cc = append(cc, "(author = ? OR author_email = ?)")
