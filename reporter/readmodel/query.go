@@ -91,15 +91,36 @@ var commitsFirst = -1
 // commit prefix) may select for the records to be read commit by commit,
 // through the records_commit index, and sorted; when it selects more, the
 // list is read in its order (an index on time) keeping the records of those
-// commits. With m of the T commits selected, J jobs a commit and a page of
-// L: reading commit by commit reads m·J records, in the list's order about
-// L·(T/m)·J; the first is the cheaper while m² ≤ L·T, and either then reads
-// at most J·√(L·T) records, whatever the filter.
-func commitsBound(limit int, total int64) int {
+// commits. With m of the T commits selected, N records (J = N/T a commit)
+// and a page of L: commit by commit reads m·J records, the list's order
+// about L·T/m (the records of the commits found are m/T of them); the first
+// is the cheaper while m² ≤ L·T/J, and either then reads at most about
+// √(L·N) records, whatever the filter.
+func commitsBound(limit int, total, records int64) int {
 	if commitsFirst >= 0 {
 		return commitsFirst
 	}
-	return max(int(math.Sqrt(float64(limit)*float64(total))), 8)
+	j := max(float64(records)/float64(max(total, 1)), 1)
+	return max(int(math.Sqrt(float64(limit)*float64(total)/j)), 8)
+}
+
+// records estimates how many records there are, without counting them.
+func (db *DB) records(ctx context.Context) (int64, error) {
+	var n int64
+	if db.dialect == Postgres {
+		// What the last ANALYZE (autovacuum's) saw; -1 before any.
+		if err := db.queryRow(ctx, `SELECT reltuples::bigint FROM pg_class WHERE oid = 'records'::regclass`).Scan(&n); err != nil {
+			return 0, err
+		}
+		if n >= 0 {
+			return n, nil
+		}
+		err := db.queryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM records LIMIT 100000) s`).Scan(&n)
+		return n, err
+	}
+	// The largest rowid: the records written, fewer those deleted last.
+	err := db.queryRow(ctx, `SELECT COALESCE(max(rowid), 0) FROM records`).Scan(&n)
+	return n, err
 }
 
 // where returns the condition on records that f makes; none says that no
@@ -190,7 +211,11 @@ func (f Filter) where(ctx context.Context, db *DB, limit int) (cond string, args
 	if err := db.queryRow(ctx, db.q(scope), ca[:n0]...).Scan(&total); err != nil {
 		return "", nil, "", false, err
 	}
-	bound := commitsBound(limit, total)
+	records, err := db.records(ctx)
+	if err != nil {
+		return "", nil, "", false, err
+	}
+	bound := commitsBound(limit, total, records)
 	rows, err := db.query(ctx, db.q("SELECT repo, branch, commit_sha "+commits+" LIMIT ?"), append(slices.Clip(ca), bound+1)...)
 	if err != nil {
 		return "", nil, "", false, err
