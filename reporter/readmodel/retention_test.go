@@ -45,7 +45,8 @@ func size(t testing.TB, db *DB, path string) int64 {
 }
 
 // TestRetentionAtScale: a history rolls on, 6 × 12,000 jobs in the seed's
-// shape, pruned after each to the last 24,000. Every time: no finished
+// shape (a quarter of that under the race detector), pruned after each to
+// the last 24,000. Every time: no finished
 // record older than the cut is left but the latest of each cell, those all
 // stay, no commit is left without records (nor in the text index), the
 // number of records is bounded and so is the size on disk; the prune works
@@ -58,7 +59,10 @@ func TestRetentionAtScale(t *testing.T) {
 		ctx := context.Background()
 		dsn := open()
 		db := mustOpen(t, dsn)
-		const step, keep, cycles = 12000, 24000, 6
+		step, keep, cycles := 12000, 24000, 6
+		if raceOn {
+			step, keep = 3000, 6000
+		}
 		var sizes []int64
 		for c := range cycles {
 			fillSeed(t, db, c*step, step)
