@@ -51,12 +51,31 @@ func (r *Reporter) closeDB() {
 }
 
 // prune deletes finished records older than the retention from the read
-// model, every so often.
+// model, once the fold is ready and then every so often, in batches (readmodel.PruneBatch) with a pause
+// after each as long as it took: the fold, which writes the same tables,
+// waits for one batch at most and gets at least half the time.
 func (r *Reporter) prune(ctx context.Context) {
+	// First once the fold has caught up with the stream (a restart, a
+	// rebuild): then what it folded old goes at once.
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.view.Ready():
+	}
 	t := time.NewTicker(min(r.cfg.HistoryRetention/10+time.Second, time.Hour))
 	defer t.Stop()
 	for {
-		n, err := r.db.Prune(ctx, time.Now().Add(-r.cfg.HistoryRetention), finalStatuses())
+		began := time.Now()
+		pause := func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(max(time.Since(began), 10*time.Millisecond)):
+			}
+			began = time.Now()
+			return nil
+		}
+		n, err := r.db.Prune(ctx, time.Now().Add(-r.cfg.HistoryRetention), finalStatuses(), pause)
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn().Err(err).Msg("read model: history retention")
 		} else if n > 0 {

@@ -126,16 +126,19 @@ func (v *View) Stats() FoldStats {
 }
 
 // Run folds results into the read model and watches the runners and
-// branches until ctx ends, starting a watch again if it breaks.
+// branches until ctx ends, starting a watch again if it breaks. It returns
+// once every goroutine it started has ended.
 func (v *View) Run(ctx context.Context) {
-	go v.watch(ctx, v.runners, events.LeaseKey("*"), v.applyLease)
+	var wg sync.WaitGroup
+	wg.Go(func() { v.watch(ctx, v.runners, events.LeaseKey("*"), v.applyLease) })
 	if v.branches != nil {
-		go v.watch(ctx, v.branches, ">", v.applyBranch)
+		wg.Go(func() { v.watch(ctx, v.branches, ">", v.applyBranch) })
 	}
 	if v.results != nil && v.OnBad != nil {
-		go v.checkResults(ctx)
+		wg.Go(func() { v.checkResults(ctx) })
 	}
 	v.fold(ctx)
+	wg.Wait()
 }
 
 // checkResults validates every record written to the jetci-results bucket
@@ -153,7 +156,7 @@ func (v *View) checkResults(ctx context.Context) {
 			}
 			continue
 		}
-		for e := range w.Updates() {
+		for e := range updates(ctx, w) {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
@@ -184,12 +187,29 @@ func (v *View) watch(ctx context.Context, kv jetstream.KeyValue, keys string, ap
 			}
 			continue
 		}
-		for e := range w.Updates() {
+		for e := range updates(ctx, w) {
 			if e != nil {
 				apply(e)
 			}
 		}
 		_ = w.Stop()
+	}
+}
+
+// updates yields a watcher's entries until its channel closes or ctx ends,
+// whichever comes first: a watch loop never outlives its context.
+func updates(ctx context.Context, w jetstream.KeyWatcher) func(yield func(jetstream.KeyValueEntry) bool) {
+	return func(yield func(jetstream.KeyValueEntry) bool) {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok || !yield(e) {
+					return
+				}
+			}
+		}
 	}
 }
 

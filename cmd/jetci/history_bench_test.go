@@ -87,8 +87,10 @@ func BenchmarkHistory(b *testing.B) {
 	baseRead := time.Since(readStart)
 	for range b.N {
 		dsn := filepath.Join(b.TempDir(), reporter.DBFile)
+		rebuilt := filepath.Join(b.TempDir(), reporter.DBFile)
 		if backend == "postgres" {
-			dsn = pgtest.Start(b).NewDB()
+			pg := pgtest.Start(b)
+			dsn, rebuilt = pg.NewDB(), pg.NewDB()
 		}
 		addr := reserveAddr(b)
 		startReporter := func() *child {
@@ -123,6 +125,18 @@ func BenchmarkHistory(b *testing.B) {
 		})
 		fold := time.Since(t0)
 		watch.Close()
+		// The reporter says it is ready a moment after its last batch.
+		brokertest.CheckFor(b, time.Minute, 5*time.Millisecond, func() error {
+			resp, err := http.Get(base + "/api/v1/results?limit=1")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("%d", resp.StatusCode)
+			}
+			return nil
+		})
 		rssAfterFold, peak := rssOf(b, c.cmd.Process.Pid)
 		// Pages and API lists.
 		sha := syntheticCommit(b, s.URL, base)
@@ -175,6 +189,17 @@ func BenchmarkHistory(b *testing.B) {
 		})
 		restart := time.Since(t1)
 		c.kill(syscall.SIGTERM)
+		// jetci reindex into a new database: it equals the live one.
+		t2 := time.Now()
+		if out, err := exec.Command(bin, "reindex", "--nats", s.URL, "--db", rebuilt, "--log-level", "warn").CombinedOutput(); err != nil {
+			b.Fatalf("jetci reindex: %v\n%.2000s", err, out)
+		}
+		reindex := time.Since(t2)
+		if live, again := digestOf(b, dsn), digestOf(b, rebuilt); live != again {
+			b.Fatalf("the rebuild of %d jobs differs from the live read model", n)
+		}
+		b.Logf("jetci reindex of %d jobs: %v (%.0f jobs/s); the rebuild equals the live read model", n, reindex.Round(time.Millisecond), float64(n)/reindex.Seconds())
+		b.ReportMetric(reindex.Seconds(), "reindex_s")
 		b.Logf("%s, %d jobs: fold %v (%.0f jobs/s); RSS %d MB after the fold (peak %d), %d MB after the pages (peak %d); restart to ready %v; jetci results --limit 100 p50 %v",
 			dsnKind(dsn), n, fold.Round(time.Millisecond), float64(n)/fold.Seconds(), rssAfterFold>>20, peak>>20, rssAfterPages>>20, peak2>>20,
 			restart.Round(time.Millisecond), rs[len(rs)/2].Round(time.Millisecond))
@@ -187,6 +212,20 @@ func BenchmarkHistory(b *testing.B) {
 		b.ReportMetric(float64(worstSize)/1024, "page_max_KB")
 		b.ReportMetric(ms64(rs[len(rs)/2]), "results_ms")
 	}
+}
+
+// digestOf is the digest of a read model's rows (readmodel.DB.Digest).
+func digestOf(b *testing.B, dsn string) string {
+	db, err := readmodel.Open(context.Background(), dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	d, err := db.Digest(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
 }
 
 func dsnKind(dsn string) string {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -230,8 +231,8 @@ func (t *Tx) putRecords(ctx context.Context, rows []Row) error {
 func (t *Tx) putCommits(ctx context.Context, rows []Row) error {
 	type key struct{ repo, branch, commit string }
 	type val struct {
-		first           int64
-		subject, author string
+		first                  int64
+		subject, author, email string
 	}
 	by := map[key]val{}
 	var order []key
@@ -250,19 +251,23 @@ func (t *Tx) putCommits(ctx context.Context, rows []Row) error {
 		if v.author == "" {
 			v.author = r.Author
 		}
+		if v.email == "" {
+			v.email = r.AuthorEmail
+		}
 		by[k] = v
 	}
-	args := make([]any, 0, len(order)*6)
+	args := make([]any, 0, len(order)*7)
 	for _, k := range order {
 		v := by[k]
-		args = append(args, k.repo, k.branch, k.commit, v.first, v.subject, v.author)
+		args = append(args, k.repo, k.branch, k.commit, v.first, v.subject, v.author, v.email)
 	}
-	return t.upsert(ctx, `INSERT INTO commits (repo, branch, commit_sha, first_seen, subject, author)`, 6,
+	return t.upsert(ctx, `INSERT INTO commits (repo, branch, commit_sha, first_seen, subject, author, author_email)`, 7,
 		`ON CONFLICT (repo, branch, commit_sha) DO UPDATE SET
 		first_seen = CASE WHEN commits.first_seen = 0 OR (excluded.first_seen <> 0 AND excluded.first_seen < commits.first_seen)
 			THEN excluded.first_seen ELSE commits.first_seen END,
 		subject = CASE WHEN commits.subject = '' THEN excluded.subject ELSE commits.subject END,
-		author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END`, args)
+		author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END,
+		author_email = CASE WHEN commits.author_email = '' THEN excluded.author_email ELSE commits.author_email END`, args)
 }
 
 func (t *Tx) putCells(ctx context.Context, rows []Row) error {
@@ -326,29 +331,96 @@ func (db *DB) BadEvents(ctx context.Context, limit int) ([]BadEvent, error) {
 	return out, rows.Err()
 }
 
+// PruneBatch is how many records one transaction of Prune deletes: the
+// fold, which writes to the same tables, waits for one batch at most.
+const PruneBatch = 1000
+
 // Prune deletes finished records that ended before t (retention), unless a
 // record is still the latest of its cell, and the commits left without
-// records. It returns how many records went.
-func (db *DB) Prune(ctx context.Context, t time.Time, final []string) (int64, error) {
-	args := []any{t.UnixNano()}
-	for _, s := range final {
-		args = append(args, s)
+// records. It deletes in transactions of at most PruneBatch records, oldest
+// first, calling between (when set) after each; it returns how many records
+// went. A page's cursor stays good: lists are keyed by (time, id), not by
+// position.
+func (db *DB) Prune(ctx context.Context, t time.Time, final []string, between func(ctx context.Context) error) (int64, error) {
+	var total int64
+	for {
+		n, err := db.pruneBatch(ctx, t.UnixNano(), final, PruneBatch)
+		total += n
+		if err != nil || n < PruneBatch {
+			return total, err
+		}
+		if between != nil {
+			if err := between(ctx); err != nil {
+				return total, err
+			}
+		}
 	}
-	res, err := db.sql.ExecContext(ctx, db.q(`DELETE FROM records WHERE finished_at <> 0 AND finished_at < ?
-		AND status IN (`+marks(len(final))+`) AND job_id NOT IN (SELECT job_id FROM cells)`), args...)
+}
+
+func (db *DB) pruneBatch(ctx context.Context, before int64, final []string, limit int) (int64, error) {
+	tx, err := db.sql.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
-	n, _ := res.RowsAffected()
-	if n > 0 {
-		if _, err := db.sql.ExecContext(ctx, `DELETE FROM waiting WHERE job_id NOT IN (SELECT job_id FROM records)`); err != nil {
-			return n, err
+	defer tx.Rollback()
+	args := []any{before}
+	for _, s := range final {
+		args = append(args, s)
+	}
+	// The oldest finished ones first, through records_finished; the cells'
+	// latest records (a small table) stay.
+	rows, err := tx.QueryContext(ctx, db.q(`SELECT job_id, repo, branch, commit_sha FROM records
+		WHERE finished_at > 0 AND finished_at < ? AND status IN (`+marks(len(final))+`)
+		AND job_id NOT IN (SELECT job_id FROM cells) ORDER BY finished_at LIMIT ?`), append(args, limit)...)
+	if err != nil {
+		return 0, err
+	}
+	type commit struct{ repo, branch, sha string }
+	var ids []any
+	var commits []commit
+	seen := map[commit]bool{}
+	for rows.Next() {
+		var id string
+		var c commit
+		if err := rows.Scan(&id, &c.repo, &c.branch, &c.sha); err != nil {
+			rows.Close()
+			return 0, err
 		}
-		if _, err := db.sql.ExecContext(ctx, db.q(`DELETE FROM commits WHERE first_seen < ? AND NOT EXISTS
-			(SELECT 1 FROM records r WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha)`),
-			t.UnixNano()); err != nil {
-			return n, err
+		ids = append(ids, id)
+		if !seen[c] {
+			seen[c] = true
+			commits = append(commits, c)
 		}
 	}
-	return n, nil
+	if err := rows.Close(); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int64
+	for chunk := range slices.Chunk(ids, 500) {
+		// The conditions again: on PostgreSQL the fold may have changed a
+		// record since (a re-check), and the delete sees its new version.
+		del := append(slices.Clone(chunk), args...)
+		res, err := tx.ExecContext(ctx, db.q(`DELETE FROM records WHERE job_id IN (`+marks(len(chunk))+`)
+			AND finished_at > 0 AND finished_at < ? AND status IN (`+marks(len(final))+`)
+			AND job_id NOT IN (SELECT job_id FROM cells)`), del...)
+		if err != nil {
+			return 0, err
+		}
+		k, _ := res.RowsAffected()
+		n += k
+		if _, err := tx.ExecContext(ctx, db.q(`DELETE FROM waiting WHERE job_id IN (`+marks(len(chunk))+`)`), chunk...); err != nil {
+			return 0, err
+		}
+	}
+	for _, c := range commits {
+		if _, err := tx.ExecContext(ctx, db.q(`DELETE FROM commits WHERE repo = ? AND branch = ? AND commit_sha = ? AND NOT EXISTS
+			(SELECT 1 FROM records r WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha)`),
+			c.repo, c.branch, c.sha); err != nil {
+			return 0, err
+		}
+	}
+	return n, tx.Commit()
 }

@@ -48,6 +48,9 @@ type DB struct {
 	// where names the database for messages: the SQLite file, or the
 	// Postgres URL without its password.
 	where string
+	// Trace, when set, hears of every list query before it runs (the
+	// statement as sent, and its arguments): benchmarks explain them.
+	Trace func(stmt string, args []any)
 }
 
 // ErrCorrupt says the SQLite file is not a database jetci can use.
@@ -157,7 +160,7 @@ func (db *DB) q(s string) string {
 }
 
 // SchemaVersion is the version this code writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] takes a database from version i to i+1. A database is
 // brought to SchemaVersion on Open; never edit a released step, add one.
@@ -214,6 +217,62 @@ var migrations = []func(d Dialect) []string{
 	// change rather than only when their record does.
 	func(d Dialect) []string {
 		return []string{`CREATE TABLE waiting (job_id TEXT PRIMARY KEY)`}
+	},
+	// 3 → 4: the commit's subject, author and mail are searched (q=), and
+	// the author and a commit prefix looked up, on the commits (a branch's
+	// commit is one row however many jobs it has) through indexes. Text by
+	// trigrams: SQLite's FTS5 trigram tokenizer in a table kept by
+	// triggers, PostgreSQL's pg_trgm in a GIN index; a substring of three
+	// characters or more is then found without reading every commit.
+	func(d Dialect) []string {
+		stmts := []string{
+			`ALTER TABLE commits ADD COLUMN author_email TEXT NOT NULL DEFAULT ''`,
+			`UPDATE commits SET author_email = COALESCE((SELECT r.author_email FROM records r
+				WHERE r.repo = commits.repo AND r.branch = commits.branch AND r.commit_sha = commits.commit_sha
+				AND r.author_email <> '' LIMIT 1), '')`,
+			// A module's history (module=, with or without job and arch),
+			// which is too thin in the list's order for a page to fill soon.
+			`CREATE INDEX records_module ON records (module, first_seen, sort_key)`,
+			// A commit prefix or an author without a branch.
+			`CREATE INDEX commits_sha ON commits (commit_sha)`,
+			`CREATE INDEX commits_author ON commits (author)`,
+			`CREATE INDEX commits_email ON commits (author_email)`,
+		}
+		if d == Postgres {
+			// pg_trgm ships with PostgreSQL (Debian: postgresql-contrib,
+			// part of postgresql-NN) and is a trusted extension: the
+			// database's owner may create it. Where it cannot be, the search
+			// reads the commits table (still not the records).
+			return append(stmts, `DO $$
+			BEGIN
+				CREATE EXTENSION IF NOT EXISTS pg_trgm;
+				CREATE INDEX commits_text ON commits USING gin (subject gin_trgm_ops, author gin_trgm_ops, author_email gin_trgm_ops);
+			EXCEPTION WHEN OTHERS THEN
+				RAISE WARNING 'jetci: no pg_trgm (%): text search reads every commit', SQLERRM;
+			END $$`)
+		}
+		// The FTS table's rows are found by the commit's sha (an indexed
+		// column, so a delete does not read the table): never by rowid,
+		// which VACUUM may renumber in commits.
+		return append(stmts,
+			`CREATE VIRTUAL TABLE commits_text USING fts5(repo UNINDEXED, branch UNINDEXED, commit_sha, subject, author, author_email, tokenize = 'trigram')`,
+			`INSERT INTO commits_text (repo, branch, commit_sha, subject, author, author_email)
+				SELECT repo, branch, commit_sha, subject, author, author_email FROM commits`,
+			`CREATE TRIGGER commits_text_insert AFTER INSERT ON commits BEGIN
+				INSERT INTO commits_text (repo, branch, commit_sha, subject, author, author_email)
+				VALUES (new.repo, new.branch, new.commit_sha, new.subject, new.author, new.author_email);
+			END`,
+			`CREATE TRIGGER commits_text_delete AFTER DELETE ON commits BEGIN
+				DELETE FROM commits_text WHERE commits_text MATCH 'commit_sha:"' || replace(old.commit_sha, '"', '""') || '"'
+					AND repo = old.repo AND branch = old.branch AND commit_sha = old.commit_sha;
+			END`,
+			`CREATE TRIGGER commits_text_update AFTER UPDATE OF subject, author, author_email ON commits
+			WHEN old.subject IS NOT new.subject OR old.author IS NOT new.author OR old.author_email IS NOT new.author_email BEGIN
+				DELETE FROM commits_text WHERE commits_text MATCH 'commit_sha:"' || replace(old.commit_sha, '"', '""') || '"'
+					AND repo = old.repo AND branch = old.branch AND commit_sha = old.commit_sha;
+				INSERT INTO commits_text (repo, branch, commit_sha, subject, author, author_email)
+				VALUES (new.repo, new.branch, new.commit_sha, new.subject, new.author, new.author_email);
+			END`)
 	},
 }
 
@@ -288,7 +347,12 @@ func (db *DB) Reset(ctx context.Context) error {
 		return err
 	}
 	defer tx.Rollback()
-	for _, t := range []string{"position", "records", "commits", "cells", "bad_events", "waiting"} {
+	tables := []string{"position", "records", "commits", "cells", "bad_events", "waiting"}
+	if db.dialect == SQLite {
+		// Emptied before commits, so that its delete trigger finds nothing.
+		tables = append([]string{"commits_text"}, tables...)
+	}
+	for _, t := range tables {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
 			return err
 		}
