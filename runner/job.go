@@ -337,8 +337,10 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 
 // storeLog makes one try, of at most logFirstTry, to store the log, and
 // returns its digest; a log it could not store is spooled by the caller.
+// ctx is the job's: a cancelled job's log is stored all the same (the try is
+// bounded by its own timeout, not by the cancel that ended the job).
 func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
 	defer cancel()
 	_, digest, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
 	return digest, err
