@@ -157,7 +157,7 @@ func (db *DB) q(s string) string {
 }
 
 // SchemaVersion is the version this code writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] takes a database from version i to i+1. A database is
 // brought to SchemaVersion on Open; never edit a released step, add one.
@@ -214,6 +214,12 @@ var migrations = []func(d Dialect) []string{
 	// change rather than only when their record does.
 	func(d Dialect) []string {
 		return []string{`CREATE TABLE waiting (job_id TEXT PRIMARY KEY)`}
+	},
+	// 3 → 4: a cell's records by status and time, for "failing since"
+	// (FirstFailing): its last pass, then its first failure after it, are
+	// each one seek.
+	func(d Dialect) []string {
+		return []string{`CREATE INDEX records_cell ON records (repo, branch, module, job, arch, status, first_seen, sort_key)`}
 	},
 }
 
