@@ -37,6 +37,15 @@ func (r *Reporter) apiFlakyTests(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, badTestLimit)
 		return
 	}
+	if req.URL.Query().Get("group") == "1" {
+		groups, err := r.tests.FlakyGroups(req.Context(), f)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"groups": nonNil(groups)})
+		return
+	}
 	tests, err := r.tests.Flaky(req.Context(), f)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -53,6 +62,15 @@ func (r *Reporter) apiSlowestTests(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, badTestLimit)
 		return
 	}
+	if req.URL.Query().Get("group") == "1" {
+		groups, err := r.tests.SlowestGroups(req.Context(), f)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"groups": nonNil(groups)})
+		return
+	}
 	tests, err := r.tests.Slowest(req.Context(), f)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -63,7 +81,7 @@ func (r *Reporter) apiSlowestTests(w http.ResponseWriter, req *http.Request) {
 
 type testsPage struct {
 	Filter         TestFilter
-	Flaky, Slowest []TestEntry
+	Flaky, Slowest []TestGroup // one test across branches, with each branch's
 	Err            string
 }
 
@@ -77,8 +95,8 @@ func (r *Reporter) pageTests(w http.ResponseWriter, req *http.Request) {
 	}
 	data := testsPage{Filter: f}
 	var err error
-	if data.Flaky, err = r.tests.Flaky(req.Context(), f); err == nil {
-		data.Slowest, err = r.tests.Slowest(req.Context(), f)
+	if data.Flaky, err = r.tests.FlakyGroups(req.Context(), f); err == nil {
+		data.Slowest, err = r.tests.SlowestGroups(req.Context(), f)
 	}
 	if err != nil {
 		data.Err = err.Error()
