@@ -3,6 +3,7 @@ package reporter
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -294,4 +295,25 @@ func TestLogTailStartsAtALine(t *testing.T) {
 		}
 	}
 	_ = context.Background
+}
+
+// TestAttemptNumbersAgree: the third run of a job is attempt 3 on its page,
+// and the log's heading says so, with the run and delivery the runner's
+// own header names.
+func TestAttemptNumbersAgree(t *testing.T) {
+	f := newWebFixture(t, "")
+	ref := jref("proj", "main", sha('a'), "test", "amd64")
+	for seq := uint64(1); seq <= 3; seq++ {
+		f.run(ref, seq, events.StatusFailed, fmt.Sprintf("[jetci] proj main@%s job test arch amd64 run %d delivery 1 on r1\n", sha('a'), seq), nil)
+		f.waitFor(ref.JobID, func(r Record) bool { return r.QueueSeq == seq && r.Status == events.StatusFailed })
+	}
+	rec := f.waitFor(ref.JobID, func(r Record) bool { return r.Attempt == 3 })
+	_, body, _ := f.get("/job/" + rec.JobID)
+	if !strings.Contains(body, `id="log-attempt">(attempt 3: run 3, delivery 1)`) || !strings.Contains(body, "run 3 delivery 1 on r1") {
+		t.Errorf("job page of attempt 3:\n%s", body)
+	}
+	_, body, _ = f.get("/job/" + rec.JobID + "?attempt=1")
+	if !strings.Contains(body, `id="log-attempt">(attempt 1: run 1, delivery 1)`) || !strings.Contains(body, "run 1 delivery 1 on r1") {
+		t.Errorf("job page of attempt 1:\n%s", body)
+	}
 }

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -139,7 +140,10 @@ func TestCancelARunningJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	text, err := store.GetString(context.Background(), r.Log)
-	if err != nil || !strings.Contains(text, "exec sleep 30") || !strings.Contains(text, "cancelled by web") {
+	// Its header names the run and delivery it knows, not an attempt
+	// number the record counts otherwise (issue 18).
+	if err != nil || !strings.Contains(text, "exec sleep 30") || !strings.Contains(text, "cancelled by web") ||
+		!strings.Contains(text, fmt.Sprintf(" run %d delivery 1 on ", seq)) || strings.Contains(text, " attempt ") {
 		t.Fatalf("stored log %q, %v", text, err)
 	}
 	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {

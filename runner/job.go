@@ -208,7 +208,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
-	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
+	// The runner knows the run (its queue sequence) and this delivery of
+	// it, not the record's attempt number, which counts every run and
+	// delivery of the job (the job page says it): the header names what it
+	// knows, so that the two never disagree.
+	out.Note("[jetci] %s %s@%s job %s arch %s run %d delivery %d on %s", job.Repo, job.Branch, job.Commit, events.QualifiedJob(job.Module, job.Job), job.Arch, seq, attempt, r.cfg.ID)
 	// Secrets are masked from here on: before any step prints.
 	secrets, serr := r.secretsFor(job)
 	masked := make([]string, 0, len(secrets))
