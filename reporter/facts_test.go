@@ -317,3 +317,68 @@ func TestAttemptNumbersAgree(t *testing.T) {
 		t.Errorf("job page of attempt 1:\n%s", body)
 	}
 }
+
+// TestBrokenBuildBannerAndBisectionBox: the banner of a broken branch
+// names the breaking commit and its author; a bisection's box goes once its
+// job is green again on the branch.
+func TestBrokenBuildBannerAndBisectionBox(t *testing.T) {
+	f := newWebFixture(t, "")
+	atB, _ := f.seedBreak()
+	ctx := f.ctx
+	branches, err := f.s.JS.KeyValue(ctx, events.BucketBranches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := events.BranchState{Repo: "proj", Branch: "main", State: events.BranchBroken, Since: t0,
+		Reason: "storage/test failed on amd64", BrokenBy: &atB, Author: bob, Held: 1}
+	data, err := events.Encode(&st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := branches.Put(ctx, events.BranchKey("proj", "main"), data); err != nil {
+		t.Fatal(err)
+	}
+	bis, err := f.s.JS.KeyValue(ctx, events.BucketBisect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := events.Bisection{ID: atB.JobID, Repo: "proj", Branch: "main", Job: "test", Module: "storage", Arch: "amd64",
+		State: events.BisectFound, Good: sha('a'), Bad: sha('b'), Commits: []events.BisectCommit{{Commit: sha('a')}, {Commit: sha('b')}},
+		Culprit: &events.BisectCommit{Commit: sha('b'), Author: bob}, StartedAt: t0.Add(90 * time.Second)}
+	if data, err = events.Encode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bis.Put(ctx, events.BisectKey("proj", "main", b.ID), data); err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	deadline := time.Now().Add(10 * time.Second)
+	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, body, _ = f.get(branchURL("proj", "main")); strings.Contains(body, `id="broken-by"`) {
+			break
+		}
+	}
+	for _, want := range []string{`id="broken-by">Broken by <a class="mono" href="` + strings.ReplaceAll(commitURL("proj", "main", sha('b')), "&", "&amp;"),
+		"by <b>Bob Breaker</b>", "storage/test on amd64", `id="bisect-` + atB.JobID + `"`, `id="held-count">1 commit(s) held`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("branch page: no %q in\n%s", want, body)
+		}
+	}
+	// The job at c links the culprit search.
+	_, body, _ = f.get("/job/" + events.JobID("proj", "main", sha('c'), "storage/test", "amd64"))
+	if !strings.Contains(body, "culprit search</a>") || !strings.Contains(body, "#bisect-"+atB.JobID) {
+		t.Errorf("job page: no link to the culprit search:\n%s", body)
+	}
+	// storage passes at d: the box goes.
+	ref := jref("proj", "main", sha('d'), "test", "amd64")
+	ref.Module, ref.JobID = "storage", events.JobID("proj", "main", sha('d'), "storage/test", "amd64")
+	f.runAs(ref, 200, events.StatusPassed, ann, "storage: fix", t0.Add(5*time.Minute), nil)
+	f.waitFor(ref.JobID, func(r Record) bool { return r.Status == events.StatusPassed })
+	deadline = time.Now().Add(10 * time.Second)
+	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, body, _ = f.get(branchURL("proj", "main")); !strings.Contains(body, `id="bisect-`) {
+			return
+		}
+	}
+	t.Fatalf("the bisection's box stays after its job passed again:\n%s", body)
+}

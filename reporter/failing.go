@@ -3,6 +3,7 @@ package reporter
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -185,4 +186,34 @@ func failingText(fs *FailingSince) string {
 		s += "; culprit search: " + events.Short(c.Commit) + " by " + c.Author.Name
 	}
 	return s
+}
+
+// unfixed leaves out the bisections whose job is green again on their
+// branch: its latest check passed after the search began. Their box would
+// otherwise stay red on the branch page (the API still lists them).
+func (v *View) unfixed(ctx context.Context, bs []*events.Bisection) []*events.Bisection {
+	if len(bs) == 0 {
+		return bs
+	}
+	cells, err := v.latest(ctx, bs[0].Repo, bs[0].Branch)
+	if err != nil {
+		return bs
+	}
+	var out []*events.Bisection
+	for _, b := range bs {
+		fixed := false
+		for _, r := range cells {
+			// A pass of a commit the search itself ran (its range, the last
+			// good one) is the search's evidence, not a fix.
+			inRange := r.Commit == b.Good || slices.ContainsFunc(b.Commits, func(c events.BisectCommit) bool { return c.Commit == r.Commit })
+			if r.Module == b.Module && r.Job == b.Job && r.Arch == b.Arch && r.Status == events.StatusPassed &&
+				firstSeen(&r).After(b.StartedAt) && !inRange {
+				fixed = true
+			}
+		}
+		if !fixed {
+			out = append(out, b)
+		}
+	}
+	return out
 }

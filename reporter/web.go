@@ -146,7 +146,7 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 		data.Gate = &st
 		data.Paused = pausedCommits(data.Commits)
 	}
-	data.Bisections = r.branchBisections(req.Context(), repo, branch)
+	data.Bisections = r.view.unfixed(req.Context(), r.branchBisections(req.Context(), repo, branch))
 	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
 }
 
