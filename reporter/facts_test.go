@@ -114,6 +114,7 @@ func TestWhoBrokeIt(t *testing.T) {
 		{"/", "the overview's branch"},
 		{"/job/" + atC.JobID, "the job page"},
 		{commitURL("proj", "main", sha('c')), "the commit page"},
+		{"/modules?repo=proj", "the module grid"},
 	} {
 		_, body, _ := f.get(tt.path)
 		for _, want := range []string{"failing since", "Bob Breaker", "1 commit ago", commitURL("proj", "main", sha('b'))} {

@@ -18,6 +18,7 @@ import (
 // commits of the branch came after it. A later commit that re-ran the job
 // and failed again (a docs-only change by someone else) is not blamed.
 type FailingSince struct {
+	Branch  string        `json:"branch"`
 	Commit  string        `json:"commit"`
 	Author  events.Person `json:"author,omitzero"`
 	Subject string        `json:"subject,omitempty"`
@@ -72,7 +73,7 @@ func (v *View) failingSince(ctx context.Context, r *Record) (*FailingSince, erro
 	if err != nil {
 		return nil, err
 	}
-	fs := &FailingSince{Commit: first.Commit, Author: first.Author, Subject: trimSubject(first.Subject), JobID: first.JobID,
+	fs := &FailingSince{Branch: r.Branch, Commit: first.Commit, Author: first.Author, Subject: trimSubject(first.Subject), JobID: first.JobID,
 		At: firstSeen(&first)}
 	n, err := v.db.CommitsAfter(ctx, r.Repo, r.Branch, first.Commit)
 	if err != nil && !errors.Is(err, readmodel.ErrNotFound) {
