@@ -108,3 +108,47 @@ func explain(t *testing.T, db *DB, stmt string) string {
 	}
 	return b.String()
 }
+
+// BenchmarkFirstFailing: a branch of 1,000 commits × 100 cells (100,000
+// records); one cell failing for its last 500 commits. Finding where its
+// streak began reads two index entries, not the history.
+func BenchmarkFirstFailing(b *testing.B) {
+	ctx := context.Background()
+	db, err := Open(ctx, b.TempDir()+"/bench.db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	const commits, cells = 1000, 100
+	var last Row
+	for c := 0; c < commits; c++ {
+		rows := make([]Row, 0, cells)
+		for m := 0; m < cells; m++ {
+			id := fmt.Sprintf("%08x%04x", c, m)
+			st := "passed"
+			if m == 7 && c >= commits-500 {
+				st = "failed"
+			}
+			r := Row{JobID: id, Repo: "proj", Branch: "main", Commit: fmt.Sprintf("%040x", c), Module: fmt.Sprintf("m%03d", m), Job: "test",
+				Arch: "amd64", Status: st, Author: "Ann", FirstSeen: int64(1000 + c), SortKey: id, Data: []byte(`{}`)}
+			rows = append(rows, r)
+			if m == 7 {
+				last = r
+			}
+		}
+		if err := db.Apply(ctx, "S", uint64(c+1), func(tx *Tx, _ uint64) error { return tx.Put(ctx, rows) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cell := CellRef{"proj", "main", "m007", "test", "amd64"}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r, err := db.FirstFailing(ctx, cell, Cursor{last.FirstSeen, last.SortKey})
+		if err != nil || r.FirstSeen != int64(1000+commits-500) {
+			b.Fatalf("%v %+v", err, r)
+		}
+		if n, err := db.CommitsAfter(ctx, "proj", "main", r.Commit); err != nil || n != 499 {
+			b.Fatalf("%d %v", n, err)
+		}
+	}
+}
