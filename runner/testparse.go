@@ -42,6 +42,21 @@ type goTestEvent struct {
 	Output  string    `json:"Output"`
 }
 
+// rawField is the string value of "key" in a compact JSON object line, when
+// it holds no escape (false otherwise, or when absent: then decode).
+func rawField(s, key string) (string, bool) {
+	i := strings.Index(s, `"`+key+`":"`)
+	if i < 0 {
+		return "", false
+	}
+	v := s[i+len(key)+4:]
+	j := strings.IndexByte(v, '"')
+	if j < 0 || strings.IndexByte(v[:j], '\\') >= 0 {
+		return "", false
+	}
+	return v[:j], true
+}
+
 func (p *goTestParser) run(key string) *goTestRun {
 	r := p.running[key]
 	if r == nil && len(p.running) < maxCollected {
@@ -105,10 +120,28 @@ func (p *goTestParser) line(s string) {
 		a := s[i+len(`"Action":"`):]
 		if j := strings.IndexByte(a, '"'); j >= 0 {
 			switch a[:j] {
-			case "pass", "fail", "skip", "run":
+			case "run":
+				// One per test: read its three fields without decoding.
+				pkg, ok1 := rawField(s, "Package")
+				test, ok2 := rawField(s, "Test")
+				at, ok3 := rawField(s, "Time")
+				if ok1 && ok2 && ok3 {
+					if t, err := time.Parse(time.RFC3339Nano, at); err == nil && test != "" {
+						if r := p.run(pkg + "\x00" + test); r != nil {
+							r.start = t
+						}
+						return
+					}
+				}
+			case "pass", "fail", "skip":
 			case "output":
 				if !strings.Contains(s, `"Test":"`) {
 					return // the package's output
+				}
+				// go test's own framing (=== RUN, --- PASS...) is most of
+				// the output events: skip it without decoding.
+				if k := strings.Index(s, `"Output":"`); k >= 0 && !testOutput(s[k+len(`"Output":"`):]) {
+					return
 				}
 			default:
 				return

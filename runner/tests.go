@@ -38,9 +38,11 @@ type testCollector struct {
 	// mask hides the job's secrets in test names, which leave the runner in
 	// the result (the log is masked on its own path).
 	mask func(string) string
-	// clock tells the time lines arrive (unittest's durations); lineStart
-	// is when the current line's first byte came.
+	// clock tells the time output arrives (unittest's durations), read
+	// once per write (at): lines that come together share it. lineStart is
+	// when the current line's first byte came.
 	clock     func() time.Time
+	at        time.Time
 	lineStart time.Time
 }
 
@@ -54,6 +56,7 @@ func newTestCollector() *testCollector {
 // Write never fails: test parsing must not disturb the job.
 func (c *testCollector) Write(p []byte) (int, error) {
 	n := len(p)
+	c.at = c.clock()
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
@@ -69,7 +72,7 @@ func (c *testCollector) Write(p []byte) (int, error) {
 
 func (c *testCollector) appendLine(b []byte) {
 	if len(c.line) == 0 && !c.long && len(b) > 0 && c.lineStart.IsZero() {
-		c.lineStart = c.clock()
+		c.lineStart = c.at
 	}
 	if c.long {
 		return
@@ -83,7 +86,7 @@ func (c *testCollector) appendLine(b []byte) {
 
 func (c *testCollector) endLine() {
 	if !c.long {
-		now := c.clock()
+		now := c.at
 		if c.lineStart.IsZero() {
 			c.lineStart = now
 		}
@@ -96,6 +99,7 @@ func (c *testCollector) endLine() {
 // Flush parses a last line without a newline, and ends a failure report
 // unittest left open.
 func (c *testCollector) Flush() {
+	c.at = c.clock()
 	if len(c.line) > 0 || c.long {
 		c.endLine()
 	}
