@@ -175,3 +175,57 @@ func TestBrowserWhoBrokeItAndWhyItFailed(t *testing.T) {
 		t.Error("#L100 does not show line 100")
 	}
 }
+
+// TestBrowserTestListsFlagsAndAttempts: in Chromium, a pass whose report
+// has failures is flagged on its job page, whose tests' history link keeps
+// the job; the flaky list is one row per test with a line per branch; the
+// log's heading says the record's attempt.
+func TestBrowserTestListsFlagsAndAttempts(t *testing.T) {
+	ctx := browserFor(t)
+	f := newWebFixture(t, "")
+	lint := jref("proj", "main", sha('a'), "lint", "amd64")
+	for seq := uint64(1); seq <= 2; seq++ {
+		f.runAs(lint, seq, events.StatusPassed, ann, "change", t0.Add(time.Duration(seq)*time.Minute), func(e *events.JobFinished) {
+			e.Tests = []events.TestResult{{Name: "lint.MissingDoc", Status: events.TestFailed, Message: "a.go:3: exported A has no comment"}}
+			e.TestSummary = &events.TestSummary{Total: 1, Failed: 1}
+			e.Log = events.LogObject(lint.JobID, seq, 1)
+			if _, err := f.rep.logs.PutString(f.ctx, e.Log, fmt.Sprintf("[jetci] run %d delivery 1 on r1\n", seq)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	f.waitFor(lint.JobID, func(r Record) bool { return r.Attempt == 2 && r.Status == events.StatusPassed })
+	for _, branch := range []string{"main", "dev"} {
+		for i, st := range []string{events.TestFailed, events.TestPassed} {
+			e := result("c-"+branch, uint64(10*len(branch)+i), uint64(i+1), map[string]string{"flaky_one": st})
+			e.Branch, e.JobID = branch, "job-"+branch
+			if err := f.rep.tests.Observe(f.ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	navigate(t, ctx, f.base+"/job/"+lint.JobID, "#report-failures")
+	if flag := js[string](t, ctx, `document.getElementById('report-failures').innerText`); !strings.Contains(flag, "1 failing test") ||
+		!strings.Contains(flag, "passed, but its test report has failures") {
+		t.Errorf("flag %q", flag)
+	}
+	if head := js[string](t, ctx, `document.getElementById('log-attempt').innerText`); head != "(attempt 2: run 2, delivery 1)" {
+		t.Errorf("log heading %q", head)
+	}
+	if msg := js[string](t, ctx, `document.querySelector('#tests pre.test-message').innerText`); msg != "a.go:3: exported A has no comment" {
+		t.Errorf("test message %q", msg)
+	}
+	href := js[string](t, ctx, `document.getElementById('tests-history').href`)
+	navigate(t, ctx, href, "#flaky")
+	if h1 := js[string](t, ctx, `document.querySelector('h1').innerText`); h1 != "Tests · proj · main · amd64 · lint" {
+		t.Errorf("the history link loses the job: %q (%s)", h1, href)
+	}
+
+	navigate(t, ctx, f.base+"/tests?repo=proj", "#flaky")
+	groups := js[int](t, ctx, `document.querySelectorAll('#flaky tbody.test-group').length`)
+	lines := js[string](t, ctx, `Array.from(document.querySelectorAll('#flaky tr.branch td:first-child')).map(td=>td.innerText).sort().join('|')`)
+	if groups != 1 || lines != "dev · amd64|main · amd64" {
+		t.Errorf("flaky: %d groups, lines %q", groups, lines)
+	}
+}
