@@ -108,6 +108,10 @@ func TestBrowserWhoBrokeItAndWhyItFailed(t *testing.T) {
 	if !strings.Contains(norunner, "no runner | test on riscv64") || !strings.Contains(norunner, "no runner for riscv64 in pool default") {
 		t.Errorf("overview's riscv64 chip %q", norunner)
 	}
+	// Its colour is its own, not a queued chip's grey.
+	if c := js[string](t, ctx, `getComputedStyle(document.querySelector('a.chip.cell.no-runner')).backgroundColor`); c == "rgb(107, 107, 107)" {
+		t.Errorf("the no-runner chip is queued grey")
+	}
 	// Its link goes to the breaking commit.
 	// (The live region may be redrawn under a click: follow the href.)
 	href := js[string](t, ctx, `document.querySelector('tr[data-branch="main"] .failing-since a').href`)
