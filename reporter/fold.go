@@ -624,7 +624,7 @@ func decodeResult(data []byte) (any, error) {
 // lists show the failing and flaky ones, Record.Listed).
 func rowOf(r *Record) (readmodel.Row, error) {
 	s := *r
-	s.Reason = ""
+	s.Reason, s.Label, s.FailingSince, s.NoRunner = "", "", nil, ""
 	data, err := json.Marshal(&s)
 	if err != nil {
 		return readmodel.Row{}, err

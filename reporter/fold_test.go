@@ -398,7 +398,14 @@ func cellsOf(v *View) string {
 	}
 	for _, r := range v.Repos("") {
 		for _, b := range r.Branches {
-			out = append(out, fmt.Sprintf("%s %s head %s %+v", r.Repo, b.Branch, b.Head, b.Modules))
+			m := "<nil>"
+			if c := b.Modules; c != nil {
+				m = fmt.Sprintf("%d/%d/%d %s", c.Jobs, c.Passed, c.Failing, c.Status)
+				if fs := c.FailingSince; fs != nil {
+					m += fmt.Sprintf(" since %s %d", fs.Commit, fs.CommitsAgo)
+				}
+			}
+			out = append(out, fmt.Sprintf("%s %s head %s %s", r.Repo, b.Branch, b.Head, m))
 		}
 	}
 	slices.Sort(out)

@@ -386,6 +386,7 @@ func (r *Reporter) apiJob(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.withAllTests(req.Context(), &rec)
+	r.whoBrokeIt(req.Context(), &rec)
 	recs := []Record{rec}
 	explainWaits(recs, r.view.Runners())
 	writeJSON(w, http.StatusOK, recs[0])

@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,35 +27,60 @@ func (r *Reporter) storedLog(ctx context.Context, name string, limit int64) (str
 
 // checkedLog is storedLog for a log whose signed digest is known.
 func (r *Reporter) checkedLog(ctx context.Context, name, digest, jobID string, limit int64) (string, bool, error) {
+	text, _, cut, err := r.logLines(ctx, name, digest, jobID, limit)
+	return text, cut, err
+}
+
+// logLines is checkedLog saying also the number of the first line it
+// returns (1 unless cut). A cut log starts at a line boundary: the partial
+// line the last limit bytes begin in is left out.
+func (r *Reporter) logLines(ctx context.Context, name, digest, jobID string, limit int64) (string, int, bool, error) {
 	obj, err := r.openObject(ctx, r.logs, "log", name, digest, jobID)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return "", false, errors.New("it is not stored: not yet (its runner keeps it until the log store answers) or no longer (expired by the log retention)")
+		return "", 0, false, errors.New("it is not stored: not yet (its runner keeps it until the log store answers) or no longer (expired by the log retention)")
 	}
 	if err != nil {
-		return "", false, err
+		return "", 0, false, err
 	}
 	defer obj.Close()
 	ring := &tail{max: limit}
 	if _, err := io.Copy(ring, obj); err != nil {
-		return "", false, err
+		return "", 0, false, err
 	}
-	return ansiRE.ReplaceAllString(string(ring.buf), ""), ring.cut, nil
+	buf, first := ring.lines()
+	return ansiRE.ReplaceAllString(string(buf), ""), first, ring.cut, nil
 }
 
-// tail keeps the last max bytes written to it.
+// tail keeps the last max bytes written to it, counting the lines that
+// went.
 type tail struct {
-	buf []byte
-	max int64
-	cut bool
+	buf     []byte
+	max     int64
+	cut     bool
+	dropped int // newlines in the bytes left out
 }
 
 func (t *tail) Write(p []byte) (int, error) {
 	t.buf = append(t.buf, p...)
 	if over := int64(len(t.buf)) - t.max; over > 0 {
+		t.dropped += bytes.Count(t.buf[:over], []byte{'\n'})
 		t.buf = append(t.buf[:0], t.buf[over:]...)
 		t.cut = true
 	}
 	return len(p), nil
+}
+
+// lines returns what the tail kept from its first whole line on, and that
+// line's number (1-based) in the whole text.
+func (t *tail) lines() ([]byte, int) {
+	if !t.cut {
+		return t.buf, 1
+	}
+	i := bytes.IndexByte(t.buf, '\n')
+	if i < 0 {
+		return t.buf, t.dropped + 1 // one line longer than the limit: its end
+	}
+	return t.buf[i+1:], t.dropped + 2
 }
 
 // liveLog reads what a running attempt has printed so far from JETCI_LOGS. It

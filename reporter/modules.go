@@ -35,6 +35,8 @@ type ModuleRow struct {
 	Job    string            `json:"job"`
 	Status events.Status     `json:"status"` // the worst of its cells
 	Cells  map[string]Record `json:"cells"`  // by CellKey(branch, arch)
+	// FailingSince is the oldest break among its failing cells.
+	FailingSince *FailingSince `json:"failing_since,omitempty"`
 }
 
 // Cell returns a row's record on a branch × arch.
@@ -43,11 +45,37 @@ func (r ModuleRow) Cell(c ModuleColumn) (Record, bool) {
 	return rec, ok
 }
 
-// ModuleCount sums up a branch's module jobs for the overview.
+// ModuleCount sums up a branch's module jobs for the overview: what needs
+// attention first ("2 failing"), coloured by the worst cell.
 type ModuleCount struct {
-	Jobs   int           `json:"jobs"`   // module job × arch cells
-	Passed int           `json:"passed"` // of them, passing
-	Status events.Status `json:"status"` // the worst
+	Jobs    int `json:"jobs"`    // module job × arch cells
+	Passed  int `json:"passed"`  // of them, passing
+	Failing int `json:"failing"` // failed or error
+	// Running and Waiting count the cells running and queued (Waiting),
+	// and NoRunner the queued ones no live runner serves (Record.NoRunner).
+	Running  int           `json:"running"`
+	Waiting  int           `json:"waiting"`
+	NoRunner int           `json:"no_runner"`
+	Status   events.Status `json:"status"` // the worst
+	// FailingSince is the oldest break among the failing cells.
+	FailingSince *FailingSince `json:"failing_since,omitempty"`
+}
+
+// Text is what the overview's chip says: the count of the worst kind.
+func (c ModuleCount) Text() string {
+	switch {
+	case c.Failing > 0:
+		return strconv.Itoa(c.Failing) + " failing"
+	case c.NoRunner > 0:
+		return strconv.Itoa(c.NoRunner) + " without runner"
+	case c.Running > 0:
+		return strconv.Itoa(c.Running) + " running"
+	case c.Waiting > 0:
+		return strconv.Itoa(c.Waiting) + " waiting"
+	case c.Passed == c.Jobs:
+		return "all " + strconv.Itoa(c.Jobs) + " passed"
+	}
+	return strconv.Itoa(c.Passed) + " of " + strconv.Itoa(c.Jobs) + " passed"
 }
 
 // Modules returns the module grid of repo, on one branch if branch is set;
@@ -89,6 +117,7 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 	})
 	for _, row := range rows {
 		row.Status = worst(row.Cells)
+		row.FailingSince = earliestFailing(row.Cells)
 		g.Rows = append(g.Rows, *row)
 	}
 	attention := func(s events.Status) int {
@@ -117,14 +146,24 @@ func moduleCount(cells map[string]Record) *ModuleCount {
 		}
 		mods[k] = r
 		c.Jobs++
-		if r.Status == events.StatusPassed {
+		switch shown(r) {
+		case events.StatusPassed:
 			c.Passed++
+		case events.StatusFailed, events.StatusError:
+			c.Failing++
+		case events.StatusRunning:
+			c.Running++
+		case events.StatusQueued:
+			c.Waiting++
+		case StatusNoRunner:
+			c.NoRunner++
 		}
 	}
 	if c.Jobs == 0 {
 		return nil
 	}
 	c.Status = worst(mods)
+	c.FailingSince = earliestFailing(mods)
 	return &c
 }
 

@@ -30,7 +30,8 @@ func TestModuleGrid(t *testing.T) {
 	for _, r := range g.Rows {
 		order = append(order, r.Module+":"+string(r.Status))
 	}
-	if got := order; len(got) != 3 || got[0] != "app:failed" || got[1] != "core:queued" || got[2] != "net:passed" {
+	// core waits on dev for an arm64 runner no one runs: no-runner, not queued.
+	if got := order; len(got) != 3 || got[0] != "app:failed" || got[1] != "core:no-runner" || got[2] != "net:passed" {
 		t.Fatalf("rows %v: want failing first, then by name, net's latest check (passed) counting", got)
 	}
 	if c, ok := g.Rows[2].Cell(ModuleColumn{"main", "amd64"}); !ok || c.Commit != "c2" {
@@ -44,8 +45,15 @@ func TestModuleGrid(t *testing.T) {
 		t.Fatalf("overview: %+v", repos)
 	}
 	for _, b := range repos[0].Branches {
-		if b.Branch == "main" && (b.Modules == nil || b.Modules.Jobs != 3 || b.Modules.Passed != 2 || b.Modules.Status != events.StatusFailed) {
+		if b.Branch == "main" && (b.Modules == nil || b.Modules.Jobs != 3 || b.Modules.Passed != 2 || b.Modules.Failing != 1 ||
+			b.Modules.Status != events.StatusFailed || b.Modules.Text() != "1 failing") {
 			t.Fatalf("main's module count %+v", b.Modules)
+		}
+		if b.Branch == "main" && (b.Modules.FailingSince == nil || b.Modules.FailingSince.Commit != "c2" || b.FailingSince == nil) {
+			t.Fatalf("main's modules fail since c2 (app): %+v", b.Modules.FailingSince)
+		}
+		if b.Branch == "dev" && (b.Modules == nil || b.Modules.NoRunner != 1 || b.Modules.Status != StatusNoRunner || b.Modules.Text() != "1 without runner") {
+			t.Fatalf("dev's module count %+v", b.Modules)
 		}
 	}
 	if v.Modules("other", "") != nil {

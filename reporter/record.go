@@ -73,6 +73,15 @@ type Record struct {
 	// <commit>", "broken by <commit>, fixed by <commit>"); worked out when
 	// records are read, from the branch's state, not stored.
 	Label string `json:"label,omitempty"`
+	// FailingSince, on a failing job, names the commit where its failing
+	// streak began and who made it; worked out when records are read (from
+	// the read model), not stored.
+	FailingSince *FailingSince `json:"failing_since,omitempty"`
+	// NoRunner, on a queued job, says that no live runner serves its arch
+	// and pool ("no runner for riscv64 in pool default"): a state of its
+	// own on the pages, not ordinary queueing. Worked out when records are
+	// read, from the runners' leases, not stored.
+	NoRunner string `json:"no_runner,omitempty"`
 	// The current attempt's test results (see events.JobFinished): status
 	// stays one of the job statuses, a pass on retry is passed with flaky
 	// true ("passed (flaky)" on the pages).

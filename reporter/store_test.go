@@ -164,7 +164,7 @@ func TestQueuedJobsSayWhyTheyWait(t *testing.T) {
 	for _, r := range recs {
 		got[r.Arch] = r.Reason
 	}
-	if !strings.Contains(got["riscv64"], "no runner for arch riscv64") || !strings.Contains(got["amd64"], "busy") {
+	if !strings.Contains(got["riscv64"], "no runner for arch riscv64 in pool") || !strings.Contains(got["amd64"], "busy") {
 		t.Fatalf("reasons %q", got)
 	}
 }

@@ -334,6 +334,11 @@ func (f TestFilter) limit(es []TestEntry) []TestEntry {
 // Flaky lists the tests that were flaky at least once, the most recently
 // flaky first.
 func (s *TestStore) Flaky(ctx context.Context, f TestFilter) ([]TestEntry, error) {
+	out, err := s.flaky(ctx, f)
+	return f.limit(out), err
+}
+
+func (s *TestStore) flaky(ctx context.Context, f TestFilter) ([]TestEntry, error) {
 	all, err := s.entries(ctx, f)
 	if err != nil {
 		return nil, err
@@ -348,11 +353,16 @@ func (s *TestStore) Flaky(ctx context.Context, f TestFilter) ([]TestEntry, error
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
-	return f.limit(out), nil
+	return out, nil
 }
 
 // Slowest lists the tests by their last duration, the slowest first.
 func (s *TestStore) Slowest(ctx context.Context, f TestFilter) ([]TestEntry, error) {
+	out, err := s.slowest(ctx, f)
+	return f.limit(out), err
+}
+
+func (s *TestStore) slowest(ctx context.Context, f TestFilter) ([]TestEntry, error) {
 	all, err := s.entries(ctx, f)
 	if err != nil {
 		return nil, err
@@ -367,5 +377,60 @@ func (s *TestStore) Slowest(ctx context.Context, f TestFilter) ([]TestEntry, err
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
-	return f.limit(out), nil
+	return out, nil
+}
+
+// TestGroup is one test across the branches (and archs) of its repo and
+// job: the sums, and each branch × arch's own entry, in the list's order.
+type TestGroup struct {
+	Repo     string      `json:"repo"`
+	Job      string      `json:"job"`
+	Name     string      `json:"name"`
+	Runs     int         `json:"runs"`
+	Failures int         `json:"failures"`
+	Flakes   int         `json:"flakes"`
+	MaxMs    int64       `json:"max_ms"`
+	Branches []TestEntry `json:"branches"`
+}
+
+// groupTests groups a sorted list by test (repo, job, name): a group stands
+// where its first entry stood; at most limit groups (0: DefaultTestLimit).
+func groupTests(es []TestEntry, limit int) []TestGroup {
+	if limit <= 0 {
+		limit = DefaultTestLimit
+	}
+	type key struct{ repo, job, name string }
+	at := map[key]int{}
+	var out []TestGroup
+	for _, e := range es {
+		k := key{e.Repo, e.Job, e.Name}
+		i, ok := at[k]
+		if !ok {
+			if len(out) == limit {
+				continue
+			}
+			i = len(out)
+			at[k] = i
+			out = append(out, TestGroup{Repo: e.Repo, Job: e.Job, Name: e.Name})
+		}
+		g := &out[i]
+		g.Runs += e.Runs
+		g.Failures += e.Failures
+		g.Flakes += e.Flakes
+		g.MaxMs = max(g.MaxMs, e.MaxMs)
+		g.Branches = append(g.Branches, e)
+	}
+	return out
+}
+
+// FlakyGroups is Flaky grouped by test across branches.
+func (s *TestStore) FlakyGroups(ctx context.Context, f TestFilter) ([]TestGroup, error) {
+	es, err := s.flaky(ctx, f)
+	return groupTests(es, f.Limit), err
+}
+
+// SlowestGroups is Slowest grouped by test across branches.
+func (s *TestStore) SlowestGroups(ctx context.Context, f TestFilter) ([]TestGroup, error) {
+	es, err := s.slowest(ctx, f)
+	return groupTests(es, f.Limit), err
 }

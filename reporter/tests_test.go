@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,5 +200,47 @@ func TestTestHistoryPerModule(t *testing.T) {
 	slow, err := st.Slowest(ctx, TestFilter{Repo: "proj", Job: "core/unit"})
 	if err != nil || len(slow) != 1 || slow[0].Job != "core/unit" || slow[0].LastStatus != events.TestFailed {
 		t.Fatalf("core/unit's tests: %+v (%v)", slow, err)
+	}
+}
+
+// TestTestListsGroupOneTestAcrossBranches: a test flaky on two branches is
+// one group with a line per branch, on the API (?group=1) and the page.
+func TestTestListsGroupOneTestAcrossBranches(t *testing.T) {
+	f := newWebFixture(t, "")
+	ctx := context.Background()
+	for _, branch := range []string{"main", "dev"} {
+		for i, st := range []string{events.TestFailed, events.TestPassed} {
+			e := result("c-"+branch, uint64(10*len(branch)+i), uint64(i+1), map[string]string{"flaky_one": st, "steady": events.TestPassed})
+			e.Branch, e.JobID = branch, "job-"+branch
+			if err := f.rep.tests.Observe(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var flaky struct{ Groups []TestGroup }
+	f.getJSON("/api/v1/tests/flaky?group=1&repo=proj", &flaky)
+	if len(flaky.Groups) != 1 {
+		t.Fatalf("groups %+v", flaky.Groups)
+	}
+	g := flaky.Groups[0]
+	if g.Name != "flaky_one" || g.Flakes != 2 || g.Runs != 4 || g.Failures != 2 || len(g.Branches) != 2 ||
+		g.Branches[0].Branch == g.Branches[1].Branch {
+		t.Fatalf("group %+v", g)
+	}
+	var slow struct{ Groups []TestGroup }
+	f.getJSON("/api/v1/tests/slowest?group=1&repo=proj", &slow)
+	if len(slow.Groups) != 2 || len(slow.Groups[0].Branches) != 2 || len(slow.Groups[1].Branches) != 2 {
+		t.Fatalf("slowest groups %+v", slow.Groups)
+	}
+	var plain struct{ Tests []TestEntry }
+	f.getJSON("/api/v1/tests/flaky?repo=proj", &plain)
+	if len(plain.Tests) != 2 {
+		t.Fatalf("the ungrouped list changed: %+v", plain.Tests)
+	}
+	_, body, _ := f.get("/tests?repo=proj")
+	flakyTable := body[strings.Index(body, `id="flaky"`):strings.Index(body, `id="slowest"`)]
+	if strings.Count(flakyTable, `class="test-group"`) != 1 || strings.Count(flakyTable, `class="branch"`) != 2 ||
+		!strings.Contains(flakyTable, "main · amd64") || !strings.Contains(flakyTable, "dev · amd64") {
+		t.Errorf("flaky table:\n%s", flakyTable)
 	}
 }

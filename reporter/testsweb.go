@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 
 	"github.com/jetci/jetci/events"
@@ -36,6 +37,15 @@ func (r *Reporter) apiFlakyTests(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, badTestLimit)
 		return
 	}
+	if req.URL.Query().Get("group") == "1" {
+		groups, err := r.tests.FlakyGroups(req.Context(), f)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"groups": nonNil(groups)})
+		return
+	}
 	tests, err := r.tests.Flaky(req.Context(), f)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -52,6 +62,15 @@ func (r *Reporter) apiSlowestTests(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, badTestLimit)
 		return
 	}
+	if req.URL.Query().Get("group") == "1" {
+		groups, err := r.tests.SlowestGroups(req.Context(), f)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"groups": nonNil(groups)})
+		return
+	}
 	tests, err := r.tests.Slowest(req.Context(), f)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -62,7 +81,7 @@ func (r *Reporter) apiSlowestTests(w http.ResponseWriter, req *http.Request) {
 
 type testsPage struct {
 	Filter         TestFilter
-	Flaky, Slowest []TestEntry
+	Flaky, Slowest []TestGroup // one test across branches, with each branch's
 	Err            string
 }
 
@@ -76,8 +95,8 @@ func (r *Reporter) pageTests(w http.ResponseWriter, req *http.Request) {
 	}
 	data := testsPage{Filter: f}
 	var err error
-	if data.Flaky, err = r.tests.Flaky(req.Context(), f); err == nil {
-		data.Slowest, err = r.tests.Slowest(req.Context(), f)
+	if data.Flaky, err = r.tests.FlakyGroups(req.Context(), f); err == nil {
+		data.Slowest, err = r.tests.SlowestGroups(req.Context(), f)
 	}
 	if err != nil {
 		data.Err = err.Error()
@@ -86,9 +105,13 @@ func (r *Reporter) pageTests(w http.ResponseWriter, req *http.Request) {
 }
 
 // testsURL links the tests page of a repo, branch and arch.
-func testsURL(repo, branch, arch string) string {
+func testsURL(repo, branch, arch string) string { return testsJobURL(repo, branch, arch, "") }
+
+// testsJobURL links the tests page of a repo, branch, arch and job (its
+// module's, "core/test", for a module's job).
+func testsJobURL(repo, branch, arch, job string) string {
 	q := url.Values{}
-	for k, v := range map[string]string{"repo": repo, "branch": branch, "arch": arch} {
+	for k, v := range map[string]string{"repo": repo, "branch": branch, "arch": arch, "job": job} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -141,4 +164,64 @@ func isFlaky(v any) bool {
 		return x != nil && x.Flaky
 	}
 	return false
+}
+
+// ReportFailures is the failing tests a passed job's report counts (its
+// steps exited 0, but a JUnit report, or the tests in its output, say some
+// failed): such a pass is flagged. 0 for any other job, and for a flaky pass
+// (its failures were in earlier tries).
+func (r Record) ReportFailures() int {
+	if r.Status != events.StatusPassed || r.TestSummary == nil {
+		return 0
+	}
+	return r.TestSummary.Failed
+}
+
+// commitPage is a commit with its jobs in the order the page shows them:
+// the failing ones first (failed, error, and passes whose report has
+// failures), each with its failing tests and their messages.
+type commitPage struct {
+	pageCommit
+	Failing []Record
+	Others  []Record
+}
+
+// pageCommit is Commit under another name: embedded as Commit, its field
+// Commit (the sha) would be hidden by the embedded struct's own name.
+type pageCommit = Commit
+
+func newCommitPage(c Commit) commitPage {
+	p := commitPage{pageCommit: c}
+	rank := func(r Record) int {
+		switch {
+		case r.Status == events.StatusError:
+			return 0
+		case r.Status == events.StatusFailed:
+			return 1
+		case r.ReportFailures() > 0:
+			return 2
+		}
+		return 3
+	}
+	for _, r := range c.Jobs {
+		if rank(r) < 3 {
+			p.Failing = append(p.Failing, r)
+		} else {
+			p.Others = append(p.Others, r)
+		}
+	}
+	sort.SliceStable(p.Failing, func(i, j int) bool { return rank(p.Failing[i]) < rank(p.Failing[j]) })
+	return p
+}
+
+// failingTests are a record's failing tests (those it carries: every
+// failure first, see events.MaxTests).
+func failingTests(r Record) []events.TestResult {
+	var out []events.TestResult
+	for _, t := range r.Tests {
+		if events.Failing(t.Status) {
+			out = append(out, t)
+		}
+	}
+	return out
 }

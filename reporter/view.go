@@ -48,7 +48,8 @@ type View struct {
 	statsMu sync.Mutex
 	stats   FoldStats
 
-	cells cellCache
+	cells   cellCache
+	failing failingCache
 	// mayWait says records may hold events waiting to be judged (the
 	// waiting table is not known to be empty): the fold's tick rejudges.
 	mayWait atomic.Bool
@@ -421,6 +422,7 @@ func (v *View) latest(ctx context.Context, repo, branch string) ([]Record, error
 		out = append(out, recs...)
 	}
 	v.explain(out)
+	v.setFailingSince(ctx, out)
 	return out, nil
 }
 
@@ -475,6 +477,9 @@ type BranchSummary struct {
 	Modules *ModuleCount `json:"modules,omitempty"`
 	// Gate is the branch's broken-build state, when it is under the flow.
 	Gate *events.BranchState `json:"gate,omitempty"`
+	// FailingSince is the oldest break among its failing cells (module
+	// jobs' included): since when the branch fails, and who broke it.
+	FailingSince *FailingSince `json:"failing_since,omitempty"`
 }
 
 // CellKey keys a branch's cells.
@@ -518,6 +523,7 @@ func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoS
 		}
 		recs := per[i]
 		v.explain(recs)
+		v.setFailingSince(ctx, recs)
 		b := BranchSummary{Branch: br.Branch, Cells: make(map[string]Record, len(recs))}
 		if h, err := v.db.Head(ctx, br.Repo, br.Branch); err == nil {
 			b.Head, b.Subject, b.Time = h.Commit, h.Subject, time.Unix(0, h.FirstSeen)
@@ -540,6 +546,7 @@ func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoS
 			}
 		}
 		b.Status = worst(b.Cells)
+		b.FailingSince = earliestFailing(b.Cells)
 		b.Modules = moduleCount(b.Cells)
 		s.Modules = s.Modules || b.Modules != nil
 		if !modules {
@@ -585,12 +592,25 @@ func branchLess(a, b string) bool {
 	return a < b
 }
 
+// StatusNoRunner is the state of a commit, branch or module whose worst job
+// waits for a runner no live runner can be (Record.NoRunner): it would wait
+// forever. Records themselves stay queued.
+const StatusNoRunner events.Status = "no-runner"
+
+// shown is a record's state on the pages: its status, or StatusNoRunner.
+func shown(r Record) events.Status {
+	if r.Status == events.StatusQueued && r.NoRunner != "" {
+		return StatusNoRunner
+	}
+	return r.Status
+}
+
 // worst is the status that needs attention most among cells.
 func worst(cells map[string]Record) events.Status {
-	order := []events.Status{events.StatusError, events.StatusFailed, events.StatusRunning, events.StatusQueued, events.StatusHeld, events.StatusCancelled, events.StatusPassed}
+	order := []events.Status{events.StatusError, events.StatusFailed, StatusNoRunner, events.StatusRunning, events.StatusQueued, events.StatusHeld, events.StatusCancelled, events.StatusPassed}
 	best := len(order)
 	for _, r := range cells {
-		if i := slices.Index(order, r.Status); i >= 0 && i < best {
+		if i := slices.Index(order, shown(r)); i >= 0 && i < best {
 			best = i
 		}
 	}
@@ -659,6 +679,7 @@ func (v *View) CommitsPage(ctx context.Context, repo, branch, commit string, p r
 			recs = append(recs, r.Listed())
 		}
 		v.explain(recs)
+		v.setFailingSince(ctx, recs)
 		c := Commit{Repo: cr.Repo, Branch: cr.Branch, Commit: cr.Commit, Subject: cr.Subject, Jobs: recs}
 		if cr.FirstSeen != 0 {
 			c.Time = time.Unix(0, cr.FirstSeen)
@@ -808,7 +829,8 @@ func explainWaits(rs []Record, leases []events.Lease) {
 		}
 		switch v, ok := served[part{r.Pool, r.Arch}]; {
 		case !ok:
-			r.Reason = fmt.Sprintf("no runner for arch %s (pool %s)", r.Arch, r.Pool)
+			r.Reason = fmt.Sprintf("no runner for arch %s in pool %s", r.Arch, r.Pool)
+			r.NoRunner = fmt.Sprintf("no runner for %s in pool %s", r.Arch, r.Pool)
 		case v[1] >= v[0]:
 			r.Reason = fmt.Sprintf("all %d runner slots for arch %s (pool %s) are busy", v[0], r.Arch, r.Pool)
 		default:

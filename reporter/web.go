@@ -2,9 +2,11 @@ package reporter
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -40,6 +42,7 @@ var pages = func() map[string]*template.Template {
 		"failing":  events.Failing,
 		"add1":     func(i int) int { return i + 1 },
 	}
+	maps.Copy(funcs, factFuncs)
 	out := map[string]*template.Template{}
 	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules", "tests"} {
 		t := template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
@@ -143,7 +146,7 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 		data.Gate = &st
 		data.Paused = pausedCommits(data.Commits)
 	}
-	data.Bisections = r.branchBisections(req.Context(), repo, branch)
+	data.Bisections = r.view.unfixed(req.Context(), r.branchBisections(req.Context(), repo, branch))
 	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
 }
 
@@ -159,7 +162,13 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusNotFound, fmt.Sprintf("no results for commit %s on %s %s", commit, repo, branch))
 		return
 	}
-	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(cs[0].Commit), "page", cs[0]))
+	c := cs[0]
+	if bs, _ := r.Bisections(req.Context(), repo, branch); len(bs) > 0 {
+		for i := range c.Jobs {
+			c.Jobs[i].FailingSince = withBisection(c.Jobs[i].FailingSince, &c.Jobs[i], bs)
+		}
+	}
+	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(c.Commit), "page", newCommitPage(c)))
 }
 
 type jobPage struct {
@@ -170,6 +179,7 @@ type jobPage struct {
 	Log       string
 	LogNote   string
 	Live      bool   // the log streams
+	FirstLine int    // the number of the log's first line shown (1 unless cut)
 	LogSeq    uint64 // the last live-log message already in Log
 }
 
@@ -182,6 +192,12 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 	r.withAllTests(req.Context(), &rec)
 	if st, ok := r.view.Gate(rec.Repo, rec.Branch); ok {
 		rec.Label = gateLabel(&rec, &st)
+	}
+	r.whoBrokeIt(req.Context(), &rec)
+	{
+		recs := []Record{rec}
+		r.view.explain(recs) // why it waits or is held; no runner
+		rec = recs[0]
 	}
 	data := jobPage{Record: rec, Shown: rec.Attempt}
 	if n, err := strconv.ParseUint(req.URL.Query().Get("attempt"), 10, 64); err == nil && rec.Find(n) != nil {
@@ -200,7 +216,8 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 		data.Log, data.LogSeq, data.Live = text, seq, true
 	case a.Log != "":
 		data.Artifacts = a.Artifacts
-		text, cut, err := r.checkedLog(req.Context(), a.Log, a.LogDigest, rec.JobID, pageLogLimit)
+		text, first, cut, err := r.logLines(req.Context(), a.Log, a.LogDigest, rec.JobID, pageLogLimit)
+		data.FirstLine = first
 		switch {
 		case err != nil:
 			data.LogNote = "The log could not be read: " + err.Error()
@@ -305,4 +322,18 @@ func (r *Reporter) health() error {
 		return *p
 	}
 	return nil
+}
+
+// whoBrokeIt sets a failing record's FailingSince, with the culprit search
+// that ran on its break, if one did.
+func (r *Reporter) whoBrokeIt(ctx context.Context, rec *Record) {
+	fs, err := r.view.failingSince(ctx, rec)
+	if err != nil {
+		r.log.Warn().Err(err).Str("job", rec.JobID).Msg("read model: failing since")
+	}
+	if fs != nil {
+		bs, _ := r.Bisections(ctx, rec.Repo, rec.Branch)
+		fs = withBisection(fs, rec, bs)
+	}
+	rec.FailingSince = fs
 }

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -129,6 +130,21 @@ func TestCancelARunningJob(t *testing.T) {
 	r := res.wait(t, job.JobID)
 	if r.Status != events.StatusCancelled || r.Error != "cancelled by web" || r.ExitCode != -1 {
 		t.Fatalf("result %+v", r)
+	}
+	// The log of what ran before the cancel is kept.
+	if r.Log == "" || r.LogDigest == "" || r.LogBytes == 0 {
+		t.Fatalf("a cancelled job's result has no log: %+v", r)
+	}
+	store, err := s.JS.ObjectStore(context.Background(), events.BucketLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := store.GetString(context.Background(), r.Log)
+	// Its header names the run and delivery it knows, not an attempt
+	// number the record counts otherwise (issue 18).
+	if err != nil || !strings.Contains(text, "exec sleep 30") || !strings.Contains(text, "cancelled by web") ||
+		!strings.Contains(text, fmt.Sprintf(" run %d delivery 1 on ", seq)) || strings.Contains(text, " attempt ") {
+		t.Fatalf("stored log %q, %v", text, err)
 	}
 	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if syscall.Kill(pid, 0) == nil {

@@ -208,7 +208,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
-	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
+	// The runner knows the run (its queue sequence) and this delivery of
+	// it, not the record's attempt number, which counts every run and
+	// delivery of the job (the job page says it): the header names what it
+	// knows, so that the two never disagree.
+	out.Note("[jetci] %s %s@%s job %s arch %s run %d delivery %d on %s", job.Repo, job.Branch, job.Commit, events.QualifiedJob(job.Module, job.Job), job.Arch, seq, attempt, r.cfg.ID)
 	// Secrets are masked from here on: before any step prints.
 	secrets, serr := r.secretsFor(job)
 	masked := make([]string, 0, len(secrets))
@@ -341,8 +345,10 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 
 // storeLog makes one try, of at most logFirstTry, to store the log, and
 // returns its digest; a log it could not store is spooled by the caller.
+// ctx is the job's: a cancelled job's log is stored all the same (the try is
+// bounded by its own timeout, not by the cancel that ended the job).
 func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
 	defer cancel()
 	_, digest, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
 	return digest, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"slices"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jetci/jetci/events"
@@ -37,10 +38,16 @@ type testCollector struct {
 	// mask hides the job's secrets in test names, which leave the runner in
 	// the result (the log is masked on its own path).
 	mask func(string) string
+	// clock tells the time output arrives (unittest's durations), read
+	// once per write (at): lines that come together share it. lineStart is
+	// when the current line's first byte came.
+	clock     func() time.Time
+	at        time.Time
+	lineStart time.Time
 }
 
 func newTestCollector() *testCollector {
-	c := &testCollector{byName: map[string]int{}, sources: map[string]bool{}}
+	c := &testCollector{byName: map[string]int{}, sources: map[string]bool{}, clock: time.Now}
 	c.gotest.add = func(r events.TestResult) { c.add("go-test-json", r) }
 	c.py.add = func(r events.TestResult) { c.add("unittest", r) }
 	return c
@@ -49,6 +56,7 @@ func newTestCollector() *testCollector {
 // Write never fails: test parsing must not disturb the job.
 func (c *testCollector) Write(p []byte) (int, error) {
 	n := len(p)
+	c.at = c.clock()
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
@@ -63,6 +71,9 @@ func (c *testCollector) Write(p []byte) (int, error) {
 }
 
 func (c *testCollector) appendLine(b []byte) {
+	if len(c.line) == 0 && !c.long && len(b) > 0 && c.lineStart.IsZero() {
+		c.lineStart = c.at
+	}
 	if c.long {
 		return
 	}
@@ -75,16 +86,24 @@ func (c *testCollector) appendLine(b []byte) {
 
 func (c *testCollector) endLine() {
 	if !c.long {
+		now := c.at
+		if c.lineStart.IsZero() {
+			c.lineStart = now
+		}
+		c.py.now, c.py.lineStart = now, c.lineStart
 		c.parseLine(string(bytes.TrimRight(c.line, "\r")))
 	}
-	c.line, c.long = c.line[:0], false
+	c.line, c.long, c.lineStart = c.line[:0], false, time.Time{}
 }
 
-// Flush parses a last line without a newline.
+// Flush parses a last line without a newline, and ends a failure report
+// unittest left open.
 func (c *testCollector) Flush() {
+	c.at = c.clock()
 	if len(c.line) > 0 || c.long {
 		c.endLine()
 	}
+	c.py.endReport()
 }
 
 func (c *testCollector) parseLine(s string) {

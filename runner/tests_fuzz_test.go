@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -16,6 +17,9 @@ func checkCollected(t *testing.T, c *testCollector) {
 	for _, r := range c.results {
 		if r.Name == "" || len(r.Name) > events.MaxTestName || !utf8.ValidString(r.Name) {
 			t.Fatalf("bad name %q", r.Name)
+		}
+		if len(r.Message) > events.MaxTestMessage || !utf8.ValidString(r.Message) {
+			t.Fatalf("bad message %q", r.Message)
 		}
 		if rank(r.Status) == 0 || r.DurationMs < 0 {
 			t.Fatalf("bad result %+v", r)
@@ -42,6 +46,12 @@ func FuzzTestOutput(f *testing.F) {
 		"test_x (tests.test_mod.TestC.test_x) ... ok\ntest_y (tests.test_mod.TestC.test_y) ... FAIL\n",
 		"test_d (m.C.test_d)\nDoc. ... skipped 'x'\ntest_p (m.C) ... out\nERROR\n  test_s (m.C.test_s) (i=1) ... FAIL\r\n",
 		"{\"Action\":\"pass\",\"Test\":\"\xff\xfe\"}\n", "{", "... ok", "a (b) ... ",
+		`{"Time":"2026-12-01T10:00:00Z","Action":"run","Package":"p","Test":"T"}` + "\n" +
+			`{"Action":"output","Package":"p","Test":"T","Output":"    t_test.go:3: \xff boom\n"}` + "\n" +
+			`{"Time":"2026-12-01T10:00:01Z","Action":"fail","Package":"p","Test":"T","Elapsed":0}` + "\n",
+		strings.Repeat("=", 70) + "\nFAIL: test_y (m.C.test_y)\n" + strings.Repeat("-", 70) + "\nTraceback:\nAssertionError: 1 != 2\n\n" +
+			strings.Repeat("-", 70) + "\nRan 1 test\n",
+		strings.Repeat("=", 70) + "\nERROR: test_z (m.C) (i=1)\nDoc line\n" + strings.Repeat("-", 70) + "\n" + strings.Repeat("x", 400),
 	} {
 		f.Add([]byte(s), uint8(3))
 	}

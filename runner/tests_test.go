@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jetci/jetci/events"
 )
@@ -109,6 +110,17 @@ func TestParseRealGoTestJSON(t *testing.T) {
 	if d := got["example.com/m/a.TestSlow"].DurationMs; d < 60 {
 		t.Errorf("TestSlow took %d ms; it sleeps 60 ms", d)
 	}
+	// A failing test carries its own output lines, without go test's
+	// framing; a passing one carries none.
+	for name, want := range map[string]string{"example.com/m/a.TestFail": "boom", "example.com/m/a.TestSub/bad": "no"} {
+		m := got[name].Message
+		if !strings.Contains(m, "a_test.go:") || !strings.HasSuffix(m, ": "+want) || strings.Contains(m, "=== RUN") || strings.Contains(m, "--- FAIL") {
+			t.Errorf("%s: message %q", name, m)
+		}
+	}
+	if m := got["example.com/m/a.TestPrints"].Message; m != "" {
+		t.Errorf("a passing test has a message %q", m)
+	}
 	tests, sum := c.finish(nil)
 	if sum.Total != 9 || sum.Failed != 4 || sum.Skipped != 1 || sum.Passed != 4 || sum.Truncated ||
 		strings.Join(sum.Sources, ",") != "go-test-json" {
@@ -137,6 +149,8 @@ func realUnittest(t *testing.T, extra ...string) string {
 
 class TestC(unittest.TestCase):
     def test_ok(self): pass
+    def test_slow(self):
+        import time; time.sleep(0.06)
     def test_fail(self): self.assertEqual(1, 2)
     def test_error(self): raise RuntimeError("x")
     @unittest.skip("why")
@@ -180,6 +194,7 @@ func TestParseRealUnittest(t *testing.T) {
 			p := "tests.test_mod.TestC."
 			wantStatuses(t, got, map[string]string{
 				p + "test_ok":                     events.TestPassed,
+				p + "test_slow":                   events.TestPassed,
 				p + "test_fail":                   events.TestFailed,
 				p + "test_error":                  events.TestError,
 				p + "test_skip":                   events.TestSkipped,
@@ -193,6 +208,22 @@ func TestParseRealUnittest(t *testing.T) {
 			})
 			if _, sum := c.finish(nil); sum == nil || sum.Sources[0] != "unittest" || sum.Failed != 4 {
 				t.Fatalf("summary %+v\n%s", sum, out)
+			}
+			// Durations, from when the lines came (collect writes at once,
+			// so only the sleeping test is told apart here).
+			if d := got[p+"test_slow"].DurationMs; d != 0 {
+				t.Logf("test_slow %d ms (written at once: 0 expected)", d)
+			}
+			// Failures carry their traceback's last lines.
+			for name, want := range map[string]string{p + "test_fail": "AssertionError: 1 != 2", p + "test_error": "RuntimeError: x",
+				p + "test_sub": "AssertionError: 1 == 1"} {
+				m := got[name].Message
+				if !strings.HasSuffix(m, want) || len(m) > events.MaxTestMessage {
+					t.Errorf("%s: message %q, want it to end %q", name, m, want)
+				}
+			}
+			if m := got[p+"test_ok"].Message; m != "" {
+				t.Errorf("test_ok has a message %q", m)
 			}
 		})
 	}
@@ -362,5 +393,28 @@ at line 4</error></testcase>
 	}
 	if l := len(got["s.long"]); l > events.MaxTestMessage+len("…") || l < events.MaxTestMessage {
 		t.Errorf("a long message kept %d bytes", l)
+	}
+}
+
+// TestUnittestDurationsAsLinesCome feeds unittest's output as a pipe
+// delivers it, with a clock: a test's duration is from its header to its
+// verdict.
+func TestUnittestDurationsAsLinesCome(t *testing.T) {
+	c := newTestCollector()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c.clock = func() time.Time { return now }
+	step := func(s string, d time.Duration) { c.Write([]byte(s)); now = now.Add(d) }
+	step("test_a (m.C.test_a) ... ", 250*time.Millisecond)
+	step("ok\n", 0)
+	step("test_b (m.C.test_b) ... ", 1500*time.Millisecond)
+	step("FAIL\n", 0)
+	step("test_c (m.C.test_c) ... ok\n", 0)
+	c.Flush()
+	got := map[string]int64{}
+	for _, r := range c.results {
+		got[r.Name] = r.DurationMs
+	}
+	if got["m.C.test_a"] != 250 || got["m.C.test_b"] != 1500 || got["m.C.test_c"] != 0 {
+		t.Fatalf("durations %v", got)
 	}
 }

@@ -160,7 +160,7 @@ func (db *DB) q(s string) string {
 }
 
 // SchemaVersion is the version this code writes.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // migrations[i] takes a database from version i to i+1. A database is
 // brought to SchemaVersion on Open; never edit a released step, add one.
@@ -273,6 +273,12 @@ var migrations = []func(d Dialect) []string{
 				INSERT INTO commits_text (repo, branch, commit_sha, subject, author, author_email)
 				VALUES (new.repo, new.branch, new.commit_sha, new.subject, new.author, new.author_email);
 			END`)
+	},
+	// 4 → 5: a cell's records by status and time, for "failing since"
+	// (FirstFailing): its last pass, then its first failure after it, are
+	// each one seek.
+	func(d Dialect) []string {
+		return []string{`CREATE INDEX records_cell ON records (repo, branch, module, job, arch, status, first_seen, sort_key)`}
 	},
 }
 
