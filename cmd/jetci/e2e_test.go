@@ -30,7 +30,9 @@ func jetciBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "jetci")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		// JETCI_BUILD_TAGS=jetciprof builds the profiling hook in
+		// (cpuprofile_tag.go), for benchmarks of real processes.
+		out, err := exec.Command("go", "build", "-tags", os.Getenv("JETCI_BUILD_TAGS"), "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -63,7 +64,8 @@ func BenchmarkFullCheck15k(b *testing.B) {
 				}
 			})
 		}
-		start("server", "server", "--listen", addr, "--store", dir+"/nats", "--log-format", "json")
+		monitor := freeAddr(b)
+		start("server", "server", "--listen", addr, "--store", dir+"/nats", "--monitor", monitor, "--log-format", "json")
 		var nc interface{ Close() }
 		var js jetstream.JetStream
 		brokertest.CheckFor(b, 30*time.Second, 20*time.Millisecond, func() error {
@@ -129,6 +131,8 @@ func BenchmarkFullCheck15k(b *testing.B) {
 			b.Fatal(err)
 		}
 		records := watchFinal(b, kv, jobs)
+		msgs0 := serverMsgs(b, monitor)
+		cpu0 := procstat.CPUSeconds(procs["server"].cmd.Process.Pid)
 		began := time.Now()
 		start("dispatcher", "dispatcher", "--nats", url, "--log-level", "warn", "--log-format", "json")
 		var queuedAt, drainedAt time.Time
@@ -161,6 +165,8 @@ func BenchmarkFullCheck15k(b *testing.B) {
 		case <-time.After(10 * time.Minute):
 			b.Fatal("the reporter did not fold every result in 10 minutes")
 		}
+		msgs := serverMsgs(b, monitor) - msgs0
+		serverCPU := procstat.CPUSeconds(procs["server"].cmd.Process.Pid) - cpu0
 		passed, ids := finishedTally(b, js)
 		if ids != jobs || passed != jobs {
 			b.Fatalf("%d distinct jobs with results (%d passed), want %d each", ids, passed, jobs)
@@ -169,12 +175,36 @@ func BenchmarkFullCheck15k(b *testing.B) {
 		b.ReportMetric(drainedAt.Sub(began).Seconds(), "drain_s")
 		b.ReportMetric(recordsAt.Sub(began).Seconds(), "records_s")
 		b.ReportMetric(basePublish.Seconds(), "base_publish_s")
+		// The server's messages in and out, and its CPU, per job from the
+		// dispatcher's start until every record is final (the tally
+		// after it is not counted).
+		b.ReportMetric(float64(msgs)/jobs, "server_msgs/job")
+		b.ReportMetric(serverCPU*1e6/jobs, "server_cpu_us/job")
 		b.ReportMetric(baseSteps.Seconds(), "base_steps_s")
 		for name, c := range procs {
 			b.ReportMetric(float64(procstat.MemoryKB(c.cmd.Process.Pid, "VmHWM"))/1024, name+"_MB")
 			b.ReportMetric(procstat.CPUSeconds(c.cmd.Process.Pid), name+"_cpu_s")
 		}
 	}
+}
+
+// serverMsgs is the messages a NATS server received and sent so far, from
+// its monitoring endpoint's /varz.
+func serverMsgs(tb testing.TB, monitor string) int64 {
+	tb.Helper()
+	resp, err := http.Get("http://" + monitor + "/varz")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		InMsgs  int64 `json:"in_msgs"`
+		OutMsgs int64 `json:"out_msgs"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		tb.Fatal(err)
+	}
+	return v.InMsgs + v.OutMsgs
 }
 
 func tail(s string, n int) string {
