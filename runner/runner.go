@@ -43,6 +43,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -199,6 +200,7 @@ type Runner struct {
 	log    zerolog.Logger
 	caches *caches
 	wake   *notifier
+	hints  classHints
 	// How steps run (backend.go): the backend in use, the container engine
 	// ("" when none, engineErr says why) and the emulation of a foreign
 	// architecture ("" natively).
@@ -219,6 +221,8 @@ type Runner struct {
 	inc   string // this process's incarnation (events.Lease)
 
 	ensured time.Time // when the job consumers were last created again
+
+	cancelKV jetstream.KeyValue // the cancel requests' bucket, once looked up (cancelBucket)
 
 	lock *workLock // held on WorkDir from New until Run returns (or Close)
 
@@ -326,7 +330,18 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("runner: subscribe: %w", err)
 	}
 	defer asub.Unsubscribe()
-	wake := func(*nats.Msg) { r.wake.notify() }
+	classAt := len(events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".")
+	wake := func(m *nats.Msg) {
+		class := "" // the generic wake-up (a job handed back): every class
+		if len(m.Subject) > classAt && m.Subject[:len(events.SubjectJobs)] == events.SubjectJobs {
+			class = m.Subject[classAt:]
+			if i := strings.IndexByte(class, '.'); i >= 0 {
+				class = class[:i]
+			}
+		}
+		r.hints.woken(events.Class(class), time.Now())
+		r.wake.notify()
+	}
 	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
 		sub, err := r.nc.Subscribe(subj, wake)
 		if err != nil {
@@ -423,10 +438,18 @@ func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consu
 	}
 }
 
-// next returns the first waiting job, highest class first, or nil.
+// next returns the first waiting job, highest class first, or nil. A class
+// found empty is not asked again until a job of that class is published, a
+// job is handed back, or IdlePoll has passed (classHints): in a drain of one
+// class that is one fetch per job instead of one per class.
 func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.Msg {
 	missing := false
-	for _, c := range cons {
+	for i, c := range cons {
+		class := events.Classes[i]
+		at := time.Now()
+		if r.hints.skip(class, at, r.cfg.IdlePoll) {
+			continue
+		}
 		batch, err := c.FetchNoWait(1)
 		if err != nil {
 			missing = missing || errors.Is(err, jetstream.ErrConsumerNotFound)
@@ -442,6 +465,8 @@ func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.
 			missing = missing || errors.Is(err, nats.ErrNoResponders) ||
 				errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
 			r.log.Debug().Err(err).Msg("fetch")
+		} else {
+			r.hints.empty(class, at)
 		}
 	}
 	if missing {
@@ -623,6 +648,60 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 func isWrongRevision(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// classHints remembers which job classes were found empty, so that a slot
+// does not ask their consumers again for every job: each no-wait fetch is a
+// round trip and a pull request the server has to answer.
+type classHints struct {
+	mu    sync.Mutex
+	woke  map[events.Class]time.Time // the last job published in the class
+	any   time.Time                  // the last wake-up for every class
+	found map[events.Class]time.Time // when a fetch found the class empty
+}
+
+// wakeSettle is how long after a class's wake-up an empty fetch still does
+// not count: the core message can overtake the stored job (a cluster commits
+// it through Raft first).
+const wakeSettle = 100 * time.Millisecond
+
+func (h *classHints) woken(class events.Class, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if class == "" {
+		h.any = at
+		return
+	}
+	if h.woke == nil {
+		h.woke = map[events.Class]time.Time{}
+	}
+	h.woke[class] = at
+}
+
+// empty notes that a fetch started at at found the class empty.
+func (h *classHints) empty(class events.Class, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.found == nil {
+		h.found = map[events.Class]time.Time{}
+	}
+	h.found[class] = at
+}
+
+// skip reports whether the class was found empty less than idle ago, with no
+// wake-up for it since (or shortly before: wakeSettle).
+func (h *classHints) skip(class events.Class, now time.Time, idle time.Duration) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	found, ok := h.found[class]
+	if !ok || now.Sub(found) >= idle {
+		return false
+	}
+	last := h.woke[class]
+	if h.any.After(last) {
+		last = h.any
+	}
+	return last.Before(found.Add(-wakeSettle))
 }
 
 // notifier wakes every waiting slot at once.
