@@ -64,10 +64,12 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	started := time.Now().UTC()
 	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started,
 		Run: run, Token: token}
-	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
-		events.RunMsgID(job.JobID, run, events.KindStarted)); err != nil {
-		log.Warn().Err(err).Msg("could not announce the job start")
-	}
+	// The start goes out without waiting for its ack, which comes while the
+	// cancel look below and the checkout go on: for a runner far from the
+	// broker that is a round trip less per job. It is on the connection
+	// before the result, so it is stored first.
+	r.announce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
+		events.RunMsgID(job.JobID, run, events.KindStarted), log)
 	log.Info().Int("slot", slot).Msg("job started")
 
 	done := r.cfg.Metrics.JobStarted(r.cfg.Pool, r.cfg.Arch, attempt)
@@ -98,15 +100,26 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
 	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).
 		Dur("duration", time.Duration(res.DurationMs)*time.Millisecond).Str("error", res.Error).Msg("job finished")
-	if err := r.deliver(ctx, res, m.Reply()); err != nil {
+	// The result's publish and the lease's renewal go out together (one
+	// round trip for both); the job is acked only after both.
+	delivered := make(chan error, 1)
+	go func() { delivered <- r.deliver(ctx, res, m.Reply()) }()
+	renewedAt := time.Now()
+	renewed := r.renewLease(ctx)
+	if err := <-delivered; err != nil {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
 		return
+	}
+	if time.Since(renewedAt) > leaseFresh {
+		// The publish took its time (the broker away, the outbox): the
+		// lease may have lapsed since.
+		renewed = r.renewLease(ctx)
 	}
 	// Find out whether the lease lapsed (or a dispatcher ended it, finding
 	// this runner's connection closed) while the job ran. Until the lease is
 	// written that is unknown: acking after a reconnect could otherwise ack
 	// the delivery another runner was handed meanwhile.
-	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !r.renewLease(ctx); wait = min(2*wait, 5*time.Second) {
+	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !renewed; wait = min(2*wait, 5*time.Second) {
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			log.Warn().Msg("result published but the job not acked: the lease could not be renewed, so the job may have been handed to another runner")
 			return
@@ -115,6 +128,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		case <-ctx.Done():
 		case <-time.After(wait):
 		}
+		renewed = r.renewLease(ctx)
 	}
 	if r.lostJob(job.JobID) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
@@ -156,6 +170,10 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		wait = min(2*wait, 5*time.Second)
 	}
 }
+
+// leaseFresh is how old a renewal of the lease may be when the job is acked;
+// an older one is made again first. Well inside the lease's TTL.
+const leaseFresh = 500 * time.Millisecond
 
 // ackNoResponders is how long an ack that no one answers is retried: longer
 // than a cluster takes to elect a consumer's new leader.
@@ -340,7 +358,7 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
 	defer cancel()
-	_, digest, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
+	_, digest, err := putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
 	return digest, err
 }
 
@@ -351,16 +369,30 @@ func newRunID() string {
 	return hex.EncodeToString(b)
 }
 
-// publishOnce publishes a result event, giving up after a short while.
-func (r *Runner) publishOnce(ctx context.Context, subject string, msg any, id string) error {
+// announce publishes a start event without waiting for its ack; a publish
+// that fails or is not acked within 5 s is logged, as a start event that
+// could not be published always was (the result follows regardless).
+func (r *Runner) announce(ctx context.Context, subject string, msg any, id string, log zerolog.Logger) {
 	data, err := events.Encode(msg)
-	if err != nil {
-		return err
+	if err == nil {
+		var f jetstream.PubAckFuture
+		if f, err = r.js.PublishAsync(subject, data, jetstream.WithMsgID(id)); err == nil {
+			go func() {
+				t := time.NewTimer(5 * time.Second)
+				defer t.Stop()
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					log.Warn().Err(err).Msg("could not announce the job start")
+				case <-t.C:
+					log.Warn().Msg("could not announce the job start: no ack in 5s")
+				case <-ctx.Done():
+				}
+			}()
+			return
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err = r.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
-	return err
+	log.Warn().Err(err).Msg("could not announce the job start")
 }
 
 // stopping reports whether the runner itself is stopping (its context, the

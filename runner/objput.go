@@ -59,6 +59,19 @@ func objectNUID(bucket, name string, g int) string {
 // (the object store's form, "SHA-256=<base64url>"). One call is one attempt; a
 // failed attempt is resumed by the next one.
 func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64) (int64, string, error) {
+	return putObjectAs(ctx, js, bucket, name, desc, path, limit, false)
+}
+
+// putFreshObject is putObject for a name no earlier attempt used (a run's
+// log: its name holds the run's random id). Nothing needs resuming, so the
+// stream is not asked what it holds (two stream-info requests, among the
+// dearest a server answers), and the chunks go as one group of asynchronous
+// publishes: one round trip for them, one for the meta after them.
+func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) (int64, string, error) {
+	return putObjectAs(ctx, js, bucket, name, desc, path, -1, true)
+}
+
+func putObjectAs(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64, fresh bool) (int64, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, "", err
@@ -77,6 +90,14 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 		return 0, "", err
 	}
 	chunks := (size + objChunkSize - 1) / objChunkSize
+	if fresh {
+		nuid := objectNUID(bucket, name, 0)
+		if err := putChunksAsync(ctx, js, f, "$O."+bucket+".C."+nuid, nuid, size, chunks); err != nil {
+			return 0, "", fmt.Errorf("object %s: %w", name, err)
+		}
+		digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
+		return size, digest, putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
+	}
 	stream, err := js.Stream(ctx, "OBJ_"+bucket)
 	if err != nil {
 		return 0, "", fmt.Errorf("object store %s: %w", bucket, err)
@@ -113,6 +134,45 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 		}
 	}
 	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
+	return size, digest, putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
+}
+
+// putChunksAsync publishes an object's chunks as asynchronous publishes and
+// waits for every ack, each within objPublishTimeout of the one before.
+func putChunksAsync(ctx context.Context, js jetstream.JetStream, f *os.File, subj, nuid string, size, chunks int64) error {
+	futs := make([]jetstream.PubAckFuture, 0, chunks)
+	for i := int64(0); i < chunks; i++ {
+		n := min(int64(objChunkSize), size-i*objChunkSize)
+		buf := make([]byte, n) // an async publish keeps its data until sent
+		if _, err := f.ReadAt(buf, i*objChunkSize); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		m := nats.NewMsg(subj)
+		m.Data = buf
+		m.Header.Set(jetstream.MsgIDHeader, nuid+"."+strconv.FormatInt(i, 10))
+		fut, err := js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("chunk %d of %d: %w", i+1, chunks, err)
+		}
+		futs = append(futs, fut)
+	}
+	for i, fut := range futs {
+		select {
+		case <-fut.Ok():
+		case err := <-fut.Err():
+			return fmt.Errorf("chunk %d of %d: %w", i+1, chunks, err)
+		case <-time.After(objPublishTimeout):
+			return fmt.Errorf("chunk %d of %d: no ack in %s", i+1, chunks, objPublishTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// putMeta stores an object's meta, after its chunks: the object is whole.
+func putMeta(ctx context.Context, js jetstream.JetStream, bucket, name, desc, nuid string, size, chunks int64, digest string) error {
+	var err error
 	info := jetstream.ObjectInfo{
 		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: desc, Opts: &jetstream.ObjectMetaOptions{ChunkSize: objChunkSize}},
 		Bucket:     bucket, NUID: nuid, Size: uint64(size), Chunks: uint32(chunks),
@@ -121,14 +181,14 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 	mm := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
 	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	if mm.Data, err = json.Marshal(info); err != nil {
-		return 0, "", err
+		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, objPublishTimeout)
 	defer cancel()
 	if _, err := js.PublishMsg(pctx, mm); err != nil {
-		return 0, "", fmt.Errorf("object %s: meta: %w", name, err)
+		return fmt.Errorf("object %s: meta: %w", name, err)
 	}
-	return size, digest, nil
+	return nil
 }
 
 // fileDigest is the object store's digest of the file at path, as putObject
