@@ -79,7 +79,12 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	jobCtx, untrack := r.track(ctx, job.JobID, seq)
 	defer untrack()
 	r.checkCancelled(ctx, job.JobID)
-	res := r.execute(jobCtx, slot, job, seq, attempt, run, log)
+	res, logMeta := r.execute(jobCtx, slot, job, seq, attempt, run, log)
+	// The log's meta goes out with the result (and the lease's renewal)
+	// below, not before them: one round trip for all three.
+	metaDone := make(chan struct{})
+	go func() { defer close(metaDone); logMeta() }()
+	defer func() { <-metaDone }()
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -206,11 +211,17 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) *events.JobFinished {
+//
+// The log's chunks are stored before it returns; its meta, which makes the
+// object whole, is stored by the returned function (called once, whatever
+// happens to the result), so that it can go with the result: a log whose meta
+// is not stored is spooled, to be finished when the store answers.
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) (*events.JobFinished, func()) {
 	res := &events.JobFinished{}
+	nothing := func() {}
 	if c, ok := cancelledBy(ctx); ok {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()+" before it started"
-		return res
+		return res, nothing
 	}
 	logPath := filepath.Join(r.cfg.WorkDir, "logs", fmt.Sprintf("%s-%d.log", job.JobID, attempt))
 	var chunkSeq uint64
@@ -223,7 +234,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	})
 	if err != nil {
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+err.Error()
-		return res
+		return res, nothing
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
 	out.Note("[jetci] %s %s@%s job %s arch %s attempt %d on %s", job.Repo, job.Branch, job.Commit, job.Job, job.Arch, attempt, r.cfg.ID)
@@ -289,15 +300,25 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	res.LogBytes, res.LogTruncated = size, cut
 	if stopping(ctx) {
 		_ = os.Remove(logPath) // the job is handed back and runs again
-		return res
+		return res, nothing
 	}
 	if cerr != nil {
-		return res
+		return res, nothing
 	}
 	name := events.RunLogObject(job.JobID, seq, attempt, run)
-	if digest, err := r.storeLog(ctx, name, logPath); err == nil {
+	if digest, meta, err := r.storeLog(ctx, name, logPath); err == nil {
 		res.Log, res.LogDigest = name, digest
-		_ = os.Remove(logPath)
+		return res, func() {
+			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
+			defer cancel()
+			if err := meta(mctx); err == nil {
+				_ = os.Remove(logPath)
+			} else if serr := r.spoolLog(name, logPath); serr == nil {
+				log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
+			} else {
+				log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result names it without it")
+			}
+		}
 	} else if digest, derr := fileDigest(logPath); derr != nil {
 		log.Warn().Err(err).AnErr("digest", derr).Msg("could not store the log or read it back; the result goes without it")
 	} else if serr := r.spoolLog(name, logPath); serr == nil {
@@ -308,7 +329,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	} else {
 		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
 	}
-	return res
+	return res, nothing
 }
 
 // steps runs the job's steps in order, stopping at the first failure. Their
@@ -353,13 +374,14 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 	}
 }
 
-// storeLog makes one try, of at most logFirstTry, to store the log, and
-// returns its digest; a log it could not store is spooled by the caller.
-func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
+// storeLog makes one try, of at most logFirstTry, to store the log's
+// chunks, and returns its digest and the function that stores its meta; a
+// log it could not store is spooled by the caller.
+func (r *Runner) storeLog(ctx context.Context, name, path string) (string, func(context.Context) error, error) {
 	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
 	defer cancel()
-	_, digest, err := putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
-	return digest, err
+	_, digest, meta, err := putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
+	return digest, meta, err
 }
 
 // newRunID makes a run id: 64 random bits, hex.

@@ -54,24 +54,46 @@ func objectNUID(bucket, name string, g int) string {
 	return "j" + hex.EncodeToString(sum[:])[:21]
 }
 
+// putFreshObject is putObject for a name no earlier attempt used (a run's
+// log: its name holds the run's random id). Nothing needs resuming, so the
+// stream is not asked what it holds (two stream-info requests, among the
+// dearest a server answers), and the chunks go as one group of asynchronous
+// publishes: one round trip. The meta, which makes the object whole, is left
+// to the returned function, so that the caller can send it along with other
+// publishes; until it is stored no reader sees the object. If it fails, a
+// later putObject of the same name finishes the object (it finds every chunk
+// stored).
+func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) (int64, string, func(context.Context) error, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, "", nil, err
+	}
+	size := st.Size()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		return 0, "", nil, err
+	}
+	chunks := (size + objChunkSize - 1) / objChunkSize
+	nuid := objectNUID(bucket, name, 0)
+	if err := putChunksAsync(ctx, js, f, "$O."+bucket+".C."+nuid, nuid, size, chunks); err != nil {
+		return 0, "", nil, fmt.Errorf("object %s: %w", name, err)
+	}
+	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
+	return size, digest, func(ctx context.Context) error {
+		return putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
+	}, nil
+}
+
 // putObject stores at most limit bytes of the file at path as object name in
 // bucket (limit < 0: all of it) and returns the bytes stored and their digest
 // (the object store's form, "SHA-256=<base64url>"). One call is one attempt; a
 // failed attempt is resumed by the next one.
 func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64) (int64, string, error) {
-	return putObjectAs(ctx, js, bucket, name, desc, path, limit, false)
-}
-
-// putFreshObject is putObject for a name no earlier attempt used (a run's
-// log: its name holds the run's random id). Nothing needs resuming, so the
-// stream is not asked what it holds (two stream-info requests, among the
-// dearest a server answers), and the chunks go as one group of asynchronous
-// publishes: one round trip for them, one for the meta after them.
-func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) (int64, string, error) {
-	return putObjectAs(ctx, js, bucket, name, desc, path, -1, true)
-}
-
-func putObjectAs(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string, limit int64, fresh bool) (int64, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, "", err
@@ -90,14 +112,6 @@ func putObjectAs(ctx context.Context, js jetstream.JetStream, bucket, name, desc
 		return 0, "", err
 	}
 	chunks := (size + objChunkSize - 1) / objChunkSize
-	if fresh {
-		nuid := objectNUID(bucket, name, 0)
-		if err := putChunksAsync(ctx, js, f, "$O."+bucket+".C."+nuid, nuid, size, chunks); err != nil {
-			return 0, "", fmt.Errorf("object %s: %w", name, err)
-		}
-		digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
-		return size, digest, putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
-	}
 	stream, err := js.Stream(ctx, "OBJ_"+bucket)
 	if err != nil {
 		return 0, "", fmt.Errorf("object store %s: %w", bucket, err)
