@@ -23,19 +23,21 @@ import (
 
 const defaultTimeout = 30 * time.Minute
 
-// runJob runs one delivered job to its acknowledged result.
-func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
+// runJob runs one delivered job to its acknowledged result. While the ack is
+// on its way it calls prefetch, and returns what that fetched: the slot's
+// next job (nil when none, or when the job did not end in an ack).
+func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg, prefetch func() jetstream.Msg) jetstream.Msg {
 	job, err := events.DecodeAs[events.JobQueued](m.Data())
 	if err != nil {
 		r.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad job message")
 		_ = m.Term()
-		return
+		return nil
 	}
 	meta, err := m.Metadata()
 	if err != nil {
 		r.log.Error().Err(err).Msg("job without metadata")
 		_ = m.Term()
-		return
+		return nil
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
 	r.mu.Lock()
@@ -47,7 +49,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		// run under way keeps it (its heartbeat and ack settle the message).
 		_ = m.NakWithDelay(events.JobAckWait)
 		r.log.Info().Str("job_id", job.JobID).Msg("redelivered a job this runner still runs: left to the run under way")
-		return
+		return nil
 	}
 	// The run's id and the delivery's token bind its results to it: the
 	// reporter takes results of this delivery from this run only.
@@ -95,7 +97,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		stopBeat()
 		_ = m.Nak()
 		log.Info().Msg("runner stopping: job handed back")
-		return
+		return nil
 	}
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
 	res.Run, res.Token = run, token
@@ -113,7 +115,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	renewed := r.renewLease(ctx)
 	if err := <-delivered; err != nil {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
-		return
+		return nil
 	}
 	if time.Since(renewedAt) > leaseFresh {
 		// The publish took its time (the broker away, the outbox): the
@@ -127,7 +129,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !renewed; wait = min(2*wait, 5*time.Second) {
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			log.Warn().Msg("result published but the job not acked: the lease could not be renewed, so the job may have been handed to another runner")
-			return
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -137,9 +139,21 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	}
 	if r.lostJob(job.JobID) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
-		return
+		return nil
 	}
+	next := make(chan jetstream.Msg, 1)
+	go func() { next <- prefetch() }()
+	t0 := time.Now()
 	r.ack(ctx, m, log)
+	n := <-next
+	if n != nil && time.Since(t0) > prefetchHold {
+		// The ack took its time (the broker away): the job fetched
+		// meanwhile has waited without in-progress acks, so it goes back
+		// rather than risk running where its ack wait has let it go.
+		_ = n.Nak()
+		return nil
+	}
+	return n
 }
 
 // ack acknowledges a job whose result is stored, retrying for a while if the
@@ -175,6 +189,10 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 		wait = min(2*wait, 5*time.Second)
 	}
 }
+
+// prefetchHold bounds how long a job fetched while the last one's ack was on
+// its way may have waited to be kept; far inside JobAckWait.
+const prefetchHold = 2 * time.Second
 
 // leaseFresh is how old a renewal of the lease may be when the job is acked;
 // an older one is made again first. Well inside the lease's TTL.

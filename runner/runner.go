@@ -417,10 +417,28 @@ var wakeRetry = []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 50 
 // slot runs jobs one after another until ctx ends.
 func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consumer) {
 	retries := 0 // quick looks left after a wake-up
+	var taken jetstream.Msg // the next job, fetched while the last one's ack was on its way
+	defer func() {
+		if taken != nil {
+			_ = taken.Nak() // the runner is stopping: hand it back at once
+		}
+	}()
+	// While a job's ack is on its way, the slot already asks for its next
+	// job: for a runner far from the broker the two round trips are one.
+	prefetch := func() jetstream.Msg {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return r.next(ctx, cons)
+	}
 	for ctx.Err() == nil {
 		woken := r.wake.wait() // taken before looking, so no wake-up is missed
-		if m := r.next(ctx, cons); m != nil {
-			r.runJob(jobCtx, n, m)
+		m := taken
+		if taken = nil; m == nil {
+			m = r.next(ctx, cons)
+		}
+		if m != nil {
+			taken = r.runJob(jobCtx, n, m, prefetch)
 			retries = 0
 			continue
 		}
