@@ -80,8 +80,10 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg, prefetch
 	// made while it waited, so no request slips between the two.
 	jobCtx, untrack := r.track(ctx, job.JobID, seq)
 	defer untrack()
-	r.checkCancelled(ctx, job.JobID)
-	res, logMeta := r.execute(jobCtx, slot, job, seq, attempt, run, log)
+	// The look runs while the commit is checked out; the steps wait for it.
+	looked := make(chan struct{})
+	go func() { defer close(looked); r.checkCancelled(ctx, job.JobID) }()
+	res, logMeta := r.execute(jobCtx, slot, job, seq, attempt, run, looked, log)
 	// The log's meta goes out with the result (and the lease's renewal)
 	// below, not before them: one round trip for all three.
 	metaDone := make(chan struct{})
@@ -234,7 +236,7 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 // object whole, is stored by the returned function (called once, whatever
 // happens to the result), so that it can go with the result: a log whose meta
 // is not stored is spooled, to be finished when the store answers.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) (*events.JobFinished, func()) {
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, looked <-chan struct{}, log zerolog.Logger) (*events.JobFinished, func()) {
 	res := &events.JobFinished{}
 	nothing := func() {}
 	if c, ok := cancelledBy(ctx); ok {
@@ -272,6 +274,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	lim := r.limitsFor(job, out)
 	t0 := time.Now()
+	ran := false // the steps started
 	if serr == nil {
 		err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
 	}
@@ -302,6 +305,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
+		<-looked // a cancel request made while the job waited stops it here
+		if _, ok := cancelledBy(ctx); ok {
+			break // "before it started", below
+		}
+		ran = true
 		r.tries(ctx, job, attempt, ws, tmp, x, lim, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
@@ -309,6 +317,9 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	if c, ok := cancelledBy(ctx); ok && res.Status != events.StatusPassed && res.Status != events.StatusFailed {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
+		if !ran {
+			res.Error += " before it started" // during the checkout
+		}
 	}
 	res.Error = out.mask.String(res.Error)
 	if res.Error != "" {
