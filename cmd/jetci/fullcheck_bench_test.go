@@ -169,8 +169,11 @@ func fullCheck(b *testing.B, heads int, runners []runnerSpec, baselines bool) {
 		}
 
 		for i, r := range runners {
-			id := fmt.Sprintf("r-%s-%d", r.arch, i)
-			start("runner-"+id, "runner", "--nats", url, "--arch", r.arch, "--slots", strconv.Itoa(r.slots), "--id", id,
+			id := "r-" + r.arch // one runner per arch: the names BENCHMARKS and benchtable use
+			if len(runners) > len(archList) {
+				id = fmt.Sprintf("r-%s-%d", r.arch, i)
+			}
+			start("runner-"+r.arch+strings.TrimPrefix(id, "r-"+r.arch), "runner", "--nats", url, "--arch", r.arch, "--slots", strconv.Itoa(r.slots), "--id", id,
 				"--work", filepath.Join(dir, id), "--log-level", "warn", "--log-format", "json")
 		}
 		start("reporter", "reporter", "--nats", url, "--http", "", "--log-level", "warn", "--log-format", "json")
