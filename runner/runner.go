@@ -416,7 +416,7 @@ var wakeRetry = []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 50 
 
 // slot runs jobs one after another until ctx ends.
 func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consumer) {
-	retries := 0 // quick looks left after a wake-up
+	retries := 0            // quick looks left after a wake-up
 	var taken jetstream.Msg // the next job, fetched while the last one's ack was on its way
 	defer func() {
 		if taken != nil {
