@@ -2,9 +2,11 @@
 // pulls jobs from the JETCI_JOBS work queue through the durable consumers shared
 // by every runner of that (pool, arch), one per priority class, always trying the
 // highest class first and taking one job per free slot with FetchNoWait (never a
-// prefetching consumer, whose buffered messages would time out). Job publishes
-// also reach a core-NATS subscription that wakes idle slots at once; a slow poll
-// catches redeliveries.
+// prefetching consumer, whose buffered messages would time out; a slot asks for
+// its next job only while its last one's ack is on its way). Job publishes also
+// reach a core-NATS subscription that wakes idle slots at once and tells which
+// classes have work (a class found empty is not asked again until then); a slow
+// poll catches redeliveries.
 //
 // For each job it checks the commit out with go-git from a per-repo bare cache
 // into a workspace owned by the slot and moved from commit to commit (the
