@@ -83,12 +83,12 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg, prefetch
 	// The look runs while the commit is checked out; the steps wait for it.
 	looked := make(chan struct{})
 	go func() { defer close(looked); r.checkCancelled(ctx, job.JobID) }()
-	res, logMeta := r.execute(jobCtx, slot, job, seq, attempt, run, looked, log)
-	// The log's meta goes out with the result (and the lease's renewal)
-	// below, not before them: one round trip for all three.
-	metaDone := make(chan struct{})
-	go func() { defer close(metaDone); logMeta() }()
-	defer func() { <-metaDone }()
+	res, storeLog := r.execute(jobCtx, slot, job, seq, attempt, run, looked, log)
+	// The log goes out with the result (and the lease's renewal) below, not
+	// before them: one round trip for all three.
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); storeLog() }()
+	defer func() { <-logDone }()
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -232,10 +232,9 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
 //
-// The log's chunks are stored before it returns; its meta, which makes the
-// object whole, is stored by the returned function (called once, whatever
-// happens to the result), so that it can go with the result: a log whose meta
-// is not stored is spooled, to be finished when the store answers.
+// The log is stored by the returned function (called once, whatever happens
+// to the result), so that it can go with the result: a log not stored is
+// spooled, to be stored when the store answers.
 func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, looked <-chan struct{}, log zerolog.Logger) (*events.JobFinished, func()) {
 	res := &events.JobFinished{}
 	nothing := func() {}
@@ -335,30 +334,27 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res, nothing
 	}
 	name := events.RunLogObject(job.JobID, seq, attempt, run)
-	if digest, meta, err := r.storeLog(ctx, name, logPath); err == nil {
-		res.Log, res.LogDigest = name, digest
-		return res, func() {
-			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
-			defer cancel()
-			if err := meta(mctx); err == nil {
-				_ = os.Remove(logPath)
-			} else if serr := r.spoolLog(name, logPath); serr == nil {
-				log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
-			} else {
-				log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result names it without it")
-			}
-		}
-	} else if digest, derr := fileDigest(logPath); derr != nil {
-		log.Warn().Err(err).AnErr("digest", derr).Msg("could not store the log or read it back; the result goes without it")
-	} else if serr := r.spoolLog(name, logPath); serr == nil {
-		// The result names the log and its digest: it is stored as soon as
-		// the store answers, byte for byte what was digested here.
-		res.Log, res.LogDigest = name, digest
-		log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
-	} else {
-		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
+	digest, err := fileDigest(logPath)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not read the log back; the result goes without it")
+		return res, nothing
 	}
-	return res, nothing
+	// The result names the log and its digest; the log goes out with the
+	// result (one round trip for both, storeLog), and one the store did not
+	// take is spooled, to be stored as soon as the store answers, byte for
+	// byte what was digested here.
+	res.Log, res.LogDigest = name, digest
+	return res, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
+		defer cancel()
+		if err := r.storeLog(sctx, name, logPath); err == nil {
+			_ = os.Remove(logPath)
+		} else if serr := r.spoolLog(name, logPath); serr == nil {
+			log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
+		} else {
+			log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result names it without it")
+		}
+	}
 }
 
 // steps runs the job's steps in order, stopping at the first failure. Their
@@ -403,14 +399,10 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 	}
 }
 
-// storeLog makes one try, of at most logFirstTry, to store the log's
-// chunks, and returns its digest and the function that stores its meta; a
-// log it could not store is spooled by the caller.
-func (r *Runner) storeLog(ctx context.Context, name, path string) (string, func(context.Context) error, error) {
-	ctx, cancel := context.WithTimeout(ctx, logFirstTry)
-	defer cancel()
-	_, digest, meta, err := putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
-	return digest, meta, err
+// storeLog makes one try to store a run's log (the caller bounds it); a log
+// it could not store is spooled by the caller.
+func (r *Runner) storeLog(ctx context.Context, name, path string) error {
+	return putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
 }
 
 // newRunID makes a run id: 64 random bits, hex.

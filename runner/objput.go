@@ -55,38 +55,74 @@ func objectNUID(bucket, name string, g int) string {
 }
 
 // putFreshObject is putObject for a name no earlier attempt used (a run's
-// log: its name holds the run's random id). Nothing needs resuming, so the
-// stream is not asked what it holds (two stream-info requests, among the
-// dearest a server answers), and the chunks go as one group of asynchronous
-// publishes: one round trip. The meta, which makes the object whole, is left
-// to the returned function, so that the caller can send it along with other
-// publishes; until it is stored no reader sees the object. If it fails, a
-// later putObject of the same name finishes the object (it finds every chunk
-// stored).
-func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) (int64, string, func(context.Context) error, error) {
+// log: its name holds the run's random id), for a caller that sends other
+// publishes along: an object of one chunk (most logs) has its chunk and its
+// meta published together and both acks awaited, one round trip, without
+// asking the stream what it holds (two stream-info requests, among the dearest
+// a server answers). A bigger object goes through putObject, chunk by chunk.
+//
+// Published together, the meta can land while its chunk failed (a leader
+// change between the two): the caller then spools the object, and the
+// spool's putObject finds no chunk and stores chunk and meta again, so the
+// object is whole once the store answers. Only one chunk goes this way: with
+// several, a failed one could leave a hole that a resumed put, which counts
+// the chunks stored, would not see.
+func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, "", nil, err
+		return err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, "", nil, err
+		return err
 	}
 	size := st.Size()
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
-		return 0, "", nil, err
+	if size > objChunkSize {
+		f.Close()
+		_, _, err := putObject(ctx, js, bucket, name, desc, path, -1)
+		return err
 	}
-	chunks := (size + objChunkSize - 1) / objChunkSize
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	size = int64(len(data))
+	sum := sha256.Sum256(data)
+	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
 	nuid := objectNUID(bucket, name, 0)
-	if err := putChunksAsync(ctx, js, f, "$O."+bucket+".C."+nuid, nuid, size, chunks); err != nil {
-		return 0, "", nil, fmt.Errorf("object %s: %w", name, err)
+	var futs []jetstream.PubAckFuture
+	if size > 0 {
+		m := nats.NewMsg("$O." + bucket + ".C." + nuid)
+		m.Data = data
+		m.Header.Set(jetstream.MsgIDHeader, nuid+".0")
+		fut, err := js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("object %s: chunk: %w", name, err)
+		}
+		futs = append(futs, fut)
 	}
-	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
-	return size, digest, func(ctx context.Context) error {
-		return putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
-	}, nil
+	mm, err := metaMsg(bucket, name, desc, nuid, size, min(size, 1), digest)
+	if err != nil {
+		return err
+	}
+	fut, err := js.PublishMsgAsync(mm)
+	if err != nil {
+		return fmt.Errorf("object %s: meta: %w", name, err)
+	}
+	futs = append(futs, fut)
+	for _, fut := range futs {
+		select {
+		case <-fut.Ok():
+		case err := <-fut.Err():
+			return fmt.Errorf("object %s: %w", name, err)
+		case <-time.After(objPublishTimeout):
+			return fmt.Errorf("object %s: no ack in %s", name, objPublishTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // putObject stores at most limit bytes of the file at path as object name in
@@ -151,50 +187,10 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 	return size, digest, putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
 }
 
-// putChunksAsync publishes an object's chunks as asynchronous publishes and
-// waits for every ack, each within objPublishTimeout of the one before.
-func putChunksAsync(ctx context.Context, js jetstream.JetStream, f *os.File, subj, nuid string, size, chunks int64) error {
-	futs := make([]jetstream.PubAckFuture, 0, chunks)
-	for i := int64(0); i < chunks; i++ {
-		n := min(int64(objChunkSize), size-i*objChunkSize)
-		buf := make([]byte, n) // an async publish keeps its data until sent
-		if _, err := f.ReadAt(buf, i*objChunkSize); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		m := nats.NewMsg(subj)
-		m.Data = buf
-		m.Header.Set(jetstream.MsgIDHeader, nuid+"."+strconv.FormatInt(i, 10))
-		fut, err := js.PublishMsgAsync(m)
-		if err != nil {
-			return fmt.Errorf("chunk %d of %d: %w", i+1, chunks, err)
-		}
-		futs = append(futs, fut)
-	}
-	for i, fut := range futs {
-		select {
-		case <-fut.Ok():
-		case err := <-fut.Err():
-			return fmt.Errorf("chunk %d of %d: %w", i+1, chunks, err)
-		case <-time.After(objPublishTimeout):
-			return fmt.Errorf("chunk %d of %d: no ack in %s", i+1, chunks, objPublishTimeout)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
-}
-
 // putMeta stores an object's meta, after its chunks: the object is whole.
 func putMeta(ctx context.Context, js jetstream.JetStream, bucket, name, desc, nuid string, size, chunks int64, digest string) error {
-	var err error
-	info := jetstream.ObjectInfo{
-		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: desc, Opts: &jetstream.ObjectMetaOptions{ChunkSize: objChunkSize}},
-		Bucket:     bucket, NUID: nuid, Size: uint64(size), Chunks: uint32(chunks),
-		Digest: digest,
-	}
-	mm := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
-	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	if mm.Data, err = json.Marshal(info); err != nil {
+	mm, err := metaMsg(bucket, name, desc, nuid, size, chunks, digest)
+	if err != nil {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, objPublishTimeout)
@@ -203,6 +199,22 @@ func putMeta(ctx context.Context, js jetstream.JetStream, bucket, name, desc, nu
 		return fmt.Errorf("object %s: meta: %w", name, err)
 	}
 	return nil
+}
+
+// metaMsg is the rolled-up meta message of an object.
+func metaMsg(bucket, name, desc, nuid string, size, chunks int64, digest string) (*nats.Msg, error) {
+	info := jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: desc, Opts: &jetstream.ObjectMetaOptions{ChunkSize: objChunkSize}},
+		Bucket:     bucket, NUID: nuid, Size: uint64(size), Chunks: uint32(chunks),
+		Digest: digest,
+	}
+	mm := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
+	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	var err error
+	if mm.Data, err = json.Marshal(info); err != nil {
+		return nil, err
+	}
+	return mm, nil
 }
 
 // fileDigest is the object store's digest of the file at path, as putObject
