@@ -306,39 +306,32 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		AckWait:       commitAckWait, // a commit is dispatched in milliseconds; handle keeps a long one alive
 	}
 	g.Must("commits", func(ctx context.Context) error {
-		return events.Consume(ctx, d.js, events.StreamCommits, cfg, 4, d.log, func(m jetstream.Msg) { d.handle(ctx, m) })
+		return events.ConsumeBatches(ctx, d.js, events.StreamCommits, cfg, commitBatch, commitBatch, d.log,
+			func(ms []jetstream.Msg) { d.handleBatch(ctx, ms) })
 	})
 	return g.Wait()
 }
 
-func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
-	ev, err := events.DecodeAs[events.CommitDetected](m.Data())
-	if err != nil {
-		d.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad commit message")
-		_ = m.Term()
-		return
+// commitBatch bounds the commits pulled ahead and handled together: their
+// jobs go to the queue as one group of asynchronous publishes, so a burst of
+// commits (a full check's 5,000) costs a few round trips per batch instead of
+// three per commit.
+const commitBatch = 64
+
+// handleBatch dispatches commits in stream order. Each is decoded, held by
+// the broken-build flow or prepared (expanded, its checks noted) one after
+// another as before; then the jobs of every prepared commit are queued as one
+// group (enqueue), and each commit is finished (superseding older jobs) and
+// acked. A commit that fails is handed back alone; one whose jobs could not
+// all be queued is handed back with the others of the group, and the Msg-Ids
+// make the retry's duplicates harmless.
+func (d *Dispatcher) handleBatch(ctx context.Context, ms []jetstream.Msg) {
+	// A group of commits of thousands of jobs can take longer to queue than
+	// the commit consumer's ack wait: keep telling the server they are being
+	// worked on, or it would hand them to another handler meanwhile.
+	for _, m := range ms {
+		_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
 	}
-	log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Logger()
-	_ = m.InProgress() // the ack wait runs from now, not from when it was buffered
-	var seq uint64     // the commit's place in its branch
-	if meta, _ := m.Metadata(); meta != nil {
-		seq = meta.Sequence.Stream
-	}
-	if d.gate != nil {
-		held, err := d.hold(ctx, ev, seq)
-		if err != nil {
-			log.Warn().Err(err).Msg("broken-build flow; will retry")
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		if held {
-			_ = m.DoubleAck(ctx)
-			return
-		}
-	}
-	// A commit of thousands of jobs can take longer to queue than the commit
-	// consumer's ack wait: keep telling the server it is being worked on, or
-	// it would hand the commit to another handler meanwhile.
 	stopBeat := make(chan struct{})
 	beatDone := make(chan struct{})
 	go func() {
@@ -348,29 +341,112 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 		for {
 			select {
 			case <-t.C:
-				_ = m.InProgress()
+				for _, m := range ms {
+					_ = m.InProgress()
+				}
 			case <-stopBeat:
 				return
 			}
 		}
 	}()
-	err = d.dispatch(ctx, ev, seq, "", log)
+	type commit struct {
+		m    jetstream.Msg
+		ev   *events.CommitDetected
+		seq  uint64
+		log  zerolog.Logger
+		jobs []*events.JobQueued
+	}
+	var acks, naks []jetstream.Msg
+	var prepared []commit
+	var all []*events.JobQueued
+	for _, m := range ms {
+		ev, err := events.DecodeAs[events.CommitDetected](m.Data())
+		if err != nil {
+			d.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad commit message")
+			_ = m.Term()
+			continue
+		}
+		log := d.log.With().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Logger()
+		var seq uint64 // the commit's place in its branch
+		if meta, _ := m.Metadata(); meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		if d.gate != nil {
+			held, err := d.hold(ctx, ev, seq)
+			if err != nil {
+				log.Warn().Err(err).Msg("broken-build flow; will retry")
+				_ = m.NakWithDelay(time.Second)
+				continue
+			}
+			if held {
+				acks = append(acks, m)
+				continue
+			}
+		}
+		jobs, done, err := d.prepare(ctx, ev, seq, log)
+		switch {
+		case err != nil:
+			log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
+			naks = append(naks, m)
+		case done:
+			acks = append(acks, m)
+		default:
+			prepared = append(prepared, commit{m: m, ev: ev, seq: seq, log: log, jobs: jobs})
+			all = append(all, jobs...)
+		}
+	}
+	if err := d.enqueue(ctx, all, ""); err != nil {
+		for _, c := range prepared {
+			c.log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
+			naks = append(naks, c.m)
+		}
+		prepared = nil
+	}
+	for _, c := range prepared {
+		if err := d.dispatched(ctx, c.ev, c.seq, c.jobs, c.log); err != nil {
+			c.log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
+			naks = append(naks, c.m)
+			continue
+		}
+		acks = append(acks, c.m)
+	}
 	close(stopBeat)
 	<-beatDone
-	if err != nil {
-		log.Warn().Err(err).Msg("dispatching a commit failed; will retry")
+	for _, m := range naks {
 		_ = m.NakWithDelay(dispatchRetry)
-		return
 	}
-	if err := m.DoubleAck(ctx); err != nil {
-		log.Warn().Err(err).Msg("ack commit")
+	// The acks are awaited together: one round trip for the group.
+	var wg sync.WaitGroup
+	for _, m := range acks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.DoubleAck(ctx); err != nil {
+				d.log.Warn().Err(err).Msg("ack commit")
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // dispatch queues a commit's jobs. salt, when set, makes their Msg-Ids new: a
 // released commit whose jobs were queued once already (and withdrawn when its
 // branch broke) must not be taken for a duplicate of that first queueing.
 func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, seq uint64, salt string, log zerolog.Logger) error {
+	jobs, done, err := d.prepare(ctx, ev, seq, log)
+	if err != nil || done {
+		return err
+	}
+	if err := d.enqueue(ctx, jobs, salt); err != nil {
+		return err
+	}
+	return d.dispatched(ctx, ev, seq, jobs, log)
+}
+
+// prepare expands a commit into its jobs and notes them with the broken-build
+// flow, before they are queued. A commit without a runnable pipeline has its
+// error result published here, and is done.
+func (d *Dispatcher) prepare(ctx context.Context, ev *events.CommitDetected, seq uint64, log zerolog.Logger) (jobs []*events.JobQueued, done bool, err error) {
 	jobs, fail := d.Expand(ev)
 	for _, j := range jobs {
 		j.CommitSeq = seq
@@ -378,24 +454,27 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev *events.CommitDetected, se
 	if fail != nil {
 		if err := publish(ctx, d.js, events.ResultSubject(ev.Repo, ev.Branch, events.KindFinished), fail,
 			events.ResultMsgID(fail.JobID, 0, 1, events.KindFinished)); err != nil {
-			return err
+			return nil, false, err
 		}
 		log.Warn().Str("error", fail.Error).Msg("commit has no runnable pipeline")
 		if d.gate != nil {
-			return d.noteCheckJobs(ctx, ev, seq, 0)
+			return nil, true, d.noteCheckJobs(ctx, ev, seq, 0)
 		}
-		return nil
+		return nil, true, nil
 	}
 	if d.gate != nil {
 		// Before the jobs are queued, so that a run the flow adopts as a
 		// check is known before any of its results can come.
 		if err := d.noteCheckJobs(ctx, ev, seq, len(jobs)); err != nil {
-			return err
+			return nil, false, err
 		}
 	}
-	if err := d.enqueue(ctx, jobs, salt); err != nil {
-		return err
-	}
+	return jobs, false, nil
+}
+
+// dispatched finishes a commit whose jobs are queued: a new commit of a
+// coalesced branch supersedes the older commits' jobs still waiting.
+func (d *Dispatcher) dispatched(ctx context.Context, ev *events.CommitDetected, seq uint64, jobs []*events.JobQueued, log zerolog.Logger) error {
 	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
 	if ev.Class == events.ClassFirst && len(jobs) > 0 && d.coalesced(ev.Repo, ev.Branch) {
 		first := jobs[0].QueueSeq

@@ -23,6 +23,15 @@ const (
 // handle acks, naks or terminates each message itself.
 func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, buffer int,
 	log zerolog.Logger, handle func(jetstream.Msg)) error {
+	return ConsumeBatches(ctx, js, stream, cfg, buffer, 1, log, func(ms []jetstream.Msg) { handle(ms[0]) })
+}
+
+// ConsumeBatches is Consume for a handler that does better with several
+// messages at once: after a message arrives, the messages already pulled
+// behind it (at most max in all) go to handle together, in stream order. A
+// batch never waits for messages that are not there yet.
+func ConsumeBatches(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, buffer, max int,
+	log zerolog.Logger, handle func([]jetstream.Msg)) error {
 	var cons jetstream.Consumer
 	err := Retry(ctx, log, "create consumer "+cfg.Durable, 5*time.Second, func(ctx context.Context) (err error) {
 		cons, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
@@ -46,6 +55,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	// (Nak), rather than waiting out the ack wait, so a restarted or another
 	// process gets them without delay.
 	go func() { <-ctx.Done(); it.Drain() }()
+	batch := make([]jetstream.Msg, 0, max)
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -55,11 +65,23 @@ func Consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			log.Warn().Err(err).Str("consumer", cfg.Durable).Msg("reading messages")
 			continue
 		}
+		batch = append(batch[:0], m)
+		for len(batch) < max {
+			// Only what is buffered already: a millisecond is no wait for
+			// a message in the client's buffer, and the least Next takes.
+			m, err := it.Next(jetstream.NextMaxWait(time.Millisecond))
+			if err != nil {
+				break
+			}
+			batch = append(batch, m)
+		}
 		if ctx.Err() != nil {
-			_ = m.Nak()
+			for _, m := range batch {
+				_ = m.Nak()
+			}
 			continue
 		}
-		handle(m)
+		handle(batch)
 	}
 }
 

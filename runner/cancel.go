@@ -73,7 +73,7 @@ func (r *Runner) cancelJob(req *events.CancelRequest) bool {
 
 // checkCancelled looks for a cancel request made before the job was taken.
 func (r *Runner) checkCancelled(ctx context.Context, jobID string) {
-	kv, err := r.js.KeyValue(ctx, events.BucketCancel)
+	kv, err := r.cancelBucket(ctx)
 	if err != nil {
 		return
 	}
@@ -87,4 +87,23 @@ func (r *Runner) checkCancelled(ctx context.Context, jobID string) {
 	if req, err := events.DecodeAs[events.CancelRequest](e.Value()); err == nil {
 		r.cancelJob(req)
 	}
+}
+
+// cancelBucket is the cancel requests' bucket, looked up once: a lookup is a
+// stream-info request, which cost the server more than the get itself.
+func (r *Runner) cancelBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	r.mu.Lock()
+	kv := r.cancelKV
+	r.mu.Unlock()
+	if kv != nil {
+		return kv, nil
+	}
+	kv, err := r.js.KeyValue(ctx, events.BucketCancel)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.cancelKV = kv
+	r.mu.Unlock()
+	return kv, nil
 }

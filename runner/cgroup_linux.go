@@ -331,13 +331,23 @@ func (cg *stepCgroup) kill() {
 	if cg.v2 != "" && os.WriteFile(filepath.Join(cg.v2, "cgroup.kill"), []byte("1"), 0) == nil {
 		return
 	}
+	// A process already sent SIGKILL stays listed until it is gone, and
+	// cannot fork any more: the rounds go on only while new processes show
+	// up (a fork that raced the last round), not while the killed ones exit
+	// (re-reading the list as fast as possible then cost a runner more CPU
+	// than its jobs: waitEmpty polls for that).
+	killed := map[int]bool{}
 	for round := 0; round < 100; round++ {
-		ps := cg.pids()
-		if len(ps) == 0 {
-			return
+		fresh := 0
+		for _, p := range cg.pids() {
+			if !killed[p] {
+				killed[p] = true
+				fresh++
+				_ = syscall.Kill(p, syscall.SIGKILL)
+			}
 		}
-		for _, p := range ps {
-			_ = syscall.Kill(p, syscall.SIGKILL)
+		if fresh == 0 {
+			return
 		}
 	}
 }

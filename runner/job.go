@@ -23,19 +23,21 @@ import (
 
 const defaultTimeout = 30 * time.Minute
 
-// runJob runs one delivered job to its acknowledged result.
-func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
+// runJob runs one delivered job to its acknowledged result. While the ack is
+// on its way it calls prefetch, and returns what that fetched: the slot's
+// next job (nil when none, or when the job did not end in an ack).
+func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg, prefetch func() jetstream.Msg) jetstream.Msg {
 	job, err := events.DecodeAs[events.JobQueued](m.Data())
 	if err != nil {
 		r.log.Error().Err(err).Str("subject", m.Subject()).Msg("dropping a bad job message")
 		_ = m.Term()
-		return
+		return nil
 	}
 	meta, err := m.Metadata()
 	if err != nil {
 		r.log.Error().Err(err).Msg("job without metadata")
 		_ = m.Term()
-		return
+		return nil
 	}
 	attempt, seq := meta.NumDelivered, meta.Sequence.Stream
 	r.mu.Lock()
@@ -47,7 +49,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		// run under way keeps it (its heartbeat and ack settle the message).
 		_ = m.NakWithDelay(events.JobAckWait)
 		r.log.Info().Str("job_id", job.JobID).Msg("redelivered a job this runner still runs: left to the run under way")
-		return
+		return nil
 	}
 	// The run's id and the delivery's token bind its results to it: the
 	// reporter takes results of this delivery from this run only.
@@ -64,10 +66,12 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	started := time.Now().UTC()
 	st := &events.JobStarted{JobRef: job.JobRef, QueueSeq: seq, Attempt: attempt, Runner: r.cfg.ID, StartedAt: started,
 		Run: run, Token: token}
-	if err := r.publishOnce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
-		events.RunMsgID(job.JobID, run, events.KindStarted)); err != nil {
-		log.Warn().Err(err).Msg("could not announce the job start")
-	}
+	// The start goes out without waiting for its ack, which comes while the
+	// cancel look below and the checkout go on: for a runner far from the
+	// broker that is a round trip less per job. It is on the connection
+	// before the result, so it is stored first.
+	r.announce(ctx, events.ResultSubject(job.Repo, job.Branch, events.KindStarted), st,
+		events.RunMsgID(job.JobID, run, events.KindStarted), log)
 	log.Info().Int("slot", slot).Msg("job started")
 
 	done := r.cfg.Metrics.JobStarted(r.cfg.Pool, r.cfg.Arch, attempt)
@@ -76,8 +80,15 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	// made while it waited, so no request slips between the two.
 	jobCtx, untrack := r.track(ctx, job.JobID, seq)
 	defer untrack()
-	r.checkCancelled(ctx, job.JobID)
-	res := r.execute(jobCtx, slot, job, seq, attempt, run, log)
+	// The look runs while the commit is checked out; the steps wait for it.
+	looked := make(chan struct{})
+	go func() { defer close(looked); r.checkCancelled(ctx, job.JobID) }()
+	res, storeLog := r.execute(jobCtx, slot, job, seq, attempt, run, looked, log)
+	// The log goes out with the result (and the lease's renewal) below, not
+	// before them: one round trip for all three.
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); storeLog() }()
+	defer func() { <-logDone }()
 	if ctx.Err() != nil {
 		done("")
 	} else {
@@ -88,7 +99,7 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 		stopBeat()
 		_ = m.Nak()
 		log.Info().Msg("runner stopping: job handed back")
-		return
+		return nil
 	}
 	res.JobRef, res.QueueSeq, res.Attempt, res.Runner, res.StartedAt = job.JobRef, seq, attempt, r.cfg.ID, started
 	res.Run, res.Token = run, token
@@ -98,29 +109,53 @@ func (r *Runner) runJob(ctx context.Context, slot int, m jetstream.Msg) {
 	res.DurationMs = res.FinishedAt.Sub(started).Milliseconds()
 	log.Info().Str("status", string(res.Status)).Int("exit_code", res.ExitCode).
 		Dur("duration", time.Duration(res.DurationMs)*time.Millisecond).Str("error", res.Error).Msg("job finished")
-	if err := r.deliver(ctx, res, m.Reply()); err != nil {
+	// The result's publish and the lease's renewal go out together (one
+	// round trip for both); the job is acked only after both.
+	delivered := make(chan error, 1)
+	go func() { delivered <- r.deliver(ctx, res, m.Reply()) }()
+	renewedAt := time.Now()
+	renewed := r.renewLease(ctx)
+	if err := <-delivered; err != nil {
 		log.Warn().Err(err).Msg("result kept in the outbox; it will be published when the broker is back")
-		return
+		return nil
+	}
+	if time.Since(renewedAt) > leaseFresh {
+		// The publish took its time (the broker away, the outbox): the
+		// lease may have lapsed since.
+		renewed = r.renewLease(ctx)
 	}
 	// Find out whether the lease lapsed (or a dispatcher ended it, finding
 	// this runner's connection closed) while the job ran. Until the lease is
 	// written that is unknown: acking after a reconnect could otherwise ack
 	// the delivery another runner was handed meanwhile.
-	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !r.renewLease(ctx); wait = min(2*wait, 5*time.Second) {
+	for wait, deadline := 100*time.Millisecond, time.Now().Add(2*events.JobAckWait); !renewed; wait = min(2*wait, 5*time.Second) {
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			log.Warn().Msg("result published but the job not acked: the lease could not be renewed, so the job may have been handed to another runner")
-			return
+			return nil
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
 		}
+		renewed = r.renewLease(ctx)
 	}
 	if r.lostJob(job.JobID) {
 		log.Warn().Msg("result published but the job not acked: its lease lapsed and it was handed to another runner")
-		return
+		return nil
 	}
+	next := make(chan jetstream.Msg, 1)
+	go func() { next <- prefetch() }()
+	t0 := time.Now()
 	r.ack(ctx, m, log)
+	n := <-next
+	if n != nil && time.Since(t0) > prefetchHold {
+		// The ack took its time (the broker away): the job fetched
+		// meanwhile has waited without in-progress acks, so it goes back
+		// rather than risk running where its ack wait has let it go.
+		_ = n.Nak()
+		return nil
+	}
+	return n
 }
 
 // ack acknowledges a job whose result is stored, retrying for a while if the
@@ -157,6 +192,14 @@ func (r *Runner) ack(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 	}
 }
 
+// prefetchHold bounds how long a job fetched while the last one's ack was on
+// its way may have waited to be kept; far inside JobAckWait.
+const prefetchHold = 2 * time.Second
+
+// leaseFresh is how old a renewal of the lease may be when the job is acked;
+// an older one is made again first. Well inside the lease's TTL.
+const leaseFresh = 500 * time.Millisecond
+
 // ackNoResponders is how long an ack that no one answers is retried: longer
 // than a cluster takes to elect a consumer's new leader.
 const ackNoResponders = 15 * time.Second
@@ -188,11 +231,16 @@ func (r *Runner) heartbeat(m jetstream.Msg) func() {
 
 // execute checks the commit out and runs the steps. The result carries status,
 // exit code, error and log fields.
-func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, log zerolog.Logger) *events.JobFinished {
+//
+// The log is stored by the returned function (called once, whatever happens
+// to the result), so that it can go with the result: a log not stored is
+// spooled, to be stored when the store answers.
+func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, seq, attempt uint64, run string, looked <-chan struct{}, log zerolog.Logger) (*events.JobFinished, func()) {
 	res := &events.JobFinished{}
+	nothing := func() {}
 	if c, ok := cancelledBy(ctx); ok {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()+" before it started"
-		return res
+		return res, nothing
 	}
 	logPath := filepath.Join(r.cfg.WorkDir, "logs", fmt.Sprintf("%s-%d.log", job.JobID, attempt))
 	var chunkSeq uint64
@@ -205,7 +253,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	})
 	if err != nil {
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "runner: "+err.Error()
-		return res
+		return res, nothing
 	}
 	ws := filepath.Join(r.cfg.WorkDir, "slots", strconv.Itoa(slot), events.Token(job.Repo))
 	// The runner knows the run (its queue sequence) and this delivery of
@@ -229,6 +277,7 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	lim := r.limitsFor(job, out)
 	t0 := time.Now()
+	ran := false // the steps started
 	if serr == nil {
 		err = r.caches.prepare(ctx, job.Repo, job.RepoURL, job.Commit, ws, log)
 	}
@@ -263,6 +312,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		res.Status, res.ExitCode, res.Error = events.StatusError, -1, "checkout failed: "+err.Error()
 	default:
 		out.Note("[jetci] checked out in %s", time.Since(t0).Round(time.Millisecond))
+		<-looked // a cancel request made while the job waited stops it here
+		if _, ok := cancelledBy(ctx); ok {
+			break // "before it started", below
+		}
+		ran = true
 		r.tries(ctx, job, attempt, ws, tmp, x, lim, out, res, log)
 		if res.Status != events.StatusCancelled && !stopping(ctx) {
 			res.Artifacts = r.uploadArtifacts(ctx, job, seq, attempt, ws, out)
@@ -270,6 +324,9 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	}
 	if c, ok := cancelledBy(ctx); ok && res.Status != events.StatusPassed && res.Status != events.StatusFailed {
 		res.Status, res.ExitCode, res.Error = events.StatusCancelled, -1, c.Error()
+		if !ran {
+			res.Error += " before it started" // during the checkout
+		}
 	}
 	res.Error = out.mask.String(res.Error)
 	if res.Error != "" {
@@ -279,26 +336,33 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	res.LogBytes, res.LogTruncated = size, cut
 	if stopping(ctx) {
 		_ = os.Remove(logPath) // the job is handed back and runs again
-		return res
+		return res, nothing
 	}
 	if cerr != nil {
-		return res
+		return res, nothing
 	}
 	name := events.RunLogObject(job.JobID, seq, attempt, run)
-	if digest, err := r.storeLog(ctx, name, logPath); err == nil {
-		res.Log, res.LogDigest = name, digest
-		_ = os.Remove(logPath)
-	} else if digest, derr := fileDigest(logPath); derr != nil {
-		log.Warn().Err(err).AnErr("digest", derr).Msg("could not store the log or read it back; the result goes without it")
-	} else if serr := r.spoolLog(name, logPath); serr == nil {
-		// The result names the log and its digest: it is stored as soon as
-		// the store answers, byte for byte what was digested here.
-		res.Log, res.LogDigest = name, digest
-		log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
-	} else {
-		log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result goes without it")
+	digest, err := fileDigest(logPath)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not read the log back; the result goes without it")
+		return res, nothing
 	}
-	return res
+	// The result names the log and its digest; the log goes out with the
+	// result (one round trip for both, storeLog), and one the store did not
+	// take is spooled, to be stored as soon as the store answers, byte for
+	// byte what was digested here.
+	res.Log, res.LogDigest = name, digest
+	return res, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
+		defer cancel()
+		if err := r.storeLog(sctx, name, logPath); err == nil {
+			_ = os.Remove(logPath)
+		} else if serr := r.spoolLog(name, logPath); serr == nil {
+			log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
+		} else {
+			log.Warn().Err(err).AnErr("spool", serr).Msg("could not store or spool the log; the result names it without it")
+		}
+	}
 }
 
 // steps runs the job's steps in order, stopping at the first failure. Their
@@ -343,15 +407,10 @@ func (r *Runner) steps(ctx context.Context, job *events.JobQueued, retry int, x 
 	}
 }
 
-// storeLog makes one try, of at most logFirstTry, to store the log, and
-// returns its digest; a log it could not store is spooled by the caller.
-// ctx is the job's: a cancelled job's log is stored all the same (the try is
-// bounded by its own timeout, not by the cancel that ended the job).
-func (r *Runner) storeLog(ctx context.Context, name, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
-	defer cancel()
-	_, digest, err := putObject(ctx, r.js, events.BucketLogs, name, "job log", path, -1)
-	return digest, err
+// storeLog makes one try to store a run's log (the caller bounds it); a log
+// it could not store is spooled by the caller.
+func (r *Runner) storeLog(ctx context.Context, name, path string) error {
+	return putFreshObject(ctx, r.js, events.BucketLogs, name, "job log", path)
 }
 
 // newRunID makes a run id: 64 random bits, hex.
@@ -361,16 +420,30 @@ func newRunID() string {
 	return hex.EncodeToString(b)
 }
 
-// publishOnce publishes a result event, giving up after a short while.
-func (r *Runner) publishOnce(ctx context.Context, subject string, msg any, id string) error {
+// announce publishes a start event without waiting for its ack; a publish
+// that fails or is not acked within 5 s is logged, as a start event that
+// could not be published always was (the result follows regardless).
+func (r *Runner) announce(ctx context.Context, subject string, msg any, id string, log zerolog.Logger) {
 	data, err := events.Encode(msg)
-	if err != nil {
-		return err
+	if err == nil {
+		var f jetstream.PubAckFuture
+		if f, err = r.js.PublishAsync(subject, data, jetstream.WithMsgID(id)); err == nil {
+			go func() {
+				t := time.NewTimer(5 * time.Second)
+				defer t.Stop()
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					log.Warn().Err(err).Msg("could not announce the job start")
+				case <-t.C:
+					log.Warn().Msg("could not announce the job start: no ack in 5s")
+				case <-ctx.Done():
+				}
+			}()
+			return
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err = r.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
-	return err
+	log.Warn().Err(err).Msg("could not announce the job start")
 }
 
 // stopping reports whether the runner itself is stopping (its context, the

@@ -54,6 +54,77 @@ func objectNUID(bucket, name string, g int) string {
 	return "j" + hex.EncodeToString(sum[:])[:21]
 }
 
+// putFreshObject is putObject for a name no earlier attempt used (a run's
+// log: its name holds the run's random id), for a caller that sends other
+// publishes along: an object of one chunk (most logs) has its chunk and its
+// meta published together and both acks awaited, one round trip, without
+// asking the stream what it holds (two stream-info requests, among the dearest
+// a server answers). A bigger object goes through putObject, chunk by chunk.
+//
+// Published together, the meta can land while its chunk failed (a leader
+// change between the two): the caller then spools the object, and the
+// spool's putObject finds no chunk and stores chunk and meta again, so the
+// object is whole once the store answers. Only one chunk goes this way: with
+// several, a failed one could leave a hole that a resumed put, which counts
+// the chunks stored, would not see.
+func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	if size > objChunkSize {
+		f.Close()
+		_, _, err := putObject(ctx, js, bucket, name, desc, path, -1)
+		return err
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	size = int64(len(data))
+	sum := sha256.Sum256(data)
+	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
+	nuid := objectNUID(bucket, name, 0)
+	var futs []jetstream.PubAckFuture
+	if size > 0 {
+		m := nats.NewMsg("$O." + bucket + ".C." + nuid)
+		m.Data = data
+		m.Header.Set(jetstream.MsgIDHeader, nuid+".0")
+		fut, err := js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("object %s: chunk: %w", name, err)
+		}
+		futs = append(futs, fut)
+	}
+	mm, err := metaMsg(bucket, name, desc, nuid, size, min(size, 1), digest)
+	if err != nil {
+		return err
+	}
+	fut, err := js.PublishMsgAsync(mm)
+	if err != nil {
+		return fmt.Errorf("object %s: meta: %w", name, err)
+	}
+	futs = append(futs, fut)
+	for _, fut := range futs {
+		select {
+		case <-fut.Ok():
+		case err := <-fut.Err():
+			return fmt.Errorf("object %s: %w", name, err)
+		case <-time.After(objPublishTimeout):
+			return fmt.Errorf("object %s: no ack in %s", name, objPublishTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // putObject stores at most limit bytes of the file at path as object name in
 // bucket (limit < 0: all of it) and returns the bytes stored and their digest
 // (the object store's form, "SHA-256=<base64url>"). One call is one attempt; a
@@ -113,6 +184,25 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 		}
 	}
 	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil))
+	return size, digest, putMeta(ctx, js, bucket, name, desc, nuid, size, chunks, digest)
+}
+
+// putMeta stores an object's meta, after its chunks: the object is whole.
+func putMeta(ctx context.Context, js jetstream.JetStream, bucket, name, desc, nuid string, size, chunks int64, digest string) error {
+	mm, err := metaMsg(bucket, name, desc, nuid, size, chunks, digest)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, objPublishTimeout)
+	defer cancel()
+	if _, err := js.PublishMsg(pctx, mm); err != nil {
+		return fmt.Errorf("object %s: meta: %w", name, err)
+	}
+	return nil
+}
+
+// metaMsg is the rolled-up meta message of an object.
+func metaMsg(bucket, name, desc, nuid string, size, chunks int64, digest string) (*nats.Msg, error) {
 	info := jetstream.ObjectInfo{
 		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: desc, Opts: &jetstream.ObjectMetaOptions{ChunkSize: objChunkSize}},
 		Bucket:     bucket, NUID: nuid, Size: uint64(size), Chunks: uint32(chunks),
@@ -120,15 +210,11 @@ func putObject(ctx context.Context, js jetstream.JetStream, bucket, name, desc, 
 	}
 	mm := nats.NewMsg("$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name)))
 	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	var err error
 	if mm.Data, err = json.Marshal(info); err != nil {
-		return 0, "", err
+		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, objPublishTimeout)
-	defer cancel()
-	if _, err := js.PublishMsg(pctx, mm); err != nil {
-		return 0, "", fmt.Errorf("object %s: meta: %w", name, err)
-	}
-	return size, digest, nil
+	return mm, nil
 }
 
 // fileDigest is the object store's digest of the file at path, as putObject

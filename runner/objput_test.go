@@ -125,3 +125,57 @@ func TestSpooledLogIsStoredByTheNextRunner(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPutFreshObject: a log of one chunk (chunk and meta published together)
+// and one of several (chunk by chunk) read back whole through the object
+// store's Get; and a one-chunk object whose meta landed while its chunk did
+// not (what a failed put together can leave) is made whole by the spool's
+// putObject of the same name.
+func TestPutFreshObject(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	store, err := s.JS.ObjectStore(ctx, events.BucketLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{0, 100, objChunkSize, 2*objChunkSize + 5} {
+		data := make([]byte, size)
+		_, _ = rand.Read(data)
+		path := filepath.Join(t.TempDir(), "job.log")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("fresh-%d.log", size)
+		if err := putFreshObject(ctx, s.JS, events.BucketLogs, name, "job log", path); err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		got, err := store.GetBytes(ctx, name)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: read back %d bytes, %v", size, len(got), err)
+		}
+		digest, err := fileDigest(path)
+		if info, ierr := store.GetInfo(ctx, name); ierr != nil || err != nil || info.Digest != digest {
+			t.Fatalf("%d bytes: digest %v against %s (%v, %v)", size, info, digest, ierr, err)
+		}
+	}
+
+	data := []byte("a log whose chunk was lost\n")
+	path := filepath.Join(t.TempDir(), "lost.log")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const name = "lost-chunk.log"
+	digest, _ := fileDigest(path)
+	if err := putMeta(ctx, s.JS, events.BucketLogs, name, "job log", objectNUID(events.BucketLogs, name, 0), int64(len(data)), 1, digest); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := store.GetBytes(ctx, name); err == nil && bytes.Equal(got, data) {
+		t.Fatal("the object reads whole without its chunk")
+	}
+	if _, _, err := putObject(ctx, s.JS, events.BucketLogs, name, "job log", path, -1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := store.GetBytes(ctx, name); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("after the spool's put: %q, %v", got, err)
+	}
+}

@@ -2,9 +2,11 @@
 // pulls jobs from the JETCI_JOBS work queue through the durable consumers shared
 // by every runner of that (pool, arch), one per priority class, always trying the
 // highest class first and taking one job per free slot with FetchNoWait (never a
-// prefetching consumer, whose buffered messages would time out). Job publishes
-// also reach a core-NATS subscription that wakes idle slots at once; a slow poll
-// catches redeliveries.
+// prefetching consumer, whose buffered messages would time out; a slot asks for
+// its next job only while its last one's ack is on its way). Job publishes also
+// reach a core-NATS subscription that wakes idle slots at once and tells which
+// classes have work (a class found empty is not asked again until then); a slow
+// poll catches redeliveries.
 //
 // For each job it checks the commit out with go-git from a per-repo bare cache
 // into a workspace owned by the slot and moved from commit to commit (the
@@ -43,6 +45,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -200,6 +203,7 @@ type Runner struct {
 	log    zerolog.Logger
 	caches *caches
 	wake   *notifier
+	hints  classHints
 	// How steps run (backend.go): the backend in use, the container engine
 	// ("" when none, engineErr says why) and the emulation of a foreign
 	// architecture ("" natively).
@@ -220,6 +224,8 @@ type Runner struct {
 	inc   string // this process's incarnation (events.Lease)
 
 	ensured time.Time // when the job consumers were last created again
+
+	cancelKV jetstream.KeyValue // the cancel requests' bucket, once looked up (cancelBucket)
 
 	lock *workLock // held on WorkDir from New until Run returns (or Close)
 
@@ -336,7 +342,18 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("runner: subscribe: %w", err)
 	}
 	defer asub.Unsubscribe()
-	wake := func(*nats.Msg) { r.wake.notify() }
+	classAt := len(events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".")
+	wake := func(m *nats.Msg) {
+		class := "" // the generic wake-up (a job handed back): every class
+		if len(m.Subject) > classAt && m.Subject[:len(events.SubjectJobs)] == events.SubjectJobs {
+			class = m.Subject[classAt:]
+			if i := strings.IndexByte(class, '.'); i >= 0 {
+				class = class[:i]
+			}
+		}
+		r.hints.woken(events.Class(class), time.Now())
+		r.wake.notify()
+	}
 	for _, subj := range []string{events.SubjectJobs + "." + r.cfg.Pool + "." + r.cfg.Arch + ".>", events.WakeSubject(r.cfg.Pool, r.cfg.Arch)} {
 		sub, err := r.nc.Subscribe(subj, wake)
 		if err != nil {
@@ -411,11 +428,29 @@ var wakeRetry = []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 50 
 
 // slot runs jobs one after another until ctx ends.
 func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consumer) {
-	retries := 0 // quick looks left after a wake-up
+	retries := 0            // quick looks left after a wake-up
+	var taken jetstream.Msg // the next job, fetched while the last one's ack was on its way
+	defer func() {
+		if taken != nil {
+			_ = taken.Nak() // the runner is stopping: hand it back at once
+		}
+	}()
+	// While a job's ack is on its way, the slot already asks for its next
+	// job: for a runner far from the broker the two round trips are one.
+	prefetch := func() jetstream.Msg {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return r.next(ctx, cons)
+	}
 	for ctx.Err() == nil {
 		woken := r.wake.wait() // taken before looking, so no wake-up is missed
-		if m := r.next(ctx, cons); m != nil {
-			r.runJob(jobCtx, n, m)
+		m := taken
+		if taken = nil; m == nil {
+			m = r.next(ctx, cons)
+		}
+		if m != nil {
+			taken = r.runJob(jobCtx, n, m, prefetch)
 			retries = 0
 			continue
 		}
@@ -433,10 +468,18 @@ func (r *Runner) slot(ctx, jobCtx context.Context, n int, cons []jetstream.Consu
 	}
 }
 
-// next returns the first waiting job, highest class first, or nil.
+// next returns the first waiting job, highest class first, or nil. A class
+// found empty is not asked again until a job of that class is published, a
+// job is handed back, or IdlePoll has passed (classHints): in a drain of one
+// class that is one fetch per job instead of one per class.
 func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.Msg {
 	missing := false
-	for _, c := range cons {
+	for i, c := range cons {
+		class := events.Classes[i]
+		at := time.Now()
+		if r.hints.skip(class, at, r.cfg.IdlePoll) {
+			continue
+		}
 		batch, err := c.FetchNoWait(1)
 		if err != nil {
 			missing = missing || errors.Is(err, jetstream.ErrConsumerNotFound)
@@ -452,6 +495,8 @@ func (r *Runner) next(ctx context.Context, cons []jetstream.Consumer) jetstream.
 			missing = missing || errors.Is(err, nats.ErrNoResponders) ||
 				errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
 			r.log.Debug().Err(err).Msg("fetch")
+		} else {
+			r.hints.empty(class, at)
 		}
 	}
 	if missing {
@@ -633,6 +678,60 @@ func (r *Runner) loseJobs(ctx context.Context, jobs []events.LeasedJob) {
 func isWrongRevision(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// classHints remembers which job classes were found empty, so that a slot
+// does not ask their consumers again for every job: each no-wait fetch is a
+// round trip and a pull request the server has to answer.
+type classHints struct {
+	mu    sync.Mutex
+	woke  map[events.Class]time.Time // the last job published in the class
+	any   time.Time                  // the last wake-up for every class
+	found map[events.Class]time.Time // when a fetch found the class empty
+}
+
+// wakeSettle is how long after a class's wake-up an empty fetch still does
+// not count: the core message can overtake the stored job (a cluster commits
+// it through Raft first).
+const wakeSettle = 100 * time.Millisecond
+
+func (h *classHints) woken(class events.Class, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if class == "" {
+		h.any = at
+		return
+	}
+	if h.woke == nil {
+		h.woke = map[events.Class]time.Time{}
+	}
+	h.woke[class] = at
+}
+
+// empty notes that a fetch started at at found the class empty.
+func (h *classHints) empty(class events.Class, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.found == nil {
+		h.found = map[events.Class]time.Time{}
+	}
+	h.found[class] = at
+}
+
+// skip reports whether the class was found empty less than idle ago, with no
+// wake-up for it since (or shortly before: wakeSettle).
+func (h *classHints) skip(class events.Class, now time.Time, idle time.Duration) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	found, ok := h.found[class]
+	if !ok || now.Sub(found) >= idle {
+		return false
+	}
+	last := h.woke[class]
+	if h.any.After(last) {
+		last = h.any
+	}
+	return last.Before(found.Add(-wakeSettle))
 }
 
 // notifier wakes every waiting slot at once.

@@ -31,7 +31,9 @@ func jetciBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "jetci")
-		args := []string{"build", "-o", binPath}
+		// JETCI_BUILD_TAGS=jetciprof builds the profiling hook in
+		// (cpuprofile_tag.go), for benchmarks of real processes.
+		args := []string{"build", "-tags", os.Getenv("JETCI_BUILD_TAGS"), "-o", binPath}
 		if raceEnabled {
 			args = append(args, "-race") // the children are checked as the suite is
 		}
