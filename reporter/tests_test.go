@@ -217,6 +217,11 @@ func TestTestListsGroupOneTestAcrossBranches(t *testing.T) {
 			}
 		}
 	}
+	select { // the lists answer 503 until the read model has caught up
+	case <-f.rep.View().Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reporter's read model did not catch up")
+	}
 	var flaky struct{ Groups []TestGroup }
 	f.getJSON("/api/v1/tests/flaky?group=1&repo=proj", &flaky)
 	if len(flaky.Groups) != 1 {
