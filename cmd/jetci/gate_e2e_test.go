@@ -69,7 +69,7 @@ func startGateSystem(t *testing.T, window time.Duration) *gateSystem {
 			}
 		}
 	})
-	g.start("server", append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--store", data + "/nats"}, as(g.pw, "admin")...)...)
+	g.start("server", append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--monitor", "127.0.0.1:0", "--store", data + "/nats"}, as(g.pw, "admin")...)...)
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(g.logs["server"].String(), "jetci streams ready") {
 			return fmt.Errorf("streams not set up yet")

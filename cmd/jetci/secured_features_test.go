@@ -51,7 +51,7 @@ func TestSecuredModulesCulpritAndTests(t *testing.T) {
 	url := "nats://" + natsAddr
 	data := t.TempDir()
 	ctx, start, logs := serviceGroup(t)
-	start(ctx, append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--store", data + "/nats", "--log-format", "json"}, as(pw, "admin")...)...)
+	start(ctx, append([]string{"server", "--config", "../../nats.conf", "--listen", natsAddr, "--monitor", "127.0.0.1:0", "--store", data + "/nats", "--log-format", "json"}, as(pw, "admin")...)...)
 	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(logs.String(), "jetci streams ready") {
 			return fmt.Errorf("streams not set up yet")
