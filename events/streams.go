@@ -37,6 +37,7 @@ const (
 	ConsumerBisect           = "bisect"
 	ConsumerBisectCommits    = "bisect-commits"
 	ConsumerNotifierBisect   = "notifier-bisect"
+	ConsumerNotifierQueued   = "notifier-queued" // queued jobs, for pending commit statuses
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"

@@ -1,0 +1,221 @@
+package reporter
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetci/jetci/broker/brokertest"
+	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/forge"
+	"github.com/jetci/jetci/forge/forgetest"
+)
+
+// queueAndFinish publishes a job's queued event, waits for its pending
+// status, then its finished event.
+func queueAndFinish(f *webFixture, fs *forgetest.Server, seq uint64, commit string, fin *events.JobFinished, wantPosted int) events.JobRef {
+	ref := jref("proj", "main", commit, "test", "amd64")
+	p := events.Person{Name: "Bob", Email: "bob@example.com"}
+	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: seq, QueuedAt: time.Now(), Author: p, Subject: "change"})
+	fin.JobRef, fin.QueueSeq, fin.Attempt, fin.Runner, fin.FinishedAt, fin.Author, fin.Subject = ref, seq, 1, "r1", time.Now(), p, "change"
+	f.publish(fin)
+	f.waitFor(ref.JobID, func(r Record) bool { return r.Status == fin.Status })
+	return ref
+}
+
+func waitPosted(t *testing.T, f *webFixture, fs *forgetest.Server, n int) []forgetest.Posted {
+	t.Helper()
+	var got []forgetest.Posted
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		got = fs.Posted()
+		if len(got) != n {
+			return fmt.Errorf("%d statuses posted, want %d: %+v", len(got), n, got)
+		}
+		return outboxEmpty(f)
+	})
+	return got
+}
+
+// TestCommitStatusesPendingThenResult: a queued job is posted pending, its
+// result success or failure with a description and the job page, on each
+// forge's API.
+func TestCommitStatusesPendingThenResult(t *testing.T) {
+	for _, kind := range []string{forge.GitHub, forge.Gitea, forge.GitLab} {
+		t.Run(kind, func(t *testing.T) {
+			fs := forgetest.Start(t, kind, "octo/proj", "tok-"+kind)
+			f, _ := newNotifyFixture(t, nil, NotifyConfig{PublicURL: "https://ci.example.com", Forges: []forge.Repo{fs.Repo("proj")}})
+			failed := queueAndFinish(f, fs, 1, sha('a'), &events.JobFinished{Status: events.StatusFailed, ExitCode: 1, DurationMs: 1500,
+				TestSummary: &events.TestSummary{Total: 5, Passed: 2, Failed: 3}}, 2)
+			got := waitPosted(t, f, fs, 2)
+			fail := "failure"
+			if kind == forge.GitLab {
+				fail = "failed"
+			}
+			want := []forgetest.Posted{
+				{SHA: sha('a'), State: "pending", Context: "jetci/test (amd64)", TargetURL: "https://ci.example.com/job/" + failed.JobID, Description: "queued"},
+				{SHA: sha('a'), State: fail, Context: "jetci/test (amd64)", TargetURL: "https://ci.example.com/job/" + failed.JobID, Description: "3 tests failed in 1.5s"},
+			}
+			if kind == forge.GitLab {
+				want[0].Ref, want[1].Ref = "main", "main"
+			}
+			for i := range want {
+				if got[i] != want[i] {
+					t.Errorf("status %d: %+v\nwant %+v", i, got[i], want[i])
+				}
+			}
+			queueAndFinish(f, fs, 2, sha('b'), &events.JobFinished{Status: events.StatusError, Error: "no runner for riscv64"}, 4)
+			got = waitPosted(t, f, fs, 4)
+			if got[3].Description != "no runner for riscv64" || got[3].State != map[bool]string{true: "failed", false: "error"}[kind == forge.GitLab] {
+				t.Errorf("error status %+v", got[3])
+			}
+		})
+	}
+}
+
+// TestStatusesSurviveForgeFaults: the forge answers 500, then 403 with
+// Retry-After, then not at all (a timeout), then 429: every status still
+// arrives, once, in order, and no request comes before the Retry-After.
+func TestStatusesSurviveForgeFaults(t *testing.T) {
+	fs := forgetest.Start(t, forge.GitHub, "octo/proj", "tok")
+	fs.Script(forgetest.Fail500, forgetest.RateLimit, forgetest.Hang, forgetest.TooMany)
+	f, _ := newNotifyFixture(t, nil, NotifyConfig{PublicURL: "https://ci.example.com", Forges: []forge.Repo{fs.Repo("proj")}})
+	f.rep.notifier.client = &http.Client{Timeout: 300 * time.Millisecond}
+	queueAndFinish(f, fs, 1, sha('a'), &events.JobFinished{Status: events.StatusPassed, DurationMs: 10}, 2)
+	queueAndFinish(f, fs, 2, sha('b'), &events.JobFinished{Status: events.StatusFailed, ExitCode: 2, DurationMs: 10}, 4)
+	// Each result is posted once; a pending still retrying when its
+	// result went out is not posted over it.
+	var got []forgetest.Posted
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		got = fs.Posted()
+		if err := outboxEmpty(f); err != nil {
+			return err
+		}
+		for _, p := range got {
+			if p.State != "pending" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no result posted: %+v", got)
+	})
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		got = fs.Posted()
+		seen := map[string]int{}
+		for _, p := range got {
+			seen[p.SHA[:1]+" "+p.State]++
+		}
+		if seen["a success"] != 1 || seen["b failure"] != 1 {
+			return fmt.Errorf("results posted %v", seen)
+		}
+		if seen["a pending"] > 1 || seen["b pending"] > 1 {
+			t.Fatalf("a pending posted twice: %+v", got)
+		}
+		return outboxEmpty(f)
+	})
+	for _, c := range []string{"a", "b"} {
+		last := ""
+		for _, p := range got {
+			if p.SHA[:1] == c {
+				last = p.State
+			}
+		}
+		if last == "pending" {
+			t.Errorf("commit %s ends pending: %+v", c, got)
+		}
+	}
+	if fs.Requests() < 6 {
+		t.Errorf("%d requests: the faults were not all met", fs.Requests())
+	}
+}
+
+// TestWrongTokenIsLoggedOnceAndShown: a refused token gives one log line
+// for the repo, a state on /healthz and /api/v1/forges, and no retry loop:
+// statuses wait instead of asking the forge again.
+func TestWrongTokenIsLoggedOnceAndShown(t *testing.T) {
+	fs := forgetest.Start(t, forge.Gitea, "octo/proj", "right")
+	s := brokertest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	repo := fs.Repo("proj")
+	repo.Token = "wrong-secret-token"
+	cfg := NotifyConfig{PublicURL: "https://ci.example.com", Forges: []forge.Repo{repo}}
+	if err := cfg.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuf
+	rep, err := New(ctx, Config{HTTP: "127.0.0.1:0", Notify: cfg}, s.JS, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- rep.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		_, err := s.JS.Consumer(ctx, events.StreamResults, events.ConsumerNotifierQueued)
+		return err
+	})
+	f := &webFixture{t: t, s: s, rep: rep, base: "http://" + rep.Addr(), ctx: context.Background(), sign: newTestSigner(s.JS)}
+	for i, c := range []byte("abc") {
+		queueAndFinish(f, fs, uint64(i+1), sha(c), &events.JobFinished{Status: events.StatusPassed}, 0)
+	}
+	// Every status has been looked at at least once…
+	brokertest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		c, err := s.JS.Consumer(ctx, events.StreamNotify, events.ConsumerNotifier)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.Delivered.Consumer < 6 {
+			return fmt.Errorf("%d deliveries", info.Delivered.Consumer)
+		}
+		return nil
+	})
+	// …and the forge was asked once.
+	if n := fs.Requests(); n != 1 {
+		t.Errorf("%d requests with a refused token, want 1", n)
+	}
+	if n := strings.Count(logs.String(), "refuses jetci's token"); n != 1 {
+		t.Errorf("%d log lines about the token, want 1:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "wrong-secret-token") {
+		t.Error("the token is in the log")
+	}
+	_, body, _ := f.get("/healthz")
+	if !strings.Contains(body, "forge of proj (gitea): token refused") {
+		t.Errorf("healthz:\n%s", body)
+	}
+	var states []forgeHealth
+	f.getJSON("/api/v1/forges", &states)
+	if len(states) != 1 || states[0].State != "token refused" || states[0].Until.IsZero() {
+		t.Errorf("forges %+v", states)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
