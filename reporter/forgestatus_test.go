@@ -219,3 +219,27 @@ func (b *syncBuf) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestAStatusCutShortIsPostedAgain: unlike a mail, a status whose sender died
+// mid-post ("sending" claim) is posted again: posting a state twice is
+// harmless, a commit left pending is not.
+func TestAStatusCutShortIsPostedAgain(t *testing.T) {
+	fs := forgetest.Start(t, forge.GitHub, "octo/proj", "tok")
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	if err := events.DefaultSetup().Ensure(ctx, s.JS); err != nil {
+		t.Fatal(err)
+	}
+	ref := jref("proj", "main", sha('b'), "test", "amd64")
+	id := fmt.Sprintf("status.%s.%s.%s.%d", shortHash("proj\x00"+sha('b')+"\x00jetci/test (amd64)"), ref.JobID, forge.Failure, 2*2+1)
+	kv, _ := s.JS.KeyValue(ctx, events.BucketSent)
+	if _, err := kv.Create(ctx, "n."+shortHash(id), []byte(claimSending)); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := newNotifyFixture(t, s, NotifyConfig{PublicURL: "https://ci.example.com", Forges: []forge.Repo{fs.Repo("proj")}})
+	queueAndFinish(f, fs, 2, sha('b'), &events.JobFinished{Status: events.StatusFailed, ExitCode: 1}, 2)
+	got := waitPosted(t, f, fs, 2)
+	if got[1].State != forge.Failure || got[1].SHA != sha('b') {
+		t.Errorf("posted %+v", got)
+	}
+}

@@ -101,14 +101,16 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 				return
 			}
 			log.Warn().Msg("a sender died while posting this status: posting it again")
-		} else if string(e.Value()) == claimSending {
-			log.Warn().Msg("a sender died while sending this notification: it may have gone out, so it is not sent again")
-			n.metrics.Notification(kind, "doubt")
 		} else {
-			log.Debug().Msg("already sent")
+			if string(e.Value()) == claimSending {
+				log.Warn().Msg("a sender died while sending this notification: it may have gone out, so it is not sent again")
+				n.metrics.Notification(kind, "doubt")
+			} else {
+				log.Debug().Msg("already sent")
+			}
+			_ = m.Ack()
+			return
 		}
-		_ = m.Ack()
-		return
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		log.Warn().Err(err).Msg("outbox: read the sent mark; will retry")
 		_ = m.NakWithDelay(5 * time.Second)
