@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -49,17 +48,13 @@ func (n *Notifier) statusNote(repo, branch, sha, jobID string, ctxName, state, d
 		return nil
 	}
 	st := forge.Status{SHA: sha, State: state, Context: ctxName, TargetURL: n.jobURL(jobID), Description: desc}
-	if f.Kind == forge.GitLab && !isPullBranch(branch) {
+	if _, pull := events.PullNumber(branch); f.Kind == forge.GitLab && !pull {
 		st.Ref = branch
 	}
 	id := fmt.Sprintf("status.%s.%s.%s.%d", shortHash(repo+"\x00"+sha+"\x00"+ctxName), jobID, state, order)
 	return &Notification{ID: id, Event: "status-" + state, JobID: jobID, Status: &StatusDelivery{Repo: repo, Status: st, Order: order}}
 }
 
-// isPullBranch reports whether jetci's branch name is a pull/merge request's.
-func isPullBranch(b string) bool {
-	return strings.HasPrefix(b, "pull/") || strings.HasPrefix(b, "merge-requests/")
-}
 
 // queuedStatus is the pending status of a queued job.
 func (n *Notifier) queuedStatus(q *events.JobQueued) *Notification {

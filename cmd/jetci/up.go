@@ -47,6 +47,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	fs := m.flagSet("up", upUsage)
 	var repos, arch listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
+	var pulls listFlag
+	fs.Var(&pulls, "pull-requests", pullRequestsHelp)
 	data := fs.String("data", "./.jetci", "directory for all state: NATS storage, git caches, runner workspaces")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port); it has no authentication, so a non-loopback address needs --insecure")
 	insecure := fs.Bool("insecure", false, "allow --nats-listen on a non-loopback address although the embedded server has no authentication or TLS: anyone who reaches it can queue jobs (run code) and read results")
@@ -108,6 +110,11 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		}
 		ocfg.Repos = append(ocfg.Repos, repo)
 	}
+	for _, p := range pulls {
+		if err := observer.SetPulls(&ocfg, p); err != nil {
+			return err
+		}
+	}
 	ocfg.Poll = *poll
 	ocfg.CacheDir = filepath.Join(*data, "observer")
 	if err := ocfg.Validate(); err != nil {
@@ -120,6 +127,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	if err := gateCfg(&dcfg); err != nil {
 		return err
 	}
+	dcfg.Coalesce = append(dcfg.Coalesce, pullCoalesce(ocfg)...) // a PR's new head supersedes its older runs
 	if err := dcfg.Validate(); err != nil {
 		return err
 	}
