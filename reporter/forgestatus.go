@@ -55,7 +55,6 @@ func (n *Notifier) statusNote(repo, branch, sha, jobID string, ctxName, state, d
 	return &Notification{ID: id, Event: "status-" + state, JobID: jobID, Status: &StatusDelivery{Repo: repo, Status: st, Order: order}}
 }
 
-
 // queuedStatus is the pending status of a queued job.
 func (n *Notifier) queuedStatus(q *events.JobQueued) *Notification {
 	desc := "queued"
