@@ -48,7 +48,7 @@ func IsPullEvent(forge, event string) bool {
 	case GitLab:
 		return strings.EqualFold(event, "Merge Request Hook")
 	default:
-		return event == "pull_request"
+		return event == "pull_request" || event == "pull_request_sync" // Gitea/Forgejo name a push to a PR so
 	}
 }
 

@@ -82,6 +82,7 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/branches/recheck", r.apiRecheckBranch)
 	mux.HandleFunc("POST /hooks/git", r.apiHook)
 	mux.HandleFunc("GET /api/v1/forges", r.apiForges)
+	mux.HandleFunc("GET /api/v1/pulls", r.apiPulls)
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}

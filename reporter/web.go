@@ -159,7 +159,7 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusNotFound, fmt.Sprintf("no results for commit %s on %s %s", commit, repo, branch))
 		return
 	}
-	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(cs[0].Commit), "page", cs[0]))
+	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(cs[0].Commit), "page", r.commitPage(req.Context(), cs[0])))
 }
 
 type jobPage struct {
