@@ -191,7 +191,7 @@ func (r *Reporter) apiPulls(w http.ResponseWriter, req *http.Request) {
 // its forge (when the repo's forge and web URL are configured) and which
 // pull request it heads.
 type commitPageData struct {
-	pageCommit // its fields are the page's (.Commit, .Jobs …)
+	pageCommit         // its fields are the page's (.Commit, .Jobs …)
 	ForgeCommit string // the commit on the forge
 	Pull        *Pull  // the pull request of a pull/N branch, if known
 	PullURL     string

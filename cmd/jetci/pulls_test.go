@@ -104,7 +104,9 @@ func TestPullRequestEndToEnd(t *testing.T) {
 	})
 	f3 := pr("pr three")
 	hook("synchronize", f3)
-	waitRecord(f2, func(r reporter.Record) bool { return r.Status == "cancelled" && strings.Contains(r.Error, "superseded") })
+	waitRecord(f2, func(r reporter.Record) bool {
+		return r.Status == "cancelled" && strings.Contains(r.Error, "superseded")
+	})
 
 	run := runnerProcess(t, bin, url, "r1", t.TempDir())
 	waitRecord(f3, func(r reporter.Record) bool { return r.Branch == "pull/1" && r.Status == "passed" })
