@@ -71,14 +71,6 @@ type Repo struct {
 	TokenFile string `yaml:"token_file" json:"-"`
 	TokenEnv  string `yaml:"token_env" json:"-"`
 	Token     string `yaml:"-" json:"-"`
-	// Combined also posts one "jetci" context summing up the commit.
-	Combined bool `yaml:"combined" json:"combined,omitempty"`
-	// PullRequests: test pull/merge requests too (refs/pull/*/head or
-	// refs/merge-requests/*/head).
-	PullRequests bool `yaml:"pull_requests" json:"pull_requests,omitempty"`
-	// KillSuperseded: a PR run whose head moved on is killed when running,
-	// not only cancelled when queued.
-	KillSuperseded bool `yaml:"kill_superseded" json:"kill_superseded,omitempty"`
 }
 
 // Resolve reads the token and fills defaults, then validates.

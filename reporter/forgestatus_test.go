@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -241,5 +242,36 @@ func TestAStatusCutShortIsPostedAgain(t *testing.T) {
 	got := waitPosted(t, f, fs, 2)
 	if got[1].State != forge.Failure || got[1].SHA != sha('b') {
 		t.Errorf("posted %+v", got)
+	}
+}
+
+// TestForgeConfigFromYAML: a forge entry takes its token from a file or the
+// environment; a token written in the file itself is refused.
+func TestForgeConfigFromYAML(t *testing.T) {
+	dir := t.TempDir()
+	tok := dir + "/tok"
+	if err := os.WriteFile(tok, []byte("ghp_secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := dir + "/good.yml"
+	os.WriteFile(good, []byte("forges:\n  - repo: proj\n    kind: github\n    url: https://ghe.example.com\n    project: team/proj\n    token_file: "+tok+"\n"), 0o600)
+	c, err := LoadNotifyConfig(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.Forges[0]; f.Token != "ghp_secret" || f.API() != "https://ghe.example.com/api/v3" || !c.Enabled() {
+		t.Errorf("%+v", f)
+	}
+	bad := dir + "/bad.yml"
+	os.WriteFile(bad, []byte("forges:\n  - repo: proj\n    kind: github\n    project: team/proj\n    token: ghp_inline\n"), 0o600)
+	if _, err := LoadNotifyConfig(bad); err == nil {
+		t.Error("a token in the config file was taken")
+	}
+	twice := NotifyConfig{Forges: []forge.Repo{{Repo: "p", Kind: "github", Project: "a/b", Token: "x"}, {Repo: "p", Kind: "github", Project: "a/c", Token: "y"}}}
+	if err := twice.Resolve(); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("two entries for one repo: %v", err)
 	}
 }
