@@ -45,6 +45,9 @@ const (
 	Success = "success"
 	Failure = "failure"
 	Error   = "error"
+	// Cancelled: GitLab's canceled; GitHub and Gitea have no such state,
+	// so error there (the description says why).
+	Cancelled = "cancelled"
 )
 
 // Repo is one watched repository's forge: where its API is, which project it
@@ -167,11 +170,16 @@ type Status struct {
 // State is the forge's word for a jetci state.
 func (r Repo) State(s string) string {
 	if r.Kind != GitLab {
+		if s == Cancelled {
+			return Error
+		}
 		return s
 	}
 	switch s {
 	case Failure, Error:
 		return "failed"
+	case Cancelled:
+		return "canceled"
 	}
 	return s
 }
@@ -211,7 +219,7 @@ func (r Repo) Request(ctx context.Context, st Status) (*http.Request, error) {
 	default:
 		owner, name, _ := strings.Cut(r.Project, "/")
 		u = r.API() + "/repos/" + url.PathEscape(owner) + "/" + url.PathEscape(name) + "/statuses/" + st.SHA
-		b := map[string]string{"state": st.State, "context": st.Context}
+		b := map[string]string{"state": r.State(st.State), "context": st.Context}
 		if st.TargetURL != "" {
 			b["target_url"] = st.TargetURL
 		}

@@ -171,3 +171,11 @@ func TestLinks(t *testing.T) {
 		}
 	}
 }
+
+func TestCancelledIsEachForgesWord(t *testing.T) {
+	for kind, want := range map[string]string{GitHub: "error", Gitea: "error", GitLab: "canceled"} {
+		if got := (Repo{Kind: kind}).State(Cancelled); got != want {
+			t.Errorf("%s: %s, want %s", kind, got, want)
+		}
+	}
+}

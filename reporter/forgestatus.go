@@ -82,7 +82,7 @@ func (n *Notifier) finalStatus(r *Record) *Notification {
 			desc = plural(s.Failed, "test") + " failed"
 		}
 	case events.StatusCancelled:
-		state, desc = forge.Error, "cancelled"
+		state, desc = forge.Cancelled, "cancelled"
 		if r.Error != "" {
 			desc = "cancelled: " + r.Error
 		}

@@ -76,6 +76,11 @@ func TestCommitStatusesPendingThenResult(t *testing.T) {
 			if got[3].Description != "no runner for riscv64" || got[3].State != map[bool]string{true: "failed", false: "error"}[kind == forge.GitLab] {
 				t.Errorf("error status %+v", got[3])
 			}
+			queueAndFinish(f, fs, 3, sha('c'), &events.JobFinished{Status: events.StatusCancelled, Error: "superseded by dddddddddd"}, 6)
+			got = waitPosted(t, f, fs, 6)
+			if got[5].Description != "cancelled: superseded by dddddddddd" || got[5].State != map[bool]string{true: "canceled", false: "error"}[kind == forge.GitLab] {
+				t.Errorf("cancelled status %+v", got[5])
+			}
 		})
 	}
 }
