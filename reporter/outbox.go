@@ -74,6 +74,12 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 		// A forge that asked to wait (Retry-After) or refused the token
 		// is not asked again before its time, by any status.
 		if until := n.holdOf(note.Status.Repo); until.After(n.now()) {
+			if meta, _ := m.Metadata(); meta != nil && meta.NumDelivered >= outboxMaxDeliver {
+				log.Error().Uint64("tries", meta.NumDelivered).Msg("status not posted: its forge kept refusing; giving up")
+				n.metrics.Notification(kind, "gave_up")
+				_ = m.Term()
+				return
+			}
 			_ = m.NakWithDelay(until.Sub(n.now()))
 			return
 		}
