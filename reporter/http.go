@@ -382,7 +382,7 @@ func (r *Reporter) apiCommit(w http.ResponseWriter, req *http.Request) {
 	case 0:
 		writeError(w, http.StatusNotFound, "no results for commit "+sha)
 	case 1:
-		writeJSON(w, http.StatusOK, cs[0])
+		writeJSON(w, http.StatusOK, r.withPull(req.Context(), cs[0]))
 	default:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s names %d commits; give more of the sha", sha, len(cs)))
 	}

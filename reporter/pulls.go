@@ -220,3 +220,18 @@ func (r *Reporter) commitPage(ctx context.Context, c Commit) commitPageData {
 	}
 	return d
 }
+
+// commitWithPull is a commit in the API, with its pull request ("pull") when
+// its branch is one's.
+type commitWithPull struct {
+	pageCommit
+	Pull *Pull `json:"pull,omitempty"`
+}
+
+func (r *Reporter) withPull(ctx context.Context, c Commit) any {
+	p := r.pullOf(ctx, c.Repo, c.Branch)
+	if p == nil {
+		return c
+	}
+	return commitWithPull{pageCommit: c, Pull: p}
+}

@@ -133,7 +133,20 @@ func TestPullRequestEndToEnd(t *testing.T) {
 	if len(pulls) != 1 || pulls[0].Number != 1 || pulls[0].Title != "Make it faster" || pulls[0].State != "closed" || pulls[0].Branch != "pull/1" || pulls[0].Fork {
 		t.Errorf("pulls %+v", pulls)
 	}
-	// The commit page names the pull request.
+	// So do the commit's API answer and page.
+	cr, err := http.Get(web + "/api/v1/commits/" + f3 + "?repo=proj&branch=pull%2F1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var commit struct {
+		Commit string         `json:"commit"`
+		Pull   *reporter.Pull `json:"pull"`
+	}
+	json.NewDecoder(cr.Body).Decode(&commit)
+	cr.Body.Close()
+	if commit.Commit != f3 || commit.Pull == nil || commit.Pull.Number != 1 || commit.Pull.Title != "Make it faster" {
+		t.Errorf("commit API: %+v", commit)
+	}
 	page, err := http.Get(web + "/commit?repo=proj&branch=pull%2F1&commit=" + f3)
 	if err != nil {
 		t.Fatal(err)
