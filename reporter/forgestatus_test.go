@@ -19,15 +19,13 @@ import (
 	"github.com/jetci/jetci/forge/forgetest"
 )
 
-// queueAndFinish publishes a job's queued event, waits for its pending
-// status, then its finished event.
+// queueAndFinish publishes a job's queued event, then its finished event.
 func queueAndFinish(f *webFixture, fs *forgetest.Server, seq uint64, commit string, fin *events.JobFinished, wantPosted int) events.JobRef {
 	ref := jref("proj", "main", commit, "test", "amd64")
 	p := events.Person{Name: "Bob", Email: "bob@example.com"}
 	f.publish(&events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: seq, QueuedAt: time.Now(), Author: p, Subject: "change"})
 	fin.JobRef, fin.QueueSeq, fin.Attempt, fin.Runner, fin.FinishedAt, fin.Author, fin.Subject = ref, seq, 1, "r1", time.Now(), p, "change"
-	f.publish(fin)
-	f.waitFor(ref.JobID, func(r Record) bool { return r.Status == fin.Status })
+	f.publish(fin) // the notifier folds it into the record itself; the callers wait for the statuses
 	return ref
 }
 
@@ -44,42 +42,78 @@ func waitPosted(t *testing.T, f *webFixture, fs *forgetest.Server, n int) []forg
 	return got
 }
 
+// finalOf waits until commit's result (a state other than pending) is
+// posted and the outbox is empty, and checks that the commit got at most one
+// pending, before its result, and one result. It returns them (pending may be
+// zero: one still queued when the result went out is not posted over it).
+func finalOf(t *testing.T, f *webFixture, fs *forgetest.Server, commit string) (pending, final forgetest.Posted) {
+	t.Helper()
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		var mine []forgetest.Posted
+		for _, p := range fs.Posted() {
+			if p.SHA == commit {
+				mine = append(mine, p)
+			}
+		}
+		if len(mine) == 0 || mine[len(mine)-1].State == "pending" {
+			return fmt.Errorf("no result posted for %s: %+v", commit[:8], mine)
+		}
+		if err := outboxEmpty(f); err != nil {
+			return err
+		}
+		pending, final = forgetest.Posted{}, mine[len(mine)-1]
+		switch {
+		case len(mine) == 2 && mine[0].State == "pending":
+			pending = mine[0]
+		case len(mine) != 1:
+			t.Fatalf("%s: %+v", commit[:8], mine)
+		}
+		return nil
+	})
+	return pending, final
+}
+
 // TestCommitStatusesPendingThenResult: a queued job is posted pending, its
-// result success or failure with a description and the job page, on each
-// forge's API.
+// result success, failure, error or cancelled with a description and the job
+// page, on each forge's API.
 func TestCommitStatusesPendingThenResult(t *testing.T) {
 	for _, kind := range []string{forge.GitHub, forge.Gitea, forge.GitLab} {
 		t.Run(kind, func(t *testing.T) {
 			fs := forgetest.Start(t, kind, "octo/proj", "tok-"+kind)
 			f, _ := newNotifyFixture(t, nil, NotifyConfig{PublicURL: "https://ci.example.com", Forges: []forge.Repo{fs.Repo("proj")}})
+			gl := kind == forge.GitLab
+			word := func(github, gitlab string) string {
+				if gl {
+					return gitlab
+				}
+				return github
+			}
+			ref := ""
+			if gl {
+				ref = "main"
+			}
 			failed := queueAndFinish(f, fs, 1, sha('a'), &events.JobFinished{Status: events.StatusFailed, ExitCode: 1, DurationMs: 1500,
 				TestSummary: &events.TestSummary{Total: 5, Passed: 2, Failed: 3}}, 2)
-			got := waitPosted(t, f, fs, 2)
-			fail := "failure"
-			if kind == forge.GitLab {
-				fail = "failed"
+			pending, final := finalOf(t, f, fs, sha('a'))
+			url := "https://ci.example.com/job/" + failed.JobID
+			if pending != (forgetest.Posted{}) && pending != (forgetest.Posted{SHA: sha('a'), State: "pending", Context: "jetci/test (amd64)", TargetURL: url, Description: "queued", Ref: ref}) {
+				t.Errorf("pending %+v", pending)
 			}
-			want := []forgetest.Posted{
-				{SHA: sha('a'), State: "pending", Context: "jetci/test (amd64)", TargetURL: "https://ci.example.com/job/" + failed.JobID, Description: "queued"},
-				{SHA: sha('a'), State: fail, Context: "jetci/test (amd64)", TargetURL: "https://ci.example.com/job/" + failed.JobID, Description: "3 tests failed in 1.5s"},
-			}
-			if kind == forge.GitLab {
-				want[0].Ref, want[1].Ref = "main", "main"
-			}
-			for i := range want {
-				if got[i] != want[i] {
-					t.Errorf("status %d: %+v\nwant %+v", i, got[i], want[i])
-				}
+			if want := (forgetest.Posted{SHA: sha('a'), State: word("failure", "failed"), Context: "jetci/test (amd64)", TargetURL: url, Description: "3 tests failed in 1.5s", Ref: ref}); final != want {
+				t.Errorf("result %+v\nwant   %+v", final, want)
 			}
 			queueAndFinish(f, fs, 2, sha('b'), &events.JobFinished{Status: events.StatusError, Error: "no runner for riscv64"}, 4)
-			got = waitPosted(t, f, fs, 4)
-			if got[3].Description != "no runner for riscv64" || got[3].State != map[bool]string{true: "failed", false: "error"}[kind == forge.GitLab] {
-				t.Errorf("error status %+v", got[3])
+			if _, final := finalOf(t, f, fs, sha('b')); final.Description != "no runner for riscv64" || final.State != word("error", "failed") {
+				t.Errorf("error status %+v", final)
 			}
 			queueAndFinish(f, fs, 3, sha('c'), &events.JobFinished{Status: events.StatusCancelled, Error: "superseded by dddddddddd"}, 6)
-			got = waitPosted(t, f, fs, 6)
-			if got[5].Description != "cancelled: superseded by dddddddddd" || got[5].State != map[bool]string{true: "canceled", false: "error"}[kind == forge.GitLab] {
-				t.Errorf("cancelled status %+v", got[5])
+			if _, final := finalOf(t, f, fs, sha('c')); final.Description != "cancelled: superseded by dddddddddd" || final.State != word("error", "canceled") {
+				t.Errorf("cancelled status %+v", final)
+			}
+			queueAndFinish(f, fs, 4, sha('d'), &events.JobFinished{Status: events.StatusPassed, DurationMs: 200,
+				TestSummary: &events.TestSummary{Total: 12, Passed: 12}}, 8)
+			if _, final := finalOf(t, f, fs, sha('d')); final.Description != "12 tests passed in 200ms" || final.State != "success" {
+				t.Errorf("success status %+v", final)
 			}
 		})
 	}
@@ -173,8 +207,16 @@ func TestWrongTokenIsLoggedOnceAndShown(t *testing.T) {
 	for i, c := range []byte("abc") {
 		queueAndFinish(f, fs, uint64(i+1), sha(c), &events.JobFinished{Status: events.StatusPassed}, 0)
 	}
-	// Every status has been looked at at least once…
-	brokertest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+	// Every status is in the outbox and has been looked at at least once…
+	brokertest.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+		st, err := s.JS.Stream(ctx, events.StreamNotify)
+		if err != nil {
+			return err
+		}
+		sinfo, err := st.Info(ctx)
+		if err != nil {
+			return err
+		}
 		c, err := s.JS.Consumer(ctx, events.StreamNotify, events.ConsumerNotifier)
 		if err != nil {
 			return err
@@ -183,8 +225,8 @@ func TestWrongTokenIsLoggedOnceAndShown(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if info.Delivered.Consumer < 6 {
-			return fmt.Errorf("%d deliveries", info.Delivered.Consumer)
+		if sinfo.State.Msgs != 6 || info.NumPending != 0 {
+			return fmt.Errorf("%d statuses in the outbox, %d never delivered", sinfo.State.Msgs, info.NumPending)
 		}
 		return nil
 	})
