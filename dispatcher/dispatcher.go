@@ -230,11 +230,15 @@ func (d *Dispatcher) expandJob(jobs []*events.JobQueued, ev *events.CommitDetect
 		}
 		ref := events.JobRef{Repo: ev.Repo, Branch: ev.Branch, Commit: ev.Commit, Job: j.Name, Arch: a, Module: module}
 		ref.JobID = events.JobID(ref.Repo, ref.Branch, ref.Commit, ref.QualifiedJob(), ref.Arch)
+		secrets := j.Secrets
+		if _, pull := events.PullNumber(ev.Branch); pull {
+			secrets = nil // a pull request's code may be anyone's (a fork): no secrets (README, GitHub / Gitea / GitLab)
+		}
 		jobs = append(jobs, &events.JobQueued{
 			JobRef: ref, RepoURL: ev.RepoURL, Pool: pool, Class: ev.Class,
 			Steps: j.Steps, Env: j.Env, TimeoutMs: timeout.Milliseconds(), Artifacts: j.Artifacts,
 			Author: ev.Author, Subject: ev.Subject, TriggerID: ev.TriggerID, QueuedAt: now,
-			Reports: j.Reports, Retry: j.Retry, Secrets: j.Secrets, Limits: limitsOf(j.Limits),
+			Reports: j.Reports, Retry: j.Retry, Secrets: secrets, Limits: limitsOf(j.Limits),
 			Image: j.Image, Network: j.Network,
 		})
 	}

@@ -162,7 +162,7 @@ func Roles() []Role {
 			Name: RoleReporter,
 			Doc:  "keeps the records and serves the UI and API; its actions trigger, re-check and cancel; sends notifications",
 			Publish: cat(common, sub(SubjectResults, SubjectCancel, SubjectNotify, SubjectTrigger, SubjectRecheck, SubjectPoke),
-				durable(StreamResults, ConsumerReporter), durable(StreamResults, ConsumerNotifierResults),
+				durable(StreamResults, ConsumerReporter), durable(StreamResults, ConsumerNotifierResults), durable(StreamResults, ConsumerNotifierQueued),
 				durable(StreamNotify, ConsumerNotifier), durable(StreamBranch, ConsumerNotifierBranches),
 				durable(StreamBisect, ConsumerNotifierBisect),
 				ordered(StreamLogs), ordered(StreamResults), // the read model's fold

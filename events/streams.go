@@ -39,6 +39,7 @@ const (
 	ConsumerBisect           = "bisect"
 	ConsumerBisectCommits    = "bisect-commits"
 	ConsumerNotifierBisect   = "notifier-bisect"
+	ConsumerNotifierQueued   = "notifier-queued" // queued jobs, for pending commit statuses
 
 	BucketHeads     = "jetci-heads"
 	BucketResults   = "jetci-results"

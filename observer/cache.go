@@ -37,9 +37,16 @@ func (o *Observer) maybeRepack(w *watched) {
 	w.log.Info().Int("packs", len(packs)).Dur("took", time.Since(start)).Msg("cache repacked")
 }
 
-func fetch(ctx context.Context, remote *git.Remote) error {
+func fetch(ctx context.Context, remote *git.Remote, pulls string) error {
+	specs := []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*"}
+	switch pulls {
+	case PullsGitHub:
+		specs = append(specs, "+refs/pull/*/head:refs/remotes/origin/pull/*")
+	case PullsGitLab:
+		specs = append(specs, "+refs/merge-requests/*/head:refs/remotes/origin/merge-requests/*")
+	}
 	err := remote.FetchContext(ctx, &git.FetchOptions{
-		RefSpecs: []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*"},
+		RefSpecs: specs,
 		Tags:     git.NoTags,
 		Force:    true,
 		Prune:    true, // a deleted branch must not stay resolvable for triggers

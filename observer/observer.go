@@ -239,7 +239,7 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	if err != nil {
 		return err
 	}
-	listed, err := listBranches(ctx, w, remote)
+	listed, err := listBranches(ctx, w, remote, w.Pulls)
 	if err != nil {
 		return fmt.Errorf("list refs of %s: %w", w.URL, err)
 	}
@@ -271,7 +271,7 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 	if len(moved) == 0 {
 		return nil
 	}
-	if err := fetch(ctx, remote); err != nil {
+	if err := fetch(ctx, remote, w.Pulls); err != nil {
 		return fmt.Errorf("fetch %s: %w", w.URL, err)
 	}
 	// One broken branch does not hold the others back; it is retried next poll.
@@ -535,7 +535,7 @@ func firstLine(s string) string {
 // on this machine is read directly (its refs only, kept open between polls);
 // a remote one is listed over its transport, which for go-git means asking
 // for every ref.
-func listBranches(ctx context.Context, w *watched, remote *git.Remote) (map[string]string, error) {
+func listBranches(ctx context.Context, w *watched, remote *git.Remote, pulls string) (map[string]string, error) {
 	var refs []*plumbing.Reference
 	if filepath.IsAbs(w.URL) {
 		if _, err := os.Stat(w.URL); err != nil {
@@ -576,6 +576,12 @@ func listBranches(ctx context.Context, w *watched, remote *git.Remote) (map[stri
 	for _, r := range refs {
 		if r.Name().IsBranch() && r.Type() == plumbing.HashReference {
 			listed[r.Name().Short()] = r.Hash().String()
+		} else if b := PullBranch(pulls, r.Name().String()); pulls != "" && b != "" && r.Type() == plumbing.HashReference {
+			// A pull request's head, tested as branch pull/N (or
+			// merge-requests/N); it is fetched to refs/remotes/origin/<that>.
+			if _, clash := listed[b]; !clash {
+				listed[b] = r.Hash().String()
+			}
 		}
 	}
 	return listed, nil

@@ -296,7 +296,7 @@ func TestOddBranchNames(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	good := DefaultConfig()
-	good.Repos = []Repo{{"a", "/x"}}
+	good.Repos = []Repo{{Name: "a", URL: "/x"}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("default config with a repo: %v", err)
 	}
@@ -304,7 +304,7 @@ func TestConfigValidate(t *testing.T) {
 		change func(*Config)
 		want   string
 	}{
-		{func(c *Config) { c.Repos = append(c.Repos, Repo{"a", "/y"}) }, "two repos"},
+		{func(c *Config) { c.Repos = append(c.Repos, Repo{Name: "a", URL: "/y"}) }, "two repos"},
 		{func(c *Config) { c.Repos = nil }, "Repos"},
 		{func(c *Config) { c.Poll = 0 }, "Poll 0s"},
 		{func(c *Config) { c.CacheDir = "" }, "CacheDir"},

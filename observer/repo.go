@@ -13,6 +13,56 @@ import (
 type Repo struct {
 	Name string
 	URL  string
+	// Pulls, when set, also watches the repository's pull or merge
+	// requests: "github" (GitHub and Gitea: refs/pull/N/head, tested as
+	// branch pull/N) or "gitlab" (refs/merge-requests/N/head, branch
+	// merge-requests/N).
+	Pulls string
+}
+
+// Pull-request ref layouts.
+const (
+	PullsGitHub = "github" // refs/pull/N/head; Gitea and Forgejo too
+	PullsGitLab = "gitlab" // refs/merge-requests/N/head
+)
+
+// SetPulls turns on pull-request watching from a --pull-requests argument,
+// REPO or REPO=github|gitea|forgejo|gitlab (default github).
+func SetPulls(c *Config, arg string) error {
+	name, kind, _ := strings.Cut(arg, "=")
+	switch strings.ToLower(kind) {
+	case "", "github", "gitea", "forgejo":
+		kind = PullsGitHub
+	case "gitlab":
+		kind = PullsGitLab
+	default:
+		return fmt.Errorf("--pull-requests %q: want REPO or REPO=github|gitea|gitlab", arg)
+	}
+	for i := range c.Repos {
+		if c.Repos[i].Name == name {
+			c.Repos[i].Pulls = kind
+			return nil
+		}
+	}
+	return fmt.Errorf("--pull-requests %q: no --repo is named %s", arg, name)
+}
+
+// PullBranch is jetci's branch name for a pull-request ref ("" if ref is not
+// one): refs/pull/12/head is pull/12, refs/merge-requests/7/head is
+// merge-requests/7.
+func PullBranch(layout, ref string) string {
+	prefix := "refs/pull/"
+	if layout == PullsGitLab {
+		prefix = "refs/merge-requests/"
+	}
+	n, ok := strings.CutPrefix(ref, prefix)
+	if !ok {
+		return ""
+	}
+	if n, ok = strings.CutSuffix(n, "/head"); !ok || n == "" || len(n) > 9 || strings.Trim(n, "0123456789") != "" || n[0] == '0' {
+		return ""
+	}
+	return strings.TrimPrefix(prefix, "refs/") + n
 }
 
 var (

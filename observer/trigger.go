@@ -53,7 +53,7 @@ func (o *Observer) trigger(ctx context.Context, req *events.TriggerRequest) (str
 	if err != nil {
 		return "", "", err
 	}
-	if err := fetch(ctx, remote); err != nil {
+	if err := fetch(ctx, remote, w.Pulls); err != nil {
 		return "", "", fmt.Errorf("fetch %s: %w", w.URL, err)
 	}
 	ref, err := w.cache.Reference(plumbing.NewRemoteReferenceName("origin", req.Branch), true)

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/forge"
 )
 
 // maxHookBody bounds a push hook's body.
@@ -148,6 +149,10 @@ func (r *Reporter) apiHook(w http.ResponseWriter, req *http.Request) {
 			r.log.Warn().Str("remote", req.RemoteAddr).Str("from", sender.name).Msg("push hook replay refused")
 		}
 		writeError(w, code, err.Error())
+		return
+	}
+	if forge.IsPullEvent(sender.name, sender.event) {
+		r.pullHook(w, req, sender, body)
 		return
 	}
 	switch strings.ToLower(sender.event) {

@@ -81,6 +81,8 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/jobs/{id}/cancel", r.apiCancel)
 	mux.HandleFunc("POST /api/v1/branches/recheck", r.apiRecheckBranch)
 	mux.HandleFunc("POST /hooks/git", r.apiHook)
+	mux.HandleFunc("GET /api/v1/forges", r.apiForges)
+	mux.HandleFunc("GET /api/v1/pulls", r.apiPulls)
 	if r.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", r.cfg.Metrics.MetricsHandler())
 	}
@@ -142,6 +144,13 @@ func (r *Reporter) healthz(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	_, _ = io.WriteString(w, "ok\n")
+	if r.notifier != nil {
+		for _, f := range r.notifier.ForgeHealth() {
+			if f.State != "ok" && f.State != "unknown" {
+				_, _ = fmt.Fprintf(w, "forge of %s (%s): %s since %s: %s\n", f.Repo, f.Kind, f.State, f.Since.UTC().Format(time.RFC3339), f.Error)
+			}
+		}
+	}
 }
 
 func needsView(p string) bool {
@@ -373,7 +382,7 @@ func (r *Reporter) apiCommit(w http.ResponseWriter, req *http.Request) {
 	case 0:
 		writeError(w, http.StatusNotFound, "no results for commit "+sha)
 	case 1:
-		writeJSON(w, http.StatusOK, cs[0])
+		writeJSON(w, http.StatusOK, r.withPull(req.Context(), cs[0]))
 	default:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s names %d commits; give more of the sha", sha, len(cs)))
 	}

@@ -39,6 +39,7 @@ type Notification struct {
 	JobID   string           `json:"job_id"`
 	Mail    *MailMessage     `json:"mail,omitempty"`
 	Webhook *WebhookDelivery `json:"webhook,omitempty"`
+	Status  *StatusDelivery  `json:"status,omitempty"` // a commit status for a forge (forgestatus.go)
 }
 
 // MailMessage is a rendered mail.
@@ -91,6 +92,7 @@ type Notifier struct {
 	log     zerolog.Logger
 	metrics *metrics.Metrics
 	client  *http.Client
+	forges  forgeStates
 	// sendMail delivers one mail; SMTP unless a test replaces it.
 	sendMail func(ctx context.Context, from string, to []string, msg []byte) error
 	now      func() time.Time
@@ -175,6 +177,13 @@ func decide(st *branchState, r *Record, now time.Time) (*branchState, string, bo
 // Observe handles a job's record after a finished event was folded in. It is
 // called again for a redelivered event and must then do nothing new.
 func (n *Notifier) Observe(ctx context.Context, r *Record) error {
+	if r.Status.Final() && r.Class != events.ClassBisect {
+		if note := n.finalStatus(r); note != nil {
+			if err := n.enqueue(ctx, note); err != nil {
+				return err
+			}
+		}
+	}
 	if !r.Status.Final() || r.Status == events.StatusCancelled || !n.cfg.Enabled() {
 		return nil
 	}
@@ -276,10 +285,7 @@ func (n *Notifier) enqueue(ctx context.Context, note *Notification) error {
 	if err != nil {
 		return err
 	}
-	subject := events.SubjectNotify + ".mail"
-	if note.Webhook != nil {
-		subject = events.SubjectNotify + ".webhook"
-	}
+	subject := events.SubjectNotify + "." + kindOf(note)
 	_, err = n.js.Publish(ctx, subject, data, jetstream.WithMsgID(note.ID))
 	if err != nil && strings.Contains(err.Error(), "maximum messages exceeded") {
 		n.log.Error().Err(err).Str("id", note.ID).Msg("notification outbox is full: notification dropped")
@@ -319,8 +325,11 @@ func (n *Notifier) coveredBy(ctx context.Context, r *Record) *events.BranchFix {
 }
 
 func kindOf(note *Notification) string {
-	if note.Webhook != nil {
+	switch {
+	case note.Webhook != nil:
 		return "webhook"
+	case note.Status != nil:
+		return "status"
 	}
 	return "mail"
 }

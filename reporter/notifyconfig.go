@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/jetci/jetci/forge"
 )
 
 // NotifyConfig says who hears about broken and fixed branches, and how.
@@ -21,6 +23,9 @@ type NotifyConfig struct {
 	PublicURL string          `yaml:"public_url"`
 	Mail      MailConfig      `yaml:"mail"`
 	Webhooks  []WebhookConfig `yaml:"webhooks"`
+	// Forges are the repos whose commits get statuses on their forge
+	// (GitHub, Gitea/Forgejo, GitLab), and whose pull requests are tested.
+	Forges []forge.Repo `yaml:"forges"`
 }
 
 // MailConfig is the SMTP server and the extra recipients.
@@ -126,6 +131,11 @@ func (c *NotifyConfig) Resolve() error {
 			w.Events = "finished"
 		}
 	}
+	for i := range c.Forges {
+		if err := c.Forges[i].Resolve(); err != nil {
+			return err
+		}
+	}
 	return c.Validate()
 }
 
@@ -188,11 +198,23 @@ func (c NotifyConfig) Validate() error {
 			return fmt.Errorf("webhook %s: events %q: want finished or transitions", w.URL, w.Events)
 		}
 	}
+	seen := map[string]bool{}
+	for _, f := range c.Forges {
+		if err := f.Validate(); err != nil {
+			return err
+		}
+		if seen[f.Repo] {
+			return fmt.Errorf("forge of %s: given twice", f.Repo)
+		}
+		seen[f.Repo] = true
+	}
 	return nil
 }
 
 // Enabled reports whether anything is to be sent.
-func (c NotifyConfig) Enabled() bool { return c.Mail.SMTP != "" || len(c.Webhooks) > 0 }
+func (c NotifyConfig) Enabled() bool {
+	return c.Mail.SMTP != "" || len(c.Webhooks) > 0 || len(c.Forges) > 0
+}
 
 // extra returns the extra recipients of a repo and branch.
 func (m MailConfig) extra(repo, branch string) []string {

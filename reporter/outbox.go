@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/forge"
 )
 
 // Outbox delivery: tries per notification, and the wait between them.
@@ -61,29 +62,70 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 	ctx, cancelAll := context.WithTimeout(context.WithoutCancel(runCtx), 3*time.Minute)
 	defer cancelAll()
 	var note Notification
-	if err := json.Unmarshal(m.Data(), &note); err != nil || note.Type != TypeNotification || note.ID == "" || note.Mail == nil == (note.Webhook == nil) {
+	if err := json.Unmarshal(m.Data(), &note); err != nil || note.Type != TypeNotification || note.ID == "" || countSet(note.Mail != nil, note.Webhook != nil, note.Status != nil) != 1 ||
+		note.Status != nil && note.Status.Repo == "" {
 		n.log.Error().Str("subject", m.Subject()).Msg("dropping a bad outbox message")
 		_ = m.Term()
 		return
 	}
 	kind := kindOf(&note)
 	log := n.log.With().Str("id", note.ID).Str("kind", kind).Str("event", note.Event).Str("job_id", note.JobID).Logger()
-	claim := "n." + shortHash(note.ID) // ids may hold characters keys may not
-	if e, err := n.sent.Get(ctx, claim); err == nil {
-		if string(e.Value()) == claimSending {
-			log.Warn().Msg("a sender died while sending this notification: it may have gone out, so it is not sent again")
-			n.metrics.Notification(kind, "doubt")
-		} else {
-			log.Debug().Msg("already sent")
+	if note.Status != nil {
+		// A forge that asked to wait (Retry-After) or refused the token
+		// is not asked again before its time, by any status.
+		if until := n.holdOf(note.Status.Repo); until.After(n.now()) {
+			if meta, _ := m.Metadata(); meta != nil && meta.NumDelivered >= outboxMaxDeliver {
+				log.Error().Uint64("tries", meta.NumDelivered).Msg("status not posted: its forge kept refusing; giving up")
+				n.metrics.Notification(kind, "gave_up")
+				_ = m.Term()
+				return
+			}
+			_ = m.NakWithDelay(until.Sub(n.now()))
+			return
 		}
-		_ = m.Ack()
-		return
+		// A state is not posted over a newer one of the same context (a
+		// pending retried after the result went out).
+		if newer, err := n.newerPosted(ctx, note.Status); err != nil {
+			log.Warn().Err(err).Msg("outbox: read the posted state; will retry")
+			_ = m.NakWithDelay(5 * time.Second)
+			return
+		} else if newer {
+			log.Debug().Msg("a newer state of this context was posted: not posting this one")
+			_ = m.Ack()
+			return
+		}
+	}
+	claim := "n." + shortHash(note.ID) // ids may hold characters keys may not
+	var rev uint64
+	if e, err := n.sent.Get(ctx, claim); err == nil {
+		if string(e.Value()) == claimSending && kind == "status" {
+			// Posting a status again is harmless (the forge keeps the
+			// context's latest state, which is this one); losing it would
+			// leave the commit pending for ever. So it is posted again.
+			if rev, err = n.sent.Update(ctx, claim, []byte(claimSending), e.Revision()); err != nil {
+				_ = m.Ack() // another sender took it over
+				return
+			}
+			log.Warn().Msg("a sender died while posting this status: posting it again")
+		} else {
+			if string(e.Value()) == claimSending {
+				log.Warn().Msg("a sender died while sending this notification: it may have gone out, so it is not sent again")
+				n.metrics.Notification(kind, "doubt")
+			} else {
+				log.Debug().Msg("already sent")
+			}
+			_ = m.Ack()
+			return
+		}
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		log.Warn().Err(err).Msg("outbox: read the sent mark; will retry")
 		_ = m.NakWithDelay(5 * time.Second)
 		return
 	}
-	rev, err := n.sent.Create(ctx, claim, []byte(claimSending))
+	var err error
+	if rev == 0 {
+		rev, err = n.sent.Create(ctx, claim, []byte(claimSending))
+	}
 	if err != nil {
 		if isConflict(err) {
 			_ = m.Ack() // another sender has it
@@ -95,9 +137,12 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	stopBeat := inProgress(m, 10*time.Second)
-	if kind == "mail" {
+	switch kind {
+	case "mail":
 		err = n.sendMail(sctx, n.cfg.Mail.From, note.Mail.To, compose(n.cfg.Mail.From, note.Mail, note.ID+"."+newID(), n.now()))
-	} else {
+	case "status":
+		err = n.sendStatus(sctx, &note)
+	default:
 		err = n.deliver(sctx, &note)
 	}
 	cancel()
@@ -119,8 +164,13 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 			_ = m.Term()
 			return
 		}
-		wait := backoff(tries)
-		log.Warn().Err(err).Uint64("try", tries).Dur("retry_in", wait).Msg("notification not sent; will retry")
+		wait := n.retryDelay(&note, err, tries)
+		lvl := log.Warn()
+		var ae *forge.AuthError
+		if errors.As(err, &ae) {
+			lvl = log.Debug() // sendStatus logged it once for the repo
+		}
+		lvl.Err(err).Uint64("try", tries).Dur("retry_in", wait).Msg("notification not sent; will retry")
 		_ = m.NakWithDelay(wait)
 		return
 	}
@@ -128,9 +178,16 @@ func (n *Notifier) handleOutbox(runCtx context.Context, m jetstream.Msg) {
 		log.Warn().Err(err).Msg("outbox: mark sent")
 	}
 	n.metrics.Notification(kind, "sent")
-	if kind == "mail" {
+	switch kind {
+	case "mail":
 		log.Info().Strs("to", note.Mail.To).Str("subject", note.Mail.Subject).Uint64("try", tries).Msg("mail sent")
-	} else {
+	case "status":
+		if err := n.notePosted(context.WithoutCancel(ctx), note.Status); err != nil {
+			log.Warn().Err(err).Msg("outbox: note the posted state")
+		}
+		log.Info().Str("repo", note.Status.Repo).Str("commit", events.Short(note.Status.SHA)).Str("context", note.Status.Context).
+			Str("state", note.Status.State).Uint64("try", tries).Msg("commit status posted")
+	default:
 		log.Info().Str("url", note.Webhook.URL).Uint64("try", tries).Msg("webhook delivered")
 	}
 	_ = m.Ack()
@@ -153,4 +210,14 @@ func inProgress(m jetstream.Msg, every time.Duration) func() {
 		}
 	}()
 	return func() { close(done) }
+}
+
+func countSet(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }

@@ -268,9 +268,10 @@ func (r *Reporter) Run(ctx context.Context) error {
 	if r.notifier != nil {
 		g.Restart("notify outbox", r.notifier.RunOutbox)
 		g.Restart("notify results", r.consumeForNotifier)
+		g.Restart("pending statuses", r.consumeQueued)
 		g.Restart("branch states", r.consumeBranchStates)
 		g.Restart("bisections", r.consumeBisections)
-		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).
+		r.log.Info().Str("smtp", r.cfg.Notify.Mail.SMTP).Int("webhooks", len(r.cfg.Notify.Webhooks)).Int("forges", len(r.cfg.Notify.Forges)).
 			Str("public_url", r.cfg.Notify.PublicURL).Msg("notifications on")
 	}
 	return g.Wait()

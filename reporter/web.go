@@ -168,7 +168,7 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 			c.Jobs[i].FailingSince = withBisection(c.Jobs[i].FailingSince, &c.Jobs[i], bs)
 		}
 	}
-	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(c.Commit), "page", newCommitPage(c)))
+	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(c.Commit), "page", r.commitPage(req.Context(), c)))
 }
 
 type jobPage struct {

@@ -107,6 +107,15 @@ func (c *caches) ensure(ctx context.Context, repo, url, commit string) error {
 			return err
 		}
 		if !hasCommit(c.path(repo), h) {
+			// Not on a branch: a pull request's head, reached only by
+			// refs/pull/N/head (GitHub, Gitea) or refs/merge-requests/N/head
+			// (GitLab). Those are fetched only then: a big forge repo has
+			// many.
+			if err := fetchCache(ctx, c.path(repo), url, pullRefSpecs...); err != nil {
+				return err
+			}
+		}
+		if !hasCommit(c.path(repo), h) {
 			return fmt.Errorf("%w %s in %s", errNoCommit, commit, url)
 		}
 	}
@@ -126,7 +135,13 @@ func hasCommit(dir string, h plumbing.Hash) bool {
 	return err == nil
 }
 
-func fetchCache(ctx context.Context, dir, url string) error {
+// pullRefSpecs fetch the heads of pull and merge requests.
+var pullRefSpecs = []config.RefSpec{"+refs/pull/*/head:refs/remotes/origin/pull/*", "+refs/merge-requests/*/head:refs/remotes/origin/merge-requests/*"}
+
+func fetchCache(ctx context.Context, dir, url string, specs ...config.RefSpec) error {
+	if len(specs) == 0 {
+		specs = []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*"}
+	}
 	repo, err := git.PlainOpen(dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -148,11 +163,11 @@ func fetchCache(ctx context.Context, dir, url string) error {
 		return fmt.Errorf("cache %s: %w", dir, err)
 	}
 	err = rem.FetchContext(ctx, &git.FetchOptions{
-		RefSpecs: []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*"},
+		RefSpecs: specs,
 		Tags:     git.NoTags,
 		Force:    true,
 	})
-	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) && !errors.Is(err, git.NoMatchingRefSpecError{}) {
 		return fmt.Errorf("%w %s: %w", errRemote, url, err)
 	}
 	return nil

@@ -302,6 +302,8 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	nf := connFlags(fs, events.RoleObserver)
 	var repos listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
+	var pulls listFlag
+	fs.Var(&pulls, "pull-requests", pullRequestsHelp)
 	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
 	maxNew := maxNewCommitsFlag(fs)
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
@@ -318,6 +320,11 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 			return err
 		}
 		cfg.Repos = append(cfg.Repos, repo)
+	}
+	for _, p := range pulls {
+		if err := observer.SetPulls(&cfg, p); err != nil {
+			return err
+		}
 	}
 	if len(cfg.Repos) == 0 {
 		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")

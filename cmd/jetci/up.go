@@ -45,7 +45,7 @@ A repo is a local path or a git URL; it is named after its base name without
 
 // upGroups are the headings of jetci up's help. A new flag of up goes in one.
 var upGroups = []flagGroup{
-	{"Repositories", []string{"repo", "poll", "max-new-commits"}},
+	{"Repositories", []string{"repo", "pull-requests", "poll", "max-new-commits"}},
 	{"Broker (the embedded NATS server and its storage)", []string{"data", "nats-listen", "insecure", "log-retention", "artifact-retention", "live-logs-max"}},
 	{"Web UI and API", []string{"http", "public-url", "db", "history-retention"}},
 	{"Runners (local to this machine)", []string{"runners", "slots", "arch", "grace", "artifact-limit", "exec", "host-fallback", "sandbox-uid",
@@ -61,6 +61,8 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	fs := m.flagSet("up", upUsage)
 	var repos, arch listFlag
 	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
+	var pulls listFlag
+	fs.Var(&pulls, "pull-requests", pullRequestsHelp)
 	data := fs.String("data", "./.jetci", "directory for all state: NATS storage, git caches, runner workspaces")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port); it has no authentication, so a non-loopback address needs --insecure")
 	insecure := fs.Bool("insecure", false, "allow --nats-listen on a non-loopback address although the embedded server has no authentication or TLS: anyone who reaches it can queue jobs (run code) and read results")
@@ -124,6 +126,11 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		}
 		ocfg.Repos = append(ocfg.Repos, repo)
 	}
+	for _, p := range pulls {
+		if err := observer.SetPulls(&ocfg, p); err != nil {
+			return err
+		}
+	}
 	ocfg.Poll, ocfg.MaxNewCommits = *poll, *maxNew
 	ocfg.CacheDir = filepath.Join(*data, "observer")
 	if err := ocfg.Validate(); err != nil {
@@ -136,6 +143,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	if err := gateCfg(&dcfg); err != nil {
 		return err
 	}
+	dcfg.Coalesce = append(dcfg.Coalesce, pullCoalesce(ocfg)...) // a PR's new head supersedes its older runs
 	if err := dcfg.Validate(); err != nil {
 		return err
 	}
