@@ -310,7 +310,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		AckWait:       commitAckWait, // a commit is dispatched in milliseconds; handle keeps a long one alive
 	}
 	g.Must("commits", func(ctx context.Context) error {
-		return events.ConsumeBatches(ctx, d.js, events.StreamCommits, cfg, commitBatch, commitBatch, d.log,
+		// Commits are taken in groups only where no feature reasons about
+		// the order of dispatches across commits (coalescing, the broken-build
+		// flow, culprit search): those keep one commit at a time, as before
+		// (TestBisectSurvivesADispatcherRestart failed with groups).
+		buffer, batch := commitBatch, commitBatch
+		if len(d.cfg.Coalesce) > 0 || len(d.cfg.Gate) > 0 || len(d.cfg.Bisect) > 0 {
+			buffer, batch = 4, 1
+		}
+		return events.ConsumeBatches(ctx, d.js, events.StreamCommits, cfg, buffer, batch, d.log,
 			func(ms []jetstream.Msg) { d.handleBatch(ctx, ms) })
 	})
 	return g.Wait()
