@@ -204,12 +204,12 @@ func TestSearchFindsEverything(t *testing.T) {
 	f := newWebFixture(t, "")
 	f.seedModules()
 	for q, want := range map[string][]string{
-		"dev":       {`id="found-branches"`, "proj · dev"},
-		"m07":       {`id="found-modules"`, "/module?module=m07&amp;repo=proj"},
-		"proj":      {`id="found-repos"`},
-		"bob":       {"Bob", "m03/test"},
+		"dev":          {`id="found-branches"`, "proj · dev"},
+		"m07":          {`id="found-modules"`, "/module?module=m07&amp;repo=proj"},
+		"proj":         {`id="found-repos"`},
+		"bob":          {"Bob", "m03/test"},
 		hexSHA(2)[:38]: {"m07/test"},
-		"nothing-x": {"No job matches."},
+		"nothing-x":    {"No job matches."},
 	} {
 		code, body, _ := f.get("/search?q=" + url.QueryEscape(q))
 		for _, w := range want {
@@ -227,8 +227,8 @@ func TestBadges(t *testing.T) {
 	f := newWebFixture(t, "")
 	f.seedModules()
 	for path, want := range map[string]string{
-		"/badge/proj/main.svg":                       "2 failing",
-		"/badge/proj/dev.svg":                        "running",
+		"/badge/proj/main.svg":                         "2 failing",
+		"/badge/proj/dev.svg":                          "running",
 		"/badge/proj/main.svg?job=m01/test&arch=arm64": "passing",
 		"/badge/proj/main.svg?job=m03/test&arch=amd64": "failing",
 	} {
