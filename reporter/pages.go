@@ -260,8 +260,8 @@ type FailStart struct {
 var FailingSince func(ctx context.Context, v *View, r Record) *FailStart
 
 const (
-	dashGroups = 3
-	dashCells  = 4
+	dashGroups = 2
+	dashCells  = 3
 )
 
 // Dashboard sums up every branch (of one repo when repo is set).
@@ -537,11 +537,14 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 // trendSVG draws durations (oldest first; 0: none) as a small line.
 func trendSVG(ms []int64) template.HTML {
 	const w, h = 120, 24
-	var hi int64
+	var lo, hi int64
 	n := 0
 	for _, m := range ms {
-		hi = max(hi, m)
 		if m > 0 {
+			hi = max(hi, m)
+			if lo == 0 || m < lo {
+				lo = m
+			}
 			n++
 		}
 	}
@@ -554,7 +557,10 @@ func trendSVG(ms []int64) template.HTML {
 			continue
 		}
 		x := float64(w-4)/float64(max(len(ms)-1, 1))*float64(i) + 2
-		y := float64(h-2) - float64(h-4)*float64(m)/float64(hi)
+		y := float64(h) / 2 // all the same: a flat line in the middle
+		if hi > lo {
+			y = float64(h-2) - float64(h-4)*float64(m-lo)/float64(hi-lo)
+		}
 		pts = append(pts, fmt.Sprintf("%.1f,%.1f", x, y))
 	}
 	if len(pts) == 1 {

@@ -118,7 +118,7 @@ func TestDashboardCountsAndFailing(t *testing.T) {
 		t.Errorf("total %+v", d.Total)
 	}
 	code, body, _ := f.get("/dashboard")
-	for _, want := range []string{`id="dash-branches"`, "proj · main", "Bob", "m03/test · amd64", "m07/test · amd64", short(hexSHA(2)),
+	for _, want := range []string{`id="dash-branches"`, "proj · main", "by Bob", "m03/test · amd64", "m07/test · amd64", short(hexSHA(2)),
 		`href="/modules?branch=main&amp;failing=1&amp;repo=proj"`, "<title>✗ Dashboard · jetci</title>"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("GET /dashboard = %d: no %q", code, want)
