@@ -59,11 +59,10 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model: modules")
 	}
-	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
 	type rk struct{ module, job string }
 	rows := map[rk]*ModuleRow{}
 	cols := map[ModuleColumn]bool{}
-	for _, r := range recs { // oldest first: later records replace earlier ones
+	for _, r := range recs { // one per branch × module × job × arch: the cells
 		if r.Module == "" {
 			continue
 		}
@@ -72,7 +71,7 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 			row = &ModuleRow{Module: r.Module, Job: r.Job, Cells: map[string]Record{}}
 			rows[rk{r.Module, r.Job}] = row
 		}
-		row.Cells[CellKey(r.Branch, r.Arch)] = r.Listed()
+		row.Cells[CellKey(r.Branch, r.Arch)] = r // listed already (cellCache)
 		cols[ModuleColumn{r.Branch, r.Arch}] = true
 	}
 	if len(rows) == 0 {

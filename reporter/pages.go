@@ -46,10 +46,14 @@ var pageFuncs = template.FuncMap{
 	"chipsURL": func(repo, branch, commit string) string {
 		return "/branch/jobs?" + url.Values{"repo": {repo}, "branch": {branch}, "commit": {commit}}.Encode()
 	},
-	"modulesFilterURL": modulesFilterURL,
-	"modulesPageURL":   modulesPageURL,
+	"modulesFilterURL":   modulesFilterURL,
+	"modulesPageURL":     modulesPageURL,
+	"moduleBranchChecks": func() int { return moduleBranchChecks },
 	"query": func(repo, module, branch, arch, k, v string) string {
-		q := url.Values{"repo": {repo}, "module": {module}, k: {v}}
+		q := url.Values{"repo": {repo}, "module": {module}}
+		if k != "" {
+			q.Set(k, v)
+		}
 		if branch != "" {
 			q.Set("branch", branch)
 		}
@@ -388,7 +392,7 @@ const BranchCommitsPage = 20
 
 // branchAttention bounds the jobs of one commit the branch page lists; the
 // rest are counted, and shown on demand.
-const branchAttention = 30
+const branchAttention = 12
 
 // BranchCommits returns one page of a branch's commits, newest first, each
 // summed up (BranchCommit), and the duration trend of its jobs that are not
@@ -412,7 +416,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 	done := map[string]bool{}
 	for i, c := range rows {
 		idx[c.Commit] = i
-		out[i].Commit = Commit{Repo: c.Repo, Branch: c.Branch, Commit: c.Commit, Subject: c.Subject}
+		out[i].Commit = Commit{Repo: c.Repo, Branch: c.Branch, Commit: c.Commit, Subject: c.Subject, Author: events.Person{Name: c.Author}}
 		if c.FirstSeen != 0 {
 			out[i].Time = time.Unix(0, c.FirstSeen)
 		}
@@ -483,8 +487,8 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 				}
 			}
 		}
-		if len(bc.Attn) > 0 {
-			bc.Author = bc.Attn[0].Author
+		if len(bc.Attn) > 0 && bc.Attn[0].Author.Name == bc.Author.Name {
+			bc.Author = bc.Attn[0].Author // with the mail
 		}
 		// The trend of the jobs of no module: their records are few.
 		plain, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, nil, true, 200)
@@ -496,7 +500,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 			if err != nil {
 				return nil, nil, pg, err
 			}
-			if bc.Author == (events.Person{}) {
+			if bc.Author.Name == "" {
 				bc.Author = rec.Author
 			}
 			if rec.DurationMs <= 0 || !rec.Status.Final() {
@@ -508,11 +512,6 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 				trends[tk{rec.Job, rec.Arch}] = t
 			}
 			t.Ms[len(out)-1-i] = rec.DurationMs // oldest first
-		}
-		if bc.Author == (events.Person{}) {
-			if jobs, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, nil, false, 1); err == nil && len(jobs) == 1 {
-				bc.Author = events.Person{Name: jobs[0].Author, Email: jobs[0].AuthorEmail}
-			}
 		}
 		bc.Status = bc.Counts.Status()
 	}
@@ -582,7 +581,7 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusBadRequest, err.Error())
 		return
 	}
-	p.Limit = min(p.Limit, 100)
+	p.Limit = min(p.Limit, 50)
 	cs, trends, pg, err := r.view.BranchCommits(req.Context(), repo, branch, p)
 	if err != nil {
 		r.errorPage(w, req, http.StatusServiceUnavailable, "the read model does not answer: "+err.Error())
@@ -624,10 +623,17 @@ func (r *Reporter) pageBranchJobs(w http.ResponseWriter, req *http.Request) {
 type ModulePage struct {
 	Repo, Module string
 	Branch, Arch string
+	// Branches, without Branch: the branches the module has checks on,
+	// each shown with its newest moduleBranchChecks checks.
+	Branches     []string
 	Records      []Record
 	Older, Newer string // cursors
 	Trends       []JobTrend
 }
+
+// moduleBranchChecks is the checks of each branch a module's page shows
+// when it shows every branch.
+const moduleBranchChecks = 15
 
 func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
@@ -652,13 +658,46 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 	if p.Before != (readmodel.Cursor{}) && p.Before != readmodel.End {
 		page = readmodel.Page{Limit: p.Limit, After: p.Before}
 	}
-	f := Filter{Repo: repo, Module: module, Branch: mp.Branch, Arch: mp.Arch, All: true}
-	recs, pg, err := r.view.Results(req.Context(), f, page, 0)
-	if err != nil {
-		r.errorPage(w, req, http.StatusServiceUnavailable, "the read model does not answer: "+err.Error())
-		return
+	var recs []Record
+	var pg readmodel.Paged
+	if mp.Branch == "" {
+		// Every branch: the newest checks of each, a query per branch (the
+		// read model indexes records by branch); a branch's link pages on.
+		brs, per, err := r.view.cells.latest(req.Context(), r.view.db, repo, "")
+		if err == nil {
+			for i, b := range brs {
+				if !slices.ContainsFunc(per[i], func(c Record) bool { return c.Module == module }) {
+					continue
+				}
+				mp.Branches = append(mp.Branches, b.Branch)
+			}
+			sort.Slice(mp.Branches, func(i, j int) bool { return branchLess(mp.Branches[i], mp.Branches[j]) })
+			for _, b := range mp.Branches {
+				f := Filter{Repo: repo, Module: module, Branch: b, Arch: mp.Arch, All: true}
+				var some []Record
+				some, _, err = r.view.Results(req.Context(), f, readmodel.Page{Limit: moduleBranchChecks, Before: readmodel.End}, 0)
+				if err != nil {
+					break
+				}
+				recs = append(recs, some...)
+			}
+		}
+		if err != nil {
+			r.errorPage(w, req, http.StatusServiceUnavailable, "the read model does not answer: "+err.Error())
+			return
+		}
+		sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
+	} else {
+		f := Filter{Repo: repo, Module: module, Branch: mp.Branch, Arch: mp.Arch, All: true}
+		recs, pg, err = r.view.Results(req.Context(), f, page, 0)
+		if err != nil {
+			r.errorPage(w, req, http.StatusServiceUnavailable, "the read model does not answer: "+err.Error())
+			return
+		}
 	}
-	if page.Before != (readmodel.Cursor{}) {
+	if mp.Branch == "" {
+		// no paging: each branch's own page has it
+	} else if page.Before != (readmodel.Cursor{}) {
 		mp.Older, mp.Newer = pg.Prev.String(), ""
 		if page.Before != readmodel.End {
 			mp.Newer = pg.Next.String()
@@ -760,7 +799,9 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 	}
 	repos := map[string]bool{}
 	mods := map[SearchModule]bool{}
+	isModule, isBranch := false, false
 	for i, b := range brs {
+		isBranch = isBranch || b.Branch == q
 		if strings.Contains(strings.ToLower(b.Repo), lq) {
 			repos[b.Repo] = true
 		}
@@ -771,6 +812,7 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 			if rec.Module != "" && strings.Contains(strings.ToLower(rec.Module), lq) && len(mods) < searchMax {
 				mods[SearchModule{rec.Repo, rec.Module}] = true
 			}
+			isModule = isModule || rec.Module == q
 		}
 	}
 	for k := range repos {
@@ -790,9 +832,16 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 	})
 	// Job results: a sha (prefix), else the text search of subjects,
 	// authors and test names. Newest first.
+	// A module's or a branch's exact name: its jobs (a filter on a column,
+	// not a scan of every subject).
 	f := Filter{All: true, Text: q}
-	if hex := strings.Trim(lq, "0123456789abcdef") == ""; hex && len(lq) >= 4 && len(lq) <= 40 {
+	switch hex := strings.Trim(lq, "0123456789abcdef") == ""; {
+	case hex && len(lq) >= 4 && len(lq) <= 40:
 		f = Filter{All: true, Commit: lq}
+	case isModule:
+		f = Filter{All: true, Module: q}
+	case isBranch:
+		f = Filter{All: true, Branch: q}
 	}
 	recs, pg, err := r.view.Results(ctx, f, readmodel.Page{Limit: searchMax, Before: readmodel.End}, 0)
 	if err != nil {
@@ -806,9 +855,14 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 	sp.Results = recs
 	if prev := pg.Prev.String(); prev != "" {
 		v := url.Values{"all": {"1"}, "before": {prev}}
-		if f.Commit != "" {
+		switch {
+		case f.Commit != "":
 			v.Set("commit", f.Commit)
-		} else {
+		case f.Module != "":
+			v.Set("module", f.Module)
+		case f.Branch != "":
+			v.Set("branch", f.Branch)
+		default:
 			v.Set("q", q)
 		}
 		sp.More = "/api/v1/results?" + v.Encode()

@@ -189,13 +189,19 @@ func TestModuleFilterSearchAndHistory(t *testing.T) {
 	if i, j := strings.Index(body, "Dana"), strings.Index(body, "Alice"); i < 0 || j < i {
 		t.Errorf("m03's history not newest first")
 	}
-	_, body, _ = f.get("/module?repo=proj&module=m03&limit=2")
+	if !strings.Contains(body, `href="/module?branch=dev&amp;module=m03&amp;repo=proj"`) {
+		t.Error("m03's history does not link each branch's own")
+	}
+	_, body, _ = f.get("/module?repo=proj&module=m03&branch=main&limit=2")
+	if n := strings.Count(body, `<td><a class="chip `); n != 2 {
+		t.Errorf("m03 on main, 2 a page: %d rows", n)
+	}
 	m := regexp.MustCompile(`id="older" href="([^"]+)"`).FindStringSubmatch(body)
 	if m == nil {
-		t.Fatal("no older link on a module's history of 5 checks, 2 a page")
+		t.Fatal("no older link on m03's history on main: 4 checks, 2 a page")
 	}
 	_, older, _ := f.get(strings.ReplaceAll(m[1], "&amp;", "&"))
-	if n := strings.Count(older, `<td><a class="chip `); n != 3 || !strings.Contains(older, `id="newer"`) || strings.Contains(older, `id="older"`) { // the links keep no limit: the rest
+	if n := strings.Count(older, `<td><a class="chip `); n != 2 || !strings.Contains(older, `id="newer"`) || strings.Contains(older, `id="older"`) || !strings.Contains(older, "Alice") {
 		t.Errorf("older page of m03: %d rows", n)
 	}
 }
@@ -205,7 +211,7 @@ func TestSearchFindsEverything(t *testing.T) {
 	f.seedModules()
 	for q, want := range map[string][]string{
 		"dev":          {`id="found-branches"`, "proj · dev"},
-		"m07":          {`id="found-modules"`, "/module?module=m07&amp;repo=proj"},
+		"m07":          {`id="found-modules"`, "/module?module=m07&amp;repo=proj", "m07/test · amd64"},
 		"proj":         {`id="found-repos"`},
 		"bob":          {"Bob", "m03/test"},
 		hexSHA(2)[:38]: {"m07/test"},
