@@ -757,8 +757,9 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 }
 
 // SearchPage is what /search found: repositories, branches and modules by
-// name, commits by sha, subject or author, and job results by text, test
-// names included (the q= filter of /api/v1/results).
+// name; jobs of a module or branch of that exact name, of commits by sha
+// prefix, or by text in their subjects and authors (the q= filter of
+// /api/v1/results, which does not search test names yet).
 type SearchPage struct {
 	Q        string
 	Repos    []string
@@ -830,8 +831,7 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 		a, b := sp.Modules[i], sp.Modules[j]
 		return a.Repo < b.Repo || a.Repo == b.Repo && a.Module < b.Module
 	})
-	// Job results: a sha (prefix), else the text search of subjects,
-	// authors and test names. Newest first.
+	// Job results, newest first.
 	// A module's or a branch's exact name: its jobs (a filter on a column,
 	// not a scan of every subject).
 	f := Filter{All: true, Text: q}
