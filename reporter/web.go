@@ -149,7 +149,9 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 		r.errorPage(w, req, http.StatusNotFound, fmt.Sprintf("no results for commit %s on %s %s", commit, repo, branch))
 		return
 	}
-	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(cs[0].Commit), "page", cs[0]))
+	p := r.newPage(req, repo+" "+events.Short(cs[0].Commit), "page", cs[0])
+	p.Status = cs[0].Status
+	r.render(w, req, "commit", p)
 }
 
 type jobPage struct {
@@ -207,6 +209,7 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 	}
 	p := r.newPage(req, rec.Name()+" "+rec.Arch+" "+events.Short(rec.Commit), "job", data)
 	p.JobID, p.JobStatus, p.JobAttempt = rec.JobID, rec.Status, rec.Attempt
+	p.Status = rec.Status
 	r.render(w, req, "job", p)
 }
 
