@@ -3,12 +3,14 @@ package reporter
 import (
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
@@ -341,5 +343,29 @@ func TestRunnersPageNamesTheJobs(t *testing.T) {
 			return fmt.Errorf("runners page:\n%s", body)
 		}
 		return nil
+	})
+}
+
+// FuzzBadgeSVG: whatever a job or arch is called, a badge is well-formed
+// SVG whose texts say exactly the label and status.
+func FuzzBadgeSVG(f *testing.F) {
+	for _, s := range []string{"jetci", "<script>", "m1/test amd64", "a&b", `"'`, "ünï", "\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, label string) {
+		if !utf8.ValidString(label) || strings.ContainsFunc(label, func(r rune) bool { return r < 0x20 || r == 0xFFFE || r == 0xFFFF }) {
+			t.Skip() // not text XML can hold; names are validated long before
+		}
+		b := badgeSVG(label, "passing", "#1a7f37")
+		var doc struct {
+			Title string   `xml:"title"`
+			Texts []string `xml:"g>text"`
+		}
+		if err := xml.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("badge of %q is not XML: %v\n%s", label, err, b)
+		}
+		if len(doc.Texts) != 2 || doc.Texts[0] != label || doc.Texts[1] != "passing" {
+			t.Fatalf("badge of %q says %q", label, doc.Texts)
+		}
 	})
 }
