@@ -124,7 +124,19 @@ func BenchmarkHistory(b *testing.B) {
 		fold := time.Since(t0)
 		watch.Close()
 		rssAfterFold, peak := rssOf(b, c.cmd.Process.Pid)
-		// Pages and API lists.
+		// Pages and API lists, once the reporter says it has caught up (the
+		// read model's position can reach the end a moment before).
+		brokertest.CheckFor(b, time.Minute, 20*time.Millisecond, func() error {
+			resp, err := http.Get(base + "/api/v1/commits?repo=proj&branch=b0&limit=1")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("%d", resp.StatusCode)
+			}
+			return nil
+		})
 		sha := syntheticCommit(b, s.URL, base)
 		job := syntheticJobID(b, base)
 		pages := []string{
