@@ -48,6 +48,7 @@ var pageFuncs = template.FuncMap{
 	},
 	"modulesFilterURL":   modulesFilterURL,
 	"modulesPageURL":     modulesPageURL,
+	"gridCells":          gridCells,
 	"moduleBranchChecks": func() int { return moduleBranchChecks },
 	"query": func(repo, module, branch, arch, k, v string) string {
 		q := url.Values{"repo": {repo}, "module": {module}}
