@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,25 +367,41 @@ func TestBrowserAtTheSeedsScale(t *testing.T) {
 	}
 
 	// 5. Cancel asks first: dismissed, nothing happens; accepted, it cancels.
-	answer := false
+	var dialogs atomic.Int32
+	var accept atomic.Bool
 	chromedp.ListenTarget(ctx, func(ev any) {
 		if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
-			go func() { _ = chromedp.Run(ctx, page.HandleJavaScriptDialog(answer)) }()
+			yes := accept.Load()
+			go func() {
+				_ = chromedp.Run(ctx, page.HandleJavaScriptDialog(yes))
+				dialogs.Add(1)
+			}()
 		}
 	})
+	waitDialogs := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for dialogs.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if dialogs.Load() < n {
+			t.Fatalf("Cancel asked %d time(s), want %d", dialogs.Load(), n)
+		}
+	}
 	run("log in", chromedp.Navigate(web+"/login?next=/job/"+f.waiting.JobID),
 		chromedp.SendKeys(`input[name="token"]`, scaleToken, chromedp.ByQuery),
 		chromedp.Submit(`input[name="token"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#cancel", chromedp.ByQuery))
-	run("cancel, then no", chromedp.Click("#cancel", chromedp.ByQuery))
-	time.Sleep(time.Second) // a refused dialog leaves nothing to wait for
+	eval("cancel, then no", `document.querySelector('#cancel').click()`, nil)
+	waitDialogs(1)
 	var loc string
 	run("still here", chromedp.Location(&loc))
-	if strings.Contains(loc, "msg=") {
-		t.Fatalf("a dismissed Cancel still cancelled: %s", loc)
+	if rec := jobRecord(t, web, f.waiting.JobID); strings.Contains(loc, "msg=") || rec.Status != events.StatusQueued {
+		t.Fatalf("a dismissed Cancel still cancelled: %s, job %s", loc, rec.Status)
 	}
-	answer = true
-	run("cancel, then yes", chromedp.Click("#cancel", chromedp.ByQuery))
+	accept.Store(true)
+	eval("cancel, then yes", `document.querySelector('#cancel').click()`, nil)
+	waitDialogs(2)
 	waitJS("cancel requested", `location.search.indexOf('msg=cancel')>=0`)
 
 	// 7. A phone-wide queue: the reason keeps a readable width.
@@ -422,4 +439,18 @@ func (f *scaleFixture) queueAnother(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func jobRecord(t *testing.T, web, id string) reporter.Record {
+	t.Helper()
+	var rec reporter.Record
+	resp, err := http.Get(web + "/api/v1/jobs/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }
