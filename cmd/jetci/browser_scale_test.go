@@ -403,6 +403,12 @@ func TestBrowserAtTheSeedsScale(t *testing.T) {
 	eval("cancel, then yes", `document.querySelector('#cancel').click()`, nil)
 	waitDialogs(2)
 	waitJS("cancel requested", `location.search.indexOf('msg=cancel')>=0`)
+	brokertest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if rec := jobRecord(t, web, f.waiting.JobID); rec.Status != events.StatusCancelled {
+			return fmt.Errorf("job %s after a confirmed Cancel", rec.Status)
+		}
+		return nil
+	})
 
 	// 7. A phone-wide queue: the reason keeps a readable width.
 	run("phone", emulation.SetDeviceMetricsOverride(375, 740, 2, true))
