@@ -26,6 +26,11 @@ import (
 //	GET  /commit?repo=&branch=&commit=
 //	GET  /job/{id}[?attempt=N]     a job: attempts, timings, log (live while it runs), artifacts
 //	GET  /runners, /queue
+//	GET  /dashboard[?repo=]        every branch's counts and what fails, on one screen
+//	GET  /modules?repo=[&branch=&failing=1&q=]  the module grid; /module?repo=&module= one module's history
+//	GET  /search?q=                repos, branches, modules, commits, authors, test names
+//	GET  /badge/REPO/BRANCH.svg[?job=&arch=]   status badge
+//	GET  /artifacts/latest/REPO/BRANCH/JOB/ARCH/[PATH]  the latest passing job's artifacts
 //	GET  /tests[?repo=&branch=&arch=&job=]  flaky and slowest tests
 //	GET  /login, POST /login, POST /logout
 //	POST /action/{trigger,recheck,cancel}   form posts (session + CSRF field)
@@ -33,7 +38,7 @@ import (
 //	GET  /api/v1/repos | branches?repo= | commits?repo=&branch=&limit=&after=&before= | commits/{sha}?repo=&branch=
 //	GET  /api/v1/jobs/{id} | jobs/{id}/log[?attempt=N] | jobs/{id}/log/stream (SSE)
 //	GET  /api/v1/jobs/{id}/artifacts[?attempt=N] | jobs/{id}/artifacts/{path...}
-//	GET  /api/v1/runners | queue | events (SSE)
+//	GET  /api/v1/runners | queue | events (SSE) | dashboard[?repo=]
 //	GET  /api/v1/results?repo=&branch=&commit=&module=&job=&arch=&status=&author=&q=&since=&until=&all=1&limit=&after=&before=
 //	GET  /api/v1/logs/{job}/{attempt}
 //	GET  /api/v1/tests/flaky | tests/slowest  [?repo=&branch=&arch=&job=&limit=]
@@ -56,7 +61,15 @@ func (r *Reporter) Handler() http.Handler {
 	mux.HandleFunc("POST /login", r.postLogin)
 	mux.HandleFunc("POST /logout", r.postLogout)
 	mux.HandleFunc("POST /action/{action}", r.formAction)
-	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	mux.HandleFunc("GET /favicon.ico", favicon)
+	mux.HandleFunc("GET /favicon.svg", favicon)
+	mux.HandleFunc("GET /dashboard", r.pageDashboard)
+	mux.HandleFunc("GET /branch/jobs", r.pageBranchJobs)
+	mux.HandleFunc("GET /module", r.pageModule)
+	mux.HandleFunc("GET /search", r.pageSearch)
+	mux.HandleFunc("GET /badge/{repo}/{branch...}", r.badge)
+	mux.HandleFunc("GET /artifacts/latest/{repo}/{branch}/{job}/{arch}/{file...}", r.latestArtifact)
+	mux.HandleFunc("GET /api/v1/dashboard", r.apiDashboard)
 
 	mux.HandleFunc("GET /api/v1/repos", r.apiRepos)
 	mux.HandleFunc("GET /api/v1/branches", r.apiBranches)
@@ -422,7 +435,11 @@ func (r *Reporter) apiArtifact(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	p := req.PathValue("path")
+	r.serveArtifact(w, req, rec, a, req.PathValue("path"))
+}
+
+// serveArtifact writes the file p of a job's attempt.
+func (r *Reporter) serveArtifact(w http.ResponseWriter, req *http.Request, rec Record, a *Attempt, p string) {
 	for _, art := range a.Artifacts {
 		if art.Path != p {
 			continue

@@ -2,10 +2,16 @@ package reporter
 
 import (
 	"context"
+	"fmt"
+	"html"
+	"html/template"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/jetci/jetci/events"
 )
@@ -85,11 +91,10 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 	if err != nil {
 		v.log.Warn().Err(err).Msg("read model: modules")
 	}
-	sort.SliceStable(recs, func(i, j int) bool { return firstSeen(&recs[i]).Before(firstSeen(&recs[j])) })
 	type rk struct{ module, job string }
 	rows := map[rk]*ModuleRow{}
 	cols := map[ModuleColumn]bool{}
-	for _, r := range recs { // oldest first: later records replace earlier ones
+	for _, r := range recs { // one per branch × module × job × arch: the cells
 		if r.Module == "" {
 			continue
 		}
@@ -98,7 +103,7 @@ func (v *View) Modules(repo, branch string) *ModuleGrid {
 			row = &ModuleRow{Module: r.Module, Job: r.Job, Cells: map[string]Record{}}
 			rows[rk{r.Module, r.Job}] = row
 		}
-		row.Cells[CellKey(r.Branch, r.Arch)] = r.Listed()
+		row.Cells[CellKey(r.Branch, r.Arch)] = r // listed already (cellCache)
 		cols[ModuleColumn{r.Branch, r.Arch}] = true
 	}
 	if len(rows) == 0 {
@@ -214,6 +219,23 @@ func (r *Reporter) apiModules(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// ModulesPage is the module grid's page: the rows a filter keeps, a page
+// of them at a time (ModulesPageRows), so that 500 modules × 30 columns
+// stay a page a browser opens at once.
+type ModulesPage struct {
+	*ModuleGrid
+	Branch  string
+	Failing bool   // only rows with a failing cell
+	Q       string // only modules whose name holds it
+	Total   int    // rows the filter keeps
+	From    int    // the first row shown (0-based)
+	Next    int    // the first row of the next page; 0: none
+	Prev    int    // the first row of the page before; -1: none
+}
+
+// ModulesPageRows is the rows of the module grid one page shows.
+const ModulesPageRows = 50
+
 func (r *Reporter) pageModules(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
 	repo, branch := q.Get("repo"), q.Get("branch")
@@ -225,12 +247,90 @@ func (r *Reporter) pageModules(w http.ResponseWriter, req *http.Request) {
 	if g == nil {
 		g = &ModuleGrid{Repo: repo}
 	}
+	mp := ModulesPage{ModuleGrid: g, Branch: branch, Failing: q.Get("failing") == "1", Q: strings.TrimSpace(q.Get("q")), Prev: -1}
+	if n, err := strconv.Atoi(q.Get("from")); err == nil && n > 0 {
+		mp.From = n
+	}
+	rows := g.Rows[:0:0]
+	lq := strings.ToLower(mp.Q)
+	for _, row := range g.Rows {
+		if mp.Failing && !failing(row.Status) {
+			continue
+		}
+		if lq != "" && !strings.Contains(strings.ToLower(row.Module), lq) && !strings.Contains(strings.ToLower(row.Job), lq) {
+			continue
+		}
+		rows = append(rows, row)
+	}
+	mp.Total = len(rows)
+	mp.From = min(mp.From, len(rows))
+	rows = rows[mp.From:]
+	if len(rows) > ModulesPageRows {
+		rows = rows[:ModulesPageRows]
+		mp.Next = mp.From + ModulesPageRows
+	}
+	if mp.From > 0 {
+		mp.Prev = max(mp.From-ModulesPageRows, 0)
+	}
+	shown := *g
+	shown.Rows = rows
+	mp.ModuleGrid = &shown
 	title := repo + " modules"
 	if branch != "" {
 		title += " on " + branch
 	}
-	r.render(w, req, "modules", r.newPage(req, title, "page", struct {
-		*ModuleGrid
-		Branch string
-	}{g, branch}))
+	p := r.newPage(req, title, "page", mp)
+	for _, row := range g.Rows {
+		if failing(row.Status) {
+			p.Status = events.StatusFailed
+			break
+		}
+	}
+	r.render(w, req, "modules", p)
+}
+
+// gridCells writes a module row's cells: 30 columns × 50 rows are 1,500
+// cells a page, written here in one pass rather than by template actions.
+func gridCells(row ModuleRow, cols []ModuleColumn) template.HTML {
+	var b strings.Builder
+	for _, c := range cols {
+		rec, ok := row.Cell(c)
+		if !ok {
+			b.WriteString(`<td><span class="muted">–</span></td>`)
+			continue
+		}
+		st := string(shownStatus(rec))
+		label := st
+		title := events.Short(rec.Commit)
+		if rec.DurationMs > 0 {
+			title += " · " + dur(time.Duration(rec.DurationMs)*time.Millisecond)
+		}
+		if rec.NoRunner != "" {
+			label, title = "no runner", title+": "+rec.NoRunner
+		}
+		if fs := failingText(rec.FailingSince); fs != "" {
+			title += "; " + fs
+		}
+		fmt.Fprintf(&b, `<td><a class="chip cell %s" href="/job/%s" title="%s">%s</a></td>`,
+			html.EscapeString(st), url.PathEscape(rec.JobID), html.EscapeString(title), html.EscapeString(label))
+	}
+	return template.HTML(b.String())
+}
+
+// modulesPageURL is a page of the module grid, keeping its filters.
+func modulesPageURL(mp ModulesPage, from int) string {
+	v := url.Values{"repo": {mp.Repo}}
+	if mp.Branch != "" {
+		v.Set("branch", mp.Branch)
+	}
+	if mp.Failing {
+		v.Set("failing", "1")
+	}
+	if mp.Q != "" {
+		v.Set("q", mp.Q)
+	}
+	if from > 0 {
+		v.Set("from", strconv.Itoa(from))
+	}
+	return "/modules?" + v.Encode()
 }

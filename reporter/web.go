@@ -30,21 +30,26 @@ var pages = func() map[string]*template.Template {
 		"modulesURL": func(repo, branch string) string {
 			return "/modules?" + url.Values{"repo": {repo}, "branch": {branch}}.Encode()
 		},
-		"ago":      ago,
-		"since":    func(t time.Time) string { return dur(time.Since(t)) },
-		"dur":      dur,
-		"ms":       func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
-		"stamp":    stamp,
-		"bytes":    humanBytes,
-		"classes":  func() []events.Class { return events.Classes },
-		"flaky":    isFlaky,
-		"testsURL": testsURL,
-		"failing":  events.Failing,
-		"add1":     func(i int) int { return i + 1 },
+		"ago":        ago,
+		"since":      since,
+		"statusMark": statusMark,
+		"dur":        dur,
+		"ms":         func(ms int64) string { return dur(time.Duration(ms) * time.Millisecond) },
+		"stamp":      stamp,
+		"bytes":      humanBytes,
+		"classes":    func() []events.Class { return events.Classes },
+		"flaky":      isFlaky,
+		"testsURL":   testsURL,
+		"failing":    events.Failing,
+		"add1":       func(i int) int { return i + 1 },
 	}
 	maps.Copy(funcs, factFuncs)
 	out := map[string]*template.Template{}
-	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules", "tests"} {
+	for k, f := range pageFuncs {
+		funcs[k] = f
+	}
+	for _, name := range []string{"overview", "branch", "commit", "job", "runners", "queue", "login", "modules", "tests",
+		"error", "dashboard", "module", "search", "chips"} {
 		t := template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
 		out[name] = t
 	}
@@ -53,7 +58,10 @@ var pages = func() map[string]*template.Template {
 
 // page is what every page template gets.
 type page struct {
-	Title, Path     string
+	Title, Path string
+	// Status is what the page's subject needs most attention for (the
+	// worst of its jobs): the tab title's mark and the favicon's colour.
+	Status          events.Status
 	Live            string // "", "page", "job" or "runners": how the page follows changes
 	Admin, CanLogin bool
 	CSRF            string
@@ -113,41 +121,23 @@ func (r *Reporter) render(w http.ResponseWriter, req *http.Request, name string,
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Jetci-Status", string(p.Status)) // the live script updates the tab title from it
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	_, _ = w.Write(buf.Bytes())
 }
 
 func (r *Reporter) pageOverview(w http.ResponseWriter, req *http.Request) {
-	r.render(w, req, "overview", r.newPage(req, "Overview", "page", r.view.Repos("")))
-}
-
-type branchPage struct {
-	Repo, Branch string
-	Commits      []Commit
-	Gate         *events.BranchState
-	Paused       []Commit // the branch's commits paused by the broken-build flow, newest first
-	Bisections   []*events.Bisection
-}
-
-func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
-	q := req.URL.Query()
-	repo, branch := q.Get("repo"), q.Get("branch")
-	if repo == "" || branch == "" {
-		r.errorPage(w, req, http.StatusBadRequest, "want ?repo=R&branch=B")
-		return
+	repos := r.view.Repos("")
+	p := r.newPage(req, "Overview", "page", repos)
+	cells := map[string]Record{}
+	for _, s := range repos {
+		for _, b := range s.Branches {
+			cells[s.Repo+"\x00"+b.Branch] = Record{Status: b.Status}
+		}
 	}
-	limit := 100
-	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 {
-		limit = n
-	}
-	data := branchPage{Repo: repo, Branch: branch, Commits: r.view.Commits(repo, branch, "", limit)}
-	if st, ok := r.view.Gate(repo, branch); ok {
-		data.Gate = &st
-		data.Paused = pausedCommits(data.Commits)
-	}
-	data.Bisections = r.view.unfixed(req.Context(), r.branchBisections(req.Context(), repo, branch))
-	r.render(w, req, "branch", r.newPage(req, repo+" "+branch, "page", data))
+	p.Status = worst(cells)
+	r.render(w, req, "overview", p)
 }
 
 func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
@@ -168,7 +158,9 @@ func (r *Reporter) pageCommit(w http.ResponseWriter, req *http.Request) {
 			c.Jobs[i].FailingSince = withBisection(c.Jobs[i].FailingSince, &c.Jobs[i], bs)
 		}
 	}
-	r.render(w, req, "commit", r.newPage(req, repo+" "+events.Short(c.Commit), "page", r.commitPage(req.Context(), c)))
+	p := r.newPage(req, repo+" "+events.Short(c.Commit), "page", r.commitPage(req.Context(), c))
+	p.Status = c.Status
+	r.render(w, req, "commit", p)
 }
 
 type jobPage struct {
@@ -234,25 +226,69 @@ func (r *Reporter) pageJob(w http.ResponseWriter, req *http.Request) {
 	}
 	p := r.newPage(req, rec.Name()+" "+rec.Arch+" "+events.Short(rec.Commit), "job", data)
 	p.JobID, p.JobStatus, p.JobAttempt = rec.JobID, rec.Status, rec.Attempt
+	p.Status = rec.Status
 	r.render(w, req, "job", p)
 }
 
 // pageLogLimit bounds the log a job page embeds.
 const pageLogLimit = 1 << 20
 
+// runnerRow is a runner on the runners page, with the records of the jobs
+// it holds (nil where the read model has none yet).
+type runnerRow struct {
+	events.Lease
+	Current []runnerJob
+}
+
+type runnerJob struct {
+	events.LeasedJob
+	Record *Record
+}
+
 func (r *Reporter) pageRunners(w http.ResponseWriter, req *http.Request) {
-	r.render(w, req, "runners", r.newPage(req, "Runners", "runners", r.view.Runners()))
+	var rows []runnerRow
+	for _, l := range r.view.Runners() {
+		row := runnerRow{Lease: l}
+		for _, j := range l.Jobs {
+			rj := runnerJob{LeasedJob: j}
+			if rec, ok := r.view.Job(j.JobID); ok {
+				rec = rec.Listed()
+				rj.Record = &rec
+			}
+			row.Current = append(row.Current, rj)
+		}
+		rows = append(rows, row)
+	}
+	r.render(w, req, "runners", r.newPage(req, "Runners", "runners", rows))
 }
 
 func (r *Reporter) pageQueue(w http.ResponseWriter, req *http.Request) {
 	r.render(w, req, "queue", r.newPage(req, "Queue", "page", r.view.Queue(time.Now())))
 }
 
+// errorPage answers with a page in the site's layout that says what went
+// wrong and where to go on.
 func (r *Reporter) errorPage(w http.ResponseWriter, req *http.Request, code int, msg string) {
+	p := r.newPage(req, fmt.Sprintf("%d %s", code, http.StatusText(code)), "", errorData{Code: code, Text: http.StatusText(code), Msg: msg})
+	var buf bytes.Buffer
+	if err := pages["error"].ExecuteTemplate(&buf, "layout", p); err != nil {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "<!doctype html><meta charset=utf-8><title>%d · jetci</title><p>%s</p><p><a href=\"/\">Overview</a></p>\n",
+			code, template.HTMLEscapeString(msg))
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	fmt.Fprintf(w, "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width, initial-scale=1\"><title>%d · jetci</title><p>%s</p><p><a href=\"/\">Overview</a></p>\n",
-		code, template.HTMLEscapeString(msg))
+	_, _ = w.Write(buf.Bytes())
+}
+
+type errorData struct {
+	Code      int
+	Text, Msg string
 }
 
 func branchURL(repo, branch string) string {
@@ -263,18 +299,58 @@ func commitURL(repo, branch, commit string) string {
 	return "/commit?" + url.Values{"repo": {repo}, "branch": {branch}, "commit": {commit}}.Encode()
 }
 
-func ago(t time.Time) string {
+// ago is a relative time, "3m10s ago", as a <time> element the page's
+// script keeps current; its title is the absolute time.
+func ago(t time.Time) template.HTML {
 	if t.IsZero() {
 		return "–"
 	}
-	return dur(time.Since(t)) + " ago"
+	return timeElem(t, "ago", dur(time.Since(t))+" ago", t.UTC().Format(stampLayout))
 }
 
-func stamp(t time.Time) string {
+// since is the time gone since t ("12s"), kept current like ago.
+func since(t time.Time) template.HTML {
 	if t.IsZero() {
 		return "–"
 	}
-	return t.Local().Format("2006-01-02 15:04:05")
+	return timeElem(t, "since", dur(time.Since(t)), "since "+t.UTC().Format(stampLayout))
+}
+
+// stamp is an absolute time with its zone (UTC from the server); the page's
+// script shows it in the viewer's zone.
+func stamp(t time.Time) template.HTML {
+	if t.IsZero() {
+		return "–"
+	}
+	return timeElem(t, "", t.UTC().Format(stampLayout), t.UTC().Format(time.RFC3339))
+}
+
+const stampLayout = "2006-01-02 15:04:05 MST"
+
+func timeElem(t time.Time, rel, text, title string) template.HTML {
+	attr := ""
+	if rel != "" {
+		attr = ` data-rel="` + rel + `"`
+	}
+	return template.HTML(`<time datetime="` + t.UTC().Format(time.RFC3339) + `"` + attr + ` title="` +
+		template.HTMLEscapeString(title) + `">` + template.HTMLEscapeString(text) + `</time>`)
+}
+
+// statusMark is the tab title's sign of a status.
+func statusMark(s events.Status) string {
+	switch s {
+	case events.StatusFailed, events.StatusError:
+		return "✗"
+	case events.StatusRunning:
+		return "●"
+	case events.StatusQueued, events.StatusHeld, statusNoRunner:
+		return "○"
+	case events.StatusPassed:
+		return "✓"
+	case events.StatusCancelled:
+		return "–"
+	}
+	return ""
 }
 
 // dur is a short human duration: 850ms, 12s, 3m10s, 2h5m, 3d.

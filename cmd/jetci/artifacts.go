@@ -8,9 +8,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -20,11 +22,17 @@ import (
 
 const artifactsUsage = `
 Usage: jetci artifacts --nats URL --job ID [--attempt N] [--out DIR]
+       jetci artifacts --nats URL --latest --repo R --branch B [--module M] --job NAME --arch A [--out DIR]
 
 Downloads the files a job left (the artifacts its pipeline file names) into DIR,
 keeping their paths, and prints each with its size. The job id is on the job's
 page and in 'jetci results --json'. By default the newest attempt that left any
 files; --attempt N picks another.
+
+With --latest, --job is a job's name (a module's job: --module M --job test, or
+--job M/test) and the files are those of the newest passing run of it on that
+repo, branch and arch that left any: the latest good build. The reporter serves
+the same files at a stable URL, /artifacts/latest/REPO/BRANCH/JOB/ARCH/PATH.
 `
 
 func (m *Main) artifacts(ctx context.Context, args []string) error {
@@ -33,12 +41,33 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 	id := fs.String("job", "", "job id (20 hex digits)")
 	attempt := fs.Uint64("attempt", 0, "attempt whose files to fetch (default: the newest that has any)")
 	out := fs.String("out", ".", "directory to write the files into")
+	latest := fs.Bool("latest", false, "the newest passing run of --repo, --branch, --job (a name) and --arch that left files")
+	repo := fs.String("repo", "", "with --latest: the repository")
+	branch := fs.String("branch", "", "with --latest: the branch")
+	module := fs.String("module", "", "with --latest: the pipeline module of the job")
+	arch := fs.String("arch", "", "with --latest: the architecture")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *id == "" {
 		fs.Usage()
 		return errors.New("--job is required")
+	}
+	if *latest {
+		if *repo == "" || *branch == "" || *arch == "" {
+			fs.Usage()
+			return errors.New("--latest needs --repo, --branch, --job and --arch")
+		}
+		if *attempt != 0 {
+			return errors.New("--latest picks the attempt itself: leave out --attempt")
+		}
+		if *module == "" {
+			if i := strings.LastIndexByte(*id, '/'); i >= 0 {
+				*module, *id = (*id)[:i], (*id)[i+1:]
+			}
+		}
+	} else if *repo != "" || *branch != "" || *arch != "" || *module != "" {
+		return errors.New("--repo, --branch, --module and --arch go with --latest; without it --job is a job id")
 	}
 	nc, js, err := m.connect(ctx, nf, "jetci-artifacts", false, zerolog.Nop())
 	if err != nil {
@@ -47,7 +76,13 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	rec, err := reporter.FindRecord(ctx, js, strings.ToLower(*id))
+	var rec *reporter.Record
+	if *latest {
+		rec, *attempt, err = latestPassing(ctx, m, nc, reporter.ResultsQuery{Repo: *repo, Branch: *branch, Module: *module, Job: *id, Arch: *arch,
+			Status: []events.Status{events.StatusPassed}})
+	} else {
+		rec, err = reporter.FindRecord(ctx, js, strings.ToLower(*id))
+	}
 	if err != nil {
 		return err
 	}
@@ -83,8 +118,57 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(m.Stdout, "%s\t%d\n", dst, size)
 	}
-	fmt.Fprintf(m.Stderr, "%d file(s) of job %s attempt %d\n", len(arts), rec.JobID, n)
+	fmt.Fprintf(m.Stderr, "%d file(s) of job %s attempt %d (%s %s %s %s on %s)\n", len(arts), rec.JobID, n,
+		rec.Repo, rec.Branch, events.Short(rec.Commit), rec.Name(), rec.Arch)
 	return nil
+}
+
+// latestPassing finds the newest record q selects whose current attempt
+// passed and left artifacts, asking the reporter page by page from the
+// newest (or reading the jetci-results bucket when no reporter answers).
+func latestPassing(ctx context.Context, m *Main, nc *nats.Conn, q reporter.ResultsQuery) (*reporter.Record, uint64, error) {
+	pick := func(recs []reporter.Record) (*reporter.Record, uint64) {
+		for i := len(recs) - 1; i >= 0; i-- {
+			r := &recs[i]
+			if a := r.Find(r.Attempt); a != nil && a.Status == events.StatusPassed && len(a.Artifacts) > 0 {
+				return r, a.N
+			}
+		}
+		return nil, 0
+	}
+	name := q.Job
+	if q.Module != "" {
+		name = q.Module + "/" + q.Job
+	}
+	seen := 0
+	q.Before, q.Limit = "end", 20
+	for seen < 1000 {
+		page, err := askResults(ctx, nc, q)
+		if errors.Is(err, errNoReporter) {
+			fmt.Fprintln(m.Stderr, "jetci artifacts: no reporter answers; reading the jetci-results bucket instead")
+			recs, err := resultsFromBucket(ctx, nc, q, 0)
+			if err != nil {
+				return nil, 0, err
+			}
+			slices.SortStableFunc(recs, func(a, b reporter.Record) int { return a.FirstQueuedAt.Compare(b.FirstQueuedAt) })
+			if r, n := pick(recs); r != nil {
+				return r, n, nil
+			}
+			break
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if r, n := pick(page.Results); r != nil {
+			return r, n, nil
+		}
+		seen += len(page.Results)
+		if page.Prev == "" || len(page.Results) == 0 {
+			break
+		}
+		q.Before = page.Prev
+	}
+	return nil, 0, fmt.Errorf("no passing run of %s on %s of %s %s left artifacts", name, q.Arch, q.Repo, q.Branch)
 }
 
 // safeJoin places a slash-separated artifact path under dir, refusing any path

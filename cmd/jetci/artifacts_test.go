@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter"
 )
 
@@ -17,7 +20,7 @@ func TestArtifactsCommand(t *testing.T) {
 	repo := newGitRepo(t)
 	pipeline := "jobs:\n  build:\n    steps:\n      - mkdir -p dist/sub && echo one > dist/a.txt && echo two > dist/sub/b.txt\n    artifacts: [dist]\n  none:\n    steps: [\"true\"]\n"
 	c := repo.Commit("build", map[string]string{".jetci.yml": pipeline})
-	url, _ := startUp(t, t.TempDir(), repo.Dir)
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "2"}, repo.Dir)
 	recs := waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }, c, "passed")
 	ids := map[string]string{}
 	for _, r := range recs {
@@ -53,10 +56,36 @@ func TestArtifactsCommand(t *testing.T) {
 		{[]string{"--job", "nope"}, "not a job id"},
 		{[]string{"--job", ids["build"], "--attempt", "7"}, "has no attempt 7"},
 		{nil, "--job is required"},
+		{[]string{"--latest", "--job", "build"}, "--latest needs --repo, --branch, --job and --arch"},
+		{[]string{"--job", "build", "--repo", "x"}, "go with --latest"},
+		{[]string{"--latest", "--repo", "proj", "--branch", "main", "--job", "none", "--arch", recs[0].Arch}, "left artifacts"},
 	} {
 		if code, _, errs := run(tt.args...); code == 0 || !strings.Contains(errs, tt.want) {
 			t.Errorf("jetci artifacts %v: exit %d, %q; want an error with %q", tt.args, code, errs, tt.want)
 		}
+	}
+
+	// The latest passing build's files: a second build passes with new
+	// files, a third fails with its own; --latest and the stable URL give
+	// the second's.
+	second := repo.Commit("build two", map[string]string{".jetci.yml": strings.Replace(pipeline, "echo one", "echo second", 1)})
+	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }, second, "passed")
+	third := repo.Commit("build three breaks", map[string]string{".jetci.yml": strings.NewReplacer("echo one > dist/a.txt", "echo third > dist/a.txt; false", `["true"]`, `["false"]`).Replace(pipeline)})
+	waitStatus(t, func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }, third, "failed")
+	arch := recs[0].Arch
+	dir = t.TempDir()
+	code, out, errs = run("--latest", "--repo", "proj", "--branch", "main", "--job", "build", "--arch", arch, "--out", dir)
+	if b, err := os.ReadFile(filepath.Join(dir, "dist/a.txt")); code != 0 || err != nil || string(b) != "second\n" || !strings.Contains(errs, events.Short(second)) {
+		t.Fatalf("jetci artifacts --latest: exit %d, a.txt %q (%v); %s%s", code, b, err, out, errs)
+	}
+	resp, err := http.Get(web + "/artifacts/latest/" + "proj" + "/main/build/" + arch + "/dist/sub/b.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "two\n" || resp.Header.Get("X-Jetci-Commit") != second {
+		t.Errorf("GET /artifacts/latest/…/dist/sub/b.txt = %d %q (commit %s, want %s)", resp.StatusCode, body, resp.Header.Get("X-Jetci-Commit"), second)
 	}
 }
 

@@ -1,0 +1,65 @@
+package readmodel
+
+import (
+	"context"
+	"strings"
+)
+
+// This file holds the queries of the pages that sum a branch up rather
+// than list it: how many jobs of each commit have each status, and only the
+// jobs a reader must see (failing, running, waiting), so that a commit of
+// 1,500 jobs costs a page a few rows.
+
+// StatusCount is how many jobs of one commit have one status, the earliest
+// first_seen and the latest finished_at among them (Unix ns; 0: none).
+type StatusCount struct {
+	Commit, Status  string
+	N               int
+	FirstSeen, Last int64
+}
+
+// CommitCounts counts the jobs of the given commits of a branch by status.
+func (db *DB) CommitCounts(ctx context.Context, repo, branch string, shas []string) ([]StatusCount, error) {
+	if len(shas) == 0 {
+		return nil, nil
+	}
+	args := []any{repo, branch}
+	for _, s := range shas {
+		args = append(args, s)
+	}
+	rows, err := db.sql.QueryContext(ctx, db.q(`SELECT commit_sha, status, COUNT(*), MIN(first_seen), MAX(finished_at) FROM records
+		WHERE repo = ? AND branch = ? AND commit_sha IN (`+marks(len(shas))+`) GROUP BY commit_sha, status`), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StatusCount
+	for rows.Next() {
+		var c StatusCount
+		if err := rows.Scan(&c.Commit, &c.Status, &c.N, &c.FirstSeen, &c.Last); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// CommitJobsOf returns at most limit records of one commit of a branch:
+// those with one of statuses (none: any), and only jobs of no module when
+// noModule is set; ordered by module, job and arch.
+func (db *DB) CommitJobsOf(ctx context.Context, repo, branch, sha string, statuses []string, noModule bool, limit int) ([]Row, error) {
+	conds := []string{"repo = ?", "branch = ?", "commit_sha = ?"}
+	args := []any{repo, branch, sha}
+	if len(statuses) > 0 {
+		conds = append(conds, "status IN ("+marks(len(statuses))+")")
+		for _, s := range statuses {
+			args = append(args, s)
+		}
+	}
+	if noModule {
+		conds = append(conds, "module = ''")
+	}
+	args = append(args, limit)
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE `+strings.Join(conds, " AND ")+
+		` ORDER BY module, job, arch LIMIT ?`, args...)
+}
