@@ -416,7 +416,13 @@ func TestBrowserAtTheSeedsScale(t *testing.T) {
 	// 7. A phone-wide queue: the reason keeps a readable width.
 	run("phone", emulation.SetDeviceMetricsOverride(375, 740, 2, true))
 	f.queueAnother(t)
-	run("open the queue", chromedp.Navigate(web+"/queue"), chromedp.WaitVisible("td.why", chromedp.ByQuery))
+	// The job page left behind reloads itself when the cancelled job's record
+	// changes; a reload that lands as the queue is opened aborts that
+	// navigation (net::ERR_ABORTED): open it again.
+	brokertest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		return chromedp.Run(ctx, chromedp.Navigate(web+"/queue"))
+	})
+	run("open the queue", chromedp.WaitVisible("td.why", chromedp.ByQuery))
 	var width float64
 	eval("reason width", `document.querySelector('td.why').getBoundingClientRect().width`, &width)
 	var right float64
