@@ -106,3 +106,91 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 	}
 	return nil
 }
+
+// supersededAlready cancels a commit's own jobs, just queued, that a newer
+// commit of the branch queued before them already covers. Dispatchers take
+// commits in parallel: when the newer commit is queued and supersedes first,
+// its scan (queue sequences below its own first job) cannot see this older
+// commit's jobs, queued after it, which would then wait beside the newer
+// commit's. Only jobs of the newer commit still in the queue are seen: one
+// already taken by a runner leaves the older job to run.
+func (d *Dispatcher) supersededAlready(ctx context.Context, ev *events.CommitDetected, commitSeq uint64, jobs []*events.JobQueued) error {
+	if commitSeq == 0 || len(jobs) == 0 {
+		return nil
+	}
+	stream, err := d.js.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		return err
+	}
+	suffix := "." + events.Token(ev.Repo) + "." + events.Token(ev.Branch)
+	newer := map[string]*events.JobQueued{} // job × arch → the newest commit's job queued before ours
+	parts := map[string]uint64{}            // pool/arch → our first queue sequence there
+	for _, j := range jobs {
+		p := j.Pool + "/" + j.Arch
+		if first, ok := parts[p]; !ok || j.QueueSeq < first {
+			parts[p] = j.QueueSeq
+		}
+	}
+	for p, ours := range parts {
+		pool, arch, _ := strings.Cut(p, "/")
+		cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, events.ClassFirst))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		subject := events.JobSubject(pool, arch, events.ClassFirst, ev.Repo, ev.Branch)
+		for seq := info.Delivered.Stream + 1; seq < ours; {
+			raw, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			seq = raw.Sequence + 1
+			if raw.Sequence >= ours || !strings.HasSuffix(raw.Subject, suffix) {
+				break
+			}
+			job, err := events.DecodeAs[events.JobQueued](raw.Data)
+			if err != nil || job.CommitSeq <= commitSeq || events.Kind(job.Class, job.Origin) != events.ClassFirst {
+				continue
+			}
+			k := job.QualifiedJob() + "\x00" + job.Arch
+			if o := newer[k]; o == nil || job.CommitSeq > o.CommitSeq {
+				newer[k] = job
+			}
+		}
+	}
+	n := 0
+	for _, j := range jobs {
+		by := newer[j.QualifiedJob()+"\x00"+j.Arch]
+		if by == nil || events.Kind(j.Class, j.Origin) != events.ClassFirst {
+			continue
+		}
+		if err := stream.DeleteMsg(ctx, j.QueueSeq); err != nil {
+			if events.MsgGone(err) {
+				continue // taken meanwhile: it runs
+			}
+			return err
+		}
+		fin := &events.JobFinished{JobRef: j.JobRef, QueueSeq: j.QueueSeq, Status: events.StatusCancelled, ExitCode: -1,
+			Error: "superseded by " + events.Short(by.Commit), FinishedAt: d.now().UTC(), Author: j.Author, Subject: j.Subject,
+			Class: j.Class, TriggerID: j.TriggerID, Origin: j.Origin}
+		if err := publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindFinished), fin,
+			events.ResultMsgID(j.JobID, j.QueueSeq, 0, "superseded")); err != nil {
+			return fmt.Errorf("record a superseded job: %w", err)
+		}
+		n++
+	}
+	if n > 0 {
+		d.log.Info().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Int("jobs", n).
+			Msg("jobs of this commit superseded by a newer commit queued before them")
+	}
+	return nil
+}

@@ -496,6 +496,9 @@ func (d *Dispatcher) dispatched(ctx context.Context, ev *events.CommitDetected, 
 		if err := d.supersede(ctx, ev, seq, first, jobs); err != nil {
 			return fmt.Errorf("supersede older commits' jobs: %w", err) // retried; the jobs are deduplicated
 		}
+		if err := d.supersededAlready(ctx, ev, seq, jobs); err != nil {
+			return fmt.Errorf("supersede this commit's jobs by a newer commit's: %w", err)
+		}
 	}
 	return nil
 }

@@ -745,8 +745,9 @@ func TestDispatcherQueuesTheLargestCommit(t *testing.T) {
 }
 
 // TestSupersedeGoesByCommitOrder: with --coalesce, a newer commit cancels an
-// older commit's waiting job, but an older commit that a dispatcher queues
-// late (dispatchers take commits in parallel) cancels nothing of a newer one.
+// older commit's waiting job, and an older commit that a dispatcher queues
+// late (dispatchers take commits in parallel) cancels nothing of a newer one:
+// it finds the newer one's job already waiting and supersedes its own.
 func TestSupersedeGoesByCommitOrder(t *testing.T) {
 	s := brokertest.Run(t)
 	ctx := context.Background()
@@ -782,15 +783,16 @@ func TestSupersedeGoesByCommitOrder(t *testing.T) {
 	}
 	log := zerolog.Nop()
 	// The newest commit (sequence 30) is queued first, then an older one (20):
-	// the older one must not cancel the newer one's job.
+	// the older one must not cancel the newer one's job, and its own is
+	// superseded by it.
 	if err := d.dispatch(ctx, ev("c30"), 30, "", log); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.dispatch(ctx, ev("c20"), 20, "", log); err != nil {
 		t.Fatal(err)
 	}
-	if w := waiting(); !w["c30"] || !w["c20"] {
-		t.Fatalf("waiting %v: an older commit queued late cancelled a newer one's job (or its own)", w)
+	if w := waiting(); len(w) != 1 || !w["c30"] {
+		t.Fatalf("waiting %v: want only c30 (an older commit queued late cancelled the newer one's job, or kept its own)", w)
 	}
 	// A newer commit (40) still supersedes both.
 	if err := d.dispatch(ctx, ev("c40"), 40, "", log); err != nil {
