@@ -85,20 +85,13 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 				(commitSeq > 0 && job.CommitSeq >= commitSeq) || events.Kind(job.Class, job.Origin) != events.ClassFirst {
 				continue
 			}
-			if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil {
-				if events.MsgGone(err) {
-					continue // taken meanwhile: it runs
-				}
+			cancelled, err := d.cancelSuperseded(ctx, stream, job, raw.Sequence, ev.Commit)
+			if err != nil {
 				return err
 			}
-			fin := &events.JobFinished{JobRef: job.JobRef, QueueSeq: raw.Sequence, Status: events.StatusCancelled, ExitCode: -1,
-				Error: "superseded by " + events.Short(ev.Commit), FinishedAt: d.now().UTC(), Author: job.Author, Subject: job.Subject,
-				Class: job.Class, TriggerID: job.TriggerID, Origin: job.Origin}
-			if err := publish(ctx, d.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), fin,
-				events.ResultMsgID(job.JobID, raw.Sequence, 0, "superseded")); err != nil {
-				return fmt.Errorf("record a superseded job: %w", err)
+			if cancelled {
+				n++
 			}
-			n++
 		}
 	}
 	if n > 0 {
@@ -173,24 +166,38 @@ func (d *Dispatcher) supersededAlready(ctx context.Context, ev *events.CommitDet
 		if by == nil || events.Kind(j.Class, j.Origin) != events.ClassFirst {
 			continue
 		}
-		if err := stream.DeleteMsg(ctx, j.QueueSeq); err != nil {
-			if events.MsgGone(err) {
-				continue // taken meanwhile: it runs
-			}
+		cancelled, err := d.cancelSuperseded(ctx, stream, j, j.QueueSeq, by.Commit)
+		if err != nil {
 			return err
 		}
-		fin := &events.JobFinished{JobRef: j.JobRef, QueueSeq: j.QueueSeq, Status: events.StatusCancelled, ExitCode: -1,
-			Error: "superseded by " + events.Short(by.Commit), FinishedAt: d.now().UTC(), Author: j.Author, Subject: j.Subject,
-			Class: j.Class, TriggerID: j.TriggerID, Origin: j.Origin}
-		if err := publish(ctx, d.js, events.ResultSubject(j.Repo, j.Branch, events.KindFinished), fin,
-			events.ResultMsgID(j.JobID, j.QueueSeq, 0, "superseded")); err != nil {
-			return fmt.Errorf("record a superseded job: %w", err)
+		if cancelled {
+			n++
 		}
-		n++
 	}
 	if n > 0 {
 		d.log.Info().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("commit", events.Short(ev.Commit)).Int("jobs", n).
 			Msg("jobs of this commit superseded by a newer commit queued before them")
 	}
 	return nil
+}
+
+// cancelSuperseded takes job, at seq in the work queue, out of the queue and
+// records it cancelled, "superseded by <commit>"; false when a runner took
+// it meanwhile (it runs). Both ways of superseding record the same message
+// id, so a job cancelled by both is recorded once.
+func (d *Dispatcher) cancelSuperseded(ctx context.Context, stream jetstream.Stream, job *events.JobQueued, seq uint64, by string) (bool, error) {
+	if err := stream.DeleteMsg(ctx, seq); err != nil {
+		if events.MsgGone(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	fin := &events.JobFinished{JobRef: job.JobRef, QueueSeq: seq, Status: events.StatusCancelled, ExitCode: -1,
+		Error: "superseded by " + events.Short(by), FinishedAt: d.now().UTC(), Author: job.Author, Subject: job.Subject,
+		Class: job.Class, TriggerID: job.TriggerID, Origin: job.Origin}
+	if err := publish(ctx, d.js, events.ResultSubject(job.Repo, job.Branch, events.KindFinished), fin,
+		events.ResultMsgID(job.JobID, seq, 0, "superseded")); err != nil {
+		return false, fmt.Errorf("record a superseded job: %w", err)
+	}
+	return true, nil
 }
