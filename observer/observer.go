@@ -272,6 +272,19 @@ func (o *Observer) poll(ctx context.Context, w *watched) error {
 		return nil
 	}
 	if err := fetch(ctx, remote, w.Pulls); err != nil {
+		// The remote answered the listing just now, so a fetch that fails
+		// may fail on the cache itself: an observer killed while writing a
+		// ref leaves an empty ref file, and every later fetch trips on it.
+		// Such a cache is fetched anew at once; the heads are in KV.
+		if derr := checkRefs(w.cache); derr != nil && ctx.Err() == nil {
+			dir := o.cacheDir(w)
+			w.log.Warn().Err(derr).Str("cache", dir).Msg("cache looks damaged; fetching it anew")
+			w.cache, w.broken = nil, 0
+			if rerr := os.RemoveAll(dir); rerr != nil {
+				w.log.Error().Err(rerr).Msg("removing the damaged cache")
+			}
+			return &cacheError{fmt.Errorf("fetch %s: %w (cache damaged: %v)", w.URL, err, derr)}
+		}
 		return fmt.Errorf("fetch %s: %w", w.URL, err)
 	}
 	// One broken branch does not hold the others back; it is retried next poll.
@@ -518,9 +531,39 @@ func isBusOnly(err error) bool {
 	return errors.As(err, &be)
 }
 
+// checkRefs reads every reference of the cache and the object each one names,
+// and returns the first that cannot be read.
+func checkRefs(repo *git.Repository) error {
+	iter, err := repo.References()
+	if err != nil {
+		return err
+	}
+	return iter.ForEach(func(r *plumbing.Reference) error {
+		if r.Type() != plumbing.HashReference {
+			return nil
+		}
+		if _, err := repo.Storer.EncodedObject(plumbing.AnyObject, r.Hash()); err != nil {
+			return fmt.Errorf("ref %s (%s): %w", r.Name(), r.Hash(), err)
+		}
+		return nil
+	})
+}
+
 func isCacheError(err error) bool {
 	var ce *cacheError
 	return errors.As(err, &ce) || errors.Is(err, errStaleCache)
+}
+
+// isLockFile tells a git lock file read as a reference (refs/heads/main.lock,
+// there while git updates main) from a ref: no component of a ref name may end
+// in ".lock" (git check-ref-format), so none of these is a branch.
+func isLockFile(name plumbing.ReferenceName) bool {
+	for _, c := range strings.Split(name.String(), "/") {
+		if strings.HasSuffix(c, ".lock") {
+			return true
+		}
+	}
+	return false
 }
 
 func firstLine(s string) string {
@@ -574,6 +617,9 @@ func listBranches(ctx context.Context, w *watched, remote *git.Remote, pulls str
 	}
 	listed := map[string]string{}
 	for _, r := range refs {
+		if isLockFile(r.Name()) {
+			continue // git's own lock while it updates the ref (refs/heads/main.lock), not a branch
+		}
 		if r.Name().IsBranch() && r.Type() == plumbing.HashReference {
 			listed[r.Name().Short()] = r.Hash().String()
 		} else if b := PullBranch(pulls, r.Name().String()); pulls != "" && b != "" && r.Type() == plumbing.HashReference {

@@ -272,3 +272,70 @@ func TestDamagedCacheIsRebuilt(t *testing.T) {
 	}
 	t.Logf("%d failing polls before the rebuild", errs)
 }
+
+// An observer killed while writing a ref of its cache leaves an empty ref file
+// (seen in the chaos test: every later fetch failed on it, "ref file is empty",
+// and no commit was published again). The next poll finds the damage and
+// fetches the cache anew; no commit is lost.
+func TestEmptyRefFileInTheCacheIsRebuilt(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	repo.commit("one", nil)
+	cache := t.TempDir()
+	o := newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir}))
+	pollAndWait(t, s, o, c, "proj", 1)
+	refs, _ := filepath.Glob(filepath.Join(cache, "*.git", "refs", "remotes", "origin", "main"))
+	if len(refs) != 1 {
+		t.Fatalf("cache refs %v, want one for main", refs)
+	}
+	if err := os.WriteFile(refs[0], nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	two := repo.commit("two", nil)
+	o = newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir})) // restarted on the damaged cache
+	var errs int
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if err := o.Poll(context.Background(), "proj"); err != nil {
+			errs++
+			return err
+		}
+		return nil
+	})
+	var evs []*events.CommitDetected
+	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		evs = append(evs, c.take()...)
+		if len(evs) < 1 {
+			return fmt.Errorf("%d events", len(evs))
+		}
+		return nil
+	})
+	if len(evs) != 1 || evs[0].Commit != two {
+		t.Fatalf("after the rebuild got %v, want two", names(evs))
+	}
+	if errs > 1 {
+		t.Errorf("%d failing polls before the rebuild, want at most one", errs)
+	}
+}
+
+// git writes refs/heads/<branch>.lock while it updates a branch; an observer
+// reading a local repository's refs at that moment must not take it for a
+// branch named "<branch>.lock" (it did: the poll failed on it).
+func TestGitLockFileIsNotABranch(t *testing.T) {
+	s := brokertest.Run(t)
+	c := collect(t, s)
+	repo := newGitRepo(t)
+	one := repo.commit("one", nil)
+	lock := filepath.Join(repo.dir, ".git", "refs", "heads", "main.lock")
+	if err := os.WriteFile(lock, []byte(one+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := newObserver(t, s, testConfig(t.TempDir(), Repo{Name: "proj", URL: repo.dir}))
+	evs := pollAndWait(t, s, o, c, "proj", 1)
+	if evs[0].Branch != "main" {
+		t.Fatalf("event for branch %q, want main", evs[0].Branch)
+	}
+	if err := o.Poll(context.Background(), "proj"); err != nil {
+		t.Fatalf("second poll: %v", err)
+	}
+}
