@@ -261,10 +261,17 @@ func postMortem(t testing.TB, url string, shas []string, services []*service) {
 		done[r.Commit] = string(r.Status) + " " + r.Reason
 	}
 	published := commitEvents(t, url)
+	shown, missing := 0, 0
 	for i, c := range shas {
 		if st, ok := done[c]; ok && strings.HasPrefix(st, "passed") {
 			continue
 		}
+		// The first few in detail: CI keeps only part of the output, and the
+		// services' own errors (below) matter more than a long list.
+		if missing++; shown == 5 {
+			continue
+		}
+		shown++
 		t.Logf("commit #%d %s: record %q, commit events in JETCI_COMMITS: %d", i, c, done[c], published[c])
 		for _, n := range []int{i - 2, i - 1, i + 1, i + 2} {
 			if n >= 0 && n < len(shas) {
@@ -279,6 +286,7 @@ func postMortem(t testing.TB, url string, shas []string, services []*service) {
 			}
 		}
 	}
+	t.Logf("%d commits without a passed record (the first %d above)", missing, shown)
 	for _, line := range strings.Split(services[0].logs.String(), "\n") {
 		if !strings.Contains(line, `"new commit"`) {
 			t.Logf("  observer: %s", line)
