@@ -88,8 +88,7 @@ func entryUnchanged(ws string, e *index.Entry, racyFrom time.Time) bool {
 	if uint32(fi.Size()) != e.Size || (e.Inode != 0 && uint32(st.Ino) != e.Inode) {
 		return false
 	}
-	mtime := time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
-	ctime := time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+	mtime, ctime := statTimes(st)
 	if !sameTime(mtime, e.ModifiedAt) || !sameTime(ctime, e.CreatedAt) {
 		return false
 	}
@@ -119,7 +118,8 @@ func indexStampOf(fi os.FileInfo) string {
 	if !ok {
 		return ""
 	}
-	return fmt.Sprintf("%d %d %d.%09d %d.%09d", st.Ino, fi.Size(), st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	mtime, ctime := statTimes(st)
+	return fmt.Sprintf("%d %d %d.%09d %d.%09d", st.Ino, fi.Size(), mtime.Unix(), mtime.Nanosecond(), ctime.Unix(), ctime.Nanosecond())
 }
 
 // stampIndex records the commit checked out and the index's stat data after
