@@ -34,6 +34,22 @@ const (
 // jsAPI is a JetStream API subject.
 func jsAPI(f string, a ...any) string { return "$JS.API." + fmt.Sprintf(f, a...) }
 
+// inAnyDomain returns the JetStream API and KV subjects of list in the form a
+// client of another JetStream domain uses: nats-server sends $JS.API.X as
+// $JS.<domain>.API.X and $KV.X as $JS.<domain>.API.$KV.X across a leaf
+// connection, and keeps the plain forms off it.
+func inAnyDomain(list []string) []string {
+	var out []string
+	for _, s := range list {
+		if rest, ok := strings.CutPrefix(s, "$JS.API."); ok {
+			out = append(out, "$JS.*.API."+rest)
+		} else if strings.HasPrefix(s, "$KV.") {
+			out = append(out, "$JS.*.API."+s)
+		}
+	}
+	return out
+}
+
 // durable: create (or update), look up, pull from and ack one durable consumer.
 func durable(stream, consumer string) []string {
 	return []string{
@@ -118,6 +134,12 @@ func Roles() []Role {
 	runnerPub := cat(common, sub(SubjectResults, SubjectLogs), jobConsumers,
 		kvWrite(BucketRunners), kvGet(BucketReaped), kvWrite(BucketReaped), kvGet(BucketCancel),
 		objPut(BucketLogs), objPut(BucketArtifacts))
+	// Runners in another region reach the hub's JetStream through a leaf
+	// node that logs in as the runner user (docs/operations.md): the leaf
+	// sends their API calls under the hub's JetStream domain,
+	// $JS.<domain>.API.…, so the runner may make each of its calls in that
+	// form too. It is the same call on the same account's streams.
+	runnerPub = cat(runnerPub, inAnyDomain(runnerPub))
 	runnerSub := sub(SubjectJobs, SubjectCancel, SubjectWake, SubjectAlive)
 	return []Role{
 		{
