@@ -251,22 +251,7 @@ func TestDamagedCacheIsRebuilt(t *testing.T) {
 	two := repo.commit("two", nil)
 	three := repo.commit("three", nil)
 	o = newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir})) // restarted on the damaged cache
-	var errs int
-	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if err := o.Poll(context.Background(), "proj"); err != nil {
-			errs++
-			return err
-		}
-		return nil
-	})
-	evs := c.take()
-	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		evs = append(evs, c.take()...)
-		if len(evs) < 2 {
-			return fmt.Errorf("%d events", len(evs))
-		}
-		return nil
-	})
+	evs, errs := pollUntilRebuilt(t, o, c, 2)
 	if len(evs) != 2 || evs[0].Commit != two || evs[1].Commit != three {
 		t.Fatalf("after the rebuild got %v, want two and three", names(evs))
 	}
@@ -294,22 +279,7 @@ func TestEmptyRefFileInTheCacheIsRebuilt(t *testing.T) {
 	}
 	two := repo.commit("two", nil)
 	o = newObserver(t, s, testConfig(cache, Repo{Name: "proj", URL: repo.dir})) // restarted on the damaged cache
-	var errs int
-	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if err := o.Poll(context.Background(), "proj"); err != nil {
-			errs++
-			return err
-		}
-		return nil
-	})
-	var evs []*events.CommitDetected
-	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		evs = append(evs, c.take()...)
-		if len(evs) < 1 {
-			return fmt.Errorf("%d events", len(evs))
-		}
-		return nil
-	})
+	evs, errs := pollUntilRebuilt(t, o, c, 1)
 	if len(evs) != 1 || evs[0].Commit != two {
 		t.Fatalf("after the rebuild got %v, want two", names(evs))
 	}
@@ -338,4 +308,27 @@ func TestGitLockFileIsNotABranch(t *testing.T) {
 	if err := o.Poll(context.Background(), "proj"); err != nil {
 		t.Fatalf("second poll: %v", err)
 	}
+}
+
+// pollUntilRebuilt polls a restarted observer until a poll succeeds, then
+// waits for at least want events; it returns them and how many polls failed.
+func pollUntilRebuilt(t *testing.T, o *Observer, c *collector, want int) ([]*events.CommitDetected, int) {
+	t.Helper()
+	var errs int
+	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if err := o.Poll(context.Background(), "proj"); err != nil {
+			errs++
+			return err
+		}
+		return nil
+	})
+	var evs []*events.CommitDetected
+	brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		evs = append(evs, c.take()...)
+		if len(evs) < want {
+			return fmt.Errorf("%d events", len(evs))
+		}
+		return nil
+	})
+	return evs, errs
 }

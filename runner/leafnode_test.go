@@ -35,20 +35,7 @@ func TestRunnerBehindALeafNode(t *testing.T) {
 	if err := os.WriteFile(hubConf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hopts, err := server.ProcessConfigFile(hubConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hopts.NoSigs, hopts.NoLog = true, true
-	hub, err := server.NewServer(hopts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go hub.Start()
-	t.Cleanup(hub.Shutdown)
-	if !hub.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the hub did not start")
-	}
+	hub := brokertest.RunConfig(t, hubConf, nil)
 	hnc, hjs, err := events.Connect(hub.ClientURL(), events.ConnectOptions{Name: "hub-test", Log: brokertest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -61,20 +48,7 @@ func TestRunnerBehindALeafNode(t *testing.T) {
 	}
 
 	t.Setenv("JETCI_HUB_LEAF_URL", fmt.Sprintf("nats-leaf://%s", leafAddr))
-	opts, err := server.ProcessConfigFile("../nats-leaf.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Port, opts.NoSigs, opts.NoLog = -1, true, true // a free port instead of 4222
-	leaf, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go leaf.Start()
-	t.Cleanup(leaf.Shutdown)
-	if !leaf.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the leaf node did not start")
-	}
+	leaf := brokertest.RunConfig(t, "../nats-leaf.conf", func(o *server.Options) { o.Port = -1 }) // a free port instead of 4222
 	if leaf.JetStreamEnabled() {
 		t.Fatal("the leaf node runs JetStream of its own; nats-leaf.conf means it to use the hub's")
 	}

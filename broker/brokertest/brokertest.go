@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -135,4 +136,30 @@ func CheckFor(tb testing.TB, total, every time.Duration, f func() error) {
 		time.Sleep(every)
 	}
 	tb.Fatalf("condition not met after %v: %v", total, err)
+}
+
+// RunConfig starts a nats-server in this process from a configuration file, as
+// the real nats-server would read it (a leaf node, a hub with a domain), with
+// adjust applied to its options first (nil: none). It does not set up jetci's
+// streams; it stops when the test ends.
+func RunConfig(tb testing.TB, file string, adjust func(*server.Options)) *server.Server {
+	tb.Helper()
+	opts, err := server.ProcessConfigFile(file)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	if adjust != nil {
+		adjust(opts)
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go s.Start()
+	tb.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		tb.Fatalf("nats-server from %s did not start", file)
+	}
+	return s
 }

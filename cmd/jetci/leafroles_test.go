@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/broker"
@@ -71,20 +70,7 @@ leafnodes {
 `, pw[events.RoleRunner], leafPort), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lopts, err := server.ProcessConfigFile(leafConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lopts.NoSigs, lopts.NoLog = true, true
-	leaf, err := server.NewServer(lopts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go leaf.Start()
-	t.Cleanup(leaf.Shutdown)
-	if !leaf.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the leaf node did not start")
-	}
+	leaf := brokertest.RunConfig(t, leafConf, nil)
 	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if leaf.NumLeafNodes() == 0 {
 			return fmt.Errorf("the leaf has not connected to the hub as the runner user")
