@@ -310,6 +310,13 @@ func (r *Reporter) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Ack() // the consumer of a server set up before the filter: not for this one
 		return
 	}
+	if len(fin.Tests) == 0 && len(fin.FailedTries) == 0 {
+		// Nothing for the test history (TestStore.Observe would store
+		// nothing): no signature check nor look at the fold's record,
+		// which cost as much as the fold itself for such a result.
+		_ = m.Ack()
+		return
+	}
 	// Only results the fold took feed the test history: not a forged one,
 	// nor a disputed run's, nor one still waiting to be judged.
 	who, err := r.verify(m, ev)
