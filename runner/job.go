@@ -342,8 +342,11 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 		return res, nothing
 	}
 	name := events.RunLogObject(job.JobID, seq, attempt, run)
-	digest, err := fileDigest(logPath)
-	if err != nil {
+	mem, inMem := out.inMemory()
+	var digest string
+	if inMem {
+		digest = dataDigest(mem)
+	} else if digest, err = fileDigest(logPath); err != nil {
 		log.Warn().Err(err).Msg("could not read the log back; the result goes without it")
 		return res, nothing
 	}
@@ -355,7 +358,20 @@ func (r *Runner) execute(ctx context.Context, slot int, job *events.JobQueued, s
 	return res, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFirstTry)
 		defer cancel()
-		if err := r.storeLog(sctx, name, logPath); err == nil {
+		var err error
+		if inMem {
+			if err = putFreshData(sctx, r.js, events.BucketLogs, name, "job log", mem); err == nil {
+				return
+			}
+			// Spooled through the file, as a longer log is.
+			if werr := os.WriteFile(logPath, mem, 0o644); werr != nil {
+				log.Warn().Err(err).AnErr("spool", werr).Msg("could not store or spool the log; the result names it without it")
+				return
+			}
+		} else {
+			err = r.storeLog(sctx, name, logPath)
+		}
+		if err == nil {
 			_ = os.Remove(logPath)
 		} else if serr := r.spoolLog(name, logPath); serr == nil {
 			log.Warn().Err(err).Msg("log store did not answer: log spooled, to be stored when it does")
