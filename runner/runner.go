@@ -590,6 +590,7 @@ type leaseState struct {
 	kv   jetstream.KeyValue
 	rev  uint64
 	held []events.LeasedJob // the jobs named by the last lease written
+	host string             // this machine's name, for the lease
 }
 
 // renewLease writes the lease now, as a compare-and-swap on the last write. A
@@ -600,10 +601,12 @@ type leaseState struct {
 func (r *Runner) renewLease(ctx context.Context) bool {
 	r.lease.Lock()
 	defer r.lease.Unlock()
-	host, _ := os.Hostname()
+	if r.lease.host == "" {
+		r.lease.host, _ = os.Hostname() // a file read: once, not twice a job
+	}
 	r.mu.Lock()
 	l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
+		Jobs: []events.LeasedJob{}, Host: r.lease.host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
 	for _, j := range r.busy {
 		l.Jobs = append(l.Jobs, j)
 	}
