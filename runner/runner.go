@@ -587,10 +587,25 @@ func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
 // leaseState is the runner's last written lease.
 type leaseState struct {
 	sync.Mutex
-	kv   jetstream.KeyValue
-	rev  uint64
-	held []events.LeasedJob // the jobs named by the last lease written
-	host string             // this machine's name, for the lease
+	kv     jetstream.KeyValue
+	rev    uint64
+	held   []events.LeasedJob // the jobs named by the last lease written
+	host   string             // this machine's name, for the lease
+	okAt   time.Time          // when the last write that succeeded was begun
+	okConn uint64             // the connection's reconnects then
+}
+
+// renewedWithin returns when the last successful write of the lease was
+// begun, if that is less than d ago and the connection has stayed up since:
+// the lease had not lapsed then, and no dispatcher can have ended it for a
+// closed connection since.
+func (r *Runner) renewedWithin(d time.Duration) (time.Time, bool) {
+	r.lease.Lock()
+	defer r.lease.Unlock()
+	if r.lease.okAt.IsZero() || time.Since(r.lease.okAt) >= d || !r.nc.IsConnected() || r.nc.Stats().Reconnects != r.lease.okConn {
+		return time.Time{}, false
+	}
+	return r.lease.okAt, true
 }
 
 // renewLease writes the lease now, as a compare-and-swap on the last write. A
@@ -601,6 +616,7 @@ type leaseState struct {
 func (r *Runner) renewLease(ctx context.Context) bool {
 	r.lease.Lock()
 	defer r.lease.Unlock()
+	began, reconnects := time.Now(), r.nc.Stats().Reconnects
 	if r.lease.host == "" {
 		r.lease.host, _ = os.Hostname() // a file read: once, not twice a job
 	}
@@ -630,7 +646,7 @@ func (r *Runner) renewLease(ctx context.Context) bool {
 		next, err = kv.Put(wctx, key, data)
 	}
 	if err == nil {
-		r.lease.rev, r.lease.held = next, l.Jobs
+		r.lease.rev, r.lease.held, r.lease.okAt, r.lease.okConn = next, l.Jobs, began, reconnects
 	} else if ctx.Err() == nil {
 		// Keep the old revision: if the lease expired while the broker was out
 		// of reach, the next renewal finds out.
