@@ -126,3 +126,31 @@ func FuzzParseSignature(f *testing.F) {
 		}
 	})
 }
+
+// TestRunnerSignerSignsAsSignRunner: the signer that expands the key once
+// gives the very header SignRunner gives (ed25519 is deterministic), and it
+// verifies.
+func TestRunnerSignerSignsAsSignRunner(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := RunnerSigner(kp, "r1")
+	for _, data := range [][]byte{nil, []byte("{}"), []byte(strings.Repeat("x", 5000))} {
+		got, err := sign(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := SignRunner(kp, "r1", data)
+		if err != nil || got != want {
+			t.Fatalf("signer %q, SignRunner %q (%v)", got, want, err)
+		}
+		sig, err := ParseSignature(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kp.Verify(data, sig.Sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -595,35 +595,45 @@ func (v *View) retryPending(r *Record, holds func(runner, jobID string) bool, re
 // seq in the results stream, as its run's result (neither refused nor
 // disputed); an error while the fold has not judged it yet.
 func (v *View) taken(ctx context.Context, fin *events.JobFinished, seq uint64) (bool, error) {
+	took, _, err := v.judged(ctx, fin, seq)
+	return took, err
+}
+
+// judged is taken, also reporting whether the fold marked the event as its
+// run's result (Attempt.ResultSeq is seq): it does so only for a runner's
+// event whose signature and claims it checked, so whoever reads the event
+// again need not check its signature again.
+func (v *View) judged(ctx context.Context, fin *events.JobFinished, seq uint64) (took, marked bool, err error) {
 	pos, err := v.db.Position(ctx, events.StreamResults)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if pos < seq {
-		return false, errNotReady
+		return false, false, errNotReady
 	}
 	row, err := v.db.Job(ctx, fin.JobID)
 	if errors.Is(err, readmodel.ErrNotFound) {
-		return false, nil
+		return false, false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	var r Record
 	if err := json.Unmarshal(row.Data, &r); err != nil {
-		return false, err
+		return false, false, err
 	}
 	for _, p := range r.Pending {
 		if p.Seq == seq {
-			return false, errNotReady
+			return false, false, errNotReady
 		}
 	}
 	for _, a := range r.Attempts {
 		if a.QueueSeq == fin.QueueSeq && a.Delivery == fin.Attempt && a.Run == fin.Run {
-			return a.Disputed == "" && (a.ResultSeq == 0 || a.ResultSeq == seq), nil
+			took = a.Disputed == "" && (a.ResultSeq == 0 || a.ResultSeq == seq)
+			return took, took && a.ResultSeq == seq, nil
 		}
 	}
-	return false, nil
+	return false, false, nil
 }
 
 // mirror writes changed records to the jetci-results bucket, where the

@@ -166,3 +166,56 @@ func TestFoldClaimWaitingOnAGoneRunner(t *testing.T) {
 		t.Fatalf("waiting jobs after the rejudge: %v (%v)", ids, err)
 	}
 }
+
+// TestTestHistoryOnlyFromTakenResults: the test history takes a runner's
+// result the fold took (without checking its signature a second time: the
+// fold did), never an unsigned result claiming the same run, and takes a
+// service's result with tests after checking its signature.
+func TestTestHistoryOnlyFromTakenResults(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx := context.Background()
+	runReporter(t, s.JS, filepath.Join(t.TempDir(), DBFile), "")
+	ts := newTestSigner(s.JS)
+	ref := events.JobRef{JobID: "0123456789abcdef0124", Repo: "r", Branch: "main", Commit: "c0ffee", Job: "test", Arch: "amd64"}
+	subj := func(kind string) string { return events.ResultSubject(ref.Repo, ref.Branch, kind) }
+	tests := func(name string) []events.TestResult {
+		return []events.TestResult{{Name: name, Status: "passed", DurationMs: 1}}
+	}
+	ts.publish(ctx, t, subj(events.KindQueued), &events.JobQueued{JobRef: ref, Pool: "default", Class: events.ClassFirst, QueueSeq: 5, QueuedAt: time.Now()})
+	ts.publish(ctx, t, subj(events.KindStarted), &events.JobStarted{JobRef: ref, QueueSeq: 5, Attempt: 1, Runner: "a", Run: "run-a", Token: "5.1", StartedAt: time.Now()})
+	forged, _ := events.Encode(&events.JobFinished{JobRef: ref, QueueSeq: 5, Attempt: 1, Runner: "a", Run: "run-a", Token: "5.1",
+		Status: events.StatusPassed, FinishedAt: time.Now(), Tests: tests("TestForged")})
+	if _, err := s.JS.Publish(ctx, subj(events.KindFinished), forged); err != nil {
+		t.Fatal(err)
+	}
+	ts.publish(ctx, t, subj(events.KindFinished), &events.JobFinished{JobRef: ref, QueueSeq: 5, Attempt: 1, Runner: "a", Run: "run-a", Token: "5.1",
+		Status: events.StatusPassed, FinishedAt: time.Now(), Tests: tests("TestReal")})
+	// A service's result with tests (another job): no run to mark, its
+	// signature is checked.
+	ref2 := ref
+	ref2.JobID, ref2.Job = "0123456789abcdef0125", "other"
+	ts.publish(ctx, t, events.ResultSubject(ref2.Repo, ref2.Branch, events.KindFinished), &events.JobFinished{JobRef: ref2,
+		Status: events.StatusError, FinishedAt: time.Now(), Tests: tests("TestService")})
+	kv, err := s.JS.KeyValue(ctx, events.BucketTests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	history := func(ref events.JobRef) string {
+		e, err := kv.Get(ctx, events.TestsKey(ref.Repo, ref.Branch, ref.Arch, ref.Job))
+		if err != nil {
+			return ""
+		}
+		return string(e.Value())
+	}
+	brokertest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(history(ref), "TestReal") || !strings.Contains(history(ref2), "TestService") {
+			return fmt.Errorf("test history: %q, %q", history(ref), history(ref2))
+		}
+		return nil
+	})
+	// The forged result came first: by the time the real one is in, it was
+	// judged (and refused).
+	if h := history(ref); strings.Contains(h, "TestForged") {
+		t.Fatalf("the unsigned result reached the test history: %s", h)
+	}
+}

@@ -354,8 +354,13 @@ func linkObjects(dotGit, cache string) error {
 		}
 	}
 	alt := filepath.Join(dotGit, "objects", "info", "alternates")
-	if b, err := os.ReadFile(alt); err == nil && string(b) == abs+"\n" {
+	if isPlainFileHolding(alt, abs+"\n") {
 		return nil
+	}
+	// Written anew, never through: a job may have made it a hard link to a
+	// file of the runner's (a symlink is gone already, resetGitDir).
+	if err := os.Remove(alt); err != nil && !os.IsNotExist(err) {
+		return err
 	}
 	return os.WriteFile(alt, []byte(abs+"\n"), 0o644)
 }

@@ -56,16 +56,23 @@ func (r *Runner) jobDirs(slot int, repo, branch string) (home, tmp, caches strin
 	home = filepath.Join(r.cfg.WorkDir, "home", strconv.Itoa(slot), events.Token(repo))
 	tmp = filepath.Join(r.cfg.WorkDir, "tmp", strconv.Itoa(slot))
 	caches = filepath.Join(r.cfg.WorkDir, "cache-home", strconv.Itoa(slot), events.Token(repo), events.Token(branch))
-	if err := removeAll(tmp); err != nil {
-		return "", "", "", fmt.Errorf("empty TMPDIR: %w", err)
-	}
-	if err := removeAll(home); err != nil {
-		return "", "", "", fmt.Errorf("empty HOME: %w", err)
-	}
-	for _, d := range []string{home, tmp, caches} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	for _, d := range []struct{ path, name string }{{tmp, "TMPDIR"}, {home, "HOME"}} {
+		// Steps on the host run as the runner: they could reach anything
+		// the runner can, so a directory of the runner's user that they
+		// left is emptied in place. Sandboxed steps may have set the
+		// directory's owner, mode or ACLs: it is made anew.
+		if r.mode == ExecHost && emptyOwnDir(d.path) {
+			continue
+		}
+		if err := removeAll(d.path); err != nil {
+			return "", "", "", fmt.Errorf("empty %s: %w", d.name, err)
+		}
+		if err := os.MkdirAll(d.path, 0o700); err != nil {
 			return "", "", "", err
 		}
+	}
+	if err := os.MkdirAll(caches, 0o700); err != nil {
+		return "", "", "", err
 	}
 	return home, tmp, caches, nil
 }

@@ -32,13 +32,48 @@ func resetGitDir(ws string) error {
 		return removeAll(ws)
 	}
 	// Each is removed first, never written through: a job may have made it
-	// a symlink to a file of the runner's.
-	for _, name := range []string{"hooks", "info", "config", "commondir", "gitdir", "modules", "worktrees", "objects/info/alternates"} {
+	// a symlink to a file of the runner's. Only what is there is removed
+	// (one read of .git, not a removal tried for each name), and a config
+	// that is a plain file holding jetci's own is left as it is: reading it
+	// writes nothing, where removing and writing it again cost two writes
+	// to the file system's journal per job.
+	d, err := os.Open(dotGit)
+	if err != nil {
+		return fmt.Errorf("reset .git: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("reset .git: %w", err)
+	}
+	present := make(map[string]bool, len(names))
+	for _, n := range names {
+		present[n] = true
+	}
+	for _, name := range []string{"hooks", "info", "commondir", "gitdir", "modules", "worktrees"} {
+		if !present[name] {
+			continue
+		}
 		if err := removeAll(filepath.Join(dotGit, name)); err != nil {
 			return fmt.Errorf("reset .git/%s: %w", name, err)
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(dotGit, "config"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	// objects/info/alternates is rewritten by linkObjects unless it holds
+	// the cache's path already: anything but a plain file goes first.
+	alt := filepath.Join(dotGit, "objects", "info", "alternates")
+	if fi, err := os.Lstat(alt); err == nil && !fi.Mode().IsRegular() {
+		if err := removeAll(alt); err != nil {
+			return fmt.Errorf("reset .git/objects/info/alternates: %w", err)
+		}
+	}
+	config := filepath.Join(dotGit, "config")
+	if present["config"] && isPlainFileHolding(config, slotGitConfig) {
+		return nil
+	}
+	if err := removeAll(config); err != nil {
+		return fmt.Errorf("reset .git/config: %w", err)
+	}
+	f, err := os.OpenFile(config, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("reset .git/config: %w", err)
 	}
@@ -47,4 +82,15 @@ func resetGitDir(ws string) error {
 		err = cerr
 	}
 	return err
+}
+
+// isPlainFileHolding reports whether path is a regular file (not a symlink)
+// whose content is want.
+func isPlainFileHolding(path, want string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(want)) {
+		return false
+	}
+	b, err := os.ReadFile(path)
+	return err == nil && string(b) == want
 }

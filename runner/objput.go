@@ -87,9 +87,22 @@ func putFreshObject(ctx context.Context, js jetstream.JetStream, bucket, name, d
 	if err != nil {
 		return err
 	}
-	size = int64(len(data))
-	sum := sha256.Sum256(data)
-	digest := "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
+	if len(data) > objChunkSize { // it grew since the Stat
+		f.Close()
+		_, _, err := putObject(ctx, js, bucket, name, desc, path, -1)
+		return err
+	}
+	return putFreshData(ctx, js, bucket, name, desc, data)
+}
+
+// putFreshData is putFreshObject for an object of at most one chunk held in
+// memory (a short job's log, output.inMemory).
+func putFreshData(ctx context.Context, js jetstream.JetStream, bucket, name, desc string, data []byte) error {
+	if len(data) > objChunkSize {
+		return fmt.Errorf("object %s: %d bytes: more than one chunk", name, len(data))
+	}
+	size := int64(len(data))
+	digest := dataDigest(data)
 	nuid := objectNUID(bucket, name, 0)
 	var futs []jetstream.PubAckFuture
 	if size > 0 {
@@ -230,6 +243,12 @@ func fileDigest(path string) (string, error) {
 		return "", err
 	}
 	return "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)), nil
+}
+
+// dataDigest is the object store's digest of data.
+func dataDigest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
 }
 
 // subjectCount is the number of messages the stream holds on subject.

@@ -16,12 +16,18 @@ const (
 )
 
 // output collects a job's combined stdout and stderr: the first limit bytes go to
-// a log file, and the same bytes are offered to a live sink in batches. Past the
+// the log, and the same bytes are offered to a live sink in batches. Past the
 // limit, output is drained and dropped, so memory and disk stay bounded however
-// much a step prints.
+// much a step prints. The log is kept in memory while it is at most memMax
+// bytes (most logs: they are stored as one object chunk, straight from
+// memory), and in a file at path from then on: a short job's log costs no
+// file to create, read back and remove.
 type output struct {
 	mu      sync.Mutex
-	f       *os.File
+	path    string
+	f       *os.File // nil while the log is in mem
+	mem     []byte
+	memMax  int
 	limit   int64
 	written int64 // bytes in the log file, notes included
 	dropped int64 // bytes of step output dropped
@@ -34,11 +40,7 @@ type output struct {
 }
 
 func newOutput(path string, limit int64, live func([]byte)) (*output, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	o := &output{f: f, limit: limit, live: live, stop: make(chan struct{})}
+	o := &output{path: path, memMax: objChunkSize, limit: limit, live: live, stop: make(chan struct{})}
 	if live != nil {
 		o.ticker.Add(1)
 		go o.flusher()
@@ -96,7 +98,7 @@ func (o *output) writeLocked(p []byte) error {
 	if int64(len(keep)) > room {
 		keep = keep[:room]
 	}
-	if _, err := o.f.Write(keep); err != nil {
+	if err := o.logLocked(keep); err != nil {
 		return err
 	}
 	o.written += int64(len(keep))
@@ -122,7 +124,7 @@ func (o *output) Note(format string, args ...any) {
 	}
 	o.flushMaskLocked()
 	line := o.mask.String(fmt.Sprintf(format, args...)) + "\n"
-	if _, err := o.f.WriteString(line); err == nil {
+	if err := o.logLocked([]byte(line)); err == nil {
 		o.written += int64(len(line))
 	}
 	o.queueLocked([]byte(line))
@@ -191,12 +193,46 @@ func (o *output) Close() (int64, bool, error) {
 	o.flushMaskLocked()
 	if o.dropped > 0 {
 		line := fmt.Sprintf("\n[jetci: output truncated after %d bytes]\n[jetci] %d more bytes of output were dropped\n", o.limit, o.dropped)
-		if _, err := o.f.WriteString(line); err == nil {
+		if err := o.logLocked([]byte(line)); err == nil {
 			o.written += int64(len(line))
 		}
 		o.queueLocked([]byte(line))
 	}
 	o.flushLocked(true)
 	o.closed = true
+	if o.f == nil {
+		return o.written, o.dropped > 0, nil
+	}
 	return o.written, o.dropped > 0, o.f.Close()
+}
+
+// logLocked appends b to the log: in memory while it stays within memMax,
+// else to the file (made then, with what memory held).
+func (o *output) logLocked(b []byte) error {
+	if o.f == nil && len(o.mem)+len(b) <= o.memMax {
+		o.mem = append(o.mem, b...)
+		return nil
+	}
+	if o.f == nil {
+		f, err := os.Create(o.path)
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(o.mem); err != nil {
+			f.Close()
+			_ = os.Remove(o.path)
+			return err
+		}
+		o.f, o.mem = f, nil
+	}
+	_, err := o.f.Write(b)
+	return err
+}
+
+// inMemory returns the closed log when it is held in memory (ok false: it
+// is the file at path).
+func (o *output) inMemory() (data []byte, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mem, o.f == nil
 }

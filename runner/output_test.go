@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,7 +59,10 @@ func TestOutputCapsAndStreams(t *testing.T) {
 	if err != nil || !cut {
 		t.Fatalf("Close = %d, %v, %v", size, cut, err)
 	}
-	data, _ := os.ReadFile(path)
+	data, inMem := o.inMemory()
+	if !inMem {
+		t.Fatal("a log of about 1,000 bytes is not held in memory")
+	}
 	if int64(len(data)) != size {
 		t.Fatalf("size %d, file has %d bytes", size, len(data))
 	}
@@ -80,5 +84,37 @@ func TestOutputCapsAndStreams(t *testing.T) {
 	}
 	if n, err := o.Write([]byte("late")); err == nil || n != 0 {
 		t.Fatal("write after Close succeeded")
+	}
+}
+
+// TestOutputSpillsToAFile: a log longer than what is kept in memory goes to
+// its file whole, the bytes held in memory first.
+func TestOutputSpillsToAFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	o, err := newOutput(path, 1<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.memMax = 100
+	var want strings.Builder
+	o.Note("$ step")
+	want.WriteString("$ step\n")
+	for i := range 50 {
+		line := fmt.Sprintf("line %d\n", i)
+		want.WriteString(line)
+		if _, err := o.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	size, _, err := o.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, inMem := o.inMemory(); inMem {
+		t.Fatal("a log over memMax is still in memory")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || string(data) != want.String() || int64(len(data)) != size {
+		t.Fatalf("file (%v, size %d):\n%q\nwant\n%q", err, size, data, want.String())
 	}
 }

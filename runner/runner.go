@@ -587,9 +587,25 @@ func (r *Runner) holdLease(ctx context.Context, stop <-chan struct{}) {
 // leaseState is the runner's last written lease.
 type leaseState struct {
 	sync.Mutex
-	kv   jetstream.KeyValue
-	rev  uint64
-	held []events.LeasedJob // the jobs named by the last lease written
+	kv     jetstream.KeyValue
+	rev    uint64
+	held   []events.LeasedJob // the jobs named by the last lease written
+	host   string             // this machine's name, for the lease
+	okAt   time.Time          // when the last write that succeeded was begun
+	okConn uint64             // the connection's reconnects then
+}
+
+// renewedWithin returns when the last successful write of the lease was
+// begun, if that is less than d ago and the connection has stayed up since:
+// the lease had not lapsed then, and no dispatcher can have ended it for a
+// closed connection since.
+func (r *Runner) renewedWithin(d time.Duration) (time.Time, bool) {
+	r.lease.Lock()
+	defer r.lease.Unlock()
+	if r.lease.okAt.IsZero() || time.Since(r.lease.okAt) >= d || !r.nc.IsConnected() || r.nc.Stats().Reconnects != r.lease.okConn {
+		return time.Time{}, false
+	}
+	return r.lease.okAt, true
 }
 
 // renewLease writes the lease now, as a compare-and-swap on the last write. A
@@ -600,10 +616,13 @@ type leaseState struct {
 func (r *Runner) renewLease(ctx context.Context) bool {
 	r.lease.Lock()
 	defer r.lease.Unlock()
-	host, _ := os.Hostname()
+	began, reconnects := time.Now(), r.nc.Stats().Reconnects
+	if r.lease.host == "" {
+		r.lease.host, _ = os.Hostname() // a file read: once, not twice a job
+	}
 	r.mu.Lock()
 	l := events.Lease{ID: r.cfg.ID, Arch: r.cfg.Arch, Pool: r.cfg.Pool, Slots: r.cfg.Slots, Busy: len(r.busy),
-		Jobs: []events.LeasedJob{}, Host: host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
+		Jobs: []events.LeasedJob{}, Host: r.lease.host, StartedAt: r.born, HeartbeatAt: time.Now().UTC(), Incarnation: r.inc}
 	for _, j := range r.busy {
 		l.Jobs = append(l.Jobs, j)
 	}
@@ -627,7 +646,7 @@ func (r *Runner) renewLease(ctx context.Context) bool {
 		next, err = kv.Put(wctx, key, data)
 	}
 	if err == nil {
-		r.lease.rev, r.lease.held = next, l.Jobs
+		r.lease.rev, r.lease.held, r.lease.okAt, r.lease.okConn = next, l.Jobs, began, reconnects
 	} else if ctx.Err() == nil {
 		// Keep the old revision: if the lease expired while the broker was out
 		// of reach, the next renewal finds out.

@@ -173,6 +173,19 @@ func TestJobDirs(t *testing.T) {
 	if fin := res.wait(t, j2.JobID); fin.Status != events.StatusPassed {
 		t.Fatalf("job 2 %+v\n%s", fin, readLog(t, s, fin.Log))
 	}
+	// A job that opens its HOME to everyone and makes TMPDIR a symlink to a
+	// folder of its own: the next job has both as jetci makes them, and the
+	// folder the symlink named is not emptied.
+	j3 := enqueueMod(t, s, repo, c, nil, `chmod 777 "$HOME"`, `mkdir -p "$HOME/../elsewhere" && touch "$HOME/../elsewhere/stays"`,
+		`rm -rf "$TMPDIR" && ln -s "$HOME/../elsewhere" "$TMPDIR"`)
+	if fin := res.wait(t, j3.JobID); fin.Status != events.StatusPassed {
+		t.Fatalf("job 3 %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
+	j4 := enqueueMod(t, s, repo, c, nil, `test "$(stat -c %a "$HOME")" = 700`, `test -d "$TMPDIR" && test ! -L "$TMPDIR"`,
+		`test "$(stat -c %a "$TMPDIR")" = 700`, `test -e "$HOME/../elsewhere/stays"`)
+	if fin := res.wait(t, j4.JobID); fin.Status != events.StatusPassed {
+		t.Fatalf("job 4 %+v\n%s", fin, readLog(t, s, fin.Log))
+	}
 }
 
 // TestSecretOnlyForItsScope: a job of a branch a secret is not given to does

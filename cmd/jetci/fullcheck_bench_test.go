@@ -180,15 +180,21 @@ func fullCheck(b *testing.B, heads int, runners []runnerSpec, baselines bool) {
 				"--work", filepath.Join(dir, id), "--exec", "host", "--log-level", "warn", "--log-format", "json")
 		}
 		start("reporter", "reporter", "--nats", url, "--http", "", "--log-level", "warn", "--log-format", "json")
-		rst, err := js.Stream(ctx, events.StreamResults)
-		if err != nil {
-			b.Fatal(err)
-		}
 		kv, err := js.KeyValue(ctx, events.BucketResults)
 		if err != nil {
 			b.Fatal(err)
 		}
 		records := watchFinal(b, kv, jobs)
+		// The results stored are counted by a consumer that is never pulled
+		// (its pending count): a stream info with a subject filter walks
+		// every subject of the stream (5,000 branches here), and polling
+		// it every 50 ms took 16 % of the server's CPU in the drain.
+		finished, err := js.CreateOrUpdateConsumer(ctx, events.StreamResults, jetstream.ConsumerConfig{
+			Name: "bench-finished", FilterSubject: events.SubjectResults + ".*.*." + string(events.KindFinished),
+			AckPolicy: jetstream.AckNonePolicy, DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: time.Hour})
+		if err != nil {
+			b.Fatal(err)
+		}
 		api0, kv0 := serverAPI(b, monitor)
 		msgs0 := serverMsgs(b, monitor)
 		cpu0 := procstat.CPUSeconds(procs["server"].cmd.Process.Pid)
@@ -205,12 +211,12 @@ func fullCheck(b *testing.B, heads int, runners []runnerSpec, baselines bool) {
 					queuedAt = time.Now()
 				}
 			}
-			info, err := rst.Info(ctx, jetstream.WithSubjectFilter(events.SubjectResults+".*.*."+string(events.KindFinished)))
+			ci, err := finished.Info(ctx)
 			if err != nil {
 				return err
 			}
-			if n := len(info.State.Subjects); n == 0 || sumCounts(info.State.Subjects) < uint64(jobs) {
-				return fmt.Errorf("%d of %d results", sumCounts(info.State.Subjects), jobs)
+			if ci.NumPending < uint64(jobs) {
+				return fmt.Errorf("%d of %d results", ci.NumPending, jobs)
 			}
 			drainedAt = time.Now()
 			return nil
@@ -330,14 +336,6 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
-}
-
-func sumCounts(m map[string]uint64) uint64 {
-	var n uint64
-	for _, c := range m {
-		n += c
-	}
-	return n
 }
 
 // watchFinal watches the results bucket and sends the time when n distinct

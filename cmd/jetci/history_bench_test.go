@@ -21,6 +21,7 @@ import (
 
 	"github.com/jetci/jetci/broker/brokertest"
 	"github.com/jetci/jetci/events"
+	"github.com/jetci/jetci/internal/procstat"
 	"github.com/jetci/jetci/reporter"
 	"github.com/jetci/jetci/reporter/readmodel"
 	"github.com/jetci/jetci/reporter/readmodel/pgtest"
@@ -124,6 +125,7 @@ func BenchmarkHistory(b *testing.B) {
 			return nil
 		})
 		fold := time.Since(t0)
+		foldCPU := procstat.CPUSeconds(c.cmd.Process.Pid) // the reporter's user + system time for the fold (its start included)
 		watch.Close()
 		// The reporter says it is ready a moment after its last batch (the
 		// read model's position can reach the end a moment before).
@@ -221,6 +223,7 @@ func BenchmarkHistory(b *testing.B) {
 			dsnKind(dsn), n, fold.Round(time.Millisecond), float64(n)/fold.Seconds(), rssAfterFold>>20, peak>>20, rssAfterPages>>20, peak2>>20,
 			restart.Round(time.Millisecond), rs[len(rs)/2].Round(time.Millisecond))
 		b.ReportMetric(float64(n)/fold.Seconds(), "fold_jobs/s")
+		b.ReportMetric(foldCPU*1e6/float64(n), "fold_cpu_us/job")
 		b.ReportMetric(float64(n)/baseRead.Seconds(), "base_read_jobs/s")
 		b.ReportMetric(float64(max(peak, peak2)>>20), "rss_peak_MB")
 		b.ReportMetric(float64(rssAfterPages>>20), "rss_MB")
