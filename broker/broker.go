@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -64,8 +65,10 @@ func (c Config) Validate() error {
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns   *server.Server
+	mu   sync.Mutex
+	ns   *server.Server // replaced by a restart after a full disk
 	opts *server.Options
+	log  zerolog.Logger
 	disk *disk
 	stop chan struct{}
 	done chan struct{}
@@ -118,10 +121,6 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 			opts.HTTPPort = server.RANDOM_PORT
 		}
 	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
 	d := &disk{every: cfg.DiskCheck, low: cfg.DiskLow, free: -1, log: log.With().Str("component", "store").Logger()}
 	if d.every <= 0 {
 		d.every = DefaultDiskCheck
@@ -129,24 +128,74 @@ func Start(cfg Config, log zerolog.Logger) (*Server, error) {
 	if d.low <= 0 {
 		d.low = DefaultDiskLow
 	}
-	ns.SetLoggerV2(&logger{log: log.With().Str("component", "nats").Logger(), disk: d}, false, false, false)
-	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("broker: server not ready on %s within 30s (port in use?)", cfg.Listen)
+	s := &Server{opts: opts, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	ns, err := s.newServer(d, cfg.Listen)
+	if err != nil {
+		return nil, err
 	}
-	s := &Server{ns: ns, opts: opts, stop: make(chan struct{}), done: make(chan struct{})}
+	s.ns = ns
+	// A restart (after a full disk) comes back on the same addresses, also
+	// when the first start picked free ports.
+	if a, ok := ns.Addr().(*net.TCPAddr); ok {
+		opts.Port = a.Port
+	}
+	if a, ok := ns.MonitorAddr(), opts.HTTPPort != 0; ok && a != nil {
+		opts.HTTPPort = a.Port
+	}
 	if jcfg, ok := jetStreamConfig(ns); ok {
 		d.dir, s.disk = jcfg.StoreDir, d
-		d.check(ns, jcfg)
+		d.check(s)
 		go func() {
 			defer close(s.done)
-			d.run(ns, jcfg, s.stop)
+			d.run(s, s.stop)
 		}()
 	} else {
 		close(s.done)
 	}
 	return s, nil
+}
+
+// newServer makes and starts a nats-server of s.opts and waits until it
+// accepts clients.
+func (s *Server) newServer(d *disk, listen string) (*server.Server, error) {
+	ns, err := server.NewServer(s.opts)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns.SetLoggerV2(&logger{log: s.log.With().Str("component", "nats").Logger(), disk: d}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: server not ready on %s within 30s (port in use?)", listen)
+	}
+	return ns, nil
+}
+
+// current is the running nats-server (a new one after a restart).
+func (s *Server) current() *server.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ns
+}
+
+// restart stops the nats-server and starts a new one on the same addresses
+// and store, which loads every stream from disk again. Clients see their
+// connection drop and reconnect. Restarting the server object, rather than
+// only its JetStream (ShutdownJetStream, EnableJetStream), because
+// nats-server re-creates its API queues on EnableJetStream while client
+// requests are dispatched to them: a data race inside nats-server.
+func (s *Server) restart(d *disk) error {
+	old := s.current()
+	old.Shutdown()
+	old.WaitForShutdown()
+	ns, err := s.newServer(d, net.JoinHostPort(s.opts.Host, strconv.Itoa(s.opts.Port)))
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ns = ns
+	s.mu.Unlock()
+	return nil
 }
 
 // StorageProblem says what is wrong with the JetStream store of this server —
@@ -166,7 +215,7 @@ func (s *Server) StoreFree() int64 {
 
 // InProcess is the client option that connects to this server in-process,
 // without the network (and without TLS); credentials are still checked.
-func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.ns) }
+func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.current()) }
 
 // AuthRequired reports whether clients must give credentials.
 func (s *Server) AuthRequired() bool {
@@ -189,7 +238,7 @@ func (s *Server) Loopback() bool {
 }
 
 // ClientURL is the URL clients connect to.
-func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+func (s *Server) ClientURL() string { return s.current().ClientURL() }
 
 // Shutdown stops the server and waits until it is down.
 func (s *Server) Shutdown() {
@@ -199,8 +248,9 @@ func (s *Server) Shutdown() {
 		close(s.stop)
 	}
 	<-s.done
-	s.ns.Shutdown()
-	s.ns.WaitForShutdown()
+	ns := s.current()
+	ns.Shutdown()
+	ns.WaitForShutdown()
 }
 
 func splitHostPort(addr string) (string, int, error) {

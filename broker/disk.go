@@ -22,7 +22,7 @@ const (
 // server logs. On a full disk JetStream's file store keeps failing every write
 // of a stream even after space is freed (the error is sticky until the stream
 // is loaded again), and publishers only see timeouts. The watchdog says so
-// clearly, and once there is room again restarts JetStream in this process,
+// clearly, and once there is room again restarts the server in this process,
 // which reloads every stream from disk.
 type disk struct {
 	dir   string
@@ -96,7 +96,8 @@ func size(n int64) string {
 // check runs one round: measure, log a change, and restart JetStream when a
 // write failure was seen and there is room again (or JetStream disabled
 // itself). It returns whether JetStream was restarted.
-func (d *disk) check(ns *server.Server, jcfg server.JetStreamConfig) bool {
+func (d *disk) check(s *Server) bool {
+	ns := s.current()
 	free, err := freeBytes(d.dir)
 	if err != nil {
 		free = -1
@@ -119,22 +120,16 @@ func (d *disk) check(ns *server.Server, jcfg server.JetStreamConfig) bool {
 		return false
 	}
 	// Reload every stream from disk: the only way to clear a store's write
-	// error short of restarting the server.
-	if ns.JetStreamEnabled() {
-		if err := ns.ShutdownJetStream(); err != nil {
-			d.log.Error().Err(err).Msg("stopping JetStream to recover from the full disk")
-			return false
-		}
-	}
-	if err := ns.EnableJetStream(&jcfg); err != nil {
-		d.log.Error().Err(err).Msg("restarting JetStream after the full disk; will retry")
+	// error is a restart of the server.
+	if err := s.restart(d); err != nil {
+		d.log.Error().Err(err).Msg("restarting the NATS server after the full disk; will retry")
 		return false
 	}
 	d.mu.Lock()
 	d.writeErr = ""
 	d.restarts++
 	d.mu.Unlock()
-	d.setGood("disk space is back; JetStream restarted and every stream reloaded")
+	d.setGood("disk space is back; the NATS server restarted and every stream reloaded")
 	return true
 }
 
@@ -156,7 +151,7 @@ func (d *disk) setGood(msg string) {
 }
 
 // run checks every d.every until stop is closed.
-func (d *disk) run(ns *server.Server, jcfg server.JetStreamConfig, stop <-chan struct{}) {
+func (d *disk) run(s *Server, stop <-chan struct{}) {
 	t := time.NewTicker(d.every)
 	defer t.Stop()
 	for {
@@ -164,7 +159,7 @@ func (d *disk) run(ns *server.Server, jcfg server.JetStreamConfig, stop <-chan s
 		case <-stop:
 			return
 		case <-t.C:
-			d.check(ns, jcfg)
+			d.check(s)
 		}
 	}
 }

@@ -33,7 +33,7 @@ func waitFor(t *testing.T, total time.Duration, f func() error) {
 
 // TestFullDiskIsReportedAndRecovers fills a real (tmpfs) disk under the store:
 // writes fail, StorageProblem says why, and once space is freed the server
-// takes writes again by itself, without a restart, keeping what it stored;
+// takes writes again by itself (the embedded server restarts itself), keeping what it stored;
 // a server stopped while its disk is full stops promptly.
 func TestFullDiskIsReportedAndRecovers(t *testing.T) {
 	mnt := disktest.Small(t, "24m")
