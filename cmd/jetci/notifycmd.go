@@ -38,7 +38,7 @@ func (m *Main) notify(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	ok, err := reporter.Poke(ctx, nc, *repo)
+	ok, err := reporter.Poke(ctx, nc.Conn, *repo)
 	if err != nil {
 		return err
 	}

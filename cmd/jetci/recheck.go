@@ -39,7 +39,7 @@ func (m *Main) recheck(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	reply, err := requestRecheck(ctx, nc, *repo, *branch, "cli")
+	reply, err := requestRecheck(ctx, nc.Conn, *repo, *branch, "cli")
 	if err != nil {
 		return err
 	}

@@ -135,9 +135,9 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		setup := withRetention(events.SetupFor(nc))
+		setup := withRetention(events.SetupFor(nc.Conn))
 		setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
-		return events.Explain(nc, setup.Ensure(sctx, js))
+		return nc.Explain(setup.Ensure(sctx, js))
 	})
 	if err != nil {
 		return nil
@@ -195,7 +195,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	setup, _ := retention(events.SetupFor(nc))
+	setup, _ := retention(events.SetupFor(nc.Conn))
 	setup.Update, setup.Note = true, func(msg string) { fmt.Fprintln(m.Stdout, msg) }
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
@@ -209,7 +209,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 				err = events.EnsureServiceKey(sctx, kv)
 			}
 		}
-		err = events.Explain(nc, err)
+		err = nc.Explain(err)
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			denied = err
 			cancel()
@@ -233,7 +233,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 			return fmt.Errorf("--runner-identity %s: %w", name, err)
 		}
 		if err := events.RegisterRunner(ctx, js, name, kp); err != nil {
-			return fmt.Errorf("--runner-identity %s: %w", name, events.Explain(nc, err))
+			return fmt.Errorf("--runner-identity %s: %w", name, nc.Explain(err))
 		}
 		pub, _ := kp.PublicKey()
 		verb := "registered"

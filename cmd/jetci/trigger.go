@@ -46,7 +46,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	reply, err := events.RequestTrigger(ctx, nc, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch, Module: *module})
+	reply, err := events.RequestTrigger(ctx, nc.Conn, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch, Module: *module})
 	if errors.Is(err, events.ErrNoObserver) {
 		return fmt.Errorf("no observer watches a repo named %q", *repo)
 	}

@@ -190,7 +190,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 		return err
 	}
 	ocfg.Metrics, dcfg.Metrics = mets, mets
-	obs, err := observer.New(ocfg, nc, js, log.With().Str("component", "observer").Logger())
+	obs, err := observer.New(ocfg, nc.Conn, js, log.With().Str("component", "observer").Logger())
 	if err != nil {
 		return err
 	}
@@ -204,7 +204,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	g.Go(func() error { return obs.Run(gctx) })
 	for _, c := range rcfgs {
 		c.Metrics = mets
-		r, err := runner.New(c, nc, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
+		r, err := runner.New(c, nc.Conn, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
 		if err != nil {
 			return err
 		}
@@ -222,7 +222,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 	err = g.Wait()
 	log.Info().Msg("jetci is shutting down")
-	drain(nc, log)
+	drain(nc.Conn, log)
 	return err
 }
 
@@ -252,13 +252,13 @@ func (m *Main) connectService(ctx context.Context, nf *natsFlags, name string, l
 	err = events.Retry(ctx, log, "set up jetci streams on "+nf.url, 5*time.Second, func(ctx context.Context) error {
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.Explain(nc, events.SetupFor(nc).Ensure(c, js))
+		return nc.Explain(events.SetupFor(nc.Conn).Ensure(c, js))
 	})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	return nc, js, nil
+	return nc.Conn, js, nil
 }
 
 // isLoopback reports whether a listen address host:port is reachable from this
