@@ -116,12 +116,7 @@ func (p *Pool) scale(ctx context.Context) {
 			}
 		}
 	}
-	// Up: enough runners for what waits, at least min, at most max.
-	want := live
-	if need := int(waiting) - starting*p.slots; need > 0 {
-		want = live + (need+p.slots-1)/p.slots
-	}
-	want = min(max(want, p.min), p.max)
+	want := wanted(live, starting, waiting, p.slots, p.min, p.max)
 	for i := live; i < want; i++ {
 		if err := p.start(); err != nil {
 			p.log.Error().Err(err).Msg("pool: start a runner")
@@ -159,6 +154,17 @@ func (p *Pool) scale(ctx context.Context) {
 			live--
 		}
 	}
+}
+
+// wanted is how many runners the load calls for: enough for the waiting jobs
+// (a runner started but not serving yet takes its share of them, slots jobs
+// each), at least lo, at most hi.
+func wanted(live, starting int, waiting uint64, slots, lo, hi int) int {
+	want := live
+	if need := int(waiting) - starting*slots; need > 0 {
+		want = live + (need+slots-1)/slots
+	}
+	return min(max(want, lo), hi)
 }
 
 // waiting counts the jobs no runner has taken yet in the pool's partition.
