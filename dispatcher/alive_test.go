@@ -94,7 +94,7 @@ func startFakeRunner(t testing.TB, s *brokertest.Server, url, id, inc string, jo
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	f := &fakeRunner{nc: nc}
+	f := &fakeRunner{nc: nc.Conn}
 	if _, err := nc.Subscribe(events.AliveSubject(id, inc), func(m *nats.Msg) { f.answered.Add(1); _ = m.Respond(nil) }); err != nil {
 		t.Fatal(err)
 	}

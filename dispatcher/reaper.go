@@ -20,7 +20,8 @@ import (
 // lease named, so the job runs elsewhere within seconds instead of after the
 // 30 s ack wait (which stays as the backstop). Several reapers may run: the one
 // that claims a job's reap key hands it back. It also records jobs that
-// reached their delivery limit (see deadLetters).
+// reached their delivery limit (see deadLetters). Dispatcher.Run runs one
+// among its parts, so a program that runs a dispatcher never starts its own.
 type Reaper struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream

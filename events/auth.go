@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
-	"weak"
 
 	"github.com/nats-io/nats.go"
 )
@@ -148,55 +146,44 @@ func parseViolation(who string, err error) *PermissionError {
 	return &PermissionError{Who: who, Op: op, Subject: m[2]}
 }
 
-// denials remembers the latest permission errors of each connection, so that
-// Explain can say why an operation timed out.
-var denials = struct {
-	sync.Mutex
-	m map[weak.Pointer[nats.Conn]]*denied
-}{m: map[weak.Pointer[nats.Conn]]*denied{}}
-
-type denied struct {
-	at  time.Time
-	err *PermissionError
-}
-
 // deniedWindow is how long a refusal explains later failures: longer than any
 // request's timeout.
 const deniedWindow = 30 * time.Second
 
-func recordDenial(nc *nats.Conn, e *PermissionError) {
-	key := weak.Make(nc)
-	denials.Lock()
-	_, known := denials.m[key]
-	denials.m[key] = &denied{at: time.Now(), err: e}
-	denials.Unlock()
-	if !known {
-		runtime.AddCleanup(nc, func(k weak.Pointer[nats.Conn]) {
-			denials.Lock()
-			delete(denials.m, k)
-			denials.Unlock()
-		}, key)
-	}
+// Conn is a connection to the NATS server (made by Connect) that remembers
+// the server's latest refusal of a publish or subscribe, so that Explain can
+// say why an operation timed out.
+type Conn struct {
+	*nats.Conn
+	mu       sync.Mutex
+	denied   *PermissionError
+	deniedAt time.Time
+}
+
+func (c *Conn) recordDenial(e *PermissionError) {
+	c.mu.Lock()
+	c.denied, c.deniedAt = e, time.Now()
+	c.mu.Unlock()
 }
 
 // Explain returns err as a *PermissionError when the server refused something
-// on nc shortly before (a refused request shows up only as a timeout), and err
+// on c shortly before (a refused request shows up only as a timeout), and err
 // unchanged otherwise.
-func Explain(nc *nats.Conn, err error) error {
-	if err == nil || nc == nil {
+func (c *Conn) Explain(err error) error {
+	if err == nil || c == nil {
 		return err
 	}
 	var pe *PermissionError
 	if errors.As(err, &pe) {
 		return err
 	}
-	denials.Lock()
-	d := denials.m[weak.Make(nc)]
-	denials.Unlock()
-	if d == nil || time.Since(d.at) > deniedWindow {
+	c.mu.Lock()
+	d, at := c.denied, c.deniedAt
+	c.mu.Unlock()
+	if d == nil || time.Since(at) > deniedWindow {
 		return err
 	}
-	e := *d.err
+	e := *d
 	e.Err = err
 	return &e
 }

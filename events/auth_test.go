@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -68,5 +69,30 @@ func TestRolesShape(t *testing.T) {
 		if !strings.Contains(AccountsConf(), `"`+InboxPrefix(r.Name)+`.>"`) {
 			t.Errorf("role %s: no inbox", r.Name)
 		}
+	}
+}
+
+// TestConnExplain: a connection's recent refusal explains a timeout on it,
+// an old one or none leaves the error as it is.
+func TestConnExplain(t *testing.T) {
+	c := &Conn{}
+	if err := c.Explain(nats.ErrTimeout); err != nats.ErrTimeout {
+		t.Fatalf("no refusal: got %v", err)
+	}
+	c.recordDenial(&PermissionError{Who: "runner", Op: "publish to", Subject: "jetci.commit.a.b"})
+	err := c.Explain(nats.ErrTimeout)
+	var pe *PermissionError
+	if !errors.As(err, &pe) || pe.Subject != "jetci.commit.a.b" || !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("after a refusal: got %v", err)
+	}
+	if again := c.Explain(err); again != err {
+		t.Fatalf("explained twice: %v", again)
+	}
+	c.deniedAt = time.Now().Add(-deniedWindow - time.Second)
+	if err := c.Explain(nats.ErrTimeout); err != nats.ErrTimeout {
+		t.Fatalf("an old refusal: got %v", err)
+	}
+	if err := (*Conn)(nil).Explain(nats.ErrTimeout); err != nats.ErrTimeout {
+		t.Fatalf("nil Conn: got %v", err)
 	}
 }

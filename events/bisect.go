@@ -8,9 +8,6 @@ import "time"
 // is kept in the jetci-bisect bucket (key BisectKey) and every change is
 // published on BisectSubject (stream JETCI_BISECT).
 
-// TypeBisectState is the version of a bisection's state message.
-const TypeBisectState = "jetci.bisect.state.v1"
-
 // Bisection states.
 const (
 	BisectRunning    = "running"    // testing commits of the range, one at a time

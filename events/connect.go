@@ -37,8 +37,9 @@ type ConnectOptions struct {
 	Ctx context.Context
 }
 
-// Connect dials NATS and opens JetStream.
-func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
+// Connect dials NATS and opens JetStream. The connection remembers the
+// server's refusals (see Conn.Explain).
+func Connect(url string, o ConnectOptions) (*Conn, jetstream.JetStream, error) {
 	log := o.Log
 	authOpts, err := o.Auth.Options()
 	if err != nil {
@@ -54,6 +55,7 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 	if who == "" {
 		who = "this client"
 	}
+	c := &Conn{}
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.CustomReconnectDelay(reconnectDelay),
@@ -65,10 +67,10 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("reconnected to nats")
 		}),
-		nats.ErrorHandler(func(nc *nats.Conn, s *nats.Subscription, err error) {
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				pe := parseViolation(who, err)
-				recordDenial(nc, pe)
+				c.recordDenial(pe)
 				log.Error().Str("role", o.Role).Str("subject", pe.Subject).Msg(pe.Error())
 				return
 			}
@@ -108,7 +110,8 @@ func Connect(url string, o ConnectOptions) (*nats.Conn, jetstream.JetStream, err
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
-	return nc, js, nil
+	c.Conn = nc
+	return c, js, nil
 }
 
 // Retry calls f until it succeeds or ctx ends, waiting between tries with backoff

@@ -45,16 +45,29 @@
 // included; [AccountsConf] renders them as the jetci-accounts.conf that nats.conf
 // includes. Only the admin creates streams and buckets ([Setup.Ensure] is a
 // lookup for the others once they exist). The server refuses a publish
-// silently, so a refused request times out; [Explain] turns that timeout into a
-// [PermissionError] naming the role and the subject.
+// silently, so a refused request times out; the [Conn] that [Connect] returns
+// remembers the server's last refusal, and [Conn.Explain] turns that timeout
+// into a [PermissionError] naming the role and the subject.
 //
 // # Messages
 //
 // Every message is a JSON object with a "type" naming it and its version, for example
-// "jetci.commit.detected.v1". [Decode] rejects unknown types and malformed bodies with
-// an error wrapping [ErrBadMessage]: consumers terminate such messages instead of
+// "jetci.commit.detected.v1". The message types are one registry (messageTypes,
+// in registry.go): [Encode] sets a message's type from it and [Decode] makes the
+// struct of a type from it; adding a message type is its Type constant and its
+// line there. [Decode] rejects unknown types and malformed bodies with an error
+// wrapping [ErrBadMessage]: consumers terminate such messages instead of
 // retrying them forever. Publishes that must not duplicate carry a Nats-Msg-Id
 // ([CommitMsgID], [JobMsgID], [ResultMsgID]).
+//
+// # Requests
+//
+// The services' request/reply subjects have one client each here:
+// [RequestTrigger] (the observers run a commit now), [RequestRecheck] (the
+// dispatchers re-check a broken branch) and [Poke] (the observers poll a
+// repository now). They fail with a [RequestError] whose Kind callers branch on
+// with errors.Is: [ErrNoObserver] or [ErrNoDispatcher] (nobody serves the
+// subject), [ErrRefused] (the service said no, and why).
 package events
 
 //go:generate go test -run TestWireDoc -update

@@ -1,25 +1,10 @@
 package events
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
-)
-
-// Message types, each with its version.
-const (
-	TypeCommitDetected = "jetci.commit.detected.v1"
-	TypeJobQueued      = "jetci.job.queued.v1"
-	TypeJobStarted     = "jetci.job.started.v1"
-	TypeJobFinished    = "jetci.job.finished.v1"
-	TypeLogChunk       = "jetci.log.chunk.v1"
-	TypeTriggerRequest = "jetci.trigger.request.v1"
-	TypeTriggerReply   = "jetci.trigger.reply.v1"
-	TypeCancel         = "jetci.job.cancel.v1"
-	TypeBranchState    = "jetci.branch.state.v1"
-	TypeRecheckRequest = "jetci.recheck.request.v1"
 )
 
 // ErrBadMessage marks a message that can never be processed: malformed JSON, an
@@ -504,98 +489,6 @@ type TriggerReply struct {
 	Commit    string `json:"commit,omitempty"`
 	TriggerID string `json:"trigger_id,omitempty"`
 	Error     string `json:"error,omitempty"`
-}
-
-// Encode marshals a message, setting its type.
-func Encode(m any) ([]byte, error) {
-	switch v := m.(type) {
-	case *CommitDetected:
-		v.Type = TypeCommitDetected
-	case *JobQueued:
-		v.Type = TypeJobQueued
-	case *JobStarted:
-		v.Type = TypeJobStarted
-	case *JobFinished:
-		v.Type = TypeJobFinished
-	case *LogChunk:
-		v.Type = TypeLogChunk
-	case *TriggerRequest:
-		v.Type = TypeTriggerRequest
-	case *TriggerReply:
-		v.Type = TypeTriggerReply
-	case *CancelRequest:
-		v.Type = TypeCancel
-	case *BranchState:
-		v.Type = TypeBranchState
-	case *RecheckRequest:
-		v.Type = TypeRecheckRequest
-	case *Bisection:
-		v.Type = TypeBisectState
-	default:
-		return nil, fmt.Errorf("encode: unknown message %T", m)
-	}
-	return json.Marshal(m)
-}
-
-// Decode parses a message of any known type and checks the fields every consumer
-// relies on. It returns a pointer to the message struct.
-func Decode(data []byte) (any, error) {
-	var head struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
-	}
-	var m interface{ check() error }
-	switch head.Type {
-	case TypeCommitDetected:
-		m = &CommitDetected{}
-	case TypeJobQueued:
-		m = &JobQueued{}
-	case TypeJobStarted:
-		m = &JobStarted{}
-	case TypeJobFinished:
-		m = &JobFinished{}
-	case TypeLogChunk:
-		m = &LogChunk{}
-	case TypeTriggerRequest:
-		m = &TriggerRequest{}
-	case TypeTriggerReply:
-		m = &TriggerReply{}
-	case TypeCancel:
-		m = &CancelRequest{}
-	case TypeBranchState:
-		m = &BranchState{}
-	case TypeRecheckRequest:
-		m = &RecheckRequest{}
-	case TypeBisectState:
-		m = &Bisection{}
-	case "":
-		return nil, fmt.Errorf("%w: no type", ErrBadMessage)
-	default:
-		return nil, fmt.Errorf("%w: unknown type %q", ErrBadMessage, head.Type)
-	}
-	if err := json.Unmarshal(data, m); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadMessage, head.Type, err)
-	}
-	if err := m.check(); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadMessage, head.Type, err)
-	}
-	return m, nil
-}
-
-// DecodeAs decodes a message that must be of type T.
-func DecodeAs[T any](data []byte) (*T, error) {
-	m, err := Decode(data)
-	if err != nil {
-		return nil, err
-	}
-	v, ok := m.(*T)
-	if !ok {
-		var zero T
-		return nil, fmt.Errorf("%w: got %T, want %T", ErrBadMessage, m, &zero)
-	}
-	return v, nil
 }
 
 func required(fields ...string) error {

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
@@ -59,9 +58,9 @@ func (r *Reporter) trigger(ctx context.Context, t events.TriggerRequest) (*Trigg
 	reply, err := events.RequestTrigger(ctx, r.js.Conn(), &t)
 	switch {
 	case errors.Is(err, events.ErrNoObserver):
-		return nil, failf(http.StatusNotFound, "no observer watches a repo named %q", t.Repo)
+		return nil, failf(http.StatusNotFound, "%v", err)
 	case errors.Is(err, events.ErrRefused):
-		return nil, failf(http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), events.ErrRefused.Error()+": "))
+		return nil, failf(http.StatusBadRequest, "%v", err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, failf(http.StatusGatewayTimeout, "the observer of %q did not answer in time", t.Repo)
 	case err != nil:
@@ -78,27 +77,16 @@ func (r *Reporter) recheckBranch(ctx context.Context, repo, branch, by string) (
 	if repo == "" || branch == "" {
 		return nil, failf(http.StatusBadRequest, "repo and branch are required")
 	}
-	data, err := events.Encode(&events.RecheckRequest{Repo: repo, Branch: branch, By: by})
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	msg, err := r.js.Conn().RequestWithContext(ctx, events.RecheckSubject(repo), data)
+	reply, err := events.RequestRecheck(ctx, r.js.Conn(), &events.RecheckRequest{Repo: repo, Branch: branch, By: by})
 	switch {
-	case errors.Is(err, nats.ErrNoResponders):
+	case errors.Is(err, events.ErrNoDispatcher):
 		return nil, failf(http.StatusNotFound, "no dispatcher answers re-check requests: start one with --gate")
+	case errors.Is(err, events.ErrRefused):
+		return nil, failf(http.StatusBadRequest, "%v", err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, failf(http.StatusGatewayTimeout, "the dispatcher did not answer in time")
 	case err != nil:
-		return nil, fmt.Errorf("recheck: %w", err)
-	}
-	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
-	if err != nil {
-		return nil, fmt.Errorf("recheck: bad reply: %w", err)
-	}
-	if reply.Error != "" {
-		return nil, failf(http.StatusBadRequest, "%s", reply.Error)
+		return nil, err
 	}
 	r.log.Info().Str("repo", repo).Str("branch", branch).Str("by", by).Msg("branch re-check requested")
 	return &Triggered{Repo: repo, Branch: branch, Commit: reply.Commit, TriggerID: reply.TriggerID}, nil

@@ -17,7 +17,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetci/jetci/events"
@@ -26,21 +25,6 @@ import (
 
 // maxHookBody bounds a push hook's body.
 const maxHookBody = 5 << 20
-
-// Poke tells the observers of repo to look at it now. It returns false when no
-// observer watches a repo of that name.
-func Poke(ctx context.Context, nc *nats.Conn, repo string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_, err := nc.RequestWithContext(ctx, events.PokeSubject(repo), nil)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("poke %s: %w", repo, err)
-	}
-	return true, nil
-}
 
 // hookSender is who sent a push hook, known from its headers.
 type hookSender struct {
@@ -170,8 +154,9 @@ func (r *Reporter) apiHook(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	for _, name := range names {
-		ok, err := Poke(req.Context(), r.js.Conn(), name)
-		if err != nil {
+		err := events.Poke(req.Context(), r.js.Conn(), name)
+		ok := !errors.Is(err, events.ErrNoObserver)
+		if err != nil && ok {
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}

@@ -48,8 +48,9 @@ func (r *Reporter) pullHook(w http.ResponseWriter, req *http.Request, sender hoo
 		return
 	}
 	for _, name := range p.Repos {
-		ok, err := Poke(req.Context(), r.js.Conn(), name)
-		if err != nil {
+		err := events.Poke(req.Context(), r.js.Conn(), name)
+		ok := !errors.Is(err, events.ErrNoObserver)
+		if err != nil && ok {
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}

@@ -58,7 +58,7 @@ func TestPullHooksOfEachForge(t *testing.T) {
 	}
 	gh, gt, gl := read("github-pull_request.json"), read("gitea-pull_request.json"), read("gitlab-merge_request.json")
 	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		_, err := Poke(ctx, s.NC, "Hello-World")
+		err := events.Poke(ctx, s.NC, "Hello-World")
 		return err
 	})
 	<-poked

@@ -102,7 +102,7 @@ func TestCutOffRunnerKeepsItsJob(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.ID, cfg.Arch, cfg.WorkDir, cfg.IdlePoll, cfg.Slots = "cut", "amd64", t.TempDir(), 50*time.Millisecond, 2
 	cfg.Exec = ExecHost // the step signals through files outside its workspace
-	r, err := New(cfg, nc, js, brokertest.Logger(t))
+	r, err := New(cfg, nc.Conn, js, brokertest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

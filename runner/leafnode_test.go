@@ -72,7 +72,7 @@ func TestRunnerBehindALeafNode(t *testing.T) {
 	})
 	cfg := DefaultConfig()
 	cfg.ID, cfg.Arch, cfg.WorkDir, cfg.IdlePoll, cfg.Slots, cfg.Exec = "region2-1", "amd64", t.TempDir(), 50*time.Millisecond, 1, ExecHost
-	r, err := New(cfg, lnc, ljs, brokertest.Logger(t))
+	r, err := New(cfg, lnc.Conn, ljs, brokertest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestRunnerBehindALeafNode(t *testing.T) {
 
 	repo := newGitRepo(t)
 	commit := repo.Commit("c1", map[string]string{"a.txt": "a\n"})
-	hs := &brokertest.Server{URL: hub.ClientURL(), NC: hnc, JS: hjs}
+	hs := &brokertest.Server{URL: hub.ClientURL(), NC: hnc.Conn, JS: hjs}
 	res := watchResults(t, hs)
 	j := publishJob(t, hs, commit, &events.JobQueued{RepoURL: repo.Dir, Class: events.ClassUser, Steps: []string{"echo far away"}, TimeoutMs: 20000}, nil)
 	f := res.wait(t, j.JobID)

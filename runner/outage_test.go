@@ -34,7 +34,7 @@ func TestBrokerOutageDuringAJob(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Arch, cfg.WorkDir, cfg.IdlePoll = "amd64", t.TempDir(), 50*time.Millisecond
 	cfg.Exec = ExecHost // the step signals through files outside its workspace
-	r, err := New(cfg, nc, js, brokertest.Logger(t))
+	r, err := New(cfg, nc.Conn, js, brokertest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

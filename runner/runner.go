@@ -265,7 +265,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log zerolog.Logger) 
 			return nil, fmt.Errorf("runner: identity: %w", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = events.Explain(nc, events.RegisterRunner(ctx, js, cfg.IdentityName, kp))
+		err = events.RegisterRunner(ctx, js, cfg.IdentityName, kp) // a refusal's timeout: the caller's Conn.Explain names it
 		cancel()
 		if err != nil {
 			lock.release()

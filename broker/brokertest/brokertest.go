@@ -69,7 +69,7 @@ func RunAt(tb testing.TB, dir, addr string) *Server {
 	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
 		tb.Fatalf("setup: %v", err)
 	}
-	s := &Server{Server: srv, URL: srv.ClientURL(), NC: nc, JS: js, dir: dir, log: logs}
+	s := &Server{Server: srv, URL: srv.ClientURL(), NC: nc.Conn, JS: js, dir: dir, log: logs}
 	tb.Cleanup(s.Stop)
 	return s
 }

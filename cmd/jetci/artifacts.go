@@ -78,7 +78,7 @@ func (m *Main) artifacts(ctx context.Context, args []string) error {
 	defer cancel()
 	var rec *reporter.Record
 	if *latest {
-		rec, *attempt, err = latestPassing(ctx, m, nc, reporter.ResultsQuery{Repo: *repo, Branch: *branch, Module: *module, Job: *id, Arch: *arch,
+		rec, *attempt, err = latestPassing(ctx, m, nc.Conn, reporter.ResultsQuery{Repo: *repo, Branch: *branch, Module: *module, Job: *id, Arch: *arch,
 			Status: []events.Status{events.StatusPassed}})
 	} else {
 		rec, err = reporter.FindRecord(ctx, js, strings.ToLower(*id))

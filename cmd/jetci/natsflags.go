@@ -143,7 +143,7 @@ func (n *natsFlags) env() []string {
 
 // connect dials NATS with these flags. The connection is remembered so that Run
 // can explain a failure the server's permissions caused.
-func (m *Main) connect(ctx context.Context, n *natsFlags, name string, wait bool, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+func (m *Main) connect(ctx context.Context, n *natsFlags, name string, wait bool, log zerolog.Logger) (*events.Conn, jetstream.JetStream, error) {
 	if err := n.resolve(); err != nil {
 		return nil, nil, err
 	}
@@ -163,7 +163,7 @@ func (m *Main) explain(err error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, nc := range m.conns {
-		if e := events.Explain(nc, err); e != err {
+		if e := nc.Explain(err); e != err {
 			return e
 		}
 	}
@@ -173,5 +173,5 @@ func (m *Main) explain(err error) error {
 // connState is the part of Main that remembers connections.
 type connState struct {
 	mu    sync.Mutex
-	conns []*nats.Conn
+	conns []*events.Conn
 }

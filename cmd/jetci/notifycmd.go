@@ -8,7 +8,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
-	"github.com/jetci/jetci/reporter"
 )
 
 const notifyUsage = `
@@ -38,12 +37,8 @@ func (m *Main) notify(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	ok, err := reporter.Poke(ctx, nc, *repo)
-	if err != nil {
+	if err := events.Poke(ctx, nc.Conn, *repo); err != nil {
 		return err
-	}
-	if !ok {
-		return fmt.Errorf("no observer watches a repo named %q", *repo)
 	}
 	fmt.Fprintf(m.Stdout, "%s: observers told\n", *repo)
 	return nil

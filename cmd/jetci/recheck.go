@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/jetci/jetci/events"
@@ -39,35 +37,10 @@ func (m *Main) recheck(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	reply, err := requestRecheck(ctx, nc, *repo, *branch, "cli")
+	reply, err := events.RequestRecheck(ctx, nc.Conn, &events.RecheckRequest{Repo: *repo, Branch: *branch, By: "cli"})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(m.Stdout, "re-checking %s %s at %s\n", *repo, *branch, reply.Commit)
 	return nil
-}
-
-// requestRecheck asks the dispatchers to re-check a branch.
-func requestRecheck(ctx context.Context, nc *nats.Conn, repo, branch, by string) (*events.TriggerReply, error) {
-	data, err := events.Encode(&events.RecheckRequest{Repo: repo, Branch: branch, By: by})
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, events.RecheckSubject(repo), data)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return nil, errors.New("no dispatcher answers re-check requests: is one running with --gate?")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("recheck: %w", err)
-	}
-	reply, err := events.DecodeAs[events.TriggerReply](msg.Data)
-	if err != nil {
-		return nil, fmt.Errorf("recheck: bad reply: %w", err)
-	}
-	if reply.Error != "" {
-		return nil, errors.New(reply.Error)
-	}
-	return reply, nil
 }

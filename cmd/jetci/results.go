@@ -81,12 +81,12 @@ func (m *Main) results(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	recs, err := queryResults(ctx, nc, q, *limit)
+	recs, err := queryResults(ctx, nc.Conn, q, *limit)
 	if errors.Is(err, errNoReporter) {
 		// No reporter: read the jetci-results bucket itself (slow with a
 		// long history, and only what the bucket still keeps).
 		fmt.Fprintln(m.Stderr, "jetci results: no reporter answers; reading the jetci-results bucket instead")
-		recs, err = resultsFromBucket(ctx, nc, q, *limit)
+		recs, err = resultsFromBucket(ctx, nc.Conn, q, *limit)
 	}
 	if err != nil {
 		return err

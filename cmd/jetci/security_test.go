@@ -69,7 +69,7 @@ func startShippedBroker(t *testing.T) (string, map[string]string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := events.DefaultSetup().Ensure(ctx, js); err != nil {
-		t.Fatalf("admin sets up the streams: %v", events.Explain(nc, err))
+		t.Fatalf("admin sets up the streams: %v", nc.Explain(err))
 	}
 	logs, err := js.ObjectStore(ctx, events.BucketLogs)
 	if err != nil {
@@ -81,7 +81,7 @@ func startShippedBroker(t *testing.T) (string, map[string]string) {
 	return srv.ClientURL(), pw
 }
 
-func connectAs(t *testing.T, url string, pw map[string]string, role string, extra ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+func connectAs(t *testing.T, url string, pw map[string]string, role string, extra ...nats.Option) (*events.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, js, err := events.Connect(url, events.ConnectOptions{Name: "test-" + role, Role: role, Log: zerolog.New(zerolog.NewTestWriter(t)),
 		Auth: events.Auth{User: role, Password: pw[role]}, Extra: extra})
@@ -213,7 +213,7 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 			nc, js := connectAs(t, url, pw, tt.role)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			err := events.Explain(nc, tt.do(ctx, nc, js))
+			err := nc.Explain(tt.do(ctx, nc.Conn, js))
 			if tt.refused == "" {
 				if err != nil {
 					t.Fatalf("%s may %s, but: %v", tt.role, tt.what, err)
@@ -241,7 +241,7 @@ func TestRolesAreRefusedOutsideTheirJob(t *testing.T) {
 			t.Fatalf("subscribe to the reporter's inbox: %v, want a permission error", err)
 		}
 		brokertest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-			if err := events.Explain(nc, errors.New("x")); !strings.Contains(err.Error(), `runner may not subscribe to "_INBOX_reporter.>"`) {
+			if err := nc.Explain(errors.New("x")); !strings.Contains(err.Error(), `runner may not subscribe to "_INBOX_reporter.>"`) {
 				return fmt.Errorf("explained: %v", err)
 			}
 			return nil
@@ -336,7 +336,7 @@ func TestServiceBeforeSetupSaysWhy(t *testing.T) {
 	nc, js := connectAs(t, srv.ClientURL(), pw, events.RoleObserver)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err = events.Explain(nc, events.DefaultSetup().Ensure(ctx, js))
+	err = nc.Explain(events.DefaultSetup().Ensure(ctx, js))
 	want := `permission denied: observer may not publish to "$JS.API.STREAM.CREATE.` + events.StreamCommits + `" (jetci's streams and buckets are created by the admin user: run 'jetci setup'`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("set-up as the observer: %v, want %q", err, want)
@@ -468,7 +468,7 @@ func TestDisconnectHandBackWithRoleUsers(t *testing.T) {
 	lease, _ := json.Marshal(events.Lease{ID: "r1", Arch: "amd64", Pool: "default", Incarnation: "inc1",
 		Jobs: []events.LeasedJob{{JobID: j.JobID, Attempt: 1, Reply: m.Reply()}}})
 	if _, err := kv.Put(ctx, events.LeaseKey("r1"), lease); err != nil {
-		t.Fatal(events.Explain(rnc, err))
+		t.Fatal(rnc.Explain(err))
 	}
 	// The dispatcher's probe is answered while the runner is connected.
 	brokertest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
@@ -476,7 +476,9 @@ func TestDisconnectHandBackWithRoleUsers(t *testing.T) {
 		return err
 	})
 	done := make(chan error, 1)
-	go func() { done <- dispatcher.NewReaper(dnc, djs, nil, zerolog.New(zerolog.NewTestWriter(t))).Run(ctx) }()
+	go func() {
+		done <- dispatcher.NewReaper(dnc.Conn, djs, nil, zerolog.New(zerolog.NewTestWriter(t))).Run(ctx)
+	}()
 	defer func() { cancel(); <-done }()
 
 	rnc.Close()                                                // the runner's process is gone

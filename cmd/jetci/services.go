@@ -135,9 +135,9 @@ func (m *Main) setupInProcess(ctx context.Context, srv *broker.Server, admin *na
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		setup := withRetention(events.SetupFor(nc))
+		setup := withRetention(events.SetupFor(nc.Conn))
 		setup.Update, setup.Note = true, func(msg string) { log.Info().Msg(msg) }
-		return events.Explain(nc, setup.Ensure(sctx, js))
+		return nc.Explain(setup.Ensure(sctx, js))
 	})
 	if err != nil {
 		return nil
@@ -195,7 +195,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	setup, _ := retention(events.SetupFor(nc))
+	setup, _ := retention(events.SetupFor(nc.Conn))
 	setup.Update, setup.Note = true, func(msg string) { fmt.Fprintln(m.Stdout, msg) }
 	var denied error // a permission error ends the retries: it will not pass by itself
 	err = events.Retry(ctx, log, "set up jetci streams", 2*time.Second, func(rctx context.Context) error {
@@ -209,7 +209,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 				err = events.EnsureServiceKey(sctx, kv)
 			}
 		}
-		err = events.Explain(nc, err)
+		err = nc.Explain(err)
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			denied = err
 			cancel()
@@ -233,7 +233,7 @@ func (m *Main) setup(ctx context.Context, args []string) error {
 			return fmt.Errorf("--runner-identity %s: %w", name, err)
 		}
 		if err := events.RegisterRunner(ctx, js, name, kp); err != nil {
-			return fmt.Errorf("--runner-identity %s: %w", name, events.Explain(nc, err))
+			return fmt.Errorf("--runner-identity %s: %w", name, nc.Explain(err))
 		}
 		pub, _ := kp.PublicKey()
 		verb := "registered"
@@ -300,12 +300,7 @@ restarted observer neither misses nor repeats a commit. It also serves
 func (m *Main) observer(ctx context.Context, args []string) error {
 	fs := m.flagSet("observer", observerUsage)
 	nf := connFlags(fs, events.RoleObserver)
-	var repos listFlag
-	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
-	var pulls listFlag
-	fs.Var(&pulls, "pull-requests", pullRequestsHelp)
-	poll := fs.Duration("poll", time.Second, "how often each repository is polled")
-	maxNew := maxNewCommitsFlag(fs)
+	of := addObserverFlags(fs, "how often each repository is polled")
 	cache := fs.String("cache", "./.jetci/observer", "directory for the observer's git caches (relative to the working directory)")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
@@ -313,24 +308,8 @@ func (m *Main) observer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := observer.DefaultConfig()
-	for _, r := range repos {
-		repo, err := observer.ParseRepo(r)
-		if err != nil {
-			return err
-		}
-		cfg.Repos = append(cfg.Repos, repo)
-	}
-	for _, p := range pulls {
-		if err := observer.SetPulls(&cfg, p); err != nil {
-			return err
-		}
-	}
-	if len(cfg.Repos) == 0 {
-		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
-	}
-	cfg.Poll, cfg.CacheDir, cfg.MaxNewCommits = *poll, *cache, *maxNew
-	if err := cfg.Validate(); err != nil {
+	cfg, err := of.config(*cache)
+	if err != nil {
 		return err
 	}
 	return m.serve(ctx, nf, "jetci-observer", *maddr, false, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
@@ -363,25 +342,16 @@ each tested, and mails its author.
 func (m *Main) dispatcher(ctx context.Context, args []string) error {
 	fs := m.flagSet("dispatcher", dispatcherUsage)
 	nf := connFlags(fs, events.RoleDispatcher)
-	var arch listFlag
-	fs.Var(&arch, "arch", "default arch matrix, comma-separated (default: this machine's)")
+	df := addDispatcherFlags(fs, "default arch matrix, comma-separated (default: this machine's)")
 	pool := fs.String("pool", "default", "default runner pool for jobs that name none")
-	gateCfg := gateFlags(fs)
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
-	cfg := dispatcher.DefaultConfig()
-	if a := splitList(arch); len(a) > 0 {
-		cfg.Arch = a
-	}
-	cfg.Pool = *pool
-	if err := gateCfg(&cfg); err != nil {
-		return err
-	}
-	if err := cfg.Validate(); err != nil {
+	cfg, err := df.config(func(c *dispatcher.Config) { c.Pool = *pool })
+	if err != nil {
 		return err
 	}
 	return m.serve(ctx, nf, "jetci-dispatcher", *maddr, true, log, func(nc *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
@@ -428,7 +398,6 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 	nf := connFlags(fs, events.RoleRunner)
 	arch := fs.String("arch", def.Arch, "CPU architecture this runner serves")
 	pool := fs.String("pool", def.Pool, "runner pool this runner serves")
-	slots := fs.Int("slots", def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs, for a runner that has the machine to itself; jetci up and jetci pool default to 1 per runner, as they run several runners on one machine)")
 	work := fs.String("work", def.WorkDir, "directory for git caches, workspaces, logs and the result outbox, owned by this runner alone (locked); relative to the working directory. Default: "+def.WorkDir+", or "+def.WorkDir+"-2, -3… when another runner holds it")
 	id := fs.String("id", def.ID, "runner id shown in results (default: host-pid-random)")
 	identity := fs.String("identity", os.Getenv("JETCI_RUNNER_IDENTITY"),
@@ -436,22 +405,17 @@ func (m *Main) runner(ctx context.Context, args []string) error {
 			"results are accepted only signed by a registered identity (without one the runner registers its own, which only an open server allows)")
 	identityName := fs.String("identity-name", "", "NAME the identity was issued as (default: --id); --id must be NAME or start with NAME-")
 	maddr := metricsFlag(fs)
-	grace := fs.Duration("grace", def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
-	artifactLimit := sizeFlag(def.ArtifactLimit)
-	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
-	jobs := jobFlags(fs)
+	rf := addRunnerFlags(fs, def.Slots, "jobs run in parallel: this runner's capacity (default: the number of CPUs, for a runner that has the machine to itself; jetci up and jetci pool default to 1 per runner, as they run several runners on one machine)",
+		def.Grace, "on SIGTERM, how long running jobs may finish before they are killed and handed back")
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
-	cfg := def
-	if err := jobs(&cfg); err != nil {
-		return err
-	}
-	cfg.Arch, cfg.Pool, cfg.Slots, cfg.WorkDir, cfg.ID, cfg.Grace = *arch, *pool, *slots, *work, *id, *grace
-	cfg.ArtifactLimit = int64(artifactLimit)
-	if err := cfg.Validate(); err != nil {
+	base := def
+	base.Arch, base.Pool, base.WorkDir, base.ID = *arch, *pool, *work, *id
+	cfg, err := rf.config(base)
+	if err != nil {
 		return err
 	}
 	cfg.IdentityName = *identityName
@@ -518,35 +482,20 @@ each exactly once, through an outbox in JetStream. See docs/notifications.md.
 func (m *Main) reporter(ctx context.Context, args []string) error {
 	fs := m.flagSet("reporter", reporterUsage)
 	nf := connFlags(fs, events.RoleReporter)
-	httpAddr := fs.String("http", reporter.DefaultConfig().HTTP, "address of the web UI, the API and /metrics (empty: none)")
-	adminToken := adminTokenFlags(fs)
-	hookSecret := hookSecretFlag(fs)
-	notify := notifyFlags(fs)
-	dbf := readModelFlags(fs, "a SQLite file in a temporary directory, folded anew at each start")
+	rf := addReporterFlags(fs, "address of the web UI, the API and /metrics (empty: none)", "a SQLite file in a temporary directory, folded anew at each start")
 	maddr := metricsFlag(fs)
 	lf := registerLogFlags(fs)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
-	if err := dbf.check(); err != nil {
-		return err
-	}
-	token, err := adminToken()
-	if err != nil {
-		return err
-	}
-	ncfg, err := notify()
-	if err != nil {
-		return err
-	}
-	hook, err := hookSecret()
+	cfg, err := rf.config("")
 	if err != nil {
 		return err
 	}
 	return m.serve(ctx, nf, "jetci-reporter", *maddr, true, log, func(_ *nats.Conn, js jetstream.JetStream, mets *metrics.Metrics) error {
-		r, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook,
-			DB: dbf.dsn(""), HistoryRetention: *dbf.retention}, js, log)
+		cfg.Metrics = mets
+		r, err := reporter.New(ctx, cfg, js, log)
 		if err != nil {
 			return err
 		}

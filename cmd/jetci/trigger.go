@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -46,13 +45,7 @@ func (m *Main) trigger(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	reply, err := events.RequestTrigger(ctx, nc, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch, Module: *module})
-	if errors.Is(err, events.ErrNoObserver) {
-		return fmt.Errorf("no observer watches a repo named %q", *repo)
-	}
-	if errors.Is(err, events.ErrRefused) {
-		return errors.New(strings.TrimPrefix(err.Error(), events.ErrRefused.Error()+": "))
-	}
+	reply, err := events.RequestTrigger(ctx, nc.Conn, &events.TriggerRequest{Repo: *repo, Branch: *branch, Commit: *commit, Job: *job, Arch: *arch, Module: *module})
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -59,55 +60,34 @@ var upGroups = []flagGroup{
 
 func (m *Main) up(ctx context.Context, args []string) error {
 	fs := m.flagSet("up", upUsage)
-	var repos, arch listFlag
-	fs.Var(&repos, "repo", "repository to watch: PATH_OR_URL or name=PATH_OR_URL (repeat for more)")
-	var pulls listFlag
-	fs.Var(&pulls, "pull-requests", pullRequestsHelp)
+	of := addObserverFlags(fs, "how often each repository is polled for new commits")
 	data := fs.String("data", "./.jetci", "directory for all state: NATS storage, git caches, runner workspaces")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (port 0: any free port); it has no authentication, so a non-loopback address needs --insecure")
 	insecure := fs.Bool("insecure", false, "allow --nats-listen on a non-loopback address although the embedded server has no authentication or TLS: anyone who reaches it can queue jobs (run code) and read results")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the web UI and API (empty: none)")
+	rf := addReporterFlags(fs, "address of the web UI and API (empty: none)", "DATA/"+reporter.DBFile)
 	runners := fs.Int("runners", 2, "local runners to start (0: none, runners join with 'jetci runner')")
-	slots := fs.Int("slots", 1, "jobs each local runner runs in parallel (1: with --runners 2, two jobs at once; a lone jetci runner, which has the machine to itself, defaults to the number of CPUs)")
-	artifactLimit := sizeFlag(runner.DefaultConfig().ArtifactLimit)
-	fs.Var(&artifactLimit, "artifact-limit", "bytes of artifacts one job may store (e.g. 100MiB; 0: none)")
-	grace := fs.Duration("grace", 30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
-	poll := fs.Duration("poll", time.Second, "how often each repository is polled for new commits")
-	maxNew := maxNewCommitsFlag(fs)
-	fs.Var(&arch, "arch", "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
-	adminToken := adminTokenFlags(fs)
+	lrf := addRunnerFlags(fs, 1, "jobs each local runner runs in parallel (1: with --runners 2, two jobs at once; a lone jetci runner, which has the machine to itself, defaults to the number of CPUs)",
+		30*time.Second, "on stop, how long running jobs may finish before they are killed and handed back")
+	df := addDispatcherFlags(fs, "CPU architectures to test each job on, comma-separated (default: this machine's, "+runtime.GOARCH+")")
 	retention := retentionFlags(fs)
-	notify := notifyFlags(fs)
-	gateCfg := gateFlags(fs)
-	hookSecret := hookSecretFlag(fs)
-	jobs := jobFlags(fs)
-	dbf := readModelFlags(fs, "DATA/"+reporter.DBFile)
 	lf := registerLogFlags(fs)
 	groupFlags(fs, upUsage, upGroups)
 	log, err := m.parseLogged(fs, args, lf)
 	if err != nil {
 		return err
 	}
-	if err := dbf.check(); err != nil {
+	ocfg, err := of.config(filepath.Join(*data, "observer"))
+	if errors.Is(err, errNoRepo) {
+		fs.Usage()
+	}
+	if err != nil {
 		return err
 	}
-	if len(repos) == 0 {
-		fs.Usage()
-		return fmt.Errorf("--repo is required: the path or URL of a git repository to watch")
-	}
-	token, err := adminToken()
+	rcfg, err := rf.config(*data)
 	if err != nil {
 		return err
 	}
 	setup, err := retention(events.DefaultSetup())
-	if err != nil {
-		return err
-	}
-	ncfg, err := notify()
-	if err != nil {
-		return err
-	}
-	hook, err := hookSecret()
 	if err != nil {
 		return err
 	}
@@ -118,33 +98,10 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	if *runners < 0 {
 		return fmt.Errorf("--runners %d: want 0 or more", *runners)
 	}
-	ocfg := observer.DefaultConfig()
-	for _, r := range repos {
-		repo, err := observer.ParseRepo(r)
-		if err != nil {
-			return err
-		}
-		ocfg.Repos = append(ocfg.Repos, repo)
-	}
-	for _, p := range pulls {
-		if err := observer.SetPulls(&ocfg, p); err != nil {
-			return err
-		}
-	}
-	ocfg.Poll, ocfg.MaxNewCommits = *poll, *maxNew
-	ocfg.CacheDir = filepath.Join(*data, "observer")
-	if err := ocfg.Validate(); err != nil {
-		return err
-	}
-	dcfg := dispatcher.DefaultConfig()
-	if a := splitList(arch); len(a) > 0 {
-		dcfg.Arch = a
-	}
-	if err := gateCfg(&dcfg); err != nil {
-		return err
-	}
-	dcfg.Coalesce = append(dcfg.Coalesce, pullCoalesce(ocfg)...) // a PR's new head supersedes its older runs
-	if err := dcfg.Validate(); err != nil {
+	dcfg, err := df.config(func(c *dispatcher.Config) {
+		c.Coalesce = append(c.Coalesce, pullCoalesce(ocfg)...) // a PR's new head supersedes its older runs
+	})
+	if err != nil {
 		return err
 	}
 	rcfgs := make([]runner.Config, *runners)
@@ -152,15 +109,10 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	for i := range rcfgs {
 		c := runner.DefaultConfig()
 		c.ID = fmt.Sprintf("%s-%d-up%d", host, os.Getpid(), i+1)
-		c.Slots, c.Grace, c.ArtifactLimit = *slots, *grace, int64(artifactLimit)
 		c.WorkDir = filepath.Join(*data, "runners", strconv.Itoa(i+1))
-		if err := jobs(&c); err != nil {
+		if rcfgs[i], err = lrf.config(c); err != nil {
 			return err
 		}
-		if err := c.Validate(); err != nil {
-			return err
-		}
-		rcfgs[i] = c
 	}
 
 	if err := os.MkdirAll(*data, 0o755); err != nil {
@@ -184,13 +136,13 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 
 	mets := metrics.New(js)
-	rep, err := reporter.New(ctx, reporter.Config{HTTP: *httpAddr, Metrics: mets, AdminToken: token, Notify: ncfg, HookSecret: hook, Health: srv.StorageProblem,
-		DB: dbf.dsn(*data), HistoryRetention: *dbf.retention}, js, log.With().Str("component", "reporter").Logger())
+	rcfg.Metrics, rcfg.Health = mets, srv.StorageProblem
+	rep, err := reporter.New(ctx, rcfg, js, log.With().Str("component", "reporter").Logger())
 	if err != nil {
 		return err
 	}
 	ocfg.Metrics, dcfg.Metrics = mets, mets
-	obs, err := observer.New(ocfg, nc, js, log.With().Str("component", "observer").Logger())
+	obs, err := observer.New(ocfg, nc.Conn, js, log.With().Str("component", "observer").Logger())
 	if err != nil {
 		return err
 	}
@@ -204,7 +156,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	g.Go(func() error { return obs.Run(gctx) })
 	for _, c := range rcfgs {
 		c.Metrics = mets
-		r, err := runner.New(c, nc, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
+		r, err := runner.New(c, nc.Conn, js, log.With().Str("component", "runner").Str("runner", c.ID).Logger())
 		if err != nil {
 			return err
 		}
@@ -222,7 +174,7 @@ func (m *Main) up(ctx context.Context, args []string) error {
 	}
 	err = g.Wait()
 	log.Info().Msg("jetci is shutting down")
-	drain(nc, log)
+	drain(nc.Conn, log)
 	return err
 }
 
@@ -252,13 +204,13 @@ func (m *Main) connectService(ctx context.Context, nf *natsFlags, name string, l
 	err = events.Retry(ctx, log, "set up jetci streams on "+nf.url, 5*time.Second, func(ctx context.Context) error {
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return events.Explain(nc, events.SetupFor(nc).Ensure(c, js))
+		return nc.Explain(events.SetupFor(nc.Conn).Ensure(c, js))
 	})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	return nc, js, nil
+	return nc.Conn, js, nil
 }
 
 // isLoopback reports whether a listen address host:port is reachable from this
