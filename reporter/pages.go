@@ -454,6 +454,15 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 	}
 	attention := []string{string(events.StatusFailed), string(events.StatusError), string(events.StatusRunning),
 		string(events.StatusQueued), string(events.StatusHeld), string(events.StatusCancelled)}
+	// The trend of the jobs of no module: their records are few.
+	plainRows, err := v.db.CommitJobsOf(ctx, repo, branch, shas, nil, true, 200*len(shas))
+	if err != nil {
+		return nil, nil, pg, err
+	}
+	plain := map[string][]readmodel.Row{}
+	for _, row := range plainRows {
+		plain[row.Commit] = append(plain[row.Commit], row)
+	}
 	type tk struct{ job, arch string }
 	trends := map[tk]*JobTrend{}
 	for i := range out {
@@ -463,7 +472,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 		}
 		n := bc.Counts.Total - bc.Counts.Passing
 		if n > 0 {
-			jobs, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, attention, false, branchAttention+1)
+			jobs, err := v.db.CommitJobsOf(ctx, repo, branch, []string{bc.Commit.Commit}, attention, false, branchAttention+1)
 			if err != nil {
 				return nil, nil, pg, err
 			}
@@ -498,12 +507,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 		if len(bc.Attn) > 0 && bc.Attn[0].Author.Name == bc.Author.Name {
 			bc.Author = bc.Attn[0].Author // with the mail
 		}
-		// The trend of the jobs of no module: their records are few.
-		plain, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, nil, true, 200)
-		if err != nil {
-			return nil, nil, pg, err
-		}
-		for _, row := range plain {
+		for _, row := range plain[bc.Commit.Commit] {
 			rec, err := v.recordOf(row)
 			if err != nil {
 				return nil, nil, pg, err

@@ -164,6 +164,32 @@ func listQueries(n int) []listQuery {
 			}
 			return err
 		}},
+		{"a branch page's commit counts (20 commits)", func(ctx context.Context, db *DB) error {
+			cs, _, err := db.Commits(ctx, "proj", "b0", "", Page{Limit: 20})
+			if err != nil {
+				return err
+			}
+			var shas []string
+			for _, c := range cs {
+				shas = append(shas, c.Commit)
+			}
+			counts, err := db.CommitCounts(ctx, "proj", "b0", shas)
+			if err == nil && len(counts) < len(shas) {
+				err = fmt.Errorf("%d counts for %d commits", len(counts), len(shas))
+			}
+			return err
+		}},
+		{"a commit's jobs not passed (branch page)", func(ctx context.Context, db *DB) error {
+			rs, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, []string{"failed", "error", "running", "queued", "held", "cancelled"}, false, 13)
+			if err == nil && len(rs) == 0 {
+				err = fmt.Errorf("no failing jobs")
+			}
+			return err
+		}},
+		{"a commit's jobs of no module (branch page)", func(ctx context.Context, db *DB) error {
+			_, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, nil, true, 200)
+			return err
+		}},
 		{"a job", func(ctx context.Context, db *DB) error { _, err := db.Job(ctx, last.JobID); return err }},
 		{"branches", func(ctx context.Context, db *DB) error { _, err := db.Branches(ctx, ""); return err }},
 		{"a branch's cells", func(ctx context.Context, db *DB) error {

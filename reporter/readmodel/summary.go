@@ -27,7 +27,7 @@ func (db *DB) CommitCounts(ctx context.Context, repo, branch string, shas []stri
 	for _, s := range shas {
 		args = append(args, s)
 	}
-	rows, err := db.sql.QueryContext(ctx, db.q(`SELECT commit_sha, status, COUNT(*), MIN(first_seen), MAX(finished_at) FROM records
+	rows, err := db.query(ctx, db.q(`SELECT commit_sha, status, COUNT(*), MIN(first_seen), MAX(finished_at) FROM records
 		WHERE repo = ? AND branch = ? AND commit_sha IN (`+marks(len(shas))+`) GROUP BY commit_sha, status`), args...)
 	if err != nil {
 		return nil, err
@@ -44,12 +44,18 @@ func (db *DB) CommitCounts(ctx context.Context, repo, branch string, shas []stri
 	return out, rows.Err()
 }
 
-// CommitJobsOf returns at most limit records of one commit of a branch:
-// those with one of statuses (none: any), and only jobs of no module when
-// noModule is set; ordered by module, job and arch.
-func (db *DB) CommitJobsOf(ctx context.Context, repo, branch, sha string, statuses []string, noModule bool, limit int) ([]Row, error) {
-	conds := []string{"repo = ?", "branch = ?", "commit_sha = ?"}
-	args := []any{repo, branch, sha}
+// CommitJobsOf returns at most limit records of the given commits of a
+// branch: those with one of statuses (none: any), and only jobs of no
+// module when noModule is set; ordered by commit, module, job and arch.
+func (db *DB) CommitJobsOf(ctx context.Context, repo, branch string, shas, statuses []string, noModule bool, limit int) ([]Row, error) {
+	if len(shas) == 0 {
+		return nil, nil
+	}
+	conds := []string{"repo = ?", "branch = ?", "commit_sha IN (" + marks(len(shas)) + ")"}
+	args := []any{repo, branch}
+	for _, s := range shas {
+		args = append(args, s)
+	}
 	if len(statuses) > 0 {
 		conds = append(conds, "status IN ("+marks(len(statuses))+")")
 		for _, s := range statuses {
@@ -60,6 +66,14 @@ func (db *DB) CommitJobsOf(ctx context.Context, repo, branch, sha string, status
 		conds = append(conds, "module = ''")
 	}
 	args = append(args, limit)
-	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE `+strings.Join(conds, " AND ")+
-		` ORDER BY module, job, arch LIMIT ?`, args...)
+	table := "records"
+	if db.dialect == SQLite {
+		// Else SQLite walks the branch's records_cell index for its order
+		// (module, job, arch), reading every record of the branch to find
+		// one commit's: the commit's index entries are at most a few
+		// thousand, checked on the index alone, and the few found sorted.
+		table = "records INDEXED BY records_commit"
+	}
+	return db.rows(ctx, `SELECT `+recordCols+` FROM `+table+` WHERE `+strings.Join(conds, " AND ")+
+		` ORDER BY commit_sha, module, job, arch LIMIT ?`, args...)
 }
