@@ -20,11 +20,6 @@ import (
 // dashboard, the branch page's commit summaries, a module's history, the
 // search) and what other CI systems' users expect (badges, the favicon).
 
-// statusNoRunner is how the pages show a queued job that no live runner
-// can take (no runner serves its pool and arch): not a status any record
-// has, a state the view works out (explainWaits).
-const statusNoRunner = StatusNoRunner
-
 // pageFuncs are the template functions of this file's pages.
 var pageFuncs = template.FuncMap{
 	"num":        num,
@@ -38,7 +33,7 @@ var pageFuncs = template.FuncMap{
 	"pct": func(n, total int) string {
 		return strconv.FormatFloat(100*float64(n)/float64(max(total, 1)), 'f', 2, 64)
 	},
-	"shown": shownStatus,
+	"shown": shown,
 	"trend": trendSVG,
 	"olderURL": func(repo, branch, cursor string) string {
 		return "/branch?" + url.Values{"repo": {repo}, "branch": {branch}, "after": {cursor}}.Encode()
@@ -152,22 +147,6 @@ func escapeBranch(b string) string {
 	return strings.Join(parts, "/")
 }
 
-// shownStatus is a record's status as the pages show it: a queued job no
-// runner can take is "no-runner".
-func shownStatus(r Record) events.Status {
-	if s := shown(r); s == StatusNoRunner {
-		return s
-	}
-	if r.Status == events.StatusQueued && strings.HasPrefix(r.Reason, noRunnerReason) {
-		return statusNoRunner
-	}
-	return r.Status
-}
-
-// noRunnerReason starts the Reason explainWaits gives a job no live runner
-// can take.
-const noRunnerReason = "no runner for arch"
-
 // Counts sums up cells by the state a reader acts on.
 type Counts struct {
 	Total     int `json:"total"`
@@ -181,7 +160,7 @@ type Counts struct {
 
 func (c *Counts) add(r Record) {
 	c.Total++
-	switch shownStatus(r) {
+	switch shown(r) {
 	case events.StatusPassed:
 		c.Passing++
 	case events.StatusFailed, events.StatusError:
@@ -190,7 +169,7 @@ func (c *Counts) add(r Record) {
 		c.Running++
 	case events.StatusQueued, events.StatusHeld:
 		c.Waiting++
-	case statusNoRunner:
+	case StatusNoRunner:
 		c.NoRunner++
 	case events.StatusCancelled:
 		c.Cancelled++
@@ -203,7 +182,7 @@ func (c Counts) Status() events.Status {
 	case c.Failing > 0:
 		return events.StatusFailed
 	case c.NoRunner > 0:
-		return statusNoRunner
+		return StatusNoRunner
 	case c.Running > 0:
 		return events.StatusRunning
 	case c.Waiting > 0:
@@ -485,10 +464,10 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 			}
 			v.explain(bc.Attn)
 			rank := func(r Record) int {
-				switch shownStatus(r) {
+				switch shown(r) {
 				case events.StatusFailed, events.StatusError:
 					return 0
-				case statusNoRunner:
+				case StatusNoRunner:
 					return 1
 				case events.StatusRunning:
 					return 2
@@ -498,7 +477,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 			sort.SliceStable(bc.Attn, func(i, j int) bool { return rank(bc.Attn[i]) < rank(bc.Attn[j]) })
 			bc.MoreAttn = n - len(bc.Attn)
 			for _, r := range bc.Attn {
-				if shownStatus(r) == statusNoRunner {
+				if shown(r) == StatusNoRunner {
 					bc.Counts.Waiting--
 					bc.Counts.NoRunner++
 				}
@@ -763,7 +742,7 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 	mp.Records = recs
 	pgv := r.newPage(req, repo+" module "+module, "page", mp)
 	if len(recs) > 0 && p.After == (readmodel.Cursor{}) && p.Before == (readmodel.Cursor{}) {
-		pgv.Status = shownStatus(recs[0])
+		pgv.Status = shown(recs[0])
 	}
 	r.render(w, req, "module", pgv)
 }
@@ -943,7 +922,7 @@ func (r *Reporter) badge(w http.ResponseWriter, req *http.Request) {
 		text, colour = "running", "#0b62c4"
 	case events.StatusQueued:
 		text, colour = "queued", "#6b6b6b"
-	case statusNoRunner:
+	case StatusNoRunner:
 		text, colour = "no runner", "#a0522d"
 	case events.StatusCancelled:
 		text, colour = "cancelled", "#888888"
