@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -231,5 +232,55 @@ func TestBrowserTestListsFlagsAndAttempts(t *testing.T) {
 	lines := js[string](t, ctx, `Array.from(document.querySelectorAll('#flaky tr.branch td:first-child')).map(td=>td.innerText).sort().join('|')`)
 	if groups != 1 || lines != "dev · amd64|main · amd64" {
 		t.Errorf("flaky: %d groups, lines %q", groups, lines)
+	}
+}
+
+// TestBrowserSearchFindsTestsByName: /search finds a test by part of its
+// name, ignoring case, across branches and modules, in the read model's
+// trigram index; each place links the cell's latest job and the test
+// history of that job; too short a text says so.
+func TestBrowserSearchFindsTestsByName(t *testing.T) {
+	ctx := browserFor(t)
+	f := newWebFixture(t, "")
+	tests := func(names ...string) func(*events.JobFinished) {
+		return func(e *events.JobFinished) {
+			for _, n := range names {
+				e.Tests = append(e.Tests, events.TestResult{Name: n, Status: events.TestPassed})
+			}
+			e.TestSummary = &events.TestSummary{Total: len(names), Passed: len(names)}
+		}
+	}
+	onMain := jref("proj", "main", sha('a'), "test", "amd64")
+	onMain.Module, onMain.JobID = "storage", events.JobID("proj", "main", sha('a'), "storage/test", "amd64")
+	onDev := jref("proj", "dev", sha('d'), "test", "arm64")
+	onDev.Module, onDev.JobID = "storage", events.JobID("proj", "dev", sha('d'), "storage/test", "arm64")
+	other := jref("proj", "main", sha('a'), "unit", "amd64")
+	f.runAs(onMain, 1, events.StatusPassed, ann, "storage: index", t0, tests("example.com/storage.TestIndexRebuild", "example.com/storage.TestOpen"))
+	f.runAs(onDev, 2, events.StatusPassed, ann, "storage: index", t0, tests("example.com/storage.TestIndexRebuild"))
+	f.runAs(other, 3, events.StatusPassed, ann, "storage: index", t0, tests("tests.test_index.TestIndexPage"))
+	for _, id := range []string{onMain.JobID, onDev.JobID, other.JobID} {
+		f.waitFor(id, func(r Record) bool { return r.Status == events.StatusPassed })
+	}
+
+	navigate(t, ctx, f.base+"/search?q="+url.QueryEscape("indexrebuild"), "#found-tests")
+	items := js[[]string](t, ctx, `Array.from(document.querySelectorAll('#found-tests li')).map(li => li.innerText)`)
+	if len(items) != 1 || !strings.Contains(items[0], "example.com/storage.TestIndexRebuild") || !strings.Contains(items[0], "proj · storage/test") ||
+		!strings.Contains(items[0], "main amd64") || !strings.Contains(items[0], "dev arm64") {
+		t.Fatalf("found tests %q, want storage.TestIndexRebuild of storage/test on main amd64 and dev arm64", items)
+	}
+	// Each place (the main branch first, as everywhere): the cell's latest
+	// job, then its test history.
+	links := js[[]string](t, ctx, `Array.from(document.querySelectorAll('#found-tests li a')).map(a => a.getAttribute('href'))`)
+	want := []string{"/job/" + onMain.JobID, testsJobURL("proj", "main", "amd64", "storage/test"), "/job/" + onDev.JobID, testsJobURL("proj", "dev", "arm64", "storage/test")}
+	if strings.Join(links, " ") != strings.Join(want, " ") {
+		t.Errorf("links %q, want %q", links, want)
+	}
+	navigate(t, ctx, f.base+"/search?q=TestIndex", "#found-tests")
+	if n := js[int](t, ctx, `document.querySelectorAll('#found-tests li').length`); n != 2 {
+		t.Errorf("TestIndex: %d tests, want 2 (TestIndexRebuild of storage/test, TestIndexPage of unit)", n)
+	}
+	navigate(t, ctx, f.base+"/search?q=Te", "#no-tests")
+	if s := js[string](t, ctx, `document.getElementById('no-tests').innerText`); !strings.Contains(s, "at least 3 characters") {
+		t.Errorf("a 2-letter search says %q", s)
 	}
 }

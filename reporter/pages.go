@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter/readmodel"
@@ -750,7 +751,7 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 // SearchPage is what /search found: repositories, branches and modules by
 // name; jobs of a module or branch of that exact name, of commits by sha
 // prefix, or by text in their subjects and authors (the q= filter of
-// /api/v1/results, which does not search test names yet).
+// /api/v1/results); tests by a substring of their names.
 type SearchPage struct {
 	Q        string
 	Repos    []string
@@ -758,8 +759,26 @@ type SearchPage struct {
 	Modules  []SearchModule
 	Results  []Record
 	More     string // the /api/v1/results query that continues the results
-	Err      string
+	// Tests are the tests whose name holds the text (at least
+	// readmodel.MinTestSearch characters), one entry a test of a job, with
+	// the branches and archs that report it; MoreTests: the search found
+	// searchTestRows names and may have left some out.
+	Tests     []SearchTest
+	MoreTests bool
+	ShortQ    bool // too short to search test names
+	Err       string
 }
+
+// SearchTest is a test of a job (a module's: "module/job") found by name,
+// and where it is reported: each branch and arch with that cell's latest
+// job.
+type SearchTest struct {
+	Repo, Job, Name string
+	Places          []readmodel.TestName
+}
+
+// searchTestRows bounds the (test, branch, arch) rows a search reads.
+const searchTestRows = 300
 
 // SearchModule is a module whose name matched.
 type SearchModule struct{ Repo, Module string }
@@ -822,6 +841,14 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 		a, b := sp.Modules[i], sp.Modules[j]
 		return a.Repo < b.Repo || a.Repo == b.Repo && a.Module < b.Module
 	})
+	// Tests by name, through the read model's trigram index.
+	names, err := r.view.db.TestNames(ctx, q, searchTestRows)
+	if err != nil {
+		sp.Err = "the read model does not answer: " + err.Error()
+		return
+	}
+	sp.Tests, sp.MoreTests = groupTestNames(names), len(names) == searchTestRows
+	sp.ShortQ = utf8.RuneCountInString(q) < readmodel.MinTestSearch
 	// Job results, newest first.
 	// A module's or a branch's exact name: its jobs (a filter on a column,
 	// not a scan of every subject).
@@ -858,6 +885,43 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 		}
 		sp.More = "/api/v1/results?" + v.Encode()
 	}
+}
+
+// groupTestNames makes one entry of each test of a job, its places by
+// branch and arch; entries by name, repo and job.
+func groupTestNames(names []readmodel.TestName) []SearchTest {
+	type key struct{ repo, job, name string }
+	by := map[key]*SearchTest{}
+	var out []*SearchTest
+	for _, n := range names {
+		k := key{n.Repo, events.QualifiedJob(n.Module, n.Job), n.Name}
+		t := by[k]
+		if t == nil {
+			t = &SearchTest{Repo: k.repo, Job: k.job, Name: k.name}
+			by[k] = t
+			out = append(out, t)
+		}
+		t.Places = append(t.Places, n)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		if a.Repo != b.Repo {
+			return a.Repo < b.Repo
+		}
+		return a.Job < b.Job
+	})
+	res := make([]SearchTest, len(out))
+	for i, t := range out {
+		sort.Slice(t.Places, func(i, j int) bool {
+			a, b := t.Places[i], t.Places[j]
+			return branchLess(a.Branch, b.Branch) || a.Branch == b.Branch && a.Arch < b.Arch
+		})
+		res[i] = *t
+	}
+	return res
 }
 
 // favicon is jetci's icon, in the colour of a status (?status=).

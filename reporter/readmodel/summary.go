@@ -3,6 +3,7 @@ package readmodel
 import (
 	"context"
 	"strings"
+	"unicode/utf8"
 )
 
 // This file holds the queries of the pages that sum a branch up rather
@@ -76,4 +77,52 @@ func (db *DB) CommitJobsOf(ctx context.Context, repo, branch string, shas, statu
 	}
 	return db.rows(ctx, `SELECT `+recordCols+` FROM `+table+` WHERE `+strings.Join(conds, " AND ")+
 		` ORDER BY commit_sha, module, job, arch LIMIT ?`, args...)
+}
+
+// TestName is a test some cell (repo, branch, module, job, arch) reported,
+// and the cell's latest job (JobID; "" when the cell has none).
+type TestName struct {
+	Repo, Branch, Module, Job, Arch, Name string
+	JobID                                 string
+}
+
+// MinTestSearch is the shortest text TestNames looks for: a trigram.
+const MinTestSearch = 3
+
+// TestNames returns at most limit tests whose name holds text, ignoring
+// case, through the trigram index of schema 6 (FTS5 on SQLite, pg_trgm on
+// PostgreSQL); none for text shorter than MinTestSearch characters. The
+// first limit found, in no order: the caller sorts them.
+func (db *DB) TestNames(ctx context.Context, text string, limit int) ([]TestName, error) {
+	if utf8.RuneCountInString(text) < MinTestSearch {
+		return nil, nil
+	}
+	var stmt string
+	var arg any
+	if db.dialect == SQLite {
+		// One phrase of trigrams: a substring of the name.
+		stmt = `SELECT t.repo, t.branch, t.module, t.job, t.arch, t.name, COALESCE(c.job_id, '') FROM
+			(SELECT repo, branch, module, job, arch, name FROM test_names_text WHERE test_names_text MATCH ? LIMIT ?) t
+			LEFT JOIN cells c ON c.repo = t.repo AND c.branch = t.branch AND c.module = t.module AND c.job = t.job AND c.arch = t.arch`
+		arg = `name : "` + strings.ReplaceAll(text, `"`, `""`) + `"`
+	} else {
+		stmt = `SELECT t.repo, t.branch, t.module, t.job, t.arch, t.name, COALESCE(c.job_id, '') FROM
+			(SELECT repo, branch, module, job, arch, name FROM test_names WHERE name ILIKE ? ESCAPE '\' LIMIT ?) t
+			LEFT JOIN cells c ON c.repo = t.repo AND c.branch = t.branch AND c.module = t.module AND c.job = t.job AND c.arch = t.arch`
+		arg = "%" + likeEscape(text) + "%"
+	}
+	rows, err := db.query(ctx, db.q(stmt), arg, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []TestName
+	for rows.Next() {
+		var n TestName
+		if err := rows.Scan(&n.Repo, &n.Branch, &n.Module, &n.Job, &n.Arch, &n.Name, &n.JobID); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
