@@ -3,8 +3,8 @@ package reporter
 import (
 	"context"
 	"fmt"
-	"os"
 	"net/url"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
