@@ -45,8 +45,19 @@ func seedRow(i int) Row {
 	return Row{JobID: id, Repo: "proj", Branch: branch, Commit: commit, Module: module, Job: "test", Arch: arch, Status: status,
 		Author: fmt.Sprintf("Dev %d", n%5), AuthorEmail: fmt.Sprintf("dev%d@example.com", n%5), Subject: fmt.Sprintf("change %d of %s", n, branch),
 		FirstSeen: first, FinishedAt: first + 2*int64(time.Second),
-		SortKey: strings.Join([]string{"proj", branch, module, "test", arch, id}, "\x01"), Data: []byte(data)}
+		SortKey: strings.Join([]string{"proj", branch, module, "test", arch, id}, "\x01"), Data: []byte(data), Tests: seedTests(module)}
 }
+
+// seedTests are the tests a module's job reports: seedTestsPerJob of them.
+func seedTests(module string) []string {
+	out := make([]string, seedTestsPerJob)
+	for k := range out {
+		out[k] = fmt.Sprintf("example.com/proj/%s.TestCase%02d", module, k)
+	}
+	return out
+}
+
+const seedTestsPerJob = 20
 
 // fillSeed writes jobs from..from+n-1 of the seed's history in batches of
 // 4096, as the fold does, moving the position of stream "S" to from+n.
@@ -188,6 +199,20 @@ func listQueries(n int) []listQuery {
 		}},
 		{"a commit's jobs of no module (branch page)", func(ctx context.Context, db *DB) error {
 			_, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, nil, true, 200)
+			return err
+		}},
+		{"test names: one test (m007.TestCase03)", func(ctx context.Context, db *DB) error {
+			ns, err := db.TestNames(ctx, "m007.TestCase03", 300)
+			if err == nil && len(ns) != seedArchs*min(seedBranches, n/(seedModules*seedArchs)) {
+				err = fmt.Errorf("%d places", len(ns))
+			}
+			return err
+		}},
+		{"test names: every test (TestCase, first 300)", func(ctx context.Context, db *DB) error {
+			ns, err := db.TestNames(ctx, "TestCase", 300)
+			if err == nil && len(ns) != 300 {
+				err = fmt.Errorf("%d names", len(ns))
+			}
 			return err
 		}},
 		{"a job", func(ctx context.Context, db *DB) error { _, err := db.Job(ctx, last.JobID); return err }},
