@@ -284,3 +284,94 @@ func TestBrowserSearchFindsTestsByName(t *testing.T) {
 		t.Errorf("a 2-letter search says %q", s)
 	}
 }
+
+// TestBrowserHeldCommitsAndBisectionBox drives issue 18's held-commit
+// reports in Chromium: the broken branch's banner counts the held commit
+// that its paused list names and that the commit list marks paused (not "1
+// commit(s) held" beside a page where nothing is); the bisection's box is
+// red while storage fails, and goes once storage passes again and the
+// branch opens.
+func TestBrowserHeldCommitsAndBisectionBox(t *testing.T) {
+	ctx := browserFor(t)
+	f := newWebFixture(t, "")
+	atB, _ := f.seedBreak()
+	// A later commit e, held: its jobs are recorded paused.
+	heldRef := jref("proj", "main", sha('e'), "test", "amd64")
+	heldRef.Module, heldRef.JobID = "storage", events.JobID("proj", "main", sha('e'), "storage/test", "amd64")
+	f.publish(&events.JobQueued{JobRef: heldRef, Pool: "default", Class: events.ClassFirst, QueuedAt: t0.Add(4 * time.Minute),
+		Author: ann, Subject: "storage: more", Held: true})
+	f.waitFor(heldRef.JobID, func(r Record) bool { return r.Status == events.StatusHeld })
+	branches, err := f.s.JS.KeyValue(f.ctx, events.BucketBranches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putState := func(st events.BranchState) {
+		data, err := events.Encode(&st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := branches.Put(f.ctx, events.BranchKey("proj", "main"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putState(events.BranchState{Repo: "proj", Branch: "main", State: events.BranchBroken, Since: t0,
+		Reason: "storage/test failed on amd64", BrokenBy: &atB, Author: bob, Held: 1})
+	bis, err := f.s.JS.KeyValue(f.ctx, events.BucketBisect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := events.Bisection{ID: atB.JobID, Repo: "proj", Branch: "main", Job: "test", Module: "storage", Arch: "amd64",
+		State: events.BisectFound, Good: sha('a'), Bad: sha('b'), Commits: []events.BisectCommit{{Commit: sha('a')}, {Commit: sha('b')}},
+		Culprit: &events.BisectCommit{Commit: sha('b'), Author: bob}, StartedAt: t0.Add(90 * time.Second)}
+	data, err := events.Encode(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bis.Put(f.ctx, events.BisectKey("proj", "main", b.ID), data); err != nil {
+		t.Fatal(err)
+	}
+	page := f.base + branchURL("proj", "main")
+	box := `document.getElementById('bisect-` + atB.JobID + `')`
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		navigate(t, ctx, page, "#commits")
+		if js[bool](t, ctx, box+` !== null && document.getElementById('held-count') !== null`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no bisection box or held count on the branch page: %s", js[string](t, ctx, `document.body.innerText`))
+		}
+	}
+	held := js[string](t, ctx, `document.getElementById('held-count').innerText`)
+	if !strings.Contains(held, "1 commit(s) held until it opens; 1 of them listed below") || strings.Contains(held, "no job here") {
+		t.Errorf("held count %q", held)
+	}
+	if s := js[string](t, ctx, `document.getElementById('paused').innerText`); !strings.Contains(s, events.Short(sha('e'))) {
+		t.Errorf("paused list %q does not name the held commit %s", s, events.Short(sha('e')))
+	}
+	if n := js[int](t, ctx, `document.querySelectorAll('tr[data-commit="`+sha('e')+`"] a.chip.paused').length`); n != 1 {
+		t.Errorf("the held commit's row marks %d jobs paused, want 1", n)
+	}
+	if c := js[string](t, ctx, `getComputedStyle(`+box+`).backgroundColor`); c == "rgba(0, 0, 0, 0)" {
+		t.Errorf("the found bisection's box has no colour")
+	}
+	if !js[bool](t, ctx, box+`.classList.contains('bad')`) {
+		t.Errorf("the found bisection's box is not red: %s", js[string](t, ctx, box+`.className`))
+	}
+	// storage passes at d, the branch opens: the box and the count go.
+	fixed := jref("proj", "main", sha('d'), "test", "amd64")
+	fixed.Module, fixed.JobID = "storage", events.JobID("proj", "main", sha('d'), "storage/test", "amd64")
+	f.runAs(fixed, 200, events.StatusPassed, ann, "storage: fix", t0.Add(5*time.Minute), nil)
+	f.waitFor(fixed.JobID, func(r Record) bool { return r.Status == events.StatusPassed })
+	putState(events.BranchState{Repo: "proj", Branch: "main", State: events.BranchOpen, Since: t0.Add(6 * time.Minute), Reason: "fixed"})
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		navigate(t, ctx, page, "#commits")
+		if js[bool](t, ctx, box+` === null && document.getElementById('held-count') === null`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bisection box or the held count stays after the branch went green: %s", js[string](t, ctx, `document.body.innerText`))
+		}
+	}
+}
