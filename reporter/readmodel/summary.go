@@ -2,6 +2,7 @@ package readmodel
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"unicode/utf8"
 )
@@ -111,7 +112,29 @@ func (db *DB) TestNames(ctx context.Context, text string, limit int) ([]TestName
 			LEFT JOIN cells c ON c.repo = t.repo AND c.branch = t.branch AND c.module = t.module AND c.job = t.job AND c.arch = t.arch`
 		arg = "%" + likeEscape(text) + "%"
 	}
-	rows, err := db.query(ctx, db.q(stmt), arg, limit)
+	var rows *sql.Rows
+	var err error
+	if db.dialect == Postgres {
+		// Under a LIMIT the planner reads the table in order whenever it
+		// expects matches to come soon; a name found only at the end of a
+		// million (measured: 3.5 s at 1.5 million names) is then a whole
+		// scan. Without that plan: the trigram index for rare text (18 ms
+		// there), the primary key's order for text in most names (2 ms).
+		var tx *sql.Tx
+		if tx, err = db.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true}); err != nil {
+			return nil, err
+		}
+		defer tx.Rollback()
+		if _, err = tx.ExecContext(ctx, `SET LOCAL enable_seqscan = off`); err != nil {
+			return nil, err
+		}
+		if db.Trace != nil {
+			db.Trace(db.q(stmt), []any{arg, limit})
+		}
+		rows, err = tx.QueryContext(ctx, db.q(stmt), arg, limit)
+	} else {
+		rows, err = db.query(ctx, db.q(stmt), arg, limit)
+	}
 	if err != nil {
 		return nil, err
 	}
