@@ -443,6 +443,22 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 	for _, row := range plainRows {
 		plain[row.Commit] = append(plain[row.Commit], row)
 	}
+	// The jobs each commit lists (those not passed, at most
+	// branchAttention), in one query for the page.
+	var withAttn []string
+	for _, bc := range out {
+		if bc.Counts.Total > bc.Counts.Passing {
+			withAttn = append(withAttn, bc.Commit.Commit)
+		}
+	}
+	attnRows, err := v.db.CommitsJobsOf(ctx, repo, branch, withAttn, attention, branchAttention)
+	if err != nil {
+		return nil, nil, pg, err
+	}
+	attn := map[string][]readmodel.Row{}
+	for _, row := range attnRows {
+		attn[row.Commit] = append(attn[row.Commit], row)
+	}
 	type tk struct{ job, arch string }
 	trends := map[tk]*JobTrend{}
 	for i := range out {
@@ -452,10 +468,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 		}
 		n := bc.Counts.Total - bc.Counts.Passing
 		if n > 0 {
-			jobs, err := v.db.CommitJobsOf(ctx, repo, branch, []string{bc.Commit.Commit}, attention, false, branchAttention+1)
-			if err != nil {
-				return nil, nil, pg, err
-			}
+			jobs := attn[bc.Commit.Commit]
 			for _, row := range jobs[:min(len(jobs), branchAttention)] {
 				rec, err := v.recordOf(row)
 				if err != nil {

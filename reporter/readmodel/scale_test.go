@@ -190,6 +190,35 @@ func listQueries(n int) []listQuery {
 			}
 			return err
 		}},
+		{"a branch page's listed jobs (20 commits, one query)", func(ctx context.Context, db *DB) error {
+			cs, _, err := db.Commits(ctx, "proj", "b0", "", Page{Limit: 20})
+			if err != nil {
+				return err
+			}
+			st := []string{"failed", "error", "running", "queued", "held", "cancelled"}
+			var shas, want []string
+			for _, c := range cs {
+				shas = append(shas, c.Commit)
+				one, err := db.CommitJobsOf(ctx, "proj", "b0", []string{c.Commit}, st, false, 13)
+				if err != nil {
+					return err
+				}
+				for _, r := range one {
+					want = append(want, r.JobID)
+				}
+			}
+			rs, err := db.CommitsJobsOf(ctx, "proj", "b0", shas, st, 13)
+			var got []string
+			for _, r := range rs {
+				got = append(got, r.JobID)
+			}
+			slices.Sort(got) // the page groups them by commit
+			slices.Sort(want)
+			if err == nil && (len(got) == 0 || !slices.Equal(got, want)) {
+				err = fmt.Errorf("one query: %d jobs, one per commit: %d", len(got), len(want))
+			}
+			return err
+		}},
 		{"a commit's jobs not passed (branch page)", func(ctx context.Context, db *DB) error {
 			rs, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, []string{"failed", "error", "running", "queued", "held", "cancelled"}, false, 13)
 			if err == nil && len(rs) == 0 {

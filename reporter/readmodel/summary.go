@@ -149,3 +149,32 @@ func (db *DB) TestNames(ctx context.Context, text string, limit int) ([]TestName
 	}
 	return out, rows.Err()
 }
+
+// CommitsJobsOf returns, for each of the given commits of a branch, its
+// first per records (by module, job and arch) with one of statuses, in one
+// query: the records are chosen in the records_commit index (a row number
+// per commit) and only those chosen are read. Ordered by commit, module,
+// job and arch.
+func (db *DB) CommitsJobsOf(ctx context.Context, repo, branch string, shas, statuses []string, per int) ([]Row, error) {
+	if len(shas) == 0 || len(statuses) == 0 {
+		return nil, nil
+	}
+	args := []any{repo, branch}
+	for _, s := range shas {
+		args = append(args, s)
+	}
+	for _, s := range statuses {
+		args = append(args, s)
+	}
+	args = append(args, per)
+	key, table := "job_id", "records"
+	if db.dialect == SQLite {
+		// The rowid is in every index entry: the choice reads the index alone.
+		key, table = "rowid", "records INDEXED BY records_commit"
+	}
+	return db.rows(ctx, `SELECT `+recordCols+` FROM records WHERE `+key+` IN (
+		SELECT k FROM (SELECT `+key+` AS k, ROW_NUMBER() OVER (PARTITION BY commit_sha ORDER BY module, job, arch) AS rn
+			FROM `+table+` WHERE repo = ? AND branch = ? AND commit_sha IN (`+marks(len(shas))+`) AND status IN (`+marks(len(statuses))+`)) chosen
+		WHERE rn <= ?)
+		ORDER BY commit_sha, module, job, arch`, args...)
+}
