@@ -3,6 +3,7 @@ package reporter
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -231,5 +232,146 @@ func TestBrowserTestListsFlagsAndAttempts(t *testing.T) {
 	lines := js[string](t, ctx, `Array.from(document.querySelectorAll('#flaky tr.branch td:first-child')).map(td=>td.innerText).sort().join('|')`)
 	if groups != 1 || lines != "dev · amd64|main · amd64" {
 		t.Errorf("flaky: %d groups, lines %q", groups, lines)
+	}
+}
+
+// TestBrowserSearchFindsTestsByName: /search finds a test by part of its
+// name, ignoring case, across branches and modules, in the read model's
+// trigram index; each place links the cell's latest job and the test
+// history of that job; too short a text says so.
+func TestBrowserSearchFindsTestsByName(t *testing.T) {
+	ctx := browserFor(t)
+	f := newWebFixture(t, "")
+	tests := func(names ...string) func(*events.JobFinished) {
+		return func(e *events.JobFinished) {
+			for _, n := range names {
+				e.Tests = append(e.Tests, events.TestResult{Name: n, Status: events.TestPassed})
+			}
+			e.TestSummary = &events.TestSummary{Total: len(names), Passed: len(names)}
+		}
+	}
+	onMain := jref("proj", "main", sha('a'), "test", "amd64")
+	onMain.Module, onMain.JobID = "storage", events.JobID("proj", "main", sha('a'), "storage/test", "amd64")
+	onDev := jref("proj", "dev", sha('d'), "test", "arm64")
+	onDev.Module, onDev.JobID = "storage", events.JobID("proj", "dev", sha('d'), "storage/test", "arm64")
+	other := jref("proj", "main", sha('a'), "unit", "amd64")
+	f.runAs(onMain, 1, events.StatusPassed, ann, "storage: index", t0, tests("example.com/storage.TestIndexRebuild", "example.com/storage.TestOpen"))
+	f.runAs(onDev, 2, events.StatusPassed, ann, "storage: index", t0, tests("example.com/storage.TestIndexRebuild"))
+	f.runAs(other, 3, events.StatusPassed, ann, "storage: index", t0, tests("tests.test_index.TestIndexPage"))
+	for _, id := range []string{onMain.JobID, onDev.JobID, other.JobID} {
+		f.waitFor(id, func(r Record) bool { return r.Status == events.StatusPassed })
+	}
+
+	navigate(t, ctx, f.base+"/search?q="+url.QueryEscape("indexrebuild"), "#found-tests")
+	items := js[[]string](t, ctx, `Array.from(document.querySelectorAll('#found-tests li')).map(li => li.innerText)`)
+	if len(items) != 1 || !strings.Contains(items[0], "example.com/storage.TestIndexRebuild") || !strings.Contains(items[0], "proj · storage/test") ||
+		!strings.Contains(items[0], "main amd64") || !strings.Contains(items[0], "dev arm64") {
+		t.Fatalf("found tests %q, want storage.TestIndexRebuild of storage/test on main amd64 and dev arm64", items)
+	}
+	// Each place (the main branch first, as everywhere): the cell's latest
+	// job, then its test history.
+	links := js[[]string](t, ctx, `Array.from(document.querySelectorAll('#found-tests li a')).map(a => a.getAttribute('href'))`)
+	want := []string{"/job/" + onMain.JobID, testsJobURL("proj", "main", "amd64", "storage/test"), "/job/" + onDev.JobID, testsJobURL("proj", "dev", "arm64", "storage/test")}
+	if strings.Join(links, " ") != strings.Join(want, " ") {
+		t.Errorf("links %q, want %q", links, want)
+	}
+	navigate(t, ctx, f.base+"/search?q=TestIndex", "#found-tests")
+	if n := js[int](t, ctx, `document.querySelectorAll('#found-tests li').length`); n != 2 {
+		t.Errorf("TestIndex: %d tests, want 2 (TestIndexRebuild of storage/test, TestIndexPage of unit)", n)
+	}
+	navigate(t, ctx, f.base+"/search?q=Te", "#no-tests")
+	if s := js[string](t, ctx, `document.getElementById('no-tests').innerText`); !strings.Contains(s, "at least 3 characters") {
+		t.Errorf("a 2-letter search says %q", s)
+	}
+}
+
+// TestBrowserHeldCommitsAndBisectionBox drives issue 18's held-commit
+// reports in Chromium: the broken branch's banner counts the held commit
+// that its paused list names and that the commit list marks paused (not "1
+// commit(s) held" beside a page where nothing is); the bisection's box is
+// red while storage fails, and goes once storage passes again and the
+// branch opens.
+func TestBrowserHeldCommitsAndBisectionBox(t *testing.T) {
+	ctx := browserFor(t)
+	f := newWebFixture(t, "")
+	atB, _ := f.seedBreak()
+	// A later commit e, held: its jobs are recorded paused.
+	heldRef := jref("proj", "main", sha('e'), "test", "amd64")
+	heldRef.Module, heldRef.JobID = "storage", events.JobID("proj", "main", sha('e'), "storage/test", "amd64")
+	f.publish(&events.JobQueued{JobRef: heldRef, Pool: "default", Class: events.ClassFirst, QueuedAt: t0.Add(4 * time.Minute),
+		Author: ann, Subject: "storage: more", Held: true})
+	f.waitFor(heldRef.JobID, func(r Record) bool { return r.Status == events.StatusHeld })
+	branches, err := f.s.JS.KeyValue(f.ctx, events.BucketBranches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putState := func(st events.BranchState) {
+		data, err := events.Encode(&st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := branches.Put(f.ctx, events.BranchKey("proj", "main"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putState(events.BranchState{Repo: "proj", Branch: "main", State: events.BranchBroken, Since: t0,
+		Reason: "storage/test failed on amd64", BrokenBy: &atB, Author: bob, Held: 1})
+	bis, err := f.s.JS.KeyValue(f.ctx, events.BucketBisect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := events.Bisection{ID: atB.JobID, Repo: "proj", Branch: "main", Job: "test", Module: "storage", Arch: "amd64",
+		State: events.BisectFound, Good: sha('a'), Bad: sha('b'), Commits: []events.BisectCommit{{Commit: sha('a')}, {Commit: sha('b')}},
+		Culprit: &events.BisectCommit{Commit: sha('b'), Author: bob}, StartedAt: t0.Add(90 * time.Second)}
+	data, err := events.Encode(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bis.Put(f.ctx, events.BisectKey("proj", "main", b.ID), data); err != nil {
+		t.Fatal(err)
+	}
+	page := f.base + branchURL("proj", "main")
+	box := `document.getElementById('bisect-` + atB.JobID + `')`
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		navigate(t, ctx, page, "#commits")
+		if js[bool](t, ctx, box+` !== null && document.getElementById('held-count') !== null`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no bisection box or held count on the branch page: %s", js[string](t, ctx, `document.body.innerText`))
+		}
+	}
+	held := js[string](t, ctx, `document.getElementById('held-count').innerText`)
+	if !strings.Contains(held, "1 commit(s) held until it opens; 1 of them listed below") || strings.Contains(held, "no job here") {
+		t.Errorf("held count %q", held)
+	}
+	if s := js[string](t, ctx, `document.getElementById('paused').innerText`); !strings.Contains(s, events.Short(sha('e'))) {
+		t.Errorf("paused list %q does not name the held commit %s", s, events.Short(sha('e')))
+	}
+	if n := js[int](t, ctx, `document.querySelectorAll('tr[data-commit="`+sha('e')+`"] a.chip.paused').length`); n != 1 {
+		t.Errorf("the held commit's row marks %d jobs paused, want 1", n)
+	}
+	if c := js[string](t, ctx, `getComputedStyle(`+box+`).backgroundColor`); c == "rgba(0, 0, 0, 0)" {
+		t.Errorf("the found bisection's box has no colour")
+	}
+	if !js[bool](t, ctx, box+`.classList.contains('bad')`) {
+		t.Errorf("the found bisection's box is not red: %s", js[string](t, ctx, box+`.className`))
+	}
+	// storage passes at d, the branch opens: the box and the count go.
+	fixed := jref("proj", "main", sha('d'), "test", "amd64")
+	fixed.Module, fixed.JobID = "storage", events.JobID("proj", "main", sha('d'), "storage/test", "amd64")
+	f.runAs(fixed, 200, events.StatusPassed, ann, "storage: fix", t0.Add(5*time.Minute), nil)
+	f.waitFor(fixed.JobID, func(r Record) bool { return r.Status == events.StatusPassed })
+	putState(events.BranchState{Repo: "proj", Branch: "main", State: events.BranchOpen, Since: t0.Add(6 * time.Minute), Reason: "fixed"})
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		navigate(t, ctx, page, "#commits")
+		if js[bool](t, ctx, box+` === null && document.getElementById('held-count') === null`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bisection box or the held count stays after the branch went green: %s", js[string](t, ctx, `document.body.innerText`))
+		}
 	}
 }

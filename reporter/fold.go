@@ -701,7 +701,19 @@ func rowOf(r *Record) (readmodel.Row, error) {
 	}
 	return readmodel.Row{JobID: r.JobID, Repo: r.Repo, Branch: r.Branch, Commit: r.Commit, Module: r.Module, Job: r.Job,
 		Arch: r.Arch, Status: string(r.Status), Author: r.Author.Name, AuthorEmail: r.Author.Email, Subject: r.Subject,
-		FirstSeen: nanos(firstSeen(r)), FinishedAt: nanos(r.FinishedAt), SortKey: sortKey(r), Data: data}, nil
+		FirstSeen: nanos(firstSeen(r)), FinishedAt: nanos(r.FinishedAt), SortKey: sortKey(r), Data: data, Tests: testNames(r)}, nil
+}
+
+// testNames names the tests a finished record reports, for the search.
+func testNames(r *Record) []string {
+	if len(r.Tests) == 0 || !r.Status.Final() {
+		return nil
+	}
+	names := make([]string, 0, len(r.Tests))
+	for _, t := range r.Tests {
+		names = append(names, t.Name)
+	}
+	return names
 }
 
 // sortKey orders records first queued at the same time: by repo, branch,

@@ -299,7 +299,7 @@ func gridCells(row ModuleRow, cols []ModuleColumn) template.HTML {
 			b.WriteString(`<td><span class="muted">–</span></td>`)
 			continue
 		}
-		st := string(shownStatus(rec))
+		st := string(shown(rec))
 		label := st
 		title := events.Short(rec.Commit)
 		if rec.DurationMs > 0 {

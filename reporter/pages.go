@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter/readmodel"
@@ -19,11 +20,6 @@ import (
 // This file holds the pages that sum things up at the seed's scale (the
 // dashboard, the branch page's commit summaries, a module's history, the
 // search) and what other CI systems' users expect (badges, the favicon).
-
-// statusNoRunner is how the pages show a queued job that no live runner
-// can take (no runner serves its pool and arch): not a status any record
-// has, a state the view works out (explainWaits).
-const statusNoRunner = StatusNoRunner
 
 // pageFuncs are the template functions of this file's pages.
 var pageFuncs = template.FuncMap{
@@ -38,7 +34,7 @@ var pageFuncs = template.FuncMap{
 	"pct": func(n, total int) string {
 		return strconv.FormatFloat(100*float64(n)/float64(max(total, 1)), 'f', 2, 64)
 	},
-	"shown": shownStatus,
+	"shown": shown,
 	"trend": trendSVG,
 	"olderURL": func(repo, branch, cursor string) string {
 		return "/branch?" + url.Values{"repo": {repo}, "branch": {branch}, "after": {cursor}}.Encode()
@@ -152,22 +148,6 @@ func escapeBranch(b string) string {
 	return strings.Join(parts, "/")
 }
 
-// shownStatus is a record's status as the pages show it: a queued job no
-// runner can take is "no-runner".
-func shownStatus(r Record) events.Status {
-	if s := shown(r); s == StatusNoRunner {
-		return s
-	}
-	if r.Status == events.StatusQueued && strings.HasPrefix(r.Reason, noRunnerReason) {
-		return statusNoRunner
-	}
-	return r.Status
-}
-
-// noRunnerReason starts the Reason explainWaits gives a job no live runner
-// can take.
-const noRunnerReason = "no runner for arch"
-
 // Counts sums up cells by the state a reader acts on.
 type Counts struct {
 	Total     int `json:"total"`
@@ -181,7 +161,7 @@ type Counts struct {
 
 func (c *Counts) add(r Record) {
 	c.Total++
-	switch shownStatus(r) {
+	switch shown(r) {
 	case events.StatusPassed:
 		c.Passing++
 	case events.StatusFailed, events.StatusError:
@@ -190,7 +170,7 @@ func (c *Counts) add(r Record) {
 		c.Running++
 	case events.StatusQueued, events.StatusHeld:
 		c.Waiting++
-	case statusNoRunner:
+	case StatusNoRunner:
 		c.NoRunner++
 	case events.StatusCancelled:
 		c.Cancelled++
@@ -203,7 +183,7 @@ func (c Counts) Status() events.Status {
 	case c.Failing > 0:
 		return events.StatusFailed
 	case c.NoRunner > 0:
-		return statusNoRunner
+		return StatusNoRunner
 	case c.Running > 0:
 		return events.StatusRunning
 	case c.Waiting > 0:
@@ -454,6 +434,31 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 	}
 	attention := []string{string(events.StatusFailed), string(events.StatusError), string(events.StatusRunning),
 		string(events.StatusQueued), string(events.StatusHeld), string(events.StatusCancelled)}
+	// The trend of the jobs of no module: their records are few.
+	plainRows, err := v.db.CommitJobsOf(ctx, repo, branch, shas, nil, true, 200*len(shas))
+	if err != nil {
+		return nil, nil, pg, err
+	}
+	plain := map[string][]readmodel.Row{}
+	for _, row := range plainRows {
+		plain[row.Commit] = append(plain[row.Commit], row)
+	}
+	// The jobs each commit lists (those not passed, at most
+	// branchAttention), in one query for the page.
+	var withAttn []string
+	for _, bc := range out {
+		if bc.Counts.Total > bc.Counts.Passing {
+			withAttn = append(withAttn, bc.Commit.Commit)
+		}
+	}
+	attnRows, err := v.db.CommitsJobsOf(ctx, repo, branch, withAttn, attention, branchAttention)
+	if err != nil {
+		return nil, nil, pg, err
+	}
+	attn := map[string][]readmodel.Row{}
+	for _, row := range attnRows {
+		attn[row.Commit] = append(attn[row.Commit], row)
+	}
 	type tk struct{ job, arch string }
 	trends := map[tk]*JobTrend{}
 	for i := range out {
@@ -463,10 +468,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 		}
 		n := bc.Counts.Total - bc.Counts.Passing
 		if n > 0 {
-			jobs, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, attention, false, branchAttention+1)
-			if err != nil {
-				return nil, nil, pg, err
-			}
+			jobs := attn[bc.Commit.Commit]
 			for _, row := range jobs[:min(len(jobs), branchAttention)] {
 				rec, err := v.recordOf(row)
 				if err != nil {
@@ -476,10 +478,10 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 			}
 			v.explain(bc.Attn)
 			rank := func(r Record) int {
-				switch shownStatus(r) {
+				switch shown(r) {
 				case events.StatusFailed, events.StatusError:
 					return 0
-				case statusNoRunner:
+				case StatusNoRunner:
 					return 1
 				case events.StatusRunning:
 					return 2
@@ -489,7 +491,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 			sort.SliceStable(bc.Attn, func(i, j int) bool { return rank(bc.Attn[i]) < rank(bc.Attn[j]) })
 			bc.MoreAttn = n - len(bc.Attn)
 			for _, r := range bc.Attn {
-				if shownStatus(r) == statusNoRunner {
+				if shown(r) == StatusNoRunner {
 					bc.Counts.Waiting--
 					bc.Counts.NoRunner++
 				}
@@ -498,12 +500,7 @@ func (v *View) BranchCommits(ctx context.Context, repo, branch string, p readmod
 		if len(bc.Attn) > 0 && bc.Attn[0].Author.Name == bc.Author.Name {
 			bc.Author = bc.Attn[0].Author // with the mail
 		}
-		// The trend of the jobs of no module: their records are few.
-		plain, err := v.db.CommitJobsOf(ctx, repo, branch, bc.Commit.Commit, nil, true, 200)
-		if err != nil {
-			return nil, nil, pg, err
-		}
-		for _, row := range plain {
+		for _, row := range plain[bc.Commit.Commit] {
 			rec, err := v.recordOf(row)
 			if err != nil {
 				return nil, nil, pg, err
@@ -759,7 +756,7 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 	mp.Records = recs
 	pgv := r.newPage(req, repo+" module "+module, "page", mp)
 	if len(recs) > 0 && p.After == (readmodel.Cursor{}) && p.Before == (readmodel.Cursor{}) {
-		pgv.Status = shownStatus(recs[0])
+		pgv.Status = shown(recs[0])
 	}
 	r.render(w, req, "module", pgv)
 }
@@ -767,7 +764,7 @@ func (r *Reporter) pageModule(w http.ResponseWriter, req *http.Request) {
 // SearchPage is what /search found: repositories, branches and modules by
 // name; jobs of a module or branch of that exact name, of commits by sha
 // prefix, or by text in their subjects and authors (the q= filter of
-// /api/v1/results, which does not search test names yet).
+// /api/v1/results); tests by a substring of their names.
 type SearchPage struct {
 	Q        string
 	Repos    []string
@@ -775,8 +772,26 @@ type SearchPage struct {
 	Modules  []SearchModule
 	Results  []Record
 	More     string // the /api/v1/results query that continues the results
-	Err      string
+	// Tests are the tests whose name holds the text (at least
+	// readmodel.MinTestSearch characters), one entry a test of a job, with
+	// the branches and archs that report it; MoreTests: the search found
+	// searchTestRows names and may have left some out.
+	Tests     []SearchTest
+	MoreTests bool
+	ShortQ    bool // too short to search test names
+	Err       string
 }
+
+// SearchTest is a test of a job (a module's: "module/job") found by name,
+// and where it is reported: each branch and arch with that cell's latest
+// job.
+type SearchTest struct {
+	Repo, Job, Name string
+	Places          []readmodel.TestName
+}
+
+// searchTestRows bounds the (test, branch, arch) rows a search reads.
+const searchTestRows = 300
 
 // SearchModule is a module whose name matched.
 type SearchModule struct{ Repo, Module string }
@@ -839,6 +854,14 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 		a, b := sp.Modules[i], sp.Modules[j]
 		return a.Repo < b.Repo || a.Repo == b.Repo && a.Module < b.Module
 	})
+	// Tests by name, through the read model's trigram index.
+	names, err := r.view.db.TestNames(ctx, q, searchTestRows)
+	if err != nil {
+		sp.Err = "the read model does not answer: " + err.Error()
+		return
+	}
+	sp.Tests, sp.MoreTests = groupTestNames(names), len(names) == searchTestRows
+	sp.ShortQ = utf8.RuneCountInString(q) < readmodel.MinTestSearch
 	// Job results, newest first.
 	// A module's or a branch's exact name: its jobs (a filter on a column,
 	// not a scan of every subject).
@@ -875,6 +898,43 @@ func (r *Reporter) search(ctx context.Context, q string, sp *SearchPage) {
 		}
 		sp.More = "/api/v1/results?" + v.Encode()
 	}
+}
+
+// groupTestNames makes one entry of each test of a job, its places by
+// branch and arch; entries by name, repo and job.
+func groupTestNames(names []readmodel.TestName) []SearchTest {
+	type key struct{ repo, job, name string }
+	by := map[key]*SearchTest{}
+	var out []*SearchTest
+	for _, n := range names {
+		k := key{n.Repo, events.QualifiedJob(n.Module, n.Job), n.Name}
+		t := by[k]
+		if t == nil {
+			t = &SearchTest{Repo: k.repo, Job: k.job, Name: k.name}
+			by[k] = t
+			out = append(out, t)
+		}
+		t.Places = append(t.Places, n)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		if a.Repo != b.Repo {
+			return a.Repo < b.Repo
+		}
+		return a.Job < b.Job
+	})
+	res := make([]SearchTest, len(out))
+	for i, t := range out {
+		sort.Slice(t.Places, func(i, j int) bool {
+			a, b := t.Places[i], t.Places[j]
+			return branchLess(a.Branch, b.Branch) || a.Branch == b.Branch && a.Arch < b.Arch
+		})
+		res[i] = *t
+	}
+	return res
 }
 
 // favicon is jetci's icon, in the colour of a status (?status=).
@@ -939,7 +999,7 @@ func (r *Reporter) badge(w http.ResponseWriter, req *http.Request) {
 		text, colour = "running", "#0b62c4"
 	case events.StatusQueued:
 		text, colour = "queued", "#6b6b6b"
-	case statusNoRunner:
+	case StatusNoRunner:
 		text, colour = "no runner", "#a0522d"
 	case events.StatusCancelled:
 		text, colour = "cancelled", "#888888"

@@ -343,7 +343,7 @@ func statusMark(s events.Status) string {
 		return "✗"
 	case events.StatusRunning:
 		return "●"
-	case events.StatusQueued, events.StatusHeld, statusNoRunner:
+	case events.StatusQueued, events.StatusHeld, StatusNoRunner:
 		return "○"
 	case events.StatusPassed:
 		return "✓"

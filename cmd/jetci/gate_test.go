@@ -245,3 +245,78 @@ func TestCoalesceSupersedesWaitingJobs(t *testing.T) {
 	waitStatus(t, onMain, b, "cancelled")
 	waitStatus(t, all, s1, "queued")
 }
+
+// TestRecheckOfAHeldModuleJob (issue 18: "after a re-check it drops the
+// module name"): on a gated branch of modules, app breaks; a later commit's
+// jobs are held; re-checking its app/test from the API runs that module's
+// job — its record keeps module app, no job without a module appears, core's
+// job stays paused — and the branch page's banner counts the held commit
+// that its paused list names.
+func TestRecheckOfAHeldModuleJob(t *testing.T) {
+	repo := newGitRepo(t)
+	pipeline := "modules:\n" +
+		"  core: {paths: [core], jobs: {test: {steps: \"true\"}}}\n" +
+		"  app:  {paths: [app], depends: [core], jobs: {test: {steps: \"test ! -f app/broken\"}}}\n"
+	first := repo.Commit("modules", map[string]string{".jetci.yml": pipeline, "core/v.txt": "1", "app/main.txt": "app"})
+	url, web, _ := startUpHTTP(t, t.TempDir(), []string{"--runners", "1", "--gate", "proj:main", "--fix-window", "10m", "--admin-token", "held-token"}, repo.Dir)
+	all := func() ([]reporter.Record, error) { return resultsJSON(t, url, "--all") }
+	waitStatus(t, all, first, "passed")
+	broke := repo.Commit("app: break", map[string]string{"app/broken": "x"})
+	waitStatus(t, all, broke, "failed")
+	held := repo.Commit("core: v2", map[string]string{"core/v.txt": "2"})
+	recs := waitStatus(t, all, held, "paused")
+	names := map[string]reporter.Record{}
+	for _, r := range recs {
+		names[r.Name()] = r
+	}
+	app, ok := names["app/test"]
+	if !ok || len(names) != 2 || names["core/test"].Module != "core" || app.Module != "app" {
+		t.Fatalf("held commit's jobs %v, want core/test and app/test", names)
+	}
+	req, _ := http.NewRequest("POST", web+"/api/v1/jobs/"+app.JobID+"/recheck", nil)
+	req.Header.Set("Authorization", "Bearer held-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("re-check of the held app/test: %d %s", resp.StatusCode, body)
+	}
+	brokertest.CheckFor(t, 2*time.Minute, 50*time.Millisecond, func() error {
+		recs, err := all()
+		if err != nil {
+			return err
+		}
+		got := map[string]string{}
+		for _, r := range recs {
+			if r.Commit != held {
+				continue
+			}
+			got[r.Name()] = string(r.Status)
+			if r.Name() == "app/test" && r.Module != "app" {
+				return fmt.Errorf("app/test's record has module %q", r.Module)
+			}
+		}
+		if len(got) != 2 || got["app/test"] != "failed" || got["core/test"] != "paused" {
+			return fmt.Errorf("held commit after the re-check: %v, want app/test failed (still broken), core/test paused", got)
+		}
+		return nil
+	})
+	resp, err = http.Get(web + "/branch?repo=proj&branch=main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	page := string(body)
+	for _, want := range []string{`id="held-count">1 commit(s) held`, `id="paused"`, events.Short(held)} {
+		if !strings.Contains(page, want) {
+			t.Errorf("branch page: no %q in\n%.4000s", want, page)
+		}
+	}
+	if strings.Contains(page, "(they have no job here") {
+		t.Errorf("the banner says the held commit is not on the page:\n%.4000s", page)
+	}
+}

@@ -33,7 +33,7 @@ import (
 // starts a real `jetci reporter` process on a new read model
 // (JETCI_BENCH_DB=sqlite, the default, or postgres) and reports: the fold
 // rate, the reporter's RSS, restart-to-ready, the p50/p95 time and size of
-// every page and API list, and `jetci results --repo R --branch B --limit
+// every page and API list (40 requests each), and `jetci results --repo R --branch B --limit
 // 100`.
 //
 //	JETCI_BENCH_JOBS=100000 go test -run '^$' -bench History -benchtime 1x -timeout 60m ./cmd/jetci
@@ -162,15 +162,15 @@ func BenchmarkHistory(b *testing.B) {
 		var worstSize int
 		var over []string
 		for _, p := range pages {
-			p50, p95, size := measurePage(b, base+p, 20)
+			p50, p95, size := measurePage(b, base+p, 40)
 			b.Logf("%-60s p50 %6.1f ms  p95 %6.1f ms  %7.1f KB", p, ms64(p50), ms64(p95), float64(size)/1024)
 			worstP95, worstP50, worstSize = max(worstP95, p95), max(worstP50, p50), max(worstSize, size)
 			// The page budget (issue 18): every page and answer at most
-			// 500 KB, and served in at most 100 ms. The time is checked on
-			// the median of 20 requests, which a shared machine's hiccups
-			// do not move; p95 is reported.
-			if size > pageBudgetBytes || p50 > pageBudgetTime {
-				over = append(over, fmt.Sprintf("%s: %.1f KB, p50 %.1f ms", p, float64(size)/1024, ms64(p50)))
+			// 500 KB, and served in at most 100 ms: the median and the 95th
+			// percentile of 40 requests (a shared machine's load moves the
+			// p95 first: the log says which one is over).
+			if size > pageBudgetBytes || p50 > pageBudgetTime || p95 > pageBudgetTime {
+				over = append(over, fmt.Sprintf("%s: %.1f KB, p50 %.1f ms, p95 %.1f ms", p, float64(size)/1024, ms64(p50), ms64(p95)))
 			}
 		}
 		if len(over) > 0 {

@@ -24,6 +24,9 @@ type Row struct {
 	// ends with the job id); lists are ordered by (FirstSeen, SortKey).
 	SortKey string
 	Data    []byte
+	// Tests names the tests the record reports (not stored in the
+	// record's row: each name is added to the cell's searchable names).
+	Tests []string
 }
 
 // BadEvent is an event the fold could not use: recorded, never applied.
@@ -197,7 +200,31 @@ func (t *Tx) Put(ctx context.Context, rows []Row) error {
 	if err := t.putCommits(ctx, rows); err != nil {
 		return err
 	}
+	if err := t.putTests(ctx, rows); err != nil {
+		return err
+	}
 	return t.putCells(ctx, rows)
+}
+
+// putTests adds the test names of rows to their cells' names, each once.
+func (t *Tx) putTests(ctx context.Context, rows []Row) error {
+	type key struct{ repo, branch, module, job, arch, name string }
+	seen := map[key]bool{}
+	var args []any
+	for _, r := range rows {
+		for _, n := range r.Tests {
+			k := key{r.Repo, r.Branch, r.Module, r.Job, r.Arch, n}
+			if n == "" || seen[k] {
+				continue
+			}
+			seen[k] = true
+			args = append(args, k.repo, k.branch, k.module, k.job, k.arch, k.name)
+		}
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	return t.upsert(ctx, `INSERT INTO test_names (repo, branch, module, job, arch, name)`, 6, `ON CONFLICT DO NOTHING`, args)
 }
 
 // upsert writes rows of n columns each, in statements of at most 100 rows.

@@ -160,7 +160,7 @@ func (db *DB) q(s string) string {
 }
 
 // SchemaVersion is the version this code writes.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // migrations[i] takes a database from version i to i+1. A database is
 // brought to SchemaVersion on Open; never edit a released step, add one.
@@ -280,6 +280,42 @@ var migrations = []func(d Dialect) []string{
 	func(d Dialect) []string {
 		return []string{`CREATE INDEX records_cell ON records (repo, branch, module, job, arch, status, first_seen, sort_key)`}
 	},
+	// 5 → 6: a commit's jobs by status, with what the branch page sums
+	// (module, job, arch, times) in the index: a commit's counts are read
+	// from the index alone, and only the jobs not passed are looked up,
+	// not all 150–1,500 of a commit. Same name, so that the queries naming
+	// it (INDEXED BY) keep it. A module's newest checks on a branch (the
+	// module page) are a seek, not a walk through the branch's records
+	// (1 in 500 of them at the seed's scale).
+	//
+	// The names of the tests each cell (repo, branch, module, job, arch)
+	// has reported, searched by substring through trigrams as the commits'
+	// text is (schema 4): a name is written once, when first seen there.
+	func(d Dialect) []string {
+		stmts := []string{
+			`DROP INDEX records_commit`,
+			`CREATE INDEX records_commit ON records (repo, branch, commit_sha, status, module, job, arch, first_seen, finished_at)`,
+			`CREATE INDEX records_branch_module ON records (repo, branch, module, first_seen, sort_key)`,
+			`CREATE TABLE test_names (
+				repo TEXT NOT NULL, branch TEXT NOT NULL, module TEXT NOT NULL, job TEXT NOT NULL, arch TEXT NOT NULL, name TEXT NOT NULL,
+				PRIMARY KEY (repo, branch, module, job, arch, name))`,
+		}
+		if d == Postgres {
+			return append(stmts, `DO $$
+			BEGIN
+				CREATE EXTENSION IF NOT EXISTS pg_trgm;
+				CREATE INDEX test_names_text ON test_names USING gin (name gin_trgm_ops);
+			EXCEPTION WHEN OTHERS THEN
+				RAISE WARNING 'jetci: no pg_trgm (%): a search of test names reads every name', SQLERRM;
+			END $$`)
+		}
+		// Names are only added (a reindex or Reset empties both tables).
+		return append(stmts,
+			`CREATE VIRTUAL TABLE test_names_text USING fts5(repo UNINDEXED, branch UNINDEXED, module UNINDEXED, job UNINDEXED, arch UNINDEXED, name, tokenize = 'trigram')`,
+			`CREATE TRIGGER test_names_insert AFTER INSERT ON test_names BEGIN
+				INSERT INTO test_names_text (repo, branch, module, job, arch, name) VALUES (new.repo, new.branch, new.module, new.job, new.arch, new.name);
+			END`)
+	},
 }
 
 func (db *DB) migrate(ctx context.Context) error {
@@ -353,10 +389,10 @@ func (db *DB) Reset(ctx context.Context) error {
 		return err
 	}
 	defer tx.Rollback()
-	tables := []string{"position", "records", "commits", "cells", "bad_events", "waiting"}
+	tables := []string{"position", "records", "commits", "cells", "bad_events", "waiting", "test_names"}
 	if db.dialect == SQLite {
 		// Emptied before commits, so that its delete trigger finds nothing.
-		tables = append([]string{"commits_text"}, tables...)
+		tables = append([]string{"commits_text", "test_names_text"}, tables...)
 	}
 	for _, t := range tables {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t); err != nil {

@@ -45,8 +45,19 @@ func seedRow(i int) Row {
 	return Row{JobID: id, Repo: "proj", Branch: branch, Commit: commit, Module: module, Job: "test", Arch: arch, Status: status,
 		Author: fmt.Sprintf("Dev %d", n%5), AuthorEmail: fmt.Sprintf("dev%d@example.com", n%5), Subject: fmt.Sprintf("change %d of %s", n, branch),
 		FirstSeen: first, FinishedAt: first + 2*int64(time.Second),
-		SortKey: strings.Join([]string{"proj", branch, module, "test", arch, id}, "\x01"), Data: []byte(data)}
+		SortKey: strings.Join([]string{"proj", branch, module, "test", arch, id}, "\x01"), Data: []byte(data), Tests: seedTests(module)}
 }
+
+// seedTests are the tests a module's job reports: seedTestsPerJob of them.
+func seedTests(module string) []string {
+	out := make([]string, seedTestsPerJob)
+	for k := range out {
+		out[k] = fmt.Sprintf("example.com/proj/%s.TestCase%02d", module, k)
+	}
+	return out
+}
+
+const seedTestsPerJob = 20
 
 // fillSeed writes jobs from..from+n-1 of the seed's history in batches of
 // 4096, as the fold does, moving the position of stream "S" to from+n.
@@ -161,6 +172,75 @@ func listQueries(n int) []listQuery {
 			rs, err := db.CommitJobs(ctx, "proj", mid.Branch, []string{mid.Commit})
 			if err == nil && len(rs) == 0 {
 				err = fmt.Errorf("no jobs")
+			}
+			return err
+		}},
+		{"a branch page's commit counts (20 commits)", func(ctx context.Context, db *DB) error {
+			cs, _, err := db.Commits(ctx, "proj", "b0", "", Page{Limit: 20})
+			if err != nil {
+				return err
+			}
+			var shas []string
+			for _, c := range cs {
+				shas = append(shas, c.Commit)
+			}
+			counts, err := db.CommitCounts(ctx, "proj", "b0", shas)
+			if err == nil && len(counts) < len(shas) {
+				err = fmt.Errorf("%d counts for %d commits", len(counts), len(shas))
+			}
+			return err
+		}},
+		{"a branch page's listed jobs (20 commits, one query)", func(ctx context.Context, db *DB) error {
+			cs, _, err := db.Commits(ctx, "proj", "b0", "", Page{Limit: 20})
+			if err != nil {
+				return err
+			}
+			st := []string{"failed", "error", "running", "queued", "held", "cancelled"}
+			var shas, want []string
+			for _, c := range cs {
+				shas = append(shas, c.Commit)
+				one, err := db.CommitJobsOf(ctx, "proj", "b0", []string{c.Commit}, st, false, 13)
+				if err != nil {
+					return err
+				}
+				for _, r := range one {
+					want = append(want, r.JobID)
+				}
+			}
+			rs, err := db.CommitsJobsOf(ctx, "proj", "b0", shas, st, 13)
+			var got []string
+			for _, r := range rs {
+				got = append(got, r.JobID)
+			}
+			slices.Sort(got) // the page groups them by commit
+			slices.Sort(want)
+			if err == nil && (len(got) == 0 || !slices.Equal(got, want)) {
+				err = fmt.Errorf("one query: %d jobs, one per commit: %d", len(got), len(want))
+			}
+			return err
+		}},
+		{"a commit's jobs not passed (branch page)", func(ctx context.Context, db *DB) error {
+			rs, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, []string{"failed", "error", "running", "queued", "held", "cancelled"}, false, 13)
+			if err == nil && len(rs) == 0 {
+				err = fmt.Errorf("no failing jobs")
+			}
+			return err
+		}},
+		{"a commit's jobs of no module (branch page)", func(ctx context.Context, db *DB) error {
+			_, err := db.CommitJobsOf(ctx, "proj", mid.Branch, []string{mid.Commit}, nil, true, 200)
+			return err
+		}},
+		{"test names: one test (m007.TestCase03)", func(ctx context.Context, db *DB) error {
+			ns, err := db.TestNames(ctx, "m007.TestCase03", 300)
+			if err == nil && len(ns) != seedArchs*min(seedBranches, n/(seedModules*seedArchs)) {
+				err = fmt.Errorf("%d places", len(ns))
+			}
+			return err
+		}},
+		{"test names: every test (TestCase, first 300)", func(ctx context.Context, db *DB) error {
+			ns, err := db.TestNames(ctx, "TestCase", 300)
+			if err == nil && len(ns) != 300 {
+				err = fmt.Errorf("%d names", len(ns))
 			}
 			return err
 		}},

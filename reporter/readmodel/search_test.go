@@ -223,3 +223,75 @@ func TestMigrateTextSearch(t *testing.T) {
 		}
 	})
 }
+
+// TestTestNamesSearch: a test's name is found by a substring, ignoring
+// ASCII case, on both backends, once per cell however often it is
+// reported, with the cell's latest job; text shorter than a trigram finds
+// nothing (the index cannot), wildcards and quotes are text; a Reset
+// empties the names.
+func TestTestNamesSearch(t *testing.T) {
+	backends(t, func(t *testing.T, open func() string) {
+		ctx := context.Background()
+		db := mustOpen(t, open())
+		names := []string{"TestParseHeader", "TestParseBody/empty_input", `tests.test_mod.TestQuote."x"`, "Test100%Coverage", "TestGröße"}
+		var seq uint64
+		for i := range 6 { // two commits × three modules: each name twice a cell
+			r := row(i, "main", "passed")
+			r.Tests = names
+			if i%3 == 2 {
+				r.Tests = []string{"TestOnlyInM2"}
+			}
+			seq++
+			put(t, db, seq, r)
+		}
+		other := row(100, "dev", "failed")
+		other.Tests = []string{"TestParseHeader"}
+		seq++
+		put(t, db, seq, other)
+		find := func(q string) []string {
+			t.Helper()
+			ns, err := db.TestNames(ctx, q, 100)
+			if err != nil {
+				t.Fatalf("%q: %v", q, err)
+			}
+			var out []string
+			for _, n := range ns {
+				if n.JobID == "" {
+					t.Errorf("%q: %+v has no job", q, n)
+				}
+				out = append(out, n.Branch+" "+n.Module+" "+n.Name)
+			}
+			slices.Sort(out)
+			return out
+		}
+		for q, want := range map[string][]string{
+			"parseheader": {"dev m1 TestParseHeader", "main m0 TestParseHeader", "main m1 TestParseHeader"},
+			"Body/empty":  {"main m0 TestParseBody/empty_input", "main m1 TestParseBody/empty_input"},
+			"100%":        {"main m0 Test100%Coverage", "main m1 Test100%Coverage"},
+			`"x"`:         {`main m0 tests.test_mod.TestQuote."x"`, `main m1 tests.test_mod.TestQuote."x"`},
+			"Größe":       {"main m0 TestGröße", "main m1 TestGröße"},
+			"OnlyInM2":    {"main m2 TestOnlyInM2"},
+			"Body_empty":  nil, // _ is not a wildcard
+			"Te":          nil, // shorter than a trigram
+			"nothing":     nil,
+		} {
+			if got := find(q); !slices.Equal(got, want) {
+				t.Errorf("%q: %q, want %q", q, got, want)
+			}
+		}
+		// The cell's latest job: the second commit's.
+		ns, _ := db.TestNames(ctx, "OnlyInM2", 10)
+		if len(ns) != 1 || ns[0].JobID != row(5, "main", "passed").JobID {
+			t.Errorf("OnlyInM2: %+v, want the job of the second commit", ns)
+		}
+		if ns, _ := db.TestNames(ctx, "Test", 3); len(ns) != 3 {
+			t.Errorf("a limit of 3: %d names", len(ns))
+		}
+		if err := db.Reset(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := find("parseheader"); got != nil {
+			t.Errorf("after a reset: %q", got)
+		}
+	})
+}
