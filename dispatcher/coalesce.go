@@ -25,6 +25,12 @@ func (d *Dispatcher) coalesced(repo, branch string) bool {
 	return false
 }
 
+// coalescedRunning: a new commit of the branch also cancels the running
+// first checks of older commits.
+func (d *Dispatcher) coalescedRunning(repo, branch string) bool {
+	return matchRule(d.cfg.CoalesceRunning, repo, branch)
+}
+
 // supersede cancels the first checks of older commits of a coalesced branch
 // that no runner has taken yet: they are removed from the queue and recorded
 // as cancelled, "superseded by <sha>". Jobs already running are left alone,
@@ -96,6 +102,84 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 	}
 	if n > 0 {
 		d.log.Info().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("by", events.Short(ev.Commit)).Int("jobs", n).Msg("queued jobs of older commits superseded")
+	}
+	if d.coalescedRunning(ev.Repo, ev.Branch) {
+		return d.supersedeRunning(ctx, stream, ev, commitSeq, covered, parts)
+	}
+	return nil
+}
+
+// supersedeRunning asks the runners of older commits' first checks that are
+// running (taken from the work queue, not acked yet) to kill them: their
+// results say "superseded by <sha>". As with waiting jobs, only jobs the new
+// commit runs again. A job handed back meanwhile meets the request when a
+// runner takes it (it is kept in jetci-cancel); one that finishes first keeps
+// its result.
+func (d *Dispatcher) supersedeRunning(ctx context.Context, stream jetstream.Stream, ev *events.CommitDetected, commitSeq uint64,
+	covered map[string]bool, parts []string) error {
+	if commitSeq == 0 {
+		return nil // the branch's order is not known: nothing is surely older
+	}
+	suffix := "." + events.Token(ev.Repo) + "." + events.Token(ev.Branch)
+	var cancels jetstream.KeyValue
+	n := 0
+	for _, p := range parts {
+		pool, arch, _ := strings.Cut(p, "/")
+		for _, class := range []events.Class{events.ClassFirst, events.ClassUser} { // a first check may have aged to user
+			cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, class))
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return err
+			}
+			// Delivered and not acked: between the ack floor and the last
+			// delivery, still in the work queue.
+			subject := events.JobSubject(pool, arch, class, ev.Repo, ev.Branch)
+			for seq := info.AckFloor.Stream + 1; seq <= info.Delivered.Stream; {
+				raw, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				seq = raw.Sequence + 1
+				if raw.Sequence > info.Delivered.Stream {
+					break
+				}
+				job, err := events.DecodeAs[events.JobQueued](raw.Data)
+				if err != nil || !strings.HasSuffix(raw.Subject, suffix) || job.Commit == ev.Commit || job.CommitSeq == 0 || job.CommitSeq >= commitSeq ||
+					!covered[job.QualifiedJob()+"\x00"+job.Arch] || events.Kind(job.Class, job.Origin) != events.ClassFirst {
+					continue
+				}
+				if cancels == nil {
+					if cancels, err = d.js.KeyValue(ctx, events.BucketCancel); err != nil {
+						return err
+					}
+				}
+				req := &events.CancelRequest{JobID: job.JobID, QueueSeq: raw.Sequence, By: "the dispatcher", At: d.now().UTC(),
+					Reason: "superseded by " + events.Short(ev.Commit)}
+				data, err := events.Encode(req)
+				if err != nil {
+					return err
+				}
+				if _, err := cancels.Put(ctx, job.JobID, data); err != nil {
+					return fmt.Errorf("cancel a superseded running job: %w", err)
+				}
+				if err := d.js.Conn().Publish(events.CancelSubject(job.JobID), data); err != nil {
+					return fmt.Errorf("cancel a superseded running job: %w", err)
+				}
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		d.log.Info().Str("repo", ev.Repo).Str("branch", ev.Branch).Str("by", events.Short(ev.Commit)).Int("jobs", n).Msg("running jobs of older commits cancelled: superseded")
 	}
 	return nil
 }

@@ -64,6 +64,11 @@ type Config struct {
 	// running) first checks of older commits. Off by default: every commit
 	// is tested.
 	Coalesce []GateRule
+	// CoalesceRunning names branches (coalesced or not) where a new commit
+	// also cancels the running first checks of older commits, their
+	// runners killing them ("superseded by <sha>"): a pull request's old
+	// head is not worth finishing. Off by default.
+	CoalesceRunning []GateRule
 	// Bisect names branches where a failure after untested commits (see
 	// Coalesce and Gate) is bisected to the commit that caused it; BisectTick
 	// is how often pending decisions and unanswered runs are looked at.
@@ -315,7 +320,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		// flow, culprit search): those keep one commit at a time, as before
 		// (TestBisectSurvivesADispatcherRestart failed with groups).
 		buffer, batch := commitBatch, commitBatch
-		if len(d.cfg.Coalesce) > 0 || len(d.cfg.Gate) > 0 || len(d.cfg.Bisect) > 0 {
+		if len(d.cfg.Coalesce) > 0 || len(d.cfg.CoalesceRunning) > 0 || len(d.cfg.Gate) > 0 || len(d.cfg.Bisect) > 0 {
 			buffer, batch = 4, 1
 		}
 		return events.ConsumeBatches(ctx, d.js, events.StreamCommits, cfg, buffer, batch, d.log,
@@ -490,7 +495,7 @@ func (d *Dispatcher) prepare(ctx context.Context, ev *events.CommitDetected, seq
 // coalesced branch supersedes the older commits' jobs still waiting.
 func (d *Dispatcher) dispatched(ctx context.Context, ev *events.CommitDetected, seq uint64, jobs []*events.JobQueued, log zerolog.Logger) error {
 	log.Info().Int("jobs", len(jobs)).Str("class", string(ev.Class)).Str("subject", ev.Subject).Msg("commit dispatched")
-	if ev.Class == events.ClassFirst && len(jobs) > 0 && d.coalesced(ev.Repo, ev.Branch) {
+	if ev.Class == events.ClassFirst && len(jobs) > 0 && (d.coalesced(ev.Repo, ev.Branch) || d.coalescedRunning(ev.Repo, ev.Branch)) {
 		first := jobs[0].QueueSeq
 		for _, j := range jobs {
 			first = min(first, j.QueueSeq)

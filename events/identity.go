@@ -128,6 +128,7 @@ type Keys struct {
 	runners map[string]nkeys.KeyPair // name → public key
 	ready   chan struct{}
 	err     error
+	kv      jetstream.KeyValue // to look up a runner key the watch has not brought yet
 }
 
 // OpenKeys loads the keys bucket and keeps watching it until ctx ends.
@@ -140,7 +141,7 @@ func OpenKeys(ctx context.Context, js jetstream.JetStream) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", BucketKeys, err)
 	}
-	k := &Keys{runners: map[string]nkeys.KeyPair{}, ready: make(chan struct{})}
+	k := &Keys{runners: map[string]nkeys.KeyPair{}, ready: make(chan struct{}), kv: kv}
 	go func() {
 		defer w.Stop()
 		for {
@@ -195,6 +196,22 @@ func (k *Keys) apply(e jetstream.KeyValueEntry) {
 	}
 }
 
+// lookup reads a runner identity's key from the bucket. It is used for this
+// check only, not kept: the watch brings it (or its revocation) in order.
+func (k *Keys) lookup(name string) (nkeys.KeyPair, bool) {
+	if k.kv == nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e, err := k.kv.Get(ctx, RunnerKeyName(name))
+	if err != nil {
+		return nil, false
+	}
+	kp, err := nkeys.FromPublicKey(strings.TrimSpace(string(e.Value())))
+	return kp, err == nil
+}
+
 // ServiceKey returns the service key, for signing.
 func (k *Keys) ServiceKey() []byte {
 	k.mu.RLock()
@@ -211,16 +228,23 @@ func (k *Keys) Verify(data []byte, header, runnerID string) (string, error) {
 		return "", err
 	}
 	k.mu.RLock()
-	defer k.mu.RUnlock()
+	service := k.service
+	kp, ok := k.runners[s.Name]
+	k.mu.RUnlock()
 	if s.Service {
-		m := hmac.New(sha256.New, k.service)
+		m := hmac.New(sha256.New, service)
 		m.Write(data)
-		if k.service == nil || !hmac.Equal(m.Sum(nil), s.Sig) {
+		if service == nil || !hmac.Equal(m.Sum(nil), s.Sig) {
 			return "", fmt.Errorf("%w: bad service signature", ErrForged)
 		}
 		return "service", nil
 	}
-	kp, ok := k.runners[s.Name]
+	if !ok {
+		// Registered a moment ago, the watch may not have brought it yet
+		// (a runner's first result can follow its registration by
+		// milliseconds): the bucket says.
+		kp, ok = k.lookup(s.Name)
+	}
 	if !ok {
 		return "", fmt.Errorf("%w: runner identity %q is not registered", ErrForged, s.Name)
 	}

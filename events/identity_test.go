@@ -72,6 +72,39 @@ func TestKeysVerify(t *testing.T) {
 	waitFor("the revocation", func() bool { _, err := keys.Verify(data, sig, "pool1-3"); return err != nil })
 }
 
+// TestKeysVerifyAKeyJustRegistered: a runner's result that follows its
+// identity's registration faster than the keys' watch (stopped here) is
+// verified from the bucket, not refused as forged; once the identity is
+// revoked it is refused again. (The reporter's notifier dropped such a
+// result: TestCommitStatusesPendingThenResult was flaky.)
+func TestKeysVerifyAKeyJustRegistered(t *testing.T) {
+	s := brokertest.Run(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wctx, stopWatch := context.WithCancel(ctx)
+	keys, err := OpenKeys(wctx, s.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopWatch() // the watch sees nothing from here on
+	kp, _ := nkeys.CreateUser()
+	if err := RegisterRunner(ctx, s.JS, "fresh", kp); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(`{"type":"jetci.job.finished.v1","runner":"fresh"}`)
+	sig, _ := SignRunner(kp, "fresh", data)
+	if who, err := keys.Verify(data, sig, "fresh"); err != nil || who != "runner fresh" {
+		t.Fatalf("a key just registered: %q %v", who, err)
+	}
+	kv, _ := s.JS.KeyValue(ctx, BucketKeys)
+	if err := kv.Delete(ctx, RunnerKeyName("fresh")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Verify(data, sig, "fresh"); err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Errorf("a revoked key: %v", err)
+	}
+}
+
 type errString string
 
 func (e errString) Error() string { return string(e) }

@@ -368,6 +368,10 @@ type CancelRequest struct {
 	QueueSeq uint64    `json:"queue_seq"` // the run to cancel; a later re-run is not affected
 	By       string    `json:"by,omitempty"`
 	At       time.Time `json:"at"`
+	// Reason, when set, is the error the cancelled run records instead of
+	// "cancelled by <By>": "superseded by 1a2b3c4d5e" for a running job of
+	// an older commit a newer one replaces.
+	Reason string `json:"reason,omitempty"`
 }
 
 // TriggerRequest asks an observer to run a branch head, or one commit on it, now.

@@ -30,6 +30,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Kinds of forge.
@@ -74,6 +76,11 @@ type Repo struct {
 	TokenFile string `yaml:"token_file" json:"-"`
 	TokenEnv  string `yaml:"token_env" json:"-"`
 	Token     string `yaml:"-" json:"-"`
+	// Combined, when set, names one more context per commit (e.g.
+	// "jetci"): the worst state of all its jobs, for a branch protection
+	// rule that requires one check whatever jobs a commit runs. Off when
+	// empty.
+	Combined string `yaml:"combined" json:"combined,omitempty"`
 }
 
 // Resolve reads the token and fills defaults, then validates.
@@ -135,6 +142,10 @@ func (r Repo) Validate() error {
 	}
 	if r.Token == "" {
 		return fmt.Errorf("forge of %s: a token is required (token_file or token_env)", r.Repo)
+	}
+	if c := r.Combined; c != "" && (len(c) > 100 || strings.TrimSpace(c) != c || strings.ContainsFunc(c, unicode.IsControl) ||
+		!utf8.ValidString(c) || strings.HasSuffix(c, ")")) {
+		return fmt.Errorf("forge of %s: combined %q: want a context name like jetci (at most 100 characters, not ending in a job's \"(arch)\")", r.Repo, c)
 	}
 	return nil
 }

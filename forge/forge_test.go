@@ -144,10 +144,16 @@ func TestConfigNeedsATokenFromAFileOrTheEnvironment(t *testing.T) {
 		{Repo: "proj", Kind: "bitbucket", URL: "https://x", Project: "a/b", Token: "x"}, // unknown kind
 		{Repo: "proj", Kind: GitLab, Project: "a/b", Token: "x"},                        // no URL
 		{Repo: "proj", Kind: GitHub, Project: "a/b", TokenEnv: "JETCI_TEST_UNSET_VAR"},
+		{Repo: "proj", Kind: GitHub, Project: "a/b", Token: "x", Combined: "jetci/test (amd64)"}, // a job's context
+		{Repo: "proj", Kind: GitHub, Project: "a/b", Token: "x", Combined: "ci\nall"},
+		{Repo: "proj", Kind: GitHub, Project: "a/b", Token: "x", Combined: " jetci"},
 	} {
 		if err := bad.Resolve(); err == nil {
 			t.Errorf("%+v: accepted", bad)
 		}
+	}
+	if ok := (Repo{Repo: "proj", Kind: GitHub, Project: "a/b", Token: "x", Combined: "jetci"}); ok.Resolve() != nil {
+		t.Errorf("combined: jetci refused: %v", ok.Resolve())
 	}
 	if err := Mask(errors.New(`Post "https://x?t=abc": abc refused`), "abc"); strings.Contains(err.Error(), "abc") {
 		t.Errorf("not masked: %v", err)

@@ -15,13 +15,14 @@ const (
 	PullOpened  = "opened"  // opened or reopened: watch it, test its head now
 	PullUpdated = "updated" // its head moved (GitHub synchronize, Gitea synchronized, GitLab update)
 	PullClosed  = "closed"  // closed or merged: stop watching it
-	PullOther   = "other"   // edited, labelled, reviewed…: nothing to do
+	PullEdited  = "edited"  // its title (or text) changed: the title is kept anew
+	PullOther   = "other"   // labelled, reviewed…: nothing to do
 )
 
 // PullEvent is what jetci needs of a pull/merge-request webhook.
 type PullEvent struct {
 	Forge   string `json:"forge"`
-	Action  string `json:"action"` // opened, updated, closed, other
+	Action  string `json:"action"` // opened, updated, closed, edited, other
 	Number  int    `json:"number"` // GitHub/Gitea number, GitLab iid
 	Title   string `json:"title"`
 	HeadSHA string `json:"head_sha"`
@@ -99,6 +100,8 @@ func ParsePull(forge string, body []byte) (*PullEvent, error) {
 			p.Action = PullUpdated
 		case "closed":
 			p.Action = PullClosed
+		case "edited":
+			p.Action = PullEdited
 		default:
 			p.Action = PullOther
 		}
@@ -142,8 +145,9 @@ func ParsePull(forge string, body []byte) (*PullEvent, error) {
 			p.Action = PullOpened
 		case "update":
 			// An update is a push only when it carries oldrev; a title or
-			// label change has none.
-			p.Action = PullOther
+			// label change has none (it is kept as an edit: the title may
+			// be new).
+			p.Action = PullEdited
 			if a.OldRev != "" {
 				p.Action = PullUpdated
 			}
@@ -163,7 +167,7 @@ func ParsePull(forge string, body []byte) (*PullEvent, error) {
 	if p.HeadSHA != "" && !validSHA(p.HeadSHA) {
 		return nil, fmt.Errorf("head %q: not a commit id", p.HeadSHA)
 	}
-	if p.Action != PullClosed && p.Action != PullOther && p.HeadSHA == "" {
+	if (p.Action == PullOpened || p.Action == PullUpdated) && p.HeadSHA == "" {
 		return nil, errors.New("the payload names no head commit")
 	}
 	p.Title = cleanTitle(p.Title)

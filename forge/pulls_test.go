@@ -46,7 +46,7 @@ func TestPullActionsAndForks(t *testing.T) {
 			`},"base":{"repo":{"id":1,"name":"proj","full_name":"o/proj"}}},"repository":{"id":1,"name":"proj","full_name":"o/proj"}}`
 	}
 	own := `{"id":1,"name":"proj","full_name":"o/proj"}`
-	for action, want := range map[string]string{"opened": PullOpened, "reopened": PullOpened, "synchronize": PullUpdated, "closed": PullClosed, "labeled": PullOther} {
+	for action, want := range map[string]string{"opened": PullOpened, "reopened": PullOpened, "synchronize": PullUpdated, "closed": PullClosed, "edited": PullEdited, "labeled": PullOther} {
 		p, err := ParsePull(GitHub, []byte(gh(action, own)))
 		if err != nil || p.Action != want || p.Fork || p.Title != "t x" {
 			t.Errorf("%s: %+v %v", action, p, err)
@@ -61,7 +61,7 @@ func TestPullActionsAndForks(t *testing.T) {
 		t.Errorf("deleted fork: %+v %v", p, err)
 	}
 	gl := `{"object_kind":"merge_request","project":{"name":"proj","path_with_namespace":"g/proj"},"object_attributes":{"iid":3,"action":"update","source_project_id":1,"target_project_id":1,"last_commit":{"id":"` + testSHA + `"}}}`
-	if p, err := ParsePull(GitLab, []byte(gl)); err != nil || p.Action != PullOther || p.Fork {
+	if p, err := ParsePull(GitLab, []byte(gl)); err != nil || p.Action != PullEdited || p.Fork {
 		t.Errorf("gitlab update without oldrev (a title change): %+v %v", p, err)
 	}
 	for _, bad := range []string{

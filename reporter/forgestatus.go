@@ -295,7 +295,7 @@ func (r *Reporter) consumeQueued(ctx context.Context) error {
 			return
 		}
 		if note := r.notifier.queuedStatus(q); note != nil {
-			if err := r.notifier.enqueue(ctx, note); err != nil {
+			if err := r.notifier.enqueueStatus(ctx, note, q.Branch); err != nil {
 				r.log.Warn().Err(err).Msg("pending status; will retry")
 				_ = m.NakWithDelay(time.Second)
 				return

@@ -372,7 +372,11 @@ func (r *Reporter) apiCommits(w http.ResponseWriter, req *http.Request) {
 		r.dbError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, paged(map[string]any{"commits": nonNil(cs)}, pg, p.Limit))
+	out := map[string]any{"commits": nonNil(cs)}
+	if pl := r.view.PullOf(q.Get("repo"), q.Get("branch")); pl != nil {
+		out["pull"] = pl // the branch is a pull/merge request's
+	}
+	writeJSON(w, http.StatusOK, paged(out, pg, p.Limit))
 }
 
 func (r *Reporter) apiCommit(w http.ResponseWriter, req *http.Request) {

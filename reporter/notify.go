@@ -179,7 +179,7 @@ func decide(st *branchState, r *Record, now time.Time) (*branchState, string, bo
 func (n *Notifier) Observe(ctx context.Context, r *Record) error {
 	if r.Status.Final() && r.Class != events.ClassBisect {
 		if note := n.finalStatus(r); note != nil {
-			if err := n.enqueue(ctx, note); err != nil {
+			if err := n.enqueueStatus(ctx, note, r.Branch); err != nil {
 				return err
 			}
 		}

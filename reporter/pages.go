@@ -373,6 +373,7 @@ type branchPage struct {
 	Gate         *events.BranchState
 	Paused       []Commit // the branch's commits paused by the broken-build flow, newest first
 	Bisections   []*events.Bisection
+	Pull         *Pull // the pull/merge request the branch is the head of
 }
 
 // BranchCommitsPage is the commits a branch page shows.
@@ -599,7 +600,11 @@ func (r *Reporter) pageBranch(w http.ResponseWriter, req *http.Request) {
 		data.Paused = pausedCommits(r.view.Commits(repo, branch, "", 20))
 	}
 	data.Bisections = r.view.unfixed(req.Context(), r.branchBisections(req.Context(), repo, branch))
-	page := r.newPage(req, repo+" "+branch, "page", data)
+	title := repo + " " + branch
+	if data.Pull = r.view.PullOf(repo, branch); data.Pull != nil {
+		title = repo + " " + data.Pull.Label
+	}
+	page := r.newPage(req, title, "page", data)
 	if len(cs) > 0 && !data.Newer {
 		page.Status = cs[0].Status
 	}

@@ -169,6 +169,9 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log zerolog.Lo
 	if b, err := js.KeyValue(ctx, events.BucketBranches); err == nil {
 		r.view.branches = b
 	}
+	if kv, err := js.KeyValue(ctx, events.BucketNotify); err == nil {
+		r.view.notifyKV = kv // the pull requests heard of, for the pages
+	}
 	if cfg.HTTP != "" {
 		if r.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			r.closeDB()
@@ -400,6 +403,7 @@ func (r *Reporter) consumeForNotifier(ctx context.Context) error {
 		}
 		var disputed *DisputedError
 		if errors.Is(err, events.ErrForged) || errors.As(err, &disputed) {
+			r.log.Debug().Err(err).Str("job_id", fin.JobID).Msg("no notification for a refused result")
 			_ = m.Term() // refused, and recorded by the folding consumer
 			return
 		}

@@ -42,6 +42,13 @@ type View struct {
 	ready  chan struct{}
 	once   sync.Once
 
+	// pulls is what jetci heard of each pull/merge request (the jetci-notify
+	// bucket's pull.* keys), by pullIndex; pullKeys maps those keys to it.
+	// Under mu.
+	pulls    map[string]Pull
+	pullKeys map[string]string
+	notifyKV jetstream.KeyValue // nil: no pull requests known
+
 	healthMu sync.Mutex
 	health   error // why the read model is not current; nil: fine
 
@@ -74,7 +81,8 @@ type Change struct {
 // stream, and of the runners bucket; Run fills and updates it.
 func NewView(db *readmodel.DB, js jetstream.JetStream, runners jetstream.KeyValue, log zerolog.Logger) *View {
 	v := &View{db: db, js: js, runners: runners, log: log,
-		leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{})}
+		leases: map[string]events.Lease{}, gates: map[string]events.BranchState{}, subs: map[chan Change]struct{}{}, ready: make(chan struct{}),
+		pulls: map[string]Pull{}, pullKeys: map[string]string{}}
 	v.mayWait.Store(true) // until the waiting table is seen empty
 	return v
 }
@@ -134,6 +142,9 @@ func (v *View) Run(ctx context.Context) {
 	wg.Go(func() { v.watch(ctx, v.runners, events.LeaseKey("*"), v.applyLease) })
 	if v.branches != nil {
 		wg.Go(func() { v.watch(ctx, v.branches, ">", v.applyBranch) })
+	}
+	if v.notifyKV != nil {
+		wg.Go(func() { v.watch(ctx, v.notifyKV, "pull.>", v.applyPull) })
 	}
 	if v.results != nil && v.OnBad != nil {
 		wg.Go(func() { v.checkResults(ctx) })
@@ -480,6 +491,9 @@ type BranchSummary struct {
 	// FailingSince is the oldest break among its failing cells (module
 	// jobs' included): since when the branch fails, and who broke it.
 	FailingSince *FailingSince `json:"failing_since,omitempty"`
+	// Pull is the pull/merge request the branch (pull/N, merge-requests/N)
+	// is the head of; its label names it on the pages.
+	Pull *Pull `json:"pull,omitempty"`
 }
 
 // CellKey keys a branch's cells.
@@ -524,7 +538,7 @@ func (v *View) ReposErr(ctx context.Context, repo string, modules bool) ([]RepoS
 		recs := per[i]
 		v.explain(recs)
 		v.setFailingSince(ctx, recs)
-		b := BranchSummary{Branch: br.Branch, Cells: make(map[string]Record, len(recs))}
+		b := BranchSummary{Branch: br.Branch, Cells: make(map[string]Record, len(recs)), Pull: v.PullOf(br.Repo, br.Branch)}
 		if h, err := v.db.Head(ctx, br.Repo, br.Branch); err == nil {
 			b.Head, b.Subject, b.Time = h.Commit, h.Subject, time.Unix(0, h.FirstSeen)
 			if h.FirstSeen == 0 {

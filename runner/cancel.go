@@ -17,9 +17,12 @@ type running struct {
 }
 
 // errCancelled is the cause of a job context cancelled on request.
-type errCancelled struct{ by string }
+type errCancelled struct{ by, reason string }
 
 func (e errCancelled) Error() string {
+	if e.reason != "" {
+		return e.reason // "superseded by …"
+	}
 	if e.by == "" {
 		return "cancelled"
 	}
@@ -66,8 +69,8 @@ func (r *Runner) cancelJob(req *events.CancelRequest) bool {
 	if j == nil || req.QueueSeq != 0 && req.QueueSeq != j.seq {
 		return false
 	}
-	r.log.Info().Str("job_id", req.JobID).Str("by", req.By).Msg("job cancelled")
-	j.cancel(errCancelled{by: req.By})
+	r.log.Info().Str("job_id", req.JobID).Str("by", req.By).Str("reason", req.Reason).Msg("job cancelled")
+	j.cancel(errCancelled{by: req.By, reason: req.Reason})
 	return true
 }
 

@@ -18,6 +18,8 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 	skip := fs.Bool("periodic-skip-passed", false, "periodic full check: skip branches whose head passed since the last one")
 	var coalesce listFlag
 	fs.Var(&coalesce, "coalesce", "REPO[:BRANCH_PATTERN] where a new commit cancels the waiting jobs of older ones, 'superseded' (repeat; default: every commit is tested)")
+	var coalesceRunning listFlag
+	fs.Var(&coalesceRunning, "coalesce-running", "REPO[:BRANCH_PATTERN] where a new commit also kills the running jobs of older ones, 'superseded' (implies --coalesce there; e.g. proj:pull/* for pull requests; repeat)")
 	var bisect listFlag
 	fs.Var(&bisect, "bisect", "REPO[:BRANCH_PATTERN] where a failure after untested commits (superseded, held) is bisected to the commit that caused it, whose author is mailed (repeat; REPO * for all)")
 	return func(c *dispatcher.Config) error {
@@ -35,6 +37,13 @@ func gateFlags(fs *flag.FlagSet) func(*dispatcher.Config) error {
 				return fmt.Errorf("--coalesce %w", err)
 			}
 			c.Coalesce = append(c.Coalesce, r)
+		}
+		for _, s := range coalesceRunning {
+			r, err := dispatcher.ParseGateRule(s)
+			if err != nil {
+				return fmt.Errorf("--coalesce-running %w", err)
+			}
+			c.CoalesceRunning = append(c.CoalesceRunning, r)
 		}
 		if *age < 0 {
 			return fmt.Errorf("--age-after %s: want 0 or more", *age)

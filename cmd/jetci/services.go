@@ -334,7 +334,8 @@ Scheduling (see docs/scheduling.md): jobs that wait too long move up a priority
 class (--age-after); --periodic queues a full check of every branch head on a
 cron schedule; --gate puts branches under the broken-build flow (a failed first
 check holds later commits until a second check passes; jetci recheck reopens a
-failed branch); --coalesce lets a new commit cancel older commits' waiting jobs;
+failed branch); --coalesce lets a new commit cancel older commits' waiting jobs
+(--coalesce-running: and kill their running ones, e.g. for pull requests);
 --bisect finds the commit that broke a job when the commits before it were not
 each tested, and mails its author.
 `

@@ -51,7 +51,7 @@ var upGroups = []flagGroup{
 	{"Web UI and API", []string{"http", "public-url", "db", "history-retention"}},
 	{"Runners (local to this machine)", []string{"runners", "slots", "arch", "grace", "artifact-limit", "exec", "host-fallback", "sandbox-uid",
 		"image", "secret", "pass-env", "limit-cpu", "limit-memory", "limit-processes"}},
-	{"Scheduling", []string{"age-after", "gate", "fix-window", "coalesce", "bisect", "periodic", "periodic-skip-passed"}},
+	{"Scheduling", []string{"age-after", "gate", "fix-window", "coalesce", "coalesce-running", "bisect", "periodic", "periodic-skip-passed"}},
 	{"Notifications", []string{"notify-config", "smtp", "smtp-tls", "smtp-user", "smtp-password-file", "mail-from", "mail-to", "mail-results",
 		"mail-managers", "webhook", "webhook-secret-file", "webhook-events"}},
 	{"Security", []string{"admin-token", "admin-token-file", "hook-secret-file"}},
