@@ -59,16 +59,12 @@ func (d *Dispatcher) supersede(ctx context.Context, ev *events.CommitDetected, c
 	}
 	for _, p := range parts {
 		pool, arch, _ := strings.Cut(p, "/")
-		cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, events.ClassFirst))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		info, err := d.jobConsumerInfo(ctx, pool, arch, events.ClassFirst)
+		if err != nil {
+			return err
+		}
+		if info == nil {
 			continue
-		}
-		if err != nil {
-			return err
-		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
 		}
 		if info.NumPending == 0 {
 			continue
@@ -126,16 +122,12 @@ func (d *Dispatcher) supersedeRunning(ctx context.Context, stream jetstream.Stre
 	for _, p := range parts {
 		pool, arch, _ := strings.Cut(p, "/")
 		for _, class := range []events.Class{events.ClassFirst, events.ClassUser} { // a first check may have aged to user
-			cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, class))
-			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			info, err := d.jobConsumerInfo(ctx, pool, arch, class)
+			if err != nil {
+				return err
+			}
+			if info == nil {
 				continue
-			}
-			if err != nil {
-				return err
-			}
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return err
 			}
 			// Delivered and not acked: between the ack floor and the last
 			// delivery, still in the work queue.
@@ -210,16 +202,12 @@ func (d *Dispatcher) supersededAlready(ctx context.Context, ev *events.CommitDet
 	}
 	for p, ours := range parts {
 		pool, arch, _ := strings.Cut(p, "/")
-		cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, events.ClassFirst))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		info, err := d.jobConsumerInfo(ctx, pool, arch, events.ClassFirst)
+		if err != nil {
+			return err
+		}
+		if info == nil {
 			continue
-		}
-		if err != nil {
-			return err
-		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
 		}
 		subject := events.JobSubject(pool, arch, events.ClassFirst, ev.Repo, ev.Branch)
 		for seq := info.Delivered.Stream + 1; seq < ours; {
@@ -284,4 +272,17 @@ func (d *Dispatcher) cancelSuperseded(ctx context.Context, stream jetstream.Stre
 		return false, fmt.Errorf("record a superseded job: %w", err)
 	}
 	return true, nil
+}
+
+// jobConsumerInfo is the state of the runners' consumer of one partition and
+// class, or nil when no runner has made it yet.
+func (d *Dispatcher) jobConsumerInfo(ctx context.Context, pool, arch string, class events.Class) (*jetstream.ConsumerInfo, error) {
+	cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, class))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cons.Info(ctx)
 }

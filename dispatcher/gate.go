@@ -409,16 +409,12 @@ func (d *Dispatcher) withdraw(ctx context.Context, fin *events.JobFinished, resu
 	for _, p := range d.partitions(ctx, stream) {
 		pool, arch, _ := strings.Cut(p, "/")
 		for _, class := range []events.Class{events.ClassFirst, events.ClassUser} { // a first check may have aged to user
-			cons, err := d.js.Consumer(ctx, events.StreamJobs, events.JobConsumerName(pool, arch, class))
-			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			info, err := d.jobConsumerInfo(ctx, pool, arch, class)
+			if err != nil {
+				return err
+			}
+			if info == nil {
 				continue
-			}
-			if err != nil {
-				return err
-			}
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return err
 			}
 			// Above the consumer's delivered sequence: no runner has it.
 			subject := events.JobSubject(pool, arch, class, fin.Repo, fin.Branch)
