@@ -23,28 +23,8 @@ import (
 //
 //	go test -run '^$' -bench Fold -benchtime 1x ./reporter
 func BenchmarkFold(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("JETCI_BENCH_JOBS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
-	s := brokertest.Run(b)
+	s, n := publishBenchHistory(b)
 	ctx := context.Background()
-	svc, run, err := SyntheticPublishers(ctx, s.JS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		for _, ev := range SyntheticJob(i, 50, 10, 3) {
-			data, _ := events.Encode(ev.Event)
-			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if i%5000 == 0 {
-			<-allComplete(svc, run)
-		}
-	}
-	<-allComplete(svc, run)
 	runners, err := s.JS.KeyValue(ctx, events.BucketRunners)
 	if err != nil {
 		b.Fatal(err)
@@ -89,28 +69,8 @@ func BenchmarkFold(b *testing.B) {
 // BenchmarkFoldWholeReporter is BenchmarkFold with the whole reporter
 // running (its jetci-results bucket and test history consumers as well).
 func BenchmarkFoldWholeReporter(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("JETCI_BENCH_JOBS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
-	s := brokertest.Run(b)
+	s, n := publishBenchHistory(b)
 	ctx := context.Background()
-	svc, run, err := SyntheticPublishers(ctx, s.JS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		for _, ev := range SyntheticJob(i, 50, 10, 3) {
-			data, _ := events.Encode(ev.Event)
-			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if i%5000 == 0 {
-			<-allComplete(svc, run)
-		}
-	}
-	<-allComplete(svc, run)
 	b.ResetTimer()
 	for range b.N {
 		rctx, cancel := context.WithCancel(ctx)
@@ -127,4 +87,33 @@ func BenchmarkFoldWholeReporter(b *testing.B) {
 		<-done
 		b.ReportMetric(float64(n)/took.Seconds(), "jobs/s")
 	}
+}
+
+// publishBenchHistory starts a server and publishes JETCI_BENCH_JOBS synthetic
+// jobs (default 20,000; queued, started and finished events each, in the
+// seed's shape) as the services and runners would sign them.
+func publishBenchHistory(b *testing.B) (*brokertest.Server, int) {
+	b.Helper()
+	n := 20000
+	if s := os.Getenv("JETCI_BENCH_JOBS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	s := brokertest.Run(b)
+	svc, run, err := SyntheticPublishers(context.Background(), s.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		for _, ev := range SyntheticJob(i, 50, 10, 3) {
+			data, _ := events.Encode(ev.Event)
+			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if i%5000 == 0 {
+			<-allComplete(svc, run)
+		}
+	}
+	<-allComplete(svc, run)
+	return s, n
 }

@@ -8,14 +8,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
 
-	"github.com/jetci/jetci/broker/brokertest"
-	"github.com/jetci/jetci/events"
 	"github.com/jetci/jetci/reporter/readmodel/pgtest"
 )
 
@@ -28,28 +25,8 @@ import (
 //
 //	JETCI_BENCH_JOBS=100000 go test -run '^$' -bench Pages -cpuprofile cpu.out ./reporter
 func BenchmarkPages(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("JETCI_BENCH_JOBS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
-	s := brokertest.Run(b)
+	s, _ := publishBenchHistory(b)
 	ctx := context.Background()
-	svc, run, err := SyntheticPublishers(ctx, s.JS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < n; i++ {
-		for _, ev := range SyntheticJob(i, 50, 10, 3) {
-			data, _ := events.Encode(ev.Event)
-			if _, err := ev.With(svc, run).PublishAsync(ev.Subject, data); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if i%5000 == 0 {
-			<-allComplete(svc, run)
-		}
-	}
-	<-allComplete(svc, run)
 	dsn := filepath.Join(b.TempDir(), DBFile)
 	if os.Getenv("JETCI_BENCH_DB") == "postgres" {
 		dsn = pgtest.Start(b).NewDB()
